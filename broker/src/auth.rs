@@ -1,0 +1,222 @@
+//! JWT authentication. Tokens are issued by the app's backend and signed with a shared HS256
+//! secret; `sub` is the user id. RFC 8725: one allowed algorithm, `exp` required, `iss` and
+//! `aud` checked whenever they are configured.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::{UserId, now_secs};
+
+/// The secret the local mode uses when `JWT_SECRET` is not set. Never use it on AWS: the SAM
+/// template requires a secret of its own.
+pub const DEVELOPMENT_SECRET: &str = "local-development-secret-change-me-0123456789";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing token")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub secret: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl AuthConfig {
+    /// Reads `JWT_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE`. Without a secret, `fallback_secret`
+    /// is used if given (the local mode), else it is an error.
+    pub fn from_env(fallback_secret: Option<&str>) -> Result<Self, AuthError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let secret = var("JWT_SECRET")
+            .or_else(|| fallback_secret.map(str::to_owned))
+            .ok_or_else(|| AuthError::InvalidToken("JWT_SECRET is not set".into()))?;
+        Ok(Self {
+            secret,
+            issuer: var("JWT_ISSUER"),
+            audience: var("JWT_AUDIENCE"),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Verifies tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    config: AuthConfig,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.config.issuer)
+            .field("audience", &self.config.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(config: AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 30;
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Self {
+            decoding: DecodingKey::from_secret(config.secret.as_bytes()),
+            config,
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::MissingToken);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::InvalidToken("empty subject".into()));
+        }
+        Ok(UserId::new(data.claims.sub))
+    }
+
+    /// Verifies an `Authorization` header value (`Bearer <jwt>`).
+    pub fn verify_bearer(&self, header: Option<&str>) -> Result<UserId, AuthError> {
+        let header = header.ok_or(AuthError::MissingToken)?;
+        let token = strip_bearer(header)
+            .ok_or_else(|| AuthError::InvalidToken("expected \"Bearer <token>\"".into()))?;
+        self.verify(token)
+    }
+
+    /// Mints a token for `user`, valid for `ttl_secs`, with the configured issuer and
+    /// audience. For development and tests: production tokens come from the app's backend.
+    pub fn mint(&self, user: &str, ttl_secs: u64) -> String {
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp: now_secs() + ttl_secs,
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(self.config.secret.as_bytes()),
+        )
+        .expect("HS256 signing of plain claims cannot fail")
+    }
+}
+
+fn strip_bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// The token a `connection_init` payload carries: `{"token": "..."}` or
+/// `{"authorization": "Bearer ..."}` (also `Authorization`, as some clients send it).
+pub fn token_from_init_payload(payload: Option<&Value>) -> Option<&str> {
+    let payload = payload?.as_object()?;
+    if let Some(token) = payload.get("token").and_then(Value::as_str) {
+        return Some(token);
+    }
+    ["authorization", "Authorization"]
+        .iter()
+        .find_map(|k| payload.get(*k).and_then(Value::as_str))
+        .and_then(strip_bearer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn auth(issuer: Option<&str>, audience: Option<&str>) -> Authenticator {
+        Authenticator::new(AuthConfig {
+            secret: "s".repeat(32),
+            issuer: issuer.map(Into::into),
+            audience: audience.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn a_minted_token_verifies_to_its_subject() {
+        let a = auth(Some("app"), Some("broker"));
+        assert_eq!(a.verify(&a.mint("user-a", 60)), Ok(UserId::new("user-a")));
+        assert_eq!(
+            a.verify_bearer(Some(&format!("Bearer {}", a.mint("u", 60)))),
+            Ok(UserId::new("u"))
+        );
+    }
+
+    #[test]
+    fn wrong_secret_issuer_audience_expiry_and_alg_none_are_rejected() {
+        let a = auth(Some("app"), Some("broker"));
+        let other_secret = Authenticator::new(AuthConfig {
+            secret: "x".repeat(32),
+            issuer: Some("app".into()),
+            audience: Some("broker".into()),
+        });
+        assert!(a.verify(&other_secret.mint("u", 60)).is_err());
+        assert!(a.verify(&auth(Some("evil"), Some("broker")).mint("u", 60)).is_err());
+        assert!(a.verify(&auth(Some("app"), Some("other")).mint("u", 60)).is_err());
+        assert!(a.verify(&auth(Some("app"), None).mint("u", 60)).is_err());
+
+        let expired = Claims {
+            sub: "u".into(),
+            exp: now_secs() - 3600,
+            iss: Some("app".into()),
+            aud: Some("broker".into()),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &expired,
+            &EncodingKey::from_secret("s".repeat(32).as_bytes()),
+        )
+        .unwrap();
+        assert!(a.verify(&token).is_err());
+
+        // {"alg":"none"} with the same claims and no signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
+        assert!(auth(None, None).verify(none).is_err());
+        assert_eq!(a.verify(""), Err(AuthError::MissingToken));
+        assert_eq!(a.verify_bearer(None), Err(AuthError::MissingToken));
+        assert!(a.verify_bearer(Some("Basic abc")).is_err());
+    }
+
+    #[test]
+    fn init_payload_token_forms() {
+        assert_eq!(token_from_init_payload(Some(&json!({"token": "t"}))), Some("t"));
+        assert_eq!(
+            token_from_init_payload(Some(&json!({"authorization": "Bearer t"}))),
+            Some("t")
+        );
+        assert_eq!(
+            token_from_init_payload(Some(&json!({"Authorization": "bearer t"}))),
+            Some("t")
+        );
+        assert_eq!(token_from_init_payload(Some(&json!({"other": 1}))), None);
+        assert_eq!(token_from_init_payload(None), None);
+    }
+}

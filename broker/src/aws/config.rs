@@ -1,0 +1,89 @@
+//! SDK configuration and table names from the environment.
+
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+
+/// The region used when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is set.
+const FALLBACK_REGION: &str = "us-east-1";
+
+/// A loader with everything the broker's clients share, still open for adjustments (tests
+/// swap in static credentials or a faster retry policy before calling `load`).
+///
+/// - one HTTPS client, rustls on ring: the SDK's default features would bring a second TLS
+///   stack and aws-lc, a third more build time and binary size;
+/// - the region from `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`: with default
+///   features off the SDK's region chain has no HTTP client of its own and panics when it
+///   falls through to instance metadata;
+/// - credentials from the default chain (environment, profile, web identity, container,
+///   instance metadata), which on Lambda is the environment;
+/// - every service sent to `endpoint_url` when given (an emulator, the local gateway).
+pub fn config_loader(endpoint_url: Option<&str>) -> ConfigLoader {
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .region(Region::new(region_from_env()));
+    match endpoint_url {
+        Some(url) => loader.endpoint_url(url),
+        None => loader,
+    }
+}
+
+/// The shared SDK configuration: see [`config_loader`].
+pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
+    config_loader(endpoint_url).load().await
+}
+
+fn region_from_env() -> String {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|value| value.trim().to_owned())
+        .find(|value| !value.is_empty())
+        .unwrap_or_else(|| FALLBACK_REGION.to_owned())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is not set (it must name a DynamoDB table)")]
+    MissingTable(&'static str),
+}
+
+/// The broker's three tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableNames {
+    pub connections: String,
+    pub subscriptions: String,
+    pub events: String,
+}
+
+impl TableNames {
+    pub fn new(
+        connections: impl Into<String>,
+        subscriptions: impl Into<String>,
+        events: impl Into<String>,
+    ) -> Self {
+        Self {
+            connections: connections.into(),
+            subscriptions: subscriptions.into(),
+            events: events.into(),
+        }
+    }
+
+    /// Reads `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE` and `EVENTS_TABLE`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        fn table(name: &'static str) -> Result<String, ConfigError> {
+            std::env::var(name)
+                .ok()
+                .map(|value| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+                .ok_or(ConfigError::MissingTable(name))
+        }
+        Ok(Self {
+            connections: table("CONNECTIONS_TABLE")?,
+            subscriptions: table("SUBSCRIPTIONS_TABLE")?,
+            events: table("EVENTS_TABLE")?,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::records::ConnectionItem;
+use super::{BY_PRINCIPAL_INDEX, backend, decode_listing, from_item, query_all, string, to_item};
+use crate::domain::{Connection, ConnectionId, UserId, now_secs};
+use crate::ports::{ConnectionStore, StoreError};
+
+/// [`ConnectionStore`] on the connections table.
+#[derive(Clone, Debug)]
+pub struct DynamoDbConnectionStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbConnectionStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for DynamoDbConnectionStore {
+    async fn put(&self, connection: &Connection) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&ConnectionItem::from(connection))?))
+            .send()
+            .await
+            .map_err(backend("PutItem"))?;
+        Ok(())
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("connectionId", string(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        let Some(item) = output.item else {
+            return Ok(None);
+        };
+        let record: ConnectionItem = from_item(item)?;
+        Ok((record.ttl > now_secs()).then(|| record.into()))
+    }
+
+    async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError> {
+        // One conditional write: of two concurrent `connection_init`s exactly one succeeds.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("connectionId", string(id.as_str()))
+            .update_expression("SET #initialised = :true, #principal = :principal")
+            .condition_expression("attribute_exists(#id) AND #initialised = :false")
+            .expression_attribute_names("#id", "connectionId")
+            .expression_attribute_names("#initialised", "initialised")
+            .expression_attribute_names("#principal", "principal")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":principal", string(user.as_str()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict(format!(
+                    "{id} is already initialised or does not exist"
+                )))
+            }
+            Err(error) => Err(backend("UpdateItem")(error)),
+        }
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("connectionId", string(id.as_str()))
+            .send()
+            .await
+            .map_err(backend("DeleteItem"))?;
+        Ok(())
+    }
+
+    async fn by_user(&self, user: &UserId) -> Result<Vec<Connection>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_PRINCIPAL_INDEX)
+            .key_condition_expression("#principal = :principal")
+            .expression_attribute_names("#principal", "principal")
+            .expression_attribute_values(":principal", string(user.as_str()));
+        let now = now_secs();
+        Ok(
+            decode_listing::<ConnectionItem>(query_all(query).await?, &self.table)
+                .into_iter()
+                .filter(|c| c.ttl > now)
+                .map(Connection::from)
+                .collect(),
+        )
+    }
+}

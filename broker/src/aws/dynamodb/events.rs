@@ -1,0 +1,140 @@
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::records::EventItem;
+use super::{Item, backend, from_item, string, to_item};
+use crate::domain::{Event, EventRef, now_secs};
+use crate::ports::{EventLog, StoreError};
+
+/// [`EventLog`] on the events table, whose stream (`NEW_IMAGE`) drives delivery.
+#[derive(Clone, Debug)]
+pub struct DynamoDbEventLog {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbEventLog {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn key(event: &EventRef) -> Item {
+        HashMap::from([
+            ("topic".to_owned(), string(event.topic.as_str())),
+            ("eventId".to_owned(), string(event.event_id.as_str())),
+        ])
+    }
+}
+
+/// Reads an event from a stream record's new image (a Lambda stream event's
+/// `dynamodb.NewImage`, or a DynamoDB Streams `GetRecords` image): the one place that knows
+/// how an event is laid out in the table.
+pub fn event_from_image<I: Into<serde_dynamo::Item>>(image: I) -> Result<Event, StoreError> {
+    let record: EventItem =
+        serde_dynamo::from_item(image).map_err(|e| StoreError::Malformed(e.to_string()))?;
+    Event::try_from(record)
+}
+
+#[async_trait]
+impl EventLog for DynamoDbEventLog {
+    async fn append(&self, event: &Event) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&EventItem::try_from(event)?)?))
+            .condition_expression("attribute_not_exists(#id)")
+            .expression_attribute_names("#id", "eventId")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict(format!("event {} exists", event.id)))
+            }
+            Err(error) => Err(backend("PutItem")(error)),
+        }
+    }
+
+    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(event)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        let Some(item) = output.item else {
+            return Ok(None);
+        };
+        let record: EventItem = from_item(item)?;
+        if record.ttl <= now_secs() {
+            return Ok(None);
+        }
+        Event::try_from(record).map(Some)
+    }
+
+    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {
+        // Strongly consistent: a retried batch right after a successful one must see its mark.
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(event)))
+            .projection_expression("#delivered")
+            .expression_attribute_names("#delivered", "delivered")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        Ok(output
+            .item
+            .and_then(|mut item| item.remove("delivered"))
+            .is_some_and(|value| matches!(value, AttributeValue::Bool(true))))
+    }
+
+    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
+        // The condition keeps an unconditional update from creating a bare item for an event
+        // that is gone: the stream would report it as a new event.
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(event)))
+            .update_expression("SET #delivered = :true")
+            .condition_expression("attribute_exists(#id)")
+            .expression_attribute_names("#delivered", "delivered")
+            .expression_attribute_names("#id", "eventId")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Nothing left to mark: the event expired and was removed meanwhile.
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(backend("UpdateItem")(error)),
+        }
+    }
+}

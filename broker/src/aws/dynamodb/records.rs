@@ -1,0 +1,191 @@
+//! The items as stored: private record types with the table's attribute names, converted
+//! to and from the domain types. JSON-valued fields are stored as JSON text, so an item
+//! reads the same in the console, in stream images and in every SDK.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Audience, Connection, ConnectionId, Event, Subscription, SubscriptionKey, Topic, UserId,
+};
+use crate::ports::StoreError;
+use crate::protocol::Protocol;
+
+/// The partition holding one connection's claims (see [`ClaimItem`]). `#` never starts a
+/// topic the broker derives (`board/…`, `user/…`), so it cannot meet a real topic.
+pub(super) fn claim_partition(connection: &ConnectionId) -> String {
+    format!("#claims/{connection}")
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ConnectionItem {
+    pub connection_id: String,
+    pub protocol: Protocol,
+    /// Absent rather than null: `principal` keys the `byPrincipal` index, which only takes
+    /// strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    pub initialised: bool,
+    pub connected_at: u64,
+    pub ttl: u64,
+}
+
+impl From<&Connection> for ConnectionItem {
+    fn from(c: &Connection) -> Self {
+        Self {
+            connection_id: c.id.to_string(),
+            protocol: c.protocol,
+            principal: c.principal.as_ref().map(ToString::to_string),
+            initialised: c.initialised,
+            connected_at: c.connected_at_ms,
+            ttl: c.expires_at,
+        }
+    }
+}
+
+impl From<ConnectionItem> for Connection {
+    fn from(item: ConnectionItem) -> Self {
+        Self {
+            id: ConnectionId(item.connection_id),
+            protocol: item.protocol,
+            principal: item.principal.map(UserId),
+            initialised: item.initialised,
+            connected_at_ms: item.connected_at,
+            expires_at: item.ttl,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SubscriptionItem {
+    pub topic: String,
+    pub subscription_key: String,
+    pub connection_id: String,
+    pub operation_id: String,
+    pub protocol: Protocol,
+    pub principal: String,
+    pub document: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation_name: Option<String>,
+    /// The variables object as JSON text.
+    pub variables: String,
+    pub ttl: u64,
+}
+
+impl TryFrom<&Subscription> for SubscriptionItem {
+    type Error = StoreError;
+
+    fn try_from(s: &Subscription) -> Result<Self, StoreError> {
+        Ok(Self {
+            topic: s.topic.to_string(),
+            subscription_key: s.key.encode(),
+            connection_id: s.key.connection_id.to_string(),
+            operation_id: s.key.operation_id.clone(),
+            protocol: s.protocol,
+            principal: s.principal.to_string(),
+            document: s.document.clone(),
+            operation_name: s.operation_name.clone(),
+            variables: json_text(&s.variables)?,
+            ttl: s.expires_at,
+        })
+    }
+}
+
+impl TryFrom<SubscriptionItem> for Subscription {
+    type Error = StoreError;
+
+    fn try_from(item: SubscriptionItem) -> Result<Self, StoreError> {
+        let variables = parse_json(&item.variables, "variables", &item.subscription_key)?;
+        Ok(Self {
+            key: SubscriptionKey {
+                connection_id: ConnectionId(item.connection_id),
+                operation_id: item.operation_id,
+            },
+            topic: Topic(item.topic),
+            protocol: item.protocol,
+            principal: UserId(item.principal),
+            document: item.document,
+            operation_name: item.operation_name,
+            variables,
+            expires_at: item.ttl,
+        })
+    }
+}
+
+/// Claims an operation id for a connection, whatever the topic of its subscription: the
+/// subscriptions table is keyed by topic, so only this item, keyed by connection, lets one
+/// conditional write see a duplicate on another topic. It also records that topic, which
+/// makes deleting by key or by connection a strongly consistent read of one partition.
+///
+/// It carries no `connectionId` attribute, which keeps it out of the `byConnection` index.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ClaimItem {
+    /// [`claim_partition`] of the connection.
+    pub topic: String,
+    /// The claimed subscription's key.
+    pub subscription_key: String,
+    /// The topic the subscription is stored under.
+    pub subscribed_topic: String,
+    pub ttl: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct EventItem {
+    pub topic: String,
+    pub event_id: String,
+    /// The payload as JSON text.
+    pub payload: String,
+    /// The one user who may receive the event; absent when everyone may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    pub published_at: u64,
+    pub ttl: u64,
+}
+
+impl TryFrom<&Event> for EventItem {
+    type Error = StoreError;
+
+    fn try_from(e: &Event) -> Result<Self, StoreError> {
+        Ok(Self {
+            topic: e.topic.to_string(),
+            event_id: e.id.clone(),
+            payload: json_text(&e.payload)?,
+            audience: match &e.audience {
+                Audience::Everyone => None,
+                Audience::User(user) => Some(user.to_string()),
+            },
+            published_at: e.published_at_ms,
+            ttl: e.expires_at,
+        })
+    }
+}
+
+impl TryFrom<EventItem> for Event {
+    type Error = StoreError;
+
+    fn try_from(item: EventItem) -> Result<Self, StoreError> {
+        let payload = parse_json(&item.payload, "payload", &item.event_id)?;
+        Ok(Self {
+            id: item.event_id,
+            topic: Topic(item.topic),
+            payload,
+            audience: item
+                .audience
+                .map_or(Audience::Everyone, |user| Audience::User(UserId(user))),
+            published_at_ms: item.published_at,
+            expires_at: item.ttl,
+        })
+    }
+}
+
+fn json_text(value: &serde_json::Value) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn parse_json(text: &str, field: &str, item: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Malformed(format!("{field} of {item} is not JSON: {e}")))
+}

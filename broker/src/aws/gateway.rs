@@ -1,0 +1,193 @@
+//! [`ConnectionGateway`] on the API Gateway Management API (or the local gateway, which
+//! serves the same API).
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_apigatewaymanagement::Client;
+use aws_sdk_apigatewaymanagement::config::http::HttpResponse;
+use aws_sdk_apigatewaymanagement::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+
+use super::error::AwsCallError;
+use super::retry::RetryPolicy;
+use crate::domain::ConnectionId;
+use crate::ports::{ConnectionGateway, GatewayError};
+use crate::protocol::CloseCode;
+
+/// Request header carrying the WebSocket close code on `DELETE /@connections/{id}`. API
+/// Gateway cannot close with a code and ignores it; the local gateway honours it.
+pub const CLOSE_CODE_HEADER: &str = "x-broker-close-code";
+/// Request header carrying the close reason (printable ASCII, at most 123 bytes).
+pub const CLOSE_REASON_HEADER: &str = "x-broker-close-reason";
+
+/// A WebSocket close frame has room for 123 bytes of reason.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The Management API endpoint of a WebSocket API, from the `domainName` and `stage` of a
+/// route event's request context.
+pub fn management_endpoint(domain_name: &str, stage: &str) -> String {
+    format!("https://{domain_name}/{stage}")
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiGatewayConnectionGateway {
+    client: Client,
+    retry: RetryPolicy,
+}
+
+/// How a failed call is handled.
+enum Failure {
+    Gone,
+    /// Throttled or a server error: worth another try after a pause.
+    Transient,
+    Permanent,
+}
+
+impl ApiGatewayConnectionGateway {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// A client for the Management API at `endpoint_url` (see [`management_endpoint`]; for
+    /// the local gateway, its HTTP address).
+    pub fn from_config(config: &SdkConfig, endpoint_url: &str) -> Self {
+        let config = aws_sdk_apigatewaymanagement::config::Builder::from(config)
+            .endpoint_url(endpoint_url)
+            .build();
+        Self::new(Client::from_conf(config))
+    }
+
+    /// How throttled calls are retried once the SDK's own retries gave up. Under a burst
+    /// the account-wide API throttle answers 429 for a while, longer than the SDK waits.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    async fn call<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut send: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            let error = match send().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            match classify(&error) {
+                Failure::Gone => return Err(GatewayError::Gone),
+                Failure::Transient if attempt < self.retry.retries => {
+                    tracing::debug!(operation, attempt, "throttled; retrying");
+                    self.retry.sleep(attempt).await;
+                    attempt += 1;
+                }
+                Failure::Transient | Failure::Permanent => {
+                    return Err(GatewayError::backend(AwsCallError::new(operation, error)));
+                }
+            }
+        }
+    }
+}
+
+fn classify<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failure {
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let code = error.code();
+    // The status alone decides where a gateway answers without API Gateway's error type.
+    if status == Some(410) || code == Some("GoneException") {
+        Failure::Gone
+    } else if status == Some(429)
+        || status.is_some_and(|s| s >= 500)
+        || matches!(
+            code,
+            Some("LimitExceededException" | "ThrottlingException" | "TooManyRequestsException")
+        )
+    {
+        Failure::Transient
+    } else {
+        Failure::Permanent
+    }
+}
+
+/// The reason as a header value: printable ASCII only (anything else becomes `?`), cut to
+/// what a close frame can carry.
+fn header_safe_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .take(MAX_CLOSE_REASON)
+        .collect()
+}
+
+#[async_trait]
+impl ConnectionGateway for ApiGatewayConnectionGateway {
+    async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), GatewayError> {
+        let data = Blob::new(frame.as_bytes());
+        self.call("PostToConnection", || {
+            self.client
+                .post_to_connection()
+                .connection_id(id.as_str())
+                .data(data.clone())
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn close(
+        &self,
+        id: &ConnectionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), GatewayError> {
+        let code = code.code().to_string();
+        let reason = header_safe_reason(reason);
+        self.call("DeleteConnection", || {
+            let (code, reason) = (code.clone(), reason.clone());
+            self.client
+                .delete_connection()
+                .connection_id(id.as_str())
+                .customize()
+                .mutate_request(move |request| {
+                    // Both values are ASCII by construction; a refusal would only cost the
+                    // local gateway its close code, so it is not worth failing the close.
+                    let headers = request.headers_mut();
+                    let _ = headers.try_insert(CLOSE_CODE_HEADER, code.clone());
+                    let _ = headers.try_insert(CLOSE_REASON_HEADER, reason.clone());
+                })
+                .send()
+        })
+        .await
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_become_printable_ascii_within_a_close_frame() {
+        assert_eq!(header_safe_reason("Subscriber for 1 already exists"), "Subscriber for 1 already exists");
+        assert_eq!(header_safe_reason("bad\nline é"), "bad?line ?");
+        assert_eq!(header_safe_reason(&"x".repeat(500)).len(), MAX_CLOSE_REASON);
+    }
+
+    #[test]
+    fn management_endpoint_joins_domain_and_stage() {
+        assert_eq!(
+            management_endpoint("abc.execute-api.eu-west-1.amazonaws.com", "prod"),
+            "https://abc.execute-api.eu-west-1.amazonaws.com/prod"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! AWS adapters for the ports: DynamoDB stores, the API Gateway Management API, SQS.
+//!
+//! # Table layout
+//! The SAM template declares the same tables; [`provision`] creates them for the local mode
+//! and the tests.
+//!
+//! - Connections: key `connectionId`; GSI `byPrincipal` (key `principal`, all attributes).
+//!   Attributes `protocol`, `principal` (absent until known), `initialised`, `connectedAt`
+//!   (ms), `ttl` (s).
+//! - Subscriptions: key `topic` + `subscriptionKey` (`connectionId#operationId`); GSI
+//!   `byConnection` (key `connectionId` + `subscriptionKey`, keys only). Attributes
+//!   `operationId`, `protocol`, `principal`, `document`, `operationName`, `variables` (JSON
+//!   text), `ttl`. Each subscription has a companion *claim* item in the same table, see
+//!   [`dynamodb`].
+//! - Events: key `topic` + `eventId` (ULID); stream `NEW_IMAGE`. Attributes `payload` (JSON
+//!   text), `audience` (user id; absent = everyone), `publishedAt` (ms), `ttl` (s),
+//!   `delivered`.
+//!
+//! Expired items (`ttl <= now`) are filtered on every read: DynamoDB deletes them lazily
+//! (often within two days) and emulators never do.
+
+mod config;
+pub mod dynamodb;
+mod error;
+mod gateway;
+pub mod provision;
+mod retry;
+mod sqs;
+
+pub use config::{ConfigError, TableNames, config_loader, sdk_config};
+pub use dynamodb::{
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, event_from_image,
+};
+pub use error::AwsCallError;
+pub use gateway::{ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, management_endpoint};
+pub use retry::RetryPolicy;
+pub use sqs::SqsFanoutQueue;

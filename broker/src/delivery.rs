@@ -1,0 +1,273 @@
+//! Publishing events and delivering them to subscribers.
+//!
+//! Delivering one event to many subscribers costs one gateway post each: the floor. Everything
+//! else is kept below it: subscriptions that share a document, variables and user (every tab
+//! of one user watching one board) render the event once, and posts run concurrently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use futures_util::stream;
+use serde::Serialize;
+
+use crate::domain::{Audience, ConnectionId, Event, EventRef, Subscription, Topic, UserId};
+use crate::graphql;
+use crate::ports::{FanoutPage, GatewayError, StoreError};
+use crate::protocol::CloseCode;
+use crate::{Broker, DeliveryMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("event payload is not JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Direct mode only: some posts failed for reasons other than a closed connection.
+    #[error("{failed} of {attempted} deliveries failed")]
+    Delivery { failed: usize, attempted: usize },
+}
+
+/// What happened to one event (or one fan-out page).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// `next` frames posted.
+    pub delivered: usize,
+    /// Subscriptions whose document produced nothing for the event.
+    pub filtered: usize,
+    /// Subscriptions refused because the event's audience excludes their user.
+    pub refused: usize,
+    /// Connections found gone (410) and cleaned up.
+    pub gone: usize,
+    /// Posts that failed otherwise: the event must be retried.
+    pub failed: usize,
+    /// Fan-out pages handed to the queue instead of delivering here.
+    pub pages_enqueued: usize,
+}
+
+impl DeliveryReport {
+    pub fn is_complete(&self) -> bool {
+        self.failed == 0
+    }
+
+    fn absorb(&mut self, other: DeliveryReport) {
+        self.delivered += other.delivered;
+        self.filtered += other.filtered;
+        self.refused += other.refused;
+        self.gone += other.gone;
+        self.failed += other.failed;
+        self.pages_enqueued += other.pages_enqueued;
+    }
+}
+
+/// The handle resolvers publish with: `ctx.data::<Publisher>()?.publish(...)`.
+#[derive(Clone)]
+pub struct Publisher {
+    broker: Broker,
+}
+
+impl Publisher {
+    pub(crate) fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        payload: &impl Serialize,
+        audience: Audience,
+    ) -> Result<Event, PublishError> {
+        self.broker.publish(topic, payload, audience).await
+    }
+}
+
+impl Broker {
+    /// Publishes a change. In stream mode it is appended to the event log and this returns;
+    /// in direct mode it is delivered to every subscriber before this returns.
+    /// Backends and other services publish through this too.
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        payload: &impl Serialize,
+        audience: Audience,
+    ) -> Result<Event, PublishError> {
+        let event = Event::new(topic, serde_json::to_value(payload)?, audience);
+        match self.config().delivery_mode {
+            DeliveryMode::Stream => self.ports().events.append(&event).await?,
+            DeliveryMode::Direct => {
+                let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
+                let attempted = subscriptions.len();
+                let report = self.deliver_to(Arc::new(event.clone()), subscriptions).await;
+                if !report.is_complete() {
+                    return Err(PublishError::Delivery {
+                        failed: report.failed,
+                        attempted,
+                    });
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    /// Delivers one event from the log (the stream publisher's job). Above the fan-out
+    /// threshold, and with a queue configured, it enqueues pages for the workers instead.
+    /// An event already delivered in full (a retried batch) is skipped.
+    pub async fn deliver_event(&self, event: Event) -> Result<DeliveryReport, StoreError> {
+        let reference = EventRef {
+            topic: event.topic.clone(),
+            event_id: event.id.clone(),
+        };
+        if self.ports().events.is_delivered(&reference).await? {
+            tracing::info!(event = %reference.event_id, "skipping an event delivered before");
+            return Ok(DeliveryReport::default());
+        }
+        let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
+        let report = match &self.ports().fanout {
+            Some(queue) if subscriptions.len() > self.config().fanout_threshold => {
+                let pages: Vec<FanoutPage> = subscriptions
+                    .chunks(self.config().fanout_page_size)
+                    .map(|chunk| FanoutPage {
+                        topic: event.topic.clone(),
+                        event_id: event.id.clone(),
+                        subscription_keys: chunk.iter().map(|s| s.key.encode()).collect(),
+                    })
+                    .collect();
+                queue.enqueue(&pages).await?;
+                DeliveryReport {
+                    pages_enqueued: pages.len(),
+                    ..Default::default()
+                }
+            }
+            _ => self.deliver_to(Arc::new(event), subscriptions).await,
+        };
+        if report.is_complete() {
+            self.ports().events.mark_delivered(&reference).await?;
+        }
+        Ok(report)
+    }
+
+    /// Delivers one fan-out page (the fan-out worker's job).
+    pub async fn deliver_page(&self, page: &FanoutPage) -> Result<DeliveryReport, StoreError> {
+        let reference = page.event();
+        let Some(event) = self.ports().events.get(&reference).await? else {
+            tracing::warn!(event = %reference.event_id, "fan-out page for an unknown event");
+            return Ok(DeliveryReport::default());
+        };
+        let subscriptions = self
+            .ports()
+            .subscriptions
+            .get_many(&reference.topic, &page.keys())
+            .await?;
+        Ok(self.deliver_to(Arc::new(event), subscriptions).await)
+    }
+
+    /// Renders and posts `event` to `subscriptions`.
+    pub async fn deliver_to(
+        &self,
+        event: Arc<Event>,
+        subscriptions: Vec<Subscription>,
+    ) -> DeliveryReport {
+        let mut report = DeliveryReport::default();
+
+        // The audience check comes first and does not depend on the document or resolver:
+        // whatever was stored, a user's event reaches only that user's connections.
+        let (admitted, refused): (Vec<_>, Vec<_>) = subscriptions
+            .into_iter()
+            .partition(|s| s.topic == event.topic && event.audience.admits(&s.principal));
+        for s in &refused {
+            tracing::warn!(
+                event = %event.id,
+                subscription = %s.key.encode(),
+                "refused delivery outside the event's audience"
+            );
+        }
+        report.refused = refused.len();
+
+        // Render once per distinct (document, operation, variables, user).
+        let mut groups: HashMap<(&str, Option<&str>, String, &UserId), Vec<&Subscription>> =
+            HashMap::new();
+        for s in &admitted {
+            let key = (
+                s.document.as_str(),
+                s.operation_name.as_deref(),
+                s.variables.to_string(),
+                &s.principal,
+            );
+            groups.entry(key).or_default().push(s);
+        }
+        let mut frames: Vec<(ConnectionId, String)> = Vec::with_capacity(admitted.len());
+        for members in groups.into_values() {
+            let first = members[0];
+            let data = |r| self.request_data(first.principal.clone(), r);
+            match graphql::render(self.inner.executor.as_ref(), first, &event, data).await {
+                Some(payload) => frames.extend(members.iter().map(|s| {
+                    let frame = s.protocol.next(&s.key.operation_id, &payload);
+                    (s.key.connection_id.clone(), frame)
+                })),
+                None => report.filtered += members.len(),
+            }
+        }
+
+        report.absorb(self.post_all(frames).await);
+        tracing::debug!(event = %event.id, ?report, "delivered");
+        report
+    }
+
+    /// Posts frames concurrently, cleaning up connections that are gone.
+    async fn post_all(&self, frames: Vec<(ConnectionId, String)>) -> DeliveryReport {
+        let gateway = &self.ports().gateway;
+        let outcomes: Vec<(ConnectionId, Result<(), GatewayError>)> = stream::iter(frames)
+            .map(|(connection, frame)| async move {
+                let outcome = gateway.post(&connection, &frame).await;
+                (connection, outcome)
+            })
+            .buffer_unordered(self.config().post_concurrency)
+            .collect()
+            .await;
+        let mut report = DeliveryReport::default();
+        for (connection, outcome) in outcomes {
+            match outcome {
+                Ok(()) => report.delivered += 1,
+                Err(GatewayError::Gone) => {
+                    report.gone += 1;
+                    if let Err(e) = self.forget_connection(&connection).await {
+                        tracing::warn!(%connection, error = %e, "cleanup of a gone connection failed");
+                    }
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(%connection, error = %e, "post failed");
+                }
+            }
+        }
+        report
+    }
+
+    /// Posts one raw frame to every open connection of `user` (every frontend they have
+    /// open). Returns how many connections received it.
+    pub async fn send_to_user(&self, user: &UserId, frame: &str) -> Result<usize, StoreError> {
+        let connections = self.ports().connections.by_user(user).await?;
+        let frames = connections
+            .into_iter()
+            .filter(|c| c.initialised)
+            .map(|c| (c.id, frame.to_owned()))
+            .collect();
+        Ok(self.post_all(frames).await.delivered)
+    }
+
+    /// Closes every connection of `user` (sign-out everywhere, a revoked account). Returns
+    /// how many were closed.
+    pub async fn disconnect_user(&self, user: &UserId, code: CloseCode) -> Result<usize, StoreError> {
+        let connections = self.ports().connections.by_user(user).await?;
+        let count = connections.len();
+        for connection in connections {
+            if let Err(e) = self
+                .close(&connection.id, code, "disconnected by the server")
+                .await
+            {
+                tracing::warn!(connection = %connection.id, error = %e, "disconnect failed");
+            }
+        }
+        Ok(count)
+    }
+}

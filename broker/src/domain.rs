@@ -1,0 +1,210 @@
+//! The broker's vocabulary: connections, subscriptions, events and who they belong to.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::protocol::Protocol;
+
+/// How long a connection (and everything stored for it) may live: API Gateway closes every
+/// WebSocket after two hours, so nothing of a connection needs to outlive that by much.
+pub const CONNECTION_LIFETIME_SECS: u64 = 2 * 60 * 60 + 5 * 60;
+
+/// How long an event stays in the event log (replay window, then DynamoDB TTL removes it).
+pub const EVENT_LIFETIME_SECS: u64 = 24 * 60 * 60;
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(value.to_owned())
+            }
+        }
+    };
+}
+
+string_id!(
+    /// API Gateway's id for one WebSocket connection.
+    ConnectionId
+);
+string_id!(
+    /// The authenticated user: the JWT `sub`, the app's external user id.
+    UserId
+);
+string_id!(
+    /// What a subscription listens to and an event is published on, e.g. `board/b1/cardAdded`.
+    /// Private topics are derived from the authenticated user (see [`Topic::private`]).
+    Topic
+);
+
+impl Topic {
+    /// A topic that only `user` can listen to: built from the verified identity, never from
+    /// anything the client sent.
+    pub fn private(user: &UserId, name: &str) -> Self {
+        Self(format!("user/{user}/{name}"))
+    }
+}
+
+/// The identity a request runs as. Resolvers read it with `ctx.data::<Principal>()`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub user: UserId,
+}
+
+/// One open WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub protocol: Protocol,
+    /// Set at `$connect` (token in the query string) or at `connection_init`.
+    pub principal: Option<UserId>,
+    /// `connection_init` was accepted and acknowledged.
+    pub initialised: bool,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at_ms: u64,
+    /// Seconds since the Unix epoch after which the record is dead (DynamoDB TTL).
+    pub expires_at: u64,
+}
+
+/// Identifies one subscription: the connection and the client-chosen operation id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SubscriptionKey {
+    pub connection_id: ConnectionId,
+    pub operation_id: String,
+}
+
+impl SubscriptionKey {
+    /// `connectionId#operationId`. Connection ids never contain `#`, so the first `#` splits.
+    pub fn encode(&self) -> String {
+        format!("{}#{}", self.connection_id, self.operation_id)
+    }
+
+    pub fn decode(value: &str) -> Option<Self> {
+        let (connection, operation) = value.split_once('#')?;
+        (!connection.is_empty()).then(|| Self {
+            connection_id: ConnectionId::new(connection),
+            operation_id: operation.to_owned(),
+        })
+    }
+}
+
+/// A stored subscription: everything needed to run its document against one event later,
+/// in another process, without the original request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub key: SubscriptionKey,
+    pub topic: Topic,
+    pub protocol: Protocol,
+    pub principal: UserId,
+    pub document: String,
+    pub operation_name: Option<String>,
+    /// JSON object of the operation's variables.
+    pub variables: serde_json::Value,
+    pub expires_at: u64,
+}
+
+/// Who may receive an event. Checked at delivery against each subscription's principal, so a
+/// subscription stored on the wrong topic still cannot leak another user's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "user", rename_all = "camelCase")]
+pub enum Audience {
+    Everyone,
+    User(UserId),
+}
+
+impl Audience {
+    pub fn admits(&self, user: &UserId) -> bool {
+        match self {
+            Audience::Everyone => true,
+            Audience::User(owner) => owner == user,
+        }
+    }
+}
+
+/// One published change. Its id is a ULID: unique, ordered by time within a topic.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub topic: Topic,
+    pub payload: serde_json::Value,
+    pub audience: Audience,
+    /// Milliseconds since the Unix epoch, when it was published.
+    pub published_at_ms: u64,
+    pub expires_at: u64,
+}
+
+impl Event {
+    pub fn new(topic: Topic, payload: serde_json::Value, audience: Audience) -> Self {
+        let now = now_ms();
+        Self {
+            id: ulid::Ulid::new().to_string(),
+            topic,
+            payload,
+            audience,
+            published_at_ms: now,
+            expires_at: now / 1000 + EVENT_LIFETIME_SECS,
+        }
+    }
+}
+
+/// A reference to an event in the log, small enough to put in a queue message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    pub topic: Topic,
+    pub event_id: String,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_key_round_trips_with_hash_in_operation_id() {
+        let key = SubscriptionKey {
+            connection_id: ConnectionId::new("L0SM9cOFvHcCIhw="),
+            operation_id: "a#b".into(),
+        };
+        assert_eq!(SubscriptionKey::decode(&key.encode()), Some(key));
+        assert_eq!(SubscriptionKey::decode("no-separator"), None);
+        assert_eq!(SubscriptionKey::decode("#op"), None);
+    }
+
+    #[test]
+    fn audience_admits_only_its_user() {
+        let a = UserId::new("a");
+        let b = UserId::new("b");
+        assert!(Audience::Everyone.admits(&a));
+        assert!(Audience::User(a.clone()).admits(&a));
+        assert!(!Audience::User(a).admits(&b));
+    }
+}

@@ -1,0 +1,349 @@
+//! In-memory adapters: for unit tests and the embedded store of the local mode.
+//!
+//! Each keeps its state behind a `std::sync::Mutex`: critical sections are a few map
+//! operations and never span an `.await`, which is what std's mutex is good at.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
+
+use crate::domain::{
+    Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId,
+    now_secs,
+};
+use crate::ports::{
+    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
+    StoreError, SubscriptionStore,
+};
+use crate::protocol::CloseCode;
+
+#[derive(Default)]
+pub struct MemoryConnectionStore {
+    connections: Mutex<HashMap<ConnectionId, Connection>>,
+}
+
+#[async_trait]
+impl ConnectionStore for MemoryConnectionStore {
+    async fn put(&self, connection: &Connection) -> Result<(), StoreError> {
+        lock(&self.connections).insert(connection.id.clone(), connection.clone());
+        Ok(())
+    }
+
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let now = now_secs();
+        Ok(lock(&self.connections)
+            .get(id)
+            .filter(|c| c.expires_at > now)
+            .cloned())
+    }
+
+    async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError> {
+        let mut connections = lock(&self.connections);
+        match connections.get_mut(id) {
+            Some(c) if !c.initialised => {
+                c.initialised = true;
+                c.principal = Some(user.clone());
+                Ok(())
+            }
+            Some(_) => Err(StoreError::Conflict(format!("{id} is already initialised"))),
+            None => Err(StoreError::Conflict(format!("{id} does not exist"))),
+        }
+    }
+
+    async fn delete(&self, id: &ConnectionId) -> Result<(), StoreError> {
+        lock(&self.connections).remove(id);
+        Ok(())
+    }
+
+    async fn by_user(&self, user: &UserId) -> Result<Vec<Connection>, StoreError> {
+        let now = now_secs();
+        Ok(lock(&self.connections)
+            .values()
+            .filter(|c| c.principal.as_ref() == Some(user) && c.expires_at > now)
+            .cloned()
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct MemorySubscriptionStore {
+    inner: Mutex<SubscriptionIndex>,
+}
+
+#[derive(Default)]
+struct SubscriptionIndex {
+    by_topic: HashMap<Topic, BTreeMap<SubscriptionKey, Subscription>>,
+    /// The topic of each key: operation ids are unique per connection across topics.
+    topic_of: HashMap<SubscriptionKey, Topic>,
+    by_connection: HashMap<ConnectionId, HashSet<SubscriptionKey>>,
+}
+
+impl SubscriptionIndex {
+    fn remove(&mut self, key: &SubscriptionKey) -> bool {
+        let Some(topic) = self.topic_of.remove(key) else {
+            return false;
+        };
+        if let Some(subs) = self.by_topic.get_mut(&topic) {
+            subs.remove(key);
+            if subs.is_empty() {
+                self.by_topic.remove(&topic);
+            }
+        }
+        if let Some(keys) = self.by_connection.get_mut(&key.connection_id) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_connection.remove(&key.connection_id);
+            }
+        }
+        true
+    }
+}
+
+impl MemorySubscriptionStore {
+    /// How many subscriptions are stored (expired ones included).
+    pub fn len(&self) -> usize {
+        lock(&self.inner).topic_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl SubscriptionStore for MemorySubscriptionStore {
+    async fn insert(&self, subscription: &Subscription) -> Result<(), StoreError> {
+        let mut index = lock(&self.inner);
+        let key = &subscription.key;
+        if index.topic_of.contains_key(key) {
+            return Err(StoreError::Conflict(format!(
+                "subscription {} already exists",
+                key.encode()
+            )));
+        }
+        index.topic_of.insert(key.clone(), subscription.topic.clone());
+        index
+            .by_connection
+            .entry(key.connection_id.clone())
+            .or_default()
+            .insert(key.clone());
+        index
+            .by_topic
+            .entry(subscription.topic.clone())
+            .or_default()
+            .insert(key.clone(), subscription.clone());
+        Ok(())
+    }
+
+    async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
+        Ok(lock(&self.inner).remove(key))
+    }
+
+    async fn by_topic(&self, topic: &Topic) -> Result<Vec<Subscription>, StoreError> {
+        let now = now_secs();
+        Ok(lock(&self.inner)
+            .by_topic
+            .get(topic)
+            .map(|subs| {
+                subs.values()
+                    .filter(|s| s.expires_at > now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn get_many(
+        &self,
+        topic: &Topic,
+        keys: &[SubscriptionKey],
+    ) -> Result<Vec<Subscription>, StoreError> {
+        let now = now_secs();
+        let index = lock(&self.inner);
+        let Some(subs) = index.by_topic.get(topic) else {
+            return Ok(Vec::new());
+        };
+        Ok(keys
+            .iter()
+            .filter_map(|k| subs.get(k))
+            .filter(|s| s.expires_at > now)
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        let mut index = lock(&self.inner);
+        let keys = index.by_connection.remove(id).unwrap_or_default();
+        for key in &keys {
+            index.remove(key);
+        }
+        Ok(keys.len())
+    }
+}
+
+/// The embedded event log. Besides storing events it behaves like a one-shard stream:
+/// [`MemoryEventLog::read_from`] returns the events appended after a position, so the local
+/// mode can feed the publisher in batches, as Lambda's stream polling does.
+#[derive(Default)]
+pub struct MemoryEventLog {
+    inner: Mutex<EventLogState>,
+    appended: Notify,
+}
+
+#[derive(Default)]
+struct EventLogState {
+    events: Vec<Event>,
+    by_ref: HashMap<(Topic, String), usize>,
+    delivered: HashSet<(Topic, String)>,
+}
+
+impl MemoryEventLog {
+    /// Up to `max` events from stream position `from` on, and the position after them.
+    pub fn read_from(&self, from: usize, max: usize) -> (Vec<Event>, usize) {
+        let state = lock(&self.inner);
+        let batch: Vec<Event> = state.events.iter().skip(from).take(max).cloned().collect();
+        let next = from + batch.len();
+        (batch, next)
+    }
+
+    /// Resolves when an event is appended after this call (or was, since the last wait).
+    pub async fn appended(&self) {
+        self.appended.notified().await;
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryEventLog {
+    async fn append(&self, event: &Event) -> Result<(), StoreError> {
+        {
+            let mut state = lock(&self.inner);
+            let key = (event.topic.clone(), event.id.clone());
+            if state.by_ref.contains_key(&key) {
+                return Err(StoreError::Conflict(format!("event {} exists", event.id)));
+            }
+            let position = state.events.len();
+            state.by_ref.insert(key, position);
+            state.events.push(event.clone());
+        }
+        self.appended.notify_one();
+        Ok(())
+    }
+
+    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
+        let state = lock(&self.inner);
+        Ok(state
+            .by_ref
+            .get(&(event.topic.clone(), event.event_id.clone()))
+            .map(|&i| state.events[i].clone()))
+    }
+
+    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {
+        Ok(lock(&self.inner)
+            .delivered
+            .contains(&(event.topic.clone(), event.event_id.clone())))
+    }
+
+    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
+        lock(&self.inner)
+            .delivered
+            .insert((event.topic.clone(), event.event_id.clone()));
+        Ok(())
+    }
+}
+
+/// A gateway that records what was posted instead of sending it; connections listed with
+/// [`RecordingGateway::set_gone`] answer like API Gateway's 410.
+#[derive(Default)]
+pub struct RecordingGateway {
+    inner: Mutex<RecordingState>,
+}
+
+#[derive(Default)]
+struct RecordingState {
+    frames: HashMap<ConnectionId, Vec<String>>,
+    closed: Vec<(ConnectionId, CloseCode)>,
+    gone: HashSet<ConnectionId>,
+}
+
+impl RecordingGateway {
+    /// Takes the frames posted to `id` so far, parsed as JSON.
+    pub fn take(&self, id: &ConnectionId) -> Vec<serde_json::Value> {
+        lock(&self.inner)
+            .frames
+            .remove(id)
+            .unwrap_or_default()
+            .iter()
+            .map(|f| serde_json::from_str(f).expect("posted frames are JSON"))
+            .collect()
+    }
+
+    pub fn closed(&self) -> Vec<(ConnectionId, CloseCode)> {
+        lock(&self.inner).closed.clone()
+    }
+
+    pub fn set_gone(&self, id: &ConnectionId) {
+        lock(&self.inner).gone.insert(id.clone());
+    }
+}
+
+#[async_trait]
+impl ConnectionGateway for RecordingGateway {
+    async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), GatewayError> {
+        let mut state = lock(&self.inner);
+        if state.gone.contains(id) {
+            return Err(GatewayError::Gone);
+        }
+        state
+            .frames
+            .entry(id.clone())
+            .or_default()
+            .push(frame.to_owned());
+        Ok(())
+    }
+
+    async fn close(
+        &self,
+        id: &ConnectionId,
+        code: CloseCode,
+        _reason: &str,
+    ) -> Result<(), GatewayError> {
+        let mut state = lock(&self.inner);
+        if state.gone.contains(id) {
+            return Err(GatewayError::Gone);
+        }
+        state.closed.push((id.clone(), code));
+        Ok(())
+    }
+}
+
+/// A fan-out queue over a tokio channel: the local mode runs the worker on the other end.
+pub struct ChannelFanoutQueue {
+    sender: mpsc::UnboundedSender<FanoutPage>,
+}
+
+impl ChannelFanoutQueue {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<FanoutPage>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (Self { sender }, receiver)
+    }
+}
+
+#[async_trait]
+impl FanoutQueue for ChannelFanoutQueue {
+    async fn enqueue(&self, pages: &[FanoutPage]) -> Result<(), StoreError> {
+        for page in pages {
+            self.sender
+                .send(page.clone())
+                .map_err(|_| StoreError::backend("fan-out worker has stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, still consistent
+    // enough to keep serving: recover instead of poisoning every later request.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,142 @@
+//! Ports: what the broker needs from the outside world. Adapters live in [`crate::memory`]
+//! (unit tests, the embedded local mode) and `crate::aws` (DynamoDB, SQS, API Gateway).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId,
+};
+use crate::protocol::CloseCode;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found the item already there (or missing, for an update).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The item exists but cannot be read back as the domain type.
+    #[error("malformed item: {0}")]
+    Malformed(String),
+    #[error("storage backend failed: {source}")]
+    Backend {
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    pub fn backend(source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            source: source.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The connection no longer exists (API Gateway answers 410 Gone).
+    #[error("connection is gone")]
+    Gone,
+    #[error("gateway failed: {source}")]
+    Backend {
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl GatewayError {
+    pub fn backend(source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            source: source.into(),
+        }
+    }
+}
+
+/// Open connections, indexed by id and by user.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
+    async fn put(&self, connection: &Connection) -> Result<(), StoreError>;
+    /// `None` for unknown or expired connections.
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
+    /// Records an accepted `connection_init`. [`StoreError::Conflict`] when the connection was
+    /// already initialised (a second init, even a concurrent one) or does not exist.
+    async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError>;
+    async fn delete(&self, id: &ConnectionId) -> Result<(), StoreError>;
+    /// Every live connection of one user: a backend pushing to all of a user's frontends.
+    async fn by_user(&self, user: &UserId) -> Result<Vec<Connection>, StoreError>;
+}
+
+/// Stored subscriptions, indexed by topic (delivery) and by connection (cleanup).
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync {
+    /// [`StoreError::Conflict`] when the connection already has a subscription with this
+    /// operation id, whatever its topic.
+    async fn insert(&self, subscription: &Subscription) -> Result<(), StoreError>;
+    /// Removes one subscription; returns whether it existed.
+    async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError>;
+    /// Every live subscription to `topic`.
+    async fn by_topic(&self, topic: &Topic) -> Result<Vec<Subscription>, StoreError>;
+    /// The live subscriptions among `keys` of `topic` (a fan-out page).
+    async fn get_many(
+        &self,
+        topic: &Topic,
+        keys: &[SubscriptionKey],
+    ) -> Result<Vec<Subscription>, StoreError>;
+    /// Removes every subscription of a connection; returns how many there were.
+    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
+}
+
+/// The append-only log of published events (the events table; its stream drives delivery).
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Appends; never overwrites an event with the same id.
+    async fn append(&self, event: &Event) -> Result<(), StoreError>;
+    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError>;
+    /// Whether `event` was delivered in full already: a retried stream batch skips it
+    /// instead of delivering it twice.
+    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError>;
+    /// Records that `event` was delivered in full.
+    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError>;
+}
+
+/// Posts frames to connections: the API Gateway Management API, or the local gateway.
+#[async_trait]
+pub trait ConnectionGateway: Send + Sync {
+    async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), GatewayError>;
+    /// Closes a connection. API Gateway cannot send a close code; the local gateway does.
+    async fn close(&self, id: &ConnectionId, code: CloseCode, reason: &str)
+    -> Result<(), GatewayError>;
+}
+
+/// One page of a large fan-out: a queue message handled by a fan-out worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FanoutPage {
+    pub topic: Topic,
+    pub event_id: String,
+    pub subscription_keys: Vec<String>,
+}
+
+impl FanoutPage {
+    pub fn event(&self) -> EventRef {
+        EventRef {
+            topic: self.topic.clone(),
+            event_id: self.event_id.clone(),
+        }
+    }
+
+    pub fn keys(&self) -> Vec<SubscriptionKey> {
+        self.subscription_keys
+            .iter()
+            .filter_map(|k| SubscriptionKey::decode(k))
+            .collect()
+    }
+}
+
+/// The queue that spreads large fan-outs over workers (SQS on AWS).
+#[async_trait]
+pub trait FanoutQueue: Send + Sync {
+    async fn enqueue(&self, pages: &[FanoutPage]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,215 @@
+//! The two GraphQL-over-WebSocket subprotocols, as data.
+//!
+//! Client messages are parsed with async-graphql's [`ClientMessage`], which already accepts
+//! both dialects (`subscribe`/`start`, `complete`/`stop`). Server messages are built here:
+//! async-graphql keeps its server side inside a per-connection stream, which cannot survive
+//! between Lambda invocations.
+
+use async_graphql::http::ClientMessage;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A negotiated subprotocol, stored with the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    /// `graphql-transport-ws`: the `graphql-ws` npm client, Apollo's GraphQLWsLink.
+    #[serde(rename = "graphql-transport-ws")]
+    GraphqlTransportWs,
+    /// `graphql-ws`: the legacy `subscriptions-transport-ws` protocol.
+    #[serde(rename = "graphql-ws")]
+    GraphqlWs,
+}
+
+/// Close codes of `graphql-transport-ws` (the legacy protocol reuses them: its clients only
+/// look at whether the socket closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCode {
+    Normal = 1000,
+    InternalError = 4500,
+    BadRequest = 4400,
+    Unauthorized = 4401,
+    Forbidden = 4403,
+    InitTimeout = 4408,
+    SubscriberAlreadyExists = 4409,
+    TooManyInitRequests = 4429,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_code(code: u16) -> Option<Self> {
+        [
+            Self::Normal,
+            Self::InternalError,
+            Self::BadRequest,
+            Self::Unauthorized,
+            Self::Forbidden,
+            Self::InitTimeout,
+            Self::SubscriberAlreadyExists,
+            Self::TooManyInitRequests,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
+    }
+}
+
+/// Why the protocol negotiation at `$connect` failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("none of the offered subprotocols is supported: {offered}")]
+pub struct UnsupportedProtocol {
+    pub offered: String,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::GraphqlTransportWs, Protocol::GraphqlWs];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::GraphqlTransportWs => "graphql-transport-ws",
+            Protocol::GraphqlWs => "graphql-ws",
+        }
+    }
+
+    /// Picks the subprotocol from a `Sec-WebSocket-Protocol` request header.
+    ///
+    /// `Ok(None)` when the client offered none: the connection then speaks
+    /// `graphql-transport-ws` and no header is echoed (echoing one the client did not offer
+    /// makes browsers drop the socket). The modern protocol wins when both are offered.
+    pub fn negotiate(header: Option<&str>) -> Result<Option<Protocol>, UnsupportedProtocol> {
+        let Some(header) = header.filter(|h| !h.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let offered: Vec<&str> = header.split(',').map(str::trim).collect();
+        Self::ALL
+            .into_iter()
+            .find(|p| offered.contains(&p.name()))
+            .map(Some)
+            .ok_or_else(|| UnsupportedProtocol {
+                offered: header.to_owned(),
+            })
+    }
+
+    /// `connection_ack`, and in the legacy protocol the first keep-alive its clients expect.
+    pub fn ack(self) -> Vec<String> {
+        match self {
+            Protocol::GraphqlTransportWs => vec![json!({"type": "connection_ack"}).to_string()],
+            Protocol::GraphqlWs => vec![
+                json!({"type": "connection_ack"}).to_string(),
+                json!({"type": "ka"}).to_string(),
+            ],
+        }
+    }
+
+    /// A result for operation `id`. `payload` is a serialized GraphQL response.
+    pub fn next(self, id: &str, payload: &str) -> String {
+        let kind = match self {
+            Protocol::GraphqlTransportWs => "next",
+            Protocol::GraphqlWs => "data",
+        };
+        // The payload is already JSON: splice it in instead of parsing it again, so one
+        // rendered event can be sent to many subscribers at the cost of a string copy.
+        format!(
+            r#"{{"id":{},"type":"{kind}","payload":{payload}}}"#,
+            Value::from(id)
+        )
+    }
+
+    pub fn complete(self, id: &str) -> String {
+        json!({"id": id, "type": "complete"}).to_string()
+    }
+
+    /// Operation errors (validation, authorization) for operation `id`.
+    pub fn error(self, id: &str, errors: Vec<Value>) -> String {
+        match self {
+            Protocol::GraphqlTransportWs => {
+                json!({"id": id, "type": "error", "payload": errors}).to_string()
+            }
+            // subscriptions-transport-ws expects a single error object.
+            Protocol::GraphqlWs => {
+                let first = errors
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| json!({"message": "unknown error"}));
+                json!({"id": id, "type": "error", "payload": first}).to_string()
+            }
+        }
+    }
+
+    /// Reply to a client `ping` (graphql-transport-ws only; the legacy protocol has none).
+    pub fn pong(self, payload: Option<Value>) -> Option<String> {
+        match self {
+            Protocol::GraphqlTransportWs => Some(match payload {
+                Some(p) => json!({"type": "pong", "payload": p}).to_string(),
+                None => json!({"type": "pong"}).to_string(),
+            }),
+            Protocol::GraphqlWs => None,
+        }
+    }
+
+    /// The legacy protocol reports a refused `connection_init` as a message before closing.
+    pub fn connection_error(self, message: &str) -> Option<String> {
+        match self {
+            Protocol::GraphqlTransportWs => None,
+            Protocol::GraphqlWs => {
+                Some(json!({"type": "connection_error", "payload": {"message": message}}).to_string())
+            }
+        }
+    }
+}
+
+/// Parses one text frame. `Err` carries the reason for a 4400 close.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("message has no \"type\"")?
+        .to_owned();
+    serde_json::from_value(value).map_err(|e| format!("invalid \"{kind}\" message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_prefers_the_modern_protocol_and_rejects_unknown_ones() {
+        assert_eq!(Protocol::negotiate(None), Ok(None));
+        assert_eq!(
+            Protocol::negotiate(Some("graphql-ws")),
+            Ok(Some(Protocol::GraphqlWs))
+        );
+        assert_eq!(
+            Protocol::negotiate(Some("graphql-ws, graphql-transport-ws")),
+            Ok(Some(Protocol::GraphqlTransportWs))
+        );
+        assert!(Protocol::negotiate(Some("mqtt")).is_err());
+    }
+
+    #[test]
+    fn next_frames_embed_the_payload_verbatim() {
+        let frame = Protocol::GraphqlTransportWs.next("a\"1", r#"{"data":{"x":1}}"#);
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            value,
+            json!({"id": "a\"1", "type": "next", "payload": {"data": {"x": 1}}})
+        );
+        let legacy: Value =
+            serde_json::from_str(&Protocol::GraphqlWs.next("1", r#"{"data":null}"#)).unwrap();
+        assert_eq!(legacy["type"], "data");
+    }
+
+    #[test]
+    fn bad_messages_are_described() {
+        assert!(parse_client_message("{").unwrap_err().contains("invalid JSON"));
+        assert!(parse_client_message("{}").unwrap_err().contains("type"));
+        assert!(
+            parse_client_message(r#"{"type":"subscribe","id":"1"}"#)
+                .unwrap_err()
+                .contains("subscribe")
+        );
+        assert!(parse_client_message(r#"{"type":"bogus"}"#).is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! The WebSocket routes. Every call is stateless: what a connection has agreed to so far
+//! (protocol, user, `connection_init`) lives in the connection store, so any process can
+//! handle the next message of any connection.
+
+use async_graphql::http::ClientMessage;
+use async_graphql::parser::types::OperationType;
+
+use crate::Broker;
+use crate::auth::{AuthError, token_from_init_payload};
+use crate::domain::{
+    CONNECTION_LIFETIME_SECS, Connection, ConnectionId, Subscription, SubscriptionKey, UserId,
+    now_ms,
+};
+use crate::graphql::{self, errors_json};
+use crate::ports::{GatewayError, StoreError};
+use crate::protocol::{CloseCode, Protocol, parse_client_message};
+
+/// The answer to `$connect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// Accept; echo `protocol` in `Sec-WebSocket-Protocol` when the client offered one.
+    Accepted { protocol: Option<Protocol> },
+    /// Refuse the upgrade with this HTTP status; nothing was stored.
+    Rejected { status: u16, reason: String },
+}
+
+/// A failure of the broker's own dependencies (not of the client): the route answers 500
+/// and the platform's retry or the client's reconnect takes over.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+}
+
+impl Broker {
+    /// `$connect`: negotiate the subprotocol, authenticate the query-string token if there is
+    /// one, store the connection.
+    pub async fn connect(
+        &self,
+        id: ConnectionId,
+        protocols_header: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ConnectOutcome, SessionError> {
+        let offered = match Protocol::negotiate(protocols_header) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(ConnectOutcome::Rejected {
+                    status: 400,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let principal = match token.map(|t| self.authenticator().verify(t)).transpose() {
+            Ok(user) => user,
+            Err(e) => {
+                return Ok(ConnectOutcome::Rejected {
+                    status: 401,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let connected_at_ms = now_ms();
+        let connection = Connection {
+            id,
+            protocol: offered.unwrap_or(Protocol::GraphqlTransportWs),
+            principal,
+            initialised: false,
+            connected_at_ms,
+            expires_at: connected_at_ms / 1000 + CONNECTION_LIFETIME_SECS,
+        };
+        self.ports().connections.put(&connection).await?;
+        Ok(ConnectOutcome::Accepted { protocol: offered })
+    }
+
+    /// `$disconnect`: forget the connection and everything it subscribed to.
+    pub async fn disconnect(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        self.forget_connection(id).await
+    }
+
+    /// `$default`: one text frame from the client.
+    pub async fn receive(&self, id: &ConnectionId, text: &str) -> Result<(), SessionError> {
+        let Some(connection) = self.ports().connections.get(id).await? else {
+            // Expired or never connected through `$connect`: nothing to talk about.
+            return self.close(id, CloseCode::BadRequest, "unknown connection").await;
+        };
+        let message = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(reason) => return self.close(id, CloseCode::BadRequest, &reason).await,
+        };
+        match message {
+            ClientMessage::ConnectionInit { payload } => self.init(&connection, payload).await,
+            ClientMessage::Ping { payload } => match connection.protocol.pong(payload) {
+                Some(pong) => self.post(id, &pong).await,
+                None => Ok(()),
+            },
+            ClientMessage::Pong { .. } => Ok(()),
+            ClientMessage::Start { id: op, payload } => {
+                self.start(&connection, op, payload).await
+            }
+            ClientMessage::Stop { id: op } => {
+                let key = SubscriptionKey {
+                    connection_id: id.clone(),
+                    operation_id: op,
+                };
+                self.ports().subscriptions.delete(&key).await?;
+                Ok(())
+            }
+            ClientMessage::ConnectionTerminate => {
+                self.close(id, CloseCode::Normal, "terminated by the client")
+                    .await
+            }
+        }
+    }
+
+    async fn init(
+        &self,
+        connection: &Connection,
+        payload: Option<serde_json::Value>,
+    ) -> Result<(), SessionError> {
+        let id = &connection.id;
+        if connection.initialised {
+            return self
+                .close(id, CloseCode::TooManyInitRequests, "Too many initialisation requests")
+                .await;
+        }
+        let waited = now_ms().saturating_sub(connection.connected_at_ms);
+        if waited > self.config().init_timeout.as_millis() as u64 {
+            return self
+                .close(id, CloseCode::InitTimeout, "Connection initialisation timeout")
+                .await;
+        }
+        let user = match self.init_user(connection, payload.as_ref()) {
+            Ok(user) => user,
+            Err(e) => {
+                if let Some(frame) = connection.protocol.connection_error(&e.to_string()) {
+                    self.post(id, &frame).await?;
+                }
+                return self.close(id, CloseCode::Unauthorized, "Unauthorized").await;
+            }
+        };
+        match self.ports().connections.mark_initialised(id, &user).await {
+            Ok(()) => {}
+            // Two inits raced and the other one won.
+            Err(StoreError::Conflict(_)) => {
+                return self
+                    .close(id, CloseCode::TooManyInitRequests, "Too many initialisation requests")
+                    .await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for frame in connection.protocol.ack() {
+            self.post(id, &frame).await?;
+        }
+        Ok(())
+    }
+
+    /// The user a `connection_init` makes the connection speak for: its payload's token, or
+    /// the token verified at `$connect`. When both are given they must name the same user.
+    fn init_user(
+        &self,
+        connection: &Connection,
+        payload: Option<&serde_json::Value>,
+    ) -> Result<UserId, AuthError> {
+        match (token_from_init_payload(payload), &connection.principal) {
+            (Some(token), at_connect) => {
+                let user = self.authenticator().verify(token)?;
+                match at_connect {
+                    Some(other) if *other != user => Err(AuthError::InvalidToken(
+                        "the init token names another user than the connect token".into(),
+                    )),
+                    _ => Ok(user),
+                }
+            }
+            (None, Some(user)) => Ok(user.clone()),
+            (None, None) => Err(AuthError::MissingToken),
+        }
+    }
+
+    async fn start(
+        &self,
+        connection: &Connection,
+        operation_id: String,
+        request: async_graphql::Request,
+    ) -> Result<(), SessionError> {
+        let id = &connection.id;
+        let protocol = connection.protocol;
+        let user = match (&connection.principal, connection.initialised) {
+            (Some(user), true) => user.clone(),
+            _ => return self.close(id, CloseCode::Unauthorized, "Unauthorized").await,
+        };
+        if operation_id.is_empty() {
+            return self
+                .close(id, CloseCode::BadRequest, "operation id must not be empty")
+                .await;
+        }
+
+        if graphql::operation_type(&request) != Some(OperationType::Subscription) {
+            // Queries, mutations, and documents that do not parse (answered with errors).
+            let response = self.execute(user, request).await;
+            let payload =
+                serde_json::to_string(&response).expect("a GraphQL response serializes to JSON");
+            self.post(id, &protocol.next(&operation_id, &payload))
+                .await?;
+            return self.post(id, &protocol.complete(&operation_id)).await;
+        }
+
+        let document = request.query.clone();
+        let operation_name = request.operation_name.clone();
+        let variables = request.variables.clone().into_value().into_json().unwrap_or_default();
+        let registration = self.request_data(user.clone(), request);
+        let topic = match graphql::register(self.inner.executor.as_ref(), registration).await {
+            Ok(topic) => topic,
+            Err(errors) => {
+                let frame = protocol.error(&operation_id, errors_json(&errors));
+                return self.post(id, &frame).await;
+            }
+        };
+        let subscription = Subscription {
+            key: SubscriptionKey {
+                connection_id: id.clone(),
+                operation_id: operation_id.clone(),
+            },
+            topic,
+            protocol,
+            principal: user,
+            document,
+            operation_name,
+            variables,
+            expires_at: connection.expires_at,
+        };
+        match self.ports().subscriptions.insert(&subscription).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict(_)) => {
+                let reason = format!("Subscriber for {operation_id} already exists");
+                self.close(id, CloseCode::SubscriberAlreadyExists, &reason)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), SessionError> {
+        match self.ports().gateway.post(id, frame).await {
+            Ok(()) => Ok(()),
+            Err(GatewayError::Gone) => self.forget_connection(id).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Closes a connection and forgets it at once: the platform's `$disconnect` will come
+    /// too, but nothing of a refused connection may outlive this call.
+    pub async fn close(
+        &self,
+        id: &ConnectionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        tracing::info!(connection = %id, code = code.code(), reason, "closing connection");
+        match self.ports().gateway.close(id, code, reason).await {
+            Ok(()) | Err(GatewayError::Gone) => {}
+            Err(e) => tracing::warn!(connection = %id, error = %e, "close failed"),
+        }
+        self.forget_connection(id).await
+    }
+
+    pub(crate) async fn forget_connection(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        self.ports().subscriptions.delete_by_connection(id).await?;
+        self.ports().connections.delete(id).await?;
+        Ok(())
+    }
+}

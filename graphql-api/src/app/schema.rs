@@ -1,0 +1,137 @@
+//! The example app's GraphQL schema.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
+use broker::{Audience, EventStream, Publisher, Topic, UserId, listen, principal};
+use serde::{Deserialize, Serialize};
+
+use super::store::BoardStore;
+
+#[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Board {
+    pub id: ID,
+    pub title: String,
+    /// The user who created it. Not exposed: other users' ids are nobody's business.
+    #[graphql(skip)]
+    pub owner: String,
+}
+
+#[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Card {
+    pub id: ID,
+    pub board_id: ID,
+    pub title: String,
+}
+
+pub type AppSchema = Schema<Query, Mutation, SubscriptionRoot>;
+
+pub fn build_schema(store: Arc<dyn BoardStore>) -> AppSchema {
+    Schema::build(Query, Mutation, SubscriptionRoot)
+        .data(store)
+        .limit_depth(16)
+        .limit_complexity(500)
+        .finish()
+}
+
+/// The topic a board's new cards are published on.
+pub fn card_topic(board_id: &str) -> Topic {
+    Topic::new(format!("board/{board_id}/cardAdded"))
+}
+
+fn store<'a>(ctx: &'a Context<'_>) -> Result<&'a Arc<dyn BoardStore>> {
+    ctx.data::<Arc<dyn BoardStore>>()
+}
+
+/// The board, if `user` owns it. Another user's board answers exactly like a missing one,
+/// so ids cannot be probed.
+async fn owned_board(ctx: &Context<'_>, user: &UserId, board_id: &str) -> Result<Board> {
+    match store(ctx)?.board(board_id).await? {
+        Some(board) if board.owner == user.as_str() => Ok(board),
+        _ => Err(format!("board {board_id} not found").into()),
+    }
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// The caller's boards.
+    async fn boards(&self, ctx: &Context<'_>) -> Result<Vec<Board>> {
+        let user = principal(ctx)?;
+        Ok(store(ctx)?.boards_of(user).await?)
+    }
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    async fn create_board(&self, ctx: &Context<'_>, title: String) -> Result<Board> {
+        let user = principal(ctx)?;
+        let title = valid_title(title)?;
+        let board = Board {
+            id: ID(ulid::Ulid::new().to_string()),
+            title,
+            owner: user.to_string(),
+        };
+        store(ctx)?.create_board(&board).await?;
+        ctx.data::<Publisher>()?
+            .publish(
+                Topic::private(user, "boardCreated"),
+                &board,
+                Audience::User(user.clone()),
+            )
+            .await?;
+        Ok(board)
+    }
+
+    async fn add_card(&self, ctx: &Context<'_>, board_id: ID, title: String) -> Result<Card> {
+        let user = principal(ctx)?;
+        let title = valid_title(title)?;
+        let board = owned_board(ctx, user, &board_id).await?;
+        let card = Card {
+            id: ID(ulid::Ulid::new().to_string()),
+            board_id: board.id.clone(),
+            title,
+        };
+        store(ctx)?.add_card(&card).await?;
+        ctx.data::<Publisher>()?
+            .publish(
+                card_topic(&board.id),
+                &card,
+                Audience::User(user.clone()),
+            )
+            .await?;
+        Ok(card)
+    }
+}
+
+fn valid_title(title: String) -> Result<String> {
+    let title = title.trim().to_owned();
+    match title.chars().count() {
+        0 => Err("title must not be empty".into()),
+        1..=200 => Ok(title),
+        _ => Err("title must be at most 200 characters".into()),
+    }
+}
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// The caller's own new boards, from any of their frontends.
+    async fn board_created(&self, ctx: &Context<'_>) -> Result<EventStream<Board>> {
+        let user = principal(ctx)?;
+        listen(ctx, Topic::private(user, "boardCreated"))
+    }
+
+    /// New cards of a board the caller owns.
+    async fn card_added(&self, ctx: &Context<'_>, board_id: ID) -> Result<EventStream<Card>> {
+        let user = principal(ctx)?;
+        let board = owned_board(ctx, user, &board_id).await?;
+        listen(ctx, card_topic(&board.id))
+    }
+}

@@ -1,0 +1,67 @@
+//! Where the example app keeps its data: memory (local mode, tests) or DynamoDB.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use broker::{StoreError, UserId};
+
+use super::schema::{Board, Card};
+
+#[async_trait]
+pub trait BoardStore: Send + Sync {
+    /// Stores a new board; [`StoreError::Conflict`] if its id is taken.
+    async fn create_board(&self, board: &Board) -> Result<(), StoreError>;
+    async fn board(&self, id: &str) -> Result<Option<Board>, StoreError>;
+    /// The boards `owner` created, oldest first.
+    async fn boards_of(&self, owner: &UserId) -> Result<Vec<Board>, StoreError>;
+    /// Stores a card; the caller has checked the board exists and who owns it.
+    async fn add_card(&self, card: &Card) -> Result<(), StoreError>;
+}
+
+#[derive(Default)]
+pub struct MemoryBoardStore {
+    inner: Mutex<Boards>,
+}
+
+#[derive(Default)]
+struct Boards {
+    boards: Vec<Board>,
+    by_id: HashMap<String, usize>,
+    cards: Vec<Card>,
+}
+
+#[async_trait]
+impl BoardStore for MemoryBoardStore {
+    async fn create_board(&self, board: &Board) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.by_id.contains_key(board.id.as_str()) {
+            return Err(StoreError::Conflict(format!("board {} exists", *board.id)));
+        }
+        let index = inner.boards.len();
+        inner.by_id.insert(board.id.to_string(), index);
+        inner.boards.push(board.clone());
+        Ok(())
+    }
+
+    async fn board(&self, id: &str) -> Result<Option<Board>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner.by_id.get(id).map(|&i| inner.boards[i].clone()))
+    }
+
+    async fn boards_of(&self, owner: &UserId) -> Result<Vec<Board>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner
+            .boards
+            .iter()
+            .filter(|b| b.owner == owner.as_str())
+            .cloned()
+            .collect())
+    }
+
+    async fn add_card(&self, card: &Card) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.cards.push(card.clone());
+        Ok(())
+    }
+}

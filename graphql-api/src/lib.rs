@@ -1,0 +1,23 @@
+//! The GraphQL API on Lambda.
+//!
+//! - [`app`]: the example app (boards and cards), its schema and its data port.
+//! - [`websocket`]: the WebSocket API routes -> [`broker::Broker`]'s session calls.
+//! - [`http_api`]: GraphQL over HTTP (API Gateway HTTP API).
+//!
+//! The `websocket-handler` and `http-handler` binaries wire these to DynamoDB and the API
+//! Gateway Management API and hand them to `lambda_runtime`.
+
+pub mod app;
+pub mod http_api;
+pub mod websocket;
+
+/// A request body as text, decoding API Gateway's base64 for binary payloads.
+fn body_text(body: Option<&str>, is_base64_encoded: bool) -> Option<String> {
+    use base64::Engine;
+    let body = body.unwrap_or_default();
+    if !is_base64_encoded {
+        return Some(body.to_owned());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    String::from_utf8(bytes).ok()
+}

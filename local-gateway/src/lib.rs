@@ -1,0 +1,174 @@
+//! The local mode: the whole system on one machine, no AWS account.
+//!
+//! # Layout
+//! - [`server`]: API Gateway's part: GraphQL over HTTP and WebSocket at `/graphql`, the
+//!   Management API at `/@connections/{id}`. Socket events become the same API Gateway
+//!   events Lambda receives and go to the same handlers (`graphql_api::websocket`,
+//!   `graphql_api::http_api`).
+//! - [`stream`]: Lambda's stream polling, feeding `publisher::stream` with INSERT records.
+//! - [`fanout`]: Lambda's SQS polling, feeding `publisher::fanout` with pages.
+//! - [`events`]: the API Gateway event shapes.
+//!
+//! Handlers post to sockets through the real `aws-sdk-apigatewaymanagement` client, pointed
+//! at this process's own Management API: every frame takes the hop it takes on AWS.
+
+pub mod events;
+pub mod fanout;
+pub mod server;
+pub mod sockets;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use broker::aws::ApiGatewayConnectionGateway;
+use broker::memory::{
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+};
+use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports};
+use graphql_api::app::{MemoryBoardStore, build_schema};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::server::AppState;
+use crate::sockets::Sockets;
+
+/// Lambda polls a stream shard four times a second.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How the local mode runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub auth: AuthConfig,
+    pub broker: BrokerConfig,
+    /// Wait between two polls of an empty stream; zero waits for the next append instead.
+    pub poll_interval: Duration,
+}
+
+impl Options {
+    /// The configuration the Lambda functions read (`JWT_*`, `DELIVERY_MODE`, `FANOUT_*`),
+    /// with the documented development secret when `JWT_SECRET` is unset, and
+    /// `STREAM_POLL_INTERVAL_MS` (default 250).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
+        let broker = BrokerConfig::from_env().map_err(anyhow::Error::msg)?;
+        let poll_interval = match std::env::var("STREAM_POLL_INTERVAL_MS") {
+            Ok(ms) if !ms.trim().is_empty() => Duration::from_millis(
+                ms.trim()
+                    .parse()
+                    .with_context(|| format!("STREAM_POLL_INTERVAL_MS={ms:?}"))?,
+            ),
+            _ => DEFAULT_POLL_INTERVAL,
+        };
+        Ok(Self {
+            auth,
+            broker,
+            poll_interval,
+        })
+    }
+}
+
+/// A running local gateway. Dropping it does not stop it: call [`LocalGateway::shutdown`].
+pub struct LocalGateway {
+    addr: SocketAddr,
+    broker: Broker,
+    sockets: Arc<Sockets>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalGateway {
+    /// Starts serving on `listener` with the embedded store.
+    pub async fn start(listener: TcpListener, options: Options) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        let gateway = management_gateway(addr).await;
+        let events = Arc::new(MemoryEventLog::default());
+        let (queue, pages) = ChannelFanoutQueue::new();
+        let ports = Ports {
+            connections: Arc::new(MemoryConnectionStore::default()),
+            subscriptions: Arc::new(MemorySubscriptionStore::default()),
+            events: events.clone(),
+            gateway: Arc::new(gateway),
+            fanout: Some(Arc::new(queue)),
+        };
+        let schema = build_schema(Arc::new(MemoryBoardStore::default()));
+        let broker = Broker::new(
+            schema,
+            ports,
+            Authenticator::new(options.auth.clone()),
+            options.broker.clone(),
+        );
+        let mut tasks = vec![
+            tokio::spawn(stream::feed_embedded(
+                broker.clone(),
+                events,
+                options.poll_interval,
+            )),
+            tokio::spawn(fanout::work_embedded(broker.clone(), pages)),
+        ];
+        let sockets = Arc::new(Sockets::default());
+        let app = server::router(AppState {
+            broker: broker.clone(),
+            sockets: sockets.clone(),
+        });
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "server stopped");
+            }
+        }));
+        Ok(Self {
+            addr,
+            broker,
+            sockets,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn graphql_url(&self) -> String {
+        format!("http://{}/graphql", self.addr)
+    }
+
+    pub fn websocket_url(&self) -> String {
+        format!("ws://{}/graphql", self.addr)
+    }
+
+    /// The Management API endpoint, as `MANAGEMENT_ENDPOINT` names it on AWS.
+    pub fn management_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Open sockets right now.
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The real Management API client, pointed at this process. Requests are signed as on AWS,
+/// with fixed local credentials (the local gateway does not check signatures).
+async fn management_gateway(addr: SocketAddr) -> ApiGatewayConnectionGateway {
+    let credentials =
+        aws_sdk_apigatewaymanagement::config::Credentials::new("local", "local", None, None, "local");
+    let config = broker::aws::config_loader(Some(&format!("http://{addr}")))
+        .credentials_provider(credentials)
+        .load()
+        .await;
+    ApiGatewayConnectionGateway::new(aws_sdk_apigatewaymanagement::Client::new(&config))
+}

@@ -1,0 +1,96 @@
+//! Feeding the stream publisher as Lambda's DynamoDB Stream event source mapping does: poll
+//! the shard, hand the new records over in batches, retry from the first failed record.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord, StreamViewType};
+use broker::memory::MemoryEventLog;
+use broker::{Broker, Event};
+use publisher::stream::EventImage;
+
+/// Records per batch: the event source mapping's default.
+pub const BATCH_SIZE: usize = 100;
+/// Retries of a failing record before it is dropped (the template's MaximumRetryAttempts);
+/// on AWS it would go to the on-failure destination.
+const MAX_RETRIES: u32 = 5;
+
+/// Runs the publisher over one batch, retrying failures from the first failed record, as
+/// Lambda does with `ReportBatchItemFailures` (records after it are retried too; the
+/// publisher skips those it delivered already).
+pub async fn drive(broker: &Broker, mut records: Vec<EventRecord>) {
+    let mut attempt = 0;
+    while !records.is_empty() {
+        let mut batch = StreamEvent::default();
+        batch.records = records.clone();
+        let response = publisher::stream::handle(broker, batch).await;
+        let Some(first_failed) = response
+            .batch_item_failures
+            .iter()
+            .filter_map(|f| f.item_identifier.as_deref())
+            .filter_map(|seq| records.iter().position(|r| r.change.sequence_number.as_deref() == Some(seq)))
+            .min()
+        else {
+            return;
+        };
+        attempt += 1;
+        if attempt > MAX_RETRIES {
+            let dropped = &records[first_failed];
+            tracing::error!(
+                sequence = dropped.change.sequence_number.as_deref().unwrap_or_default(),
+                "stream record failed {MAX_RETRIES} retries; dropping it"
+            );
+            records.drain(..=first_failed);
+            attempt = 0;
+            continue;
+        }
+        records.drain(..first_failed);
+        tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
+    }
+}
+
+/// A stream record for an event, as DynamoDB Streams delivers an INSERT with NEW_IMAGE.
+pub fn insert_record(event: &Event, sequence: usize) -> EventRecord {
+    let image = EventImage::from_event(event);
+    let mut record = EventRecord::default();
+    record.event_id = ulid::Ulid::new().to_string();
+    record.event_name = "INSERT".to_owned();
+    record.event_source = Some("aws:dynamodb".to_owned());
+    record.event_version = Some("1.1".to_owned());
+    record.aws_region = "local".to_owned();
+    record.change.new_image =
+        serde_dynamo::to_item(&image).expect("an event image is a DynamoDB item");
+    record.change.keys = serde_dynamo::to_item(serde_json::json!({
+        "topic": image.topic,
+        "eventId": image.event_id,
+    }))
+    .expect("keys are a DynamoDB item");
+    record.change.sequence_number = Some(format!("{sequence:021}"));
+    record.change.size_bytes = event.payload.to_string().len() as i64;
+    record.change.stream_view_type = Some(StreamViewType::NewImage);
+    record
+}
+
+/// The embedded store's stream: polls the in-memory log every `poll_interval` (0 waits for
+/// the next append instead) and drives the publisher with what is new.
+pub async fn feed_embedded(broker: Broker, log: Arc<MemoryEventLog>, poll_interval: Duration) {
+    let mut position = 0;
+    loop {
+        let (events, next) = log.read_from(position, BATCH_SIZE);
+        if events.is_empty() {
+            if poll_interval.is_zero() {
+                log.appended().await;
+            } else {
+                tokio::time::sleep(poll_interval).await;
+            }
+            continue;
+        }
+        let records = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| insert_record(e, position + i))
+            .collect();
+        drive(&broker, records).await;
+        position = next;
+    }
+}

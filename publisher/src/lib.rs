@@ -1,0 +1,10 @@
+//! Delivery on Lambda.
+//!
+//! - [`stream`]: the events table's DynamoDB Stream -> [`broker::Broker::deliver_event`].
+//! - [`fanout`]: SQS fan-out pages -> [`broker::Broker::deliver_page`].
+//!
+//! Both report per-record failures, so one bad record is retried (then sent to the failure
+//! destination) without blocking the rest of its batch.
+
+pub mod fanout;
+pub mod stream;

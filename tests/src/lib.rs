@@ -1,0 +1,4 @@
+//! Helpers shared by the end-to-end tests: a local gateway on a free port, a WebSocket client
+//! that speaks either subprotocol, GraphQL over HTTP.
+
+pub mod local;
