@@ -17,6 +17,8 @@ pub struct EventImage {
     /// The only user who may receive the event; absent when anyone subscribed may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Milliseconds since the epoch; absent in items written by other publishers.
+    #[serde(default)]
     pub published_at: u64,
     pub ttl: u64,
 }

@@ -3,6 +3,8 @@
 //! Boards belong to the user who created them. Only the owner may add cards to a board or
 //! listen to its cards; `boardCreated` listens on a topic derived from the caller's identity.
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod schema;
 pub mod store;
 

@@ -141,6 +141,8 @@ pub(super) struct EventItem {
     /// The one user who may receive the event; absent when everyone may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Milliseconds since the epoch; items written by other publishers may leave it out.
+    #[serde(default)]
     pub published_at: u64,
     pub ttl: u64,
 }

@@ -1,0 +1,185 @@
+//! [`BoardStore`] on one DynamoDB table (the app table).
+//!
+//! A board and its cards share a partition, `BOARD#{boardId}`: the board item has sort key
+//! `BOARD`, each card `CARD#{cardId}`. The GSI `byOwner` (`owner` + `pk`) lists a user's
+//! boards; only board items carry `owner`, so cards stay out of it.
+
+use std::collections::HashMap;
+
+use async_graphql::ID;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use broker::aws::AwsCallError;
+use broker::aws::provision::BY_OWNER_INDEX;
+use broker::{StoreError, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::schema::{Board, Card};
+use super::store::BoardStore;
+
+const BOARD_PREFIX: &str = "BOARD#";
+const BOARD_SORT_KEY: &str = "BOARD";
+const CARD_PREFIX: &str = "CARD#";
+
+pub struct DynamoDbBoardStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoDbBoardStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BoardItem {
+    pk: String,
+    sk: String,
+    id: String,
+    owner: String,
+    title: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CardItem {
+    pk: String,
+    sk: String,
+    id: String,
+    board_id: String,
+    title: String,
+}
+
+impl From<BoardItem> for Board {
+    fn from(item: BoardItem) -> Self {
+        Self {
+            id: ID(item.id),
+            title: item.title,
+            owner: item.owner,
+        }
+    }
+}
+
+fn board_key(id: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(format!("{BOARD_PREFIX}{id}"))),
+        ("sk".to_owned(), AttributeValue::S(BOARD_SORT_KEY.to_owned())),
+    ])
+}
+
+fn backend<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |error| StoreError::backend(AwsCallError::new(operation, error))
+}
+
+fn to_item<T: Serialize>(record: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    serde_dynamo::to_item(record).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn from_item<T: for<'de> Deserialize<'de>>(
+    item: HashMap<String, AttributeValue>,
+) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+#[async_trait]
+impl BoardStore for DynamoDbBoardStore {
+    async fn create_board(&self, board: &Board) -> Result<(), StoreError> {
+        let item = BoardItem {
+            pk: format!("{BOARD_PREFIX}{}", *board.id),
+            sk: BOARD_SORT_KEY.to_owned(),
+            id: board.id.to_string(),
+            owner: board.owner.clone(),
+            title: board.title.clone(),
+        };
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&item)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict(format!("board {} exists", *board.id)))
+            }
+            Err(error) => Err(backend("PutItem")(error)),
+        }
+    }
+
+    async fn board(&self, id: &str) -> Result<Option<Board>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(board_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        output
+            .item
+            .map(|item| from_item::<BoardItem>(item).map(Board::from))
+            .transpose()
+    }
+
+    async fn boards_of(&self, owner: &UserId) -> Result<Vec<Board>, StoreError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_OWNER_INDEX)
+            .key_condition_expression("#owner = :owner AND begins_with(#pk, :prefix)")
+            // Only board items have an owner today; the filter keeps it so if cards get one.
+            .filter_expression("#sk = :board")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#sk", "sk")
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_string()))
+            .expression_attribute_values(":prefix", AttributeValue::S(BOARD_PREFIX.to_owned()))
+            .expression_attribute_values(":board", AttributeValue::S(BOARD_SORT_KEY.to_owned()))
+            .into_paginator()
+            .items()
+            .send();
+        let mut boards = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(backend("Query"))?;
+            boards.push(Board::from(from_item::<BoardItem>(item)?));
+        }
+        // Board ids are ULIDs: sorted by id is oldest first.
+        boards.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        Ok(boards)
+    }
+
+    async fn add_card(&self, card: &Card) -> Result<(), StoreError> {
+        let item = CardItem {
+            pk: format!("{BOARD_PREFIX}{}", *card.board_id),
+            sk: format!("{CARD_PREFIX}{}", *card.id),
+            id: card.id.to_string(),
+            board_id: card.board_id.to_string(),
+            title: card.title.clone(),
+        };
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&item)?))
+            .send()
+            .await
+            .map_err(backend("PutItem"))?;
+        Ok(())
+    }
+}

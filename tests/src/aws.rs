@@ -1,0 +1,240 @@
+//! Helpers for the tests against moto, the AWS emulator `scripts/test-all` starts: SDK
+//! configuration with dummy credentials, fresh uniquely named tables and queues (tests run
+//! in parallel on one moto), and a scripted HTTP server standing in for API Gateway where
+//! moto cannot (it never answers 410 Gone).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_config::retry::RetryConfig;
+use aws_credential_types::Credentials;
+use broker::aws::{TableNames, provision};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Where moto listens, from `MOTO_ENDPOINT`.
+pub fn moto_endpoint() -> String {
+    match std::env::var("MOTO_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint.trim().trim_end_matches('/').to_owned(),
+        _ => panic!(
+            "MOTO_ENDPOINT is not set: these tests need a moto server. Run them through \
+             scripts/test-all (or scripts/with-moto cargo nextest run ...), which start one."
+        ),
+    }
+}
+
+/// SDK configuration for `endpoint` with static dummy credentials, so the SDK never looks
+/// for real ones (nor probes the instance metadata address), and quick SDK retries.
+pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
+    broker::aws::config_loader(Some(endpoint))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .retry_config(RetryConfig::standard().with_initial_backoff(Duration::from_millis(10)))
+        .load()
+        .await
+}
+
+/// SDK configuration for moto.
+pub async fn moto_config() -> SdkConfig {
+    sdk_config_for(&moto_endpoint()).await
+}
+
+/// A unique suffix, so names never collide between tests or runs on one moto.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+}
+
+/// Freshly created tables on moto and a client for them.
+pub struct FreshTables {
+    pub config: SdkConfig,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub names: TableNames,
+    /// The example app's table.
+    pub app_table: String,
+}
+
+/// Creates the broker's tables and the app table under unique names.
+pub async fn fresh_tables() -> FreshTables {
+    let config = moto_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let suffix = unique("t");
+    let names = TableNames::new(
+        format!("connections-{suffix}"),
+        format!("subscriptions-{suffix}"),
+        format!("events-{suffix}"),
+    );
+    let app_table = format!("app-{suffix}");
+    provision::create_tables(&dynamodb, &names, Some(&app_table))
+        .await
+        .expect("tables are created on moto");
+    FreshTables {
+        config,
+        dynamodb,
+        names,
+        app_table,
+    }
+}
+
+/// A fresh fan-out queue (with its dead-letter queue) on moto: the client and queue URL.
+pub async fn fresh_queue() -> (aws_sdk_sqs::Client, String) {
+    let config = moto_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let url = provision::create_fanout_queue(&sqs, &unique("fanout"))
+        .await
+        .expect("queue is created on moto");
+    (sqs, url)
+}
+
+/// Standard base64 (with padding), to compare against what moto's recorder stores.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One canned HTTP response.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.to_owned(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A request as the scripted server saw it.
+#[derive(Clone, Debug)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 server on a free loopback port that answers with `replies` in turn (the
+/// last one again once they run out) and records every request. Dropped with the runtime.
+pub struct ScriptedServer {
+    pub endpoint: String,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+impl ScriptedServer {
+    pub async fn start(replies: Vec<Reply>) -> Self {
+        assert!(!replies.is_empty(), "a scripted server needs a reply");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("local address"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (replies, log) = (replies.clone(), log.clone());
+                tokio::spawn(serve(stream, replies, log));
+            }
+        });
+        Self { endpoint, seen }
+    }
+
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Serves one connection (keep-alive: the SDK reuses pooled connections).
+async fn serve(mut stream: TcpStream, replies: Vec<Reply>, log: Arc<Mutex<Vec<SeenRequest>>>) {
+    let mut buffer = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut stream, &mut buffer).await else {
+            return;
+        };
+        let reply = {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push(request);
+            replies[(log.len() - 1).min(replies.len() - 1)].clone()
+        };
+        let mut response = format!(
+            "HTTP/1.1 {} Scripted\r\ncontent-length: {}\r\ncontent-type: application/json\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (name, value) in &reply.headers {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str("\r\n");
+        response.push_str(&reply.body);
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<SeenRequest> {
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next()?.split(' ');
+    let (method, path) = (request_line.next()?.to_owned(), request_line.next()?.to_owned());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let body_start = head_end + 4;
+    while buffer.len() < body_start + length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    let body = buffer[body_start..body_start + length].to_vec();
+    buffer.drain(..body_start + length);
+    Some(SeenRequest {
+        method,
+        path,
+        headers,
+        body,
+    })
+}

@@ -1,0 +1,72 @@
+//! The `events/` sample events (also used with `sam local invoke`), and a broker on memory
+//! adapters with a recording gateway to feed them to.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use broker::memory::{
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+    RecordingGateway,
+};
+use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports};
+use graphql_api::app::{Board, BoardStore, MemoryBoardStore, build_schema};
+use serde::de::DeserializeOwned;
+
+/// The user the fixtures' tokens stand for, and the board they use.
+pub const USER: &str = "user-a";
+pub const BOARD: &str = "b1";
+pub const CONNECTION: &str = "L0SM9cOFvHcCIhw=";
+
+pub struct Harness {
+    pub broker: Broker,
+    pub gateway: Arc<RecordingGateway>,
+    pub events: Arc<MemoryEventLog>,
+    pub token: String,
+}
+
+/// A broker on memory adapters where `user-a` owns board `b1`.
+pub async fn harness() -> Harness {
+    let gateway = Arc::new(RecordingGateway::default());
+    let events = Arc::new(MemoryEventLog::default());
+    let (queue, _pages) = ChannelFanoutQueue::new();
+    let ports = Ports {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events: events.clone(),
+        gateway: gateway.clone(),
+        fanout: Some(Arc::new(queue)),
+    };
+    let boards = Arc::new(MemoryBoardStore::default());
+    boards
+        .create_board(&Board {
+            id: BOARD.into(),
+            title: "Fixture board".into(),
+            owner: USER.into(),
+        })
+        .await
+        .unwrap();
+    let auth = Authenticator::new(AuthConfig {
+        secret: "fixture-secret-0123456789-0123456789".into(),
+        issuer: None,
+        audience: None,
+    });
+    let token = auth.mint(USER, 600);
+    let broker = Broker::new(build_schema(boards), ports, auth, BrokerConfig::default());
+    Harness {
+        broker,
+        gateway,
+        events,
+        token,
+    }
+}
+
+/// `events/<name>`, with its token placeholder replaced.
+pub fn fixture<T: DeserializeOwned>(name: &str, token: &str) -> T {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("JWT_PLACEHOLDER", token);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}

@@ -1,0 +1,240 @@
+//! The Lambda handlers fed with the sample events in `events/` (real API Gateway, DynamoDB
+//! Stream and SQS shapes).
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayWebsocketProxyRequest};
+use aws_lambda_events::dynamodb::Event as StreamEvent;
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::sqs::SqsEvent;
+use broker::{ConnectionId, Subscription, SubscriptionKey, Topic, UserId};
+use broker_tests::fixtures::*;
+use graphql_api::{http_api, websocket};
+use serde_json::{Value, json};
+
+fn ws(h: &Harness, name: &str) -> ApiGatewayWebsocketProxyRequest {
+    fixture(name, &h.token)
+}
+
+async fn subscribed(h: &Harness) {
+    for name in ["connect.json", "connection-init.json", "subscribe.json"] {
+        let reply = websocket::handle(&h.broker, ws(h, name)).await.unwrap();
+        assert_eq!(reply.status_code, 200, "{name}");
+    }
+    h.gateway.take(&CONNECTION.into());
+}
+
+#[tokio::test]
+async fn websocket_fixtures_walk_a_connection_through_its_life() {
+    let h = harness().await;
+    let id = ConnectionId::from(CONNECTION);
+    let ports = h.broker.ports();
+
+    let reply = websocket::handle(&h.broker, ws(&h, "connect.json")).await.unwrap();
+    assert_eq!(reply.status_code, 200);
+    assert_eq!(reply.headers["sec-websocket-protocol"], "graphql-transport-ws");
+    let stored = ports.connections.get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.principal, Some(UserId::from(USER)));
+    assert!(!stored.initialised);
+
+    websocket::handle(&h.broker, ws(&h, "connection-init.json")).await.unwrap();
+    assert_eq!(h.gateway.take(&id), vec![json!({"type": "connection_ack"})]);
+
+    websocket::handle(&h.broker, ws(&h, "ping.json")).await.unwrap();
+    assert_eq!(h.gateway.take(&id)[0]["type"], "pong");
+
+    websocket::handle(&h.broker, ws(&h, "subscribe.json")).await.unwrap();
+    let topic = Topic::from("board/b1/cardAdded");
+    let subs = ports.subscriptions.by_topic(&topic).await.unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].operation_name.as_deref(), Some("CardAdded"));
+    assert_eq!(subs[0].variables, json!({"boardId": "b1"}));
+    assert!(h.gateway.take(&id).is_empty(), "subscribe sends nothing until an event");
+
+    websocket::handle(&h.broker, ws(&h, "complete.json")).await.unwrap();
+    assert!(ports.subscriptions.by_topic(&topic).await.unwrap().is_empty());
+
+    websocket::handle(&h.broker, ws(&h, "subscribe.json")).await.unwrap();
+    websocket::handle(&h.broker, ws(&h, "disconnect.json")).await.unwrap();
+    assert!(ports.connections.get(&id).await.unwrap().is_none());
+    assert!(ports.subscriptions.by_topic(&topic).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn connect_with_a_bad_token_is_refused_and_nothing_is_stored() {
+    let h = harness().await;
+    let event: ApiGatewayWebsocketProxyRequest = fixture("connect.json", "forged.token.value");
+    let reply = websocket::handle(&h.broker, event).await.unwrap();
+    assert_eq!(reply.status_code, 401);
+    let id = ConnectionId::from(CONNECTION);
+    assert!(h.broker.ports().connections.get(&id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn connect_offering_only_unknown_subprotocols_is_refused() {
+    let h = harness().await;
+    let mut event = ws(&h, "connect.json");
+    event
+        .headers
+        .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
+    assert_eq!(websocket::handle(&h.broker, event).await.unwrap().status_code, 400);
+}
+
+fn body_json(body: Option<Body>) -> Value {
+    match body {
+        Some(Body::Text(text)) => serde_json::from_str(&text).unwrap(),
+        other => panic!("expected a text body, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http_fixtures_answer_queries_and_mutations() {
+    let h = harness().await;
+    let query: ApiGatewayV2httpRequest = fixture("http-query.json", &h.token);
+    let reply = http_api::handle(&h.broker, query).await;
+    assert_eq!(reply.status_code, 200);
+    assert_eq!(
+        body_json(reply.body)["data"]["boards"][0]["id"],
+        BOARD,
+        "user-a sees the board it owns"
+    );
+
+    let mutation: ApiGatewayV2httpRequest = fixture("http-mutation.json", &h.token);
+    let reply = http_api::handle(&h.broker, mutation).await;
+    assert_eq!(reply.status_code, 200);
+    let body = body_json(reply.body);
+    assert!(body["errors"].is_null(), "{body}");
+    // Stream mode: the mutation appended exactly one event for the publisher.
+    assert_eq!(h.events.read_from(0, 10).0.len(), 1);
+
+    let anonymous: ApiGatewayV2httpRequest = fixture("http-query.json", "");
+    assert_eq!(http_api::handle(&h.broker, anonymous).await.status_code, 401);
+}
+
+#[tokio::test]
+async fn stream_fixture_delivers_inserts_once_and_ignores_ttl_removals() {
+    let h = harness().await;
+    subscribed(&h).await;
+    let id = ConnectionId::from(CONNECTION);
+
+    let batch: StreamEvent = fixture("stream-batch.json", "");
+    let response = publisher::stream::handle(&h.broker, batch.clone()).await;
+    assert!(response.batch_item_failures.is_empty());
+    let frames = h.gateway.take(&id);
+    let titles: Vec<&Value> = frames
+        .iter()
+        .map(|f| &f["payload"]["data"]["cardAdded"]["title"])
+        .collect();
+    assert_eq!(titles, [&json!("Hello"), &json!("World")]);
+    assert_eq!(frames[0]["type"], "next");
+    assert_eq!(frames[0]["id"], "1");
+
+    // Lambda retries batches: a second delivery of the same records posts nothing.
+    let response = publisher::stream::handle(&h.broker, batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(h.gateway.take(&id).is_empty());
+
+    let removal: StreamEvent = fixture("stream-ttl-remove.json", "");
+    let response = publisher::stream::handle(&h.broker, removal).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(h.gateway.take(&id).is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_stream_record_fails_alone_by_its_sequence_number() {
+    let h = harness().await;
+    subscribed(&h).await;
+    let mut batch: StreamEvent = fixture("stream-batch.json", "");
+    let bad = &mut batch.records[0];
+    bad.change.new_image.insert(
+        "payload".to_owned(),
+        serde_dynamo::AttributeValue::S("not json".to_owned()),
+    );
+    let bad_sequence = bad.change.sequence_number.clone();
+
+    let response = publisher::stream::handle(&h.broker, batch).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![bad_sequence]);
+    let frames = h.gateway.take(&ConnectionId::from(CONNECTION));
+    assert_eq!(frames.len(), 1, "the good record is still delivered");
+    assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "World");
+}
+
+#[tokio::test]
+async fn an_event_never_reaches_a_subscription_outside_its_audience() {
+    let h = harness().await;
+    // A subscription of another user stored on user-a's board topic, as a bug or a
+    // tampered table might leave it.
+    let intruder = Subscription {
+        key: SubscriptionKey {
+            connection_id: "intruder".into(),
+            operation_id: "1".into(),
+        },
+        topic: Topic::from("board/b1/cardAdded"),
+        protocol: broker::Protocol::GraphqlTransportWs,
+        principal: UserId::from("user-b"),
+        document: "subscription { cardAdded(boardId: \"b1\") { title } }".into(),
+        operation_name: None,
+        variables: json!({}),
+        expires_at: u64::MAX,
+    };
+    h.broker.ports().subscriptions.insert(&intruder).await.unwrap();
+
+    let batch: StreamEvent = fixture("stream-batch.json", "");
+    let response = publisher::stream::handle(&h.broker, batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(h.gateway.take(&"intruder".into()).is_empty());
+}
+
+#[tokio::test]
+async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
+    let h = harness().await;
+    let batch: SqsEvent = fixture("sqs-fanout.json", "");
+    let page: broker::FanoutPage =
+        serde_json::from_str(batch.records[0].body.as_deref().unwrap()).unwrap();
+    let event = broker::Event {
+        id: page.event_id.clone(),
+        topic: page.topic.clone(),
+        payload: json!({"id": "c9", "boardId": "b1", "title": "Paged"}),
+        audience: broker::Audience::User(USER.into()),
+        published_at_ms: 0,
+        expires_at: u64::MAX,
+    };
+    broker::EventLog::append(h.events.as_ref(), &event).await.unwrap();
+    for key in &page.subscription_keys {
+        let key = SubscriptionKey::decode(key).unwrap();
+        let subscription = Subscription {
+            key,
+            topic: page.topic.clone(),
+            protocol: broker::Protocol::GraphqlWs,
+            principal: USER.into(),
+            document: "subscription { cardAdded(boardId: \"b1\") { title } }".into(),
+            operation_name: None,
+            variables: json!({}),
+            expires_at: u64::MAX,
+        };
+        h.broker.ports().subscriptions.insert(&subscription).await.unwrap();
+    }
+
+    let mut with_poison = batch.clone();
+    let mut poison = batch.records[0].clone();
+    poison.message_id = Some("poison".into());
+    poison.body = Some("{\"not\": \"a page\"}".into());
+    with_poison.records.push(poison);
+
+    let response = publisher::fanout::handle(&h.broker, with_poison).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["poison"]);
+    for connection in ["conn1", "conn2"] {
+        let frames = h.gateway.take(&connection.into());
+        assert_eq!(frames.len(), 1, "{connection}");
+        assert_eq!(frames[0]["type"], "data", "legacy protocol frame");
+        assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "Paged");
+    }
+}
