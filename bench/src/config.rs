@@ -1,0 +1,184 @@
+//! What a benchmark run measures, and against what.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A delivery design under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// The resolver delivers to every subscriber before the mutation returns.
+    Direct,
+    /// The mutation appends an event to the embedded store's log; the stream publisher,
+    /// fed by a poller, delivers it. Every subscriber is served inline by the publisher
+    /// (the fan-out threshold is set above any size).
+    Stream,
+    /// `stream` with the local mode on DynamoDB (the emulator), with real stream polling.
+    StreamDynamodb,
+    /// `stream` through the fan-out path: the publisher splits the subscribers into pages
+    /// on a queue, and fan-out workers deliver them (the threshold is set below any size).
+    SqsFanout,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Direct,
+        Mode::Stream,
+        Mode::StreamDynamodb,
+        Mode::SqsFanout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Stream => "stream",
+            Mode::StreamDynamodb => "stream-dynamodb",
+            Mode::SqsFanout => "sqs-fanout",
+        }
+    }
+
+    /// Whether deliveries wait for a stream poll (and so for `--poll-interval-ms`).
+    pub fn polls(self) -> bool {
+        self != Mode::Direct
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(value.trim()))
+            .ok_or_else(|| {
+                let names: Vec<_> = Mode::ALL.iter().map(|m| m.name()).collect();
+                format!("unknown mode {value:?} (expected one of {})", names.join(", "))
+            })
+    }
+}
+
+/// Where the broker under test runs.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The local mode, started by the benchmark in this process, once per mode and size.
+    Local,
+    /// A broker that is already running: a local mode started by hand, or a deployed
+    /// stack. Its configuration decides the delivery mode: the benchmark's mode is a label.
+    Remote(Remote),
+}
+
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// `POST` GraphQL endpoint, e.g. `http://127.0.0.1:4000/graphql`.
+    pub graphql_url: String,
+    /// WebSocket endpoint, e.g. `ws://127.0.0.1:4000/graphql` or `wss://...`.
+    pub websocket_url: String,
+    /// A token of the user who owns (or will own) the board.
+    pub token: String,
+    /// The board to add cards to; created with `createBoard` when absent.
+    pub board: Option<String>,
+}
+
+/// Where the DynamoDB emulator comes from, for the modes that need it.
+#[derive(Clone, Debug, Default)]
+pub enum Emulator {
+    /// None given: the DynamoDB modes are skipped.
+    #[default]
+    None,
+    /// An emulator already listening (`MOTO_ENDPOINT`).
+    Endpoint(String),
+    /// Start `moto_server` from this path on a free loopback port.
+    Start(PathBuf),
+}
+
+/// One benchmark run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub target: Target,
+    pub modes: Vec<Mode>,
+    /// Subscriber connections per case (the fan-out size).
+    pub sizes: Vec<usize>,
+    /// Mutations sent per case.
+    pub mutations: usize,
+    /// Mutations per second. One mutation is in flight at a time: when one takes longer
+    /// than the interval, the next is sent as soon as it returns.
+    pub rate: f64,
+    /// Wait between two polls of an empty stream (0: the poller wakes on each append).
+    pub poll_interval: Duration,
+    /// Fan-out threshold for `sqs-fanout` (subscribers above it go through pages).
+    pub fanout_threshold: usize,
+    /// Subscriptions per fan-out page.
+    pub fanout_page_size: usize,
+    /// Posts in flight at once for one delivery (the broker's `post_concurrency`).
+    pub post_concurrency: usize,
+    /// Round trips of the raw WebSocket echo floor.
+    pub echo_round_trips: usize,
+    /// Subscriber connections being opened at once.
+    pub connect_concurrency: usize,
+    /// After the last mutation returns, how long to wait for a delivery that has not come
+    /// yet before counting it lost (the wait restarts with each delivery).
+    pub drain_idle: Duration,
+    pub emulator: Emulator,
+    /// Where the table, CSV and plot are written.
+    pub out_dir: PathBuf,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl Config {
+    pub const DEFAULT_SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
+
+    /// The full sweep against the in-process local mode, with Lambda's poll interval.
+    pub fn sweep(out_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            target: Target::Local,
+            modes: vec![Mode::Direct, Mode::Stream, Mode::SqsFanout],
+            sizes: Self::DEFAULT_SIZES.to_vec(),
+            mutations: 40,
+            rate: 10.0,
+            poll_interval: Duration::from_millis(250),
+            fanout_threshold: 0,
+            fanout_page_size: broker::BrokerConfig::default().fanout_page_size,
+            post_concurrency: broker::BrokerConfig::default().post_concurrency,
+            echo_round_trips: 2_000,
+            connect_concurrency: 64,
+            drain_idle: Duration::from_secs(5),
+            emulator: Emulator::None,
+            out_dir: out_dir.into(),
+            progress: false,
+        }
+    }
+
+    /// A few seconds: sizes 1 and 10, a handful of mutations, `direct` and `stream`.
+    pub fn quick(out_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            modes: vec![Mode::Direct, Mode::Stream],
+            sizes: vec![1, 10],
+            mutations: 10,
+            rate: 20.0,
+            echo_round_trips: 200,
+            drain_idle: Duration::from_secs(3),
+            ..Self::sweep(out_dir)
+        }
+    }
+
+    /// The gap between two mutations.
+    pub fn interval(&self) -> Duration {
+        if self.rate > 0.0 && self.rate.is_finite() {
+            Duration::from_secs_f64(1.0 / self.rate)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self.target, Target::Local)
+    }
+}
