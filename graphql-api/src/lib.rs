@@ -9,6 +9,8 @@
 
 pub mod app;
 pub mod http_api;
+#[cfg(feature = "aws")]
+pub mod runtime;
 pub mod websocket;
 
 /// A request body as text, decoding API Gateway's base64 for binary payloads.

@@ -72,3 +72,18 @@ fn reply(status: u16, body: Option<String>) -> ApiGatewayProxyResponse {
     response.body = body.map(Body::Text);
     response
 }
+
+/// How Lambda reports a failed route: a missing connection id is a malformed event; anything
+/// else is a dependency failing, which API Gateway surfaces as an internal error.
+impl From<WebSocketError> for lambda_runtime::Diagnostic {
+    fn from(error: WebSocketError) -> Self {
+        let error_type = match error {
+            WebSocketError::MissingConnectionId => "NonRetryable",
+            WebSocketError::Session(_) => "Retryable",
+        };
+        Self {
+            error_type: error_type.to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}

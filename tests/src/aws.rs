@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Where moto listens, from `MOTO_ENDPOINT`.
 pub fn moto_endpoint() -> String {
     match std::env::var("MOTO_ENDPOINT") {
-        Ok(endpoint) if !endpoint.trim().is_empty() => endpoint.trim().trim_end_matches('/').to_owned(),
+        Ok(endpoint) if !endpoint.trim().is_empty() => {
+            endpoint.trim().trim_end_matches('/').to_owned()
+        }
         _ => panic!(
             "MOTO_ENDPOINT is not set: these tests need a moto server. Run them through \
              scripts/test-all (or scripts/with-moto cargo nextest run ...), which start one."
@@ -41,7 +43,10 @@ pub async fn moto_config() -> SdkConfig {
 
 /// A unique suffix, so names never collide between tests or runs on one moto.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+    format!(
+        "{prefix}-{}",
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    )
 }
 
 /// Freshly created tables on moto and a client for them.
@@ -90,7 +95,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -155,7 +164,9 @@ pub struct ScriptedServer {
 impl ScriptedServer {
     pub async fn start(replies: Vec<Reply>) -> Self {
         assert!(!replies.is_empty(), "a scripted server needs a reply");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
         let endpoint = format!("http://{}", listener.local_addr().expect("local address"));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
@@ -213,7 +224,10 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Se
     let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next()?.split(' ');
-    let (method, path) = (request_line.next()?.to_owned(), request_line.next()?.to_owned());
+    let (method, path) = (
+        request_line.next()?.to_owned(),
+        request_line.next()?.to_owned(),
+    );
     let headers: Vec<(String, String)> = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))

@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests: a local gateway on a free port, a WebSocket client
 //! that speaks either subprotocol, GraphQL over HTTP.
 
-pub mod fixtures;
 pub mod aws;
+pub mod fixtures;
 pub mod local;

@@ -12,8 +12,8 @@ use broker::aws::{
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::{
     Audience, CloseCode, Connection, ConnectionGateway, ConnectionId, ConnectionStore, Event,
-    EventLog, EventRef, FanoutPage, FanoutQueue, GatewayError, Protocol, StoreError,
-    Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId,
+    EventLog, EventRef, FanoutPage, FanoutQueue, GatewayError, Protocol, StoreError, Subscription,
+    SubscriptionKey, SubscriptionStore, Topic, UserId,
 };
 use broker_tests::aws::{
     FreshTables, Reply, ScriptedServer, base64, fresh_queue, fresh_tables, moto_endpoint,
@@ -57,7 +57,11 @@ fn expired<T>(mut value: T, set: impl FnOnce(&mut T, u64)) -> T {
 
 fn stores(
     tables: &FreshTables,
-) -> (DynamoDbConnectionStore, DynamoDbSubscriptionStore, DynamoDbEventLog) {
+) -> (
+    DynamoDbConnectionStore,
+    DynamoDbSubscriptionStore,
+    DynamoDbEventLog,
+) {
     let client = tables.dynamodb.clone();
     (
         DynamoDbConnectionStore::new(client.clone(), &tables.names.connections),
@@ -85,9 +89,18 @@ async fn connection_put_get_delete_round_trip() {
     connections.put(&anonymous).await.unwrap();
     connections.put(&known).await.unwrap();
 
-    assert_eq!(connections.get(&anonymous.id).await.unwrap(), Some(anonymous.clone()));
-    assert_eq!(connections.get(&known.id).await.unwrap(), Some(known.clone()));
-    assert_eq!(connections.get(&ConnectionId::new("nobody")).await.unwrap(), None);
+    assert_eq!(
+        connections.get(&anonymous.id).await.unwrap(),
+        Some(anonymous.clone())
+    );
+    assert_eq!(
+        connections.get(&known.id).await.unwrap(),
+        Some(known.clone())
+    );
+    assert_eq!(
+        connections.get(&ConnectionId::new("nobody")).await.unwrap(),
+        None
+    );
 
     connections.delete(&known.id).await.unwrap();
     assert_eq!(connections.get(&known.id).await.unwrap(), None);
@@ -105,7 +118,10 @@ async fn expired_connections_are_invisible_to_get_and_by_user() {
     connections.put(&live).await.unwrap();
 
     assert_eq!(connections.get(&stale.id).await.unwrap(), None);
-    assert_eq!(connections.by_user(&UserId::new("alice")).await.unwrap(), vec![live]);
+    assert_eq!(
+        connections.by_user(&UserId::new("alice")).await.unwrap(),
+        vec![live]
+    );
 }
 
 #[tokio::test]
@@ -116,19 +132,30 @@ async fn mark_initialised_succeeds_once_then_conflicts() {
     connections.put(&anonymous).await.unwrap();
     let alice = UserId::new("alice");
 
-    connections.mark_initialised(&anonymous.id, &alice).await.unwrap();
+    connections
+        .mark_initialised(&anonymous.id, &alice)
+        .await
+        .unwrap();
     let stored = connections.get(&anonymous.id).await.unwrap().unwrap();
     assert!(stored.initialised);
     assert_eq!(stored.principal, Some(alice.clone()));
 
-    assert!(is_conflict(connections.mark_initialised(&anonymous.id, &alice).await));
+    assert!(is_conflict(
+        connections.mark_initialised(&anonymous.id, &alice).await
+    ));
     assert!(is_conflict(
         connections
             .mark_initialised(&ConnectionId::new("unknown"), &alice)
             .await
     ));
     // The failed update created nothing.
-    assert_eq!(connections.get(&ConnectionId::new("unknown")).await.unwrap(), None);
+    assert_eq!(
+        connections
+            .get(&ConnectionId::new("unknown"))
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -140,7 +167,11 @@ async fn concurrent_mark_initialised_lets_exactly_one_win() {
     let user = UserId::new("alice");
     let attempts = (0..5).map(|_| connections.mark_initialised(&id, &user));
     let results = futures_util::future::join_all(attempts).await;
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
 }
 
 #[tokio::test]
@@ -153,8 +184,14 @@ async fn by_user_finds_every_connection_of_one_user_through_the_index() {
         connections.put(&c).await.unwrap();
         alices.push(c);
     }
-    connections.put(&connection("bob-1", Some("bob"))).await.unwrap();
-    connections.put(&connection("anonymous", None)).await.unwrap();
+    connections
+        .put(&connection("bob-1", Some("bob")))
+        .await
+        .unwrap();
+    connections
+        .put(&connection("anonymous", None))
+        .await
+        .unwrap();
     // Principal learnt at connection_init.
     connections.put(&connection("late", None)).await.unwrap();
     connections
@@ -167,11 +204,18 @@ async fn by_user_finds_every_connection_of_one_user_through_the_index() {
     let late = Connection {
         initialised: true,
         principal: Some(UserId::new("alice")),
-        ..connections.get(&ConnectionId::new("late")).await.unwrap().unwrap()
+        ..connections
+            .get(&ConnectionId::new("late"))
+            .await
+            .unwrap()
+            .unwrap()
     };
     alices.push(late);
     assert_eq!(found, alices);
-    assert_eq!(connections.by_user(&UserId::new("carol")).await.unwrap(), vec![]);
+    assert_eq!(
+        connections.by_user(&UserId::new("carol")).await.unwrap(),
+        vec![]
+    );
 }
 
 // --- subscriptions -----------------------------------------------------------------------
@@ -197,7 +241,10 @@ async fn subscriptions_round_trip_through_by_topic() {
         .unwrap();
     assert_eq!(found, vec![first, second]);
     assert_eq!(
-        subscriptions.by_topic(&Topic::new("board/none")).await.unwrap(),
+        subscriptions
+            .by_topic(&Topic::new("board/none"))
+            .await
+            .unwrap(),
         vec![]
     );
 }
@@ -211,10 +258,24 @@ async fn a_duplicate_operation_id_conflicts_whatever_the_topic() {
         .await
         .unwrap();
 
-    assert!(is_conflict(subscriptions.insert(&subscription("c1", "op", "topic/a")).await));
-    assert!(is_conflict(subscriptions.insert(&subscription("c1", "op", "topic/b")).await));
+    assert!(is_conflict(
+        subscriptions
+            .insert(&subscription("c1", "op", "topic/a"))
+            .await
+    ));
+    assert!(is_conflict(
+        subscriptions
+            .insert(&subscription("c1", "op", "topic/b"))
+            .await
+    ));
     // The failed transaction left nothing behind on the other topic.
-    assert_eq!(subscriptions.by_topic(&Topic::new("topic/b")).await.unwrap(), vec![]);
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/b"))
+            .await
+            .unwrap(),
+        vec![]
+    );
     // Another connection may use the same operation id.
     subscriptions
         .insert(&subscription("c2", "op", "topic/b"))
@@ -231,8 +292,16 @@ async fn concurrent_duplicate_inserts_let_exactly_one_win() {
         .collect();
     let results =
         futures_util::future::join_all(candidates.iter().map(|s| subscriptions.insert(s))).await;
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
-    assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))));
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_))))
+    );
 }
 
 #[tokio::test]
@@ -247,7 +316,10 @@ async fn delete_removes_one_subscription_and_frees_its_operation_id() {
     assert!(subscriptions.delete(&gone.key).await.unwrap());
     assert!(!subscriptions.delete(&gone.key).await.unwrap());
     assert_eq!(
-        subscriptions.by_topic(&Topic::new("topic/a")).await.unwrap(),
+        subscriptions
+            .by_topic(&Topic::new("topic/a"))
+            .await
+            .unwrap(),
         vec![kept]
     );
     // The id is free again, on any topic.
@@ -262,12 +334,17 @@ async fn expired_subscriptions_are_filtered_on_every_read() {
     let tables = fresh_tables().await;
     let (_, subscriptions, _) = stores(&tables);
     let live = subscription("c1", "live", "topic/a");
-    let stale = expired(subscription("c1", "stale", "topic/a"), |s, t| s.expires_at = t);
+    let stale = expired(subscription("c1", "stale", "topic/a"), |s, t| {
+        s.expires_at = t
+    });
     subscriptions.insert(&live).await.unwrap();
     subscriptions.insert(&stale).await.unwrap();
 
     let topic = Topic::new("topic/a");
-    assert_eq!(subscriptions.by_topic(&topic).await.unwrap(), vec![live.clone()]);
+    assert_eq!(
+        subscriptions.by_topic(&topic).await.unwrap(),
+        vec![live.clone()]
+    );
     assert_eq!(
         subscriptions
             .get_many(&topic, &[stale.key.clone(), live.key.clone()])
@@ -298,11 +375,17 @@ async fn delete_by_connection_removes_more_than_one_batch() {
         .unwrap();
     assert_eq!(removed, 30);
     assert_eq!(
-        subscriptions.by_topic(&Topic::new("topic/0")).await.unwrap(),
+        subscriptions
+            .by_topic(&Topic::new("topic/0"))
+            .await
+            .unwrap(),
         vec![survivor]
     );
     for topic in ["topic/1", "topic/2"] {
-        assert_eq!(subscriptions.by_topic(&Topic::new(topic)).await.unwrap(), vec![]);
+        assert_eq!(
+            subscriptions.by_topic(&Topic::new(topic)).await.unwrap(),
+            vec![]
+        );
     }
     assert_eq!(
         subscriptions
@@ -340,13 +423,19 @@ async fn get_many_reads_more_than_one_batch_in_the_order_asked() {
     keys.insert(20, SubscriptionKey::decode("c000#2").unwrap());
     keys.push(all[0].key.clone());
 
-    let found = subscriptions.get_many(&Topic::new(topic), &keys).await.unwrap();
+    let found = subscriptions
+        .get_many(&Topic::new(topic), &keys)
+        .await
+        .unwrap();
     let mut expected: Vec<Subscription> = all.iter().rev().cloned().collect();
     expected.push(all[0].clone());
     assert_eq!(found.len(), 151);
     assert_eq!(found, expected);
     assert_eq!(
-        subscriptions.get_many(&Topic::new(topic), &[]).await.unwrap(),
+        subscriptions
+            .get_many(&Topic::new(topic), &[])
+            .await
+            .unwrap(),
         vec![]
     );
 }
@@ -375,8 +464,14 @@ async fn events_append_once_and_read_back() {
         topic: e.topic.clone(),
         event_id: e.id.clone(),
     };
-    assert_eq!(events.get(&reference(&public)).await.unwrap(), Some(public.clone()));
-    assert_eq!(events.get(&reference(&private)).await.unwrap(), Some(private));
+    assert_eq!(
+        events.get(&reference(&public)).await.unwrap(),
+        Some(public.clone())
+    );
+    assert_eq!(
+        events.get(&reference(&private)).await.unwrap(),
+        Some(private)
+    );
     let missing = EventRef {
         topic: public.topic.clone(),
         event_id: "01NOPE".into(),
@@ -446,9 +541,17 @@ async fn appended_events_come_out_of_the_stream_as_new_images() {
         .send()
         .await
         .unwrap();
-    let stream_arn = table.table.and_then(|t| t.latest_stream_arn).expect("events table has a stream");
+    let stream_arn = table
+        .table
+        .and_then(|t| t.latest_stream_arn)
+        .expect("events table has a stream");
     let streams = aws_sdk_dynamodbstreams::Client::new(&tables.config);
-    let description = streams.describe_stream().stream_arn(&stream_arn).send().await.unwrap();
+    let description = streams
+        .describe_stream()
+        .stream_arn(&stream_arn)
+        .send()
+        .await
+        .unwrap();
     let shard = description
         .stream_description
         .and_then(|d| d.shards)
@@ -530,12 +633,16 @@ async fn sqs_enqueues_pages_in_batches_of_ten_and_they_come_back_whole() {
             .await
             .unwrap();
         for message in output.messages.unwrap_or_default() {
-            let page: FanoutPage =
-                serde_json::from_str(message.body.as_deref().unwrap()).unwrap();
+            let page: FanoutPage = serde_json::from_str(message.body.as_deref().unwrap()).unwrap();
             received.push(page);
         }
     }
-    received.sort_by_key(|p| p.event_id.trim_start_matches("event-").parse::<u32>().unwrap());
+    received.sort_by_key(|p| {
+        p.event_id
+            .trim_start_matches("event-")
+            .parse::<u32>()
+            .unwrap()
+    });
     assert_eq!(received, pages);
 }
 
@@ -553,8 +660,16 @@ async fn the_fanout_queue_redrives_to_its_dead_letter_queue() {
         .unwrap();
     let redrive = &attributes[&aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy];
     let redrive: serde_json::Value = serde_json::from_str(redrive).unwrap();
-    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with("-dlq"));
-    assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "5");
+    assert!(
+        redrive["deadLetterTargetArn"]
+            .as_str()
+            .unwrap()
+            .ends_with("-dlq")
+    );
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "5"
+    );
 }
 
 // --- the Management API ------------------------------------------------------------------
@@ -580,9 +695,12 @@ fn quick_retries(retries: u32) -> RetryPolicy {
 #[tokio::test]
 async fn the_gateway_posts_and_closes_through_moto() {
     let moto = moto_endpoint();
-    let http = reqwest::Client::new();
-    http.post(format!("{moto}/moto-api/recorder/start-recording"))
-        .send()
+    let recorder = |action: &str| {
+        reqwest::Client::new()
+            .post(format!("{moto}/moto-api/recorder/{action}"))
+            .send()
+    };
+    recorder("start-recording")
         .await
         .unwrap()
         .error_for_status()
@@ -598,15 +716,17 @@ async fn the_gateway_posts_and_closes_through_moto() {
         .close(&id, CloseCode::Forbidden, "Forbidden")
         .await
         .unwrap();
-
-    let recording = http
-        .get(format!("{moto}/moto-api/recorder/download-recording"))
-        .send()
+    // The recorder logs every request moto serves (tests run in parallel): keep the window
+    // short and leave the log empty.
+    recorder("stop-recording").await.unwrap();
+    let recording = reqwest::get(format!("{moto}/moto-api/recorder/download-recording"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    recorder("reset-recording").await.unwrap();
+
     let ours: Vec<serde_json::Value> = recording
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -616,9 +736,15 @@ async fn the_gateway_posts_and_closes_through_moto() {
                 .is_some_and(|u| u.ends_with(&format!("/@connections/{id}")))
         })
         .collect();
-    let post = ours.iter().find(|r| r["method"] == "POST").expect("the post was recorded");
+    let post = ours
+        .iter()
+        .find(|r| r["method"] == "POST")
+        .expect("the post was recorded");
     assert_eq!(post["body"], base64(frame.as_bytes()));
-    assert!(ours.iter().any(|r| r["method"] == "DELETE"), "the close was recorded");
+    assert!(
+        ours.iter().any(|r| r["method"] == "DELETE"),
+        "the close was recorded"
+    );
 }
 
 #[tokio::test]
@@ -702,19 +828,26 @@ async fn throttling_retries_are_bounded() {
     let Err(GatewayError::Backend { source }) = result else {
         panic!("expected a backend error, got {result:?}");
     };
-    assert!(source.to_string().contains("LimitExceededException"), "{source}");
+    assert!(
+        source.to_string().contains("LimitExceededException"),
+        "{source}"
+    );
     assert_eq!(server.requests().len(), 4);
 }
 
 #[tokio::test]
 async fn other_client_errors_are_not_retried() {
     let server = ScriptedServer::start(vec![
-        Reply::new(403, r#"{"message": "Forbidden"}"#).header("x-amzn-ErrorType", "ForbiddenException"),
+        Reply::new(403, r#"{"message": "Forbidden"}"#)
+            .header("x-amzn-ErrorType", "ForbiddenException"),
     ])
     .await;
     let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
     let result = gateway.post(&ConnectionId::new("c1"), "{}").await;
-    assert!(matches!(result, Err(GatewayError::Backend { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(GatewayError::Backend { .. })),
+        "{result:?}"
+    );
     assert_eq!(server.requests().len(), 1);
 }
 
@@ -750,7 +883,16 @@ async fn boards_live_in_the_app_table() {
 
     assert_eq!(store.board("01B1").await.unwrap(), Some(b1.clone()));
     assert_eq!(store.board("nope").await.unwrap(), None);
-    assert_eq!(store.boards_of(&UserId::new("alice")).await.unwrap(), vec![b1, b2]);
-    assert_eq!(store.boards_of(&UserId::new("bob")).await.unwrap(), vec![b3]);
-    assert_eq!(store.boards_of(&UserId::new("carol")).await.unwrap(), vec![]);
+    assert_eq!(
+        store.boards_of(&UserId::new("alice")).await.unwrap(),
+        vec![b1, b2]
+    );
+    assert_eq!(
+        store.boards_of(&UserId::new("bob")).await.unwrap(),
+        vec![b3]
+    );
+    assert_eq!(
+        store.boards_of(&UserId::new("carol")).await.unwrap(),
+        vec![]
+    );
 }

@@ -124,7 +124,13 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failu
 fn header_safe_reason(reason: &str) -> String {
     reason
         .chars()
-        .map(|c| if c == ' ' || c.is_ascii_graphic() { c } else { '?' })
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
         .take(MAX_CLOSE_REASON)
         .collect()
 }
@@ -178,7 +184,10 @@ mod tests {
 
     #[test]
     fn reasons_become_printable_ascii_within_a_close_frame() {
-        assert_eq!(header_safe_reason("Subscriber for 1 already exists"), "Subscriber for 1 already exists");
+        assert_eq!(
+            header_safe_reason("Subscriber for 1 already exists"),
+            "Subscriber for 1 already exists"
+        );
         assert_eq!(header_safe_reason("bad\nline é"), "bad?line ?");
         assert_eq!(header_safe_reason(&"x".repeat(500)).len(), MAX_CLOSE_REASON);
     }

@@ -32,6 +32,8 @@ pub use dynamodb::{
     DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, event_from_image,
 };
 pub use error::AwsCallError;
-pub use gateway::{ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, management_endpoint};
+pub use gateway::{
+    ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, management_endpoint,
+};
 pub use retry::RetryPolicy;
 pub use sqs::SqsFanoutQueue;

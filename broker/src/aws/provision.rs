@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -323,7 +323,7 @@ async fn create_queue(
         .send()
         .await
         .map_err(|e| AwsCallError::new("CreateQueue", e))?;
-    output
-        .queue_url
-        .ok_or_else(|| AwsCallError::message("CreateQueue", format!("no URL for queue {name}")).into())
+    output.queue_url.ok_or_else(|| {
+        AwsCallError::message("CreateQueue", format!("no URL for queue {name}")).into()
+    })
 }

@@ -92,7 +92,11 @@ impl SqsFanoutQueue {
                     .join("; ");
                 return Err(StoreError::backend(AwsCallError::message(
                     "SendMessageBatch",
-                    format!("{} of {} entries failed: {details}", failed.len(), pending.len()),
+                    format!(
+                        "{} of {} entries failed: {details}",
+                        failed.len(),
+                        pending.len()
+                    ),
                 )));
             }
             pending = again;

@@ -68,8 +68,14 @@ impl From<BoardItem> for Board {
 
 fn board_key(id: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([
-        ("pk".to_owned(), AttributeValue::S(format!("{BOARD_PREFIX}{id}"))),
-        ("sk".to_owned(), AttributeValue::S(BOARD_SORT_KEY.to_owned())),
+        (
+            "pk".to_owned(),
+            AttributeValue::S(format!("{BOARD_PREFIX}{id}")),
+        ),
+        (
+            "sk".to_owned(),
+            AttributeValue::S(BOARD_SORT_KEY.to_owned()),
+        ),
     ])
 }
 

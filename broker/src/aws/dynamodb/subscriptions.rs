@@ -7,7 +7,9 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
 
 use super::records::{ClaimItem, SubscriptionItem, claim_partition};
-use super::{Item, backend, batch_delete, batch_get, decode_listing, from_item, query_all, string, to_item};
+use super::{
+    Item, backend, batch_delete, batch_get, decode_listing, from_item, query_all, string, to_item,
+};
 use crate::aws::retry::RetryPolicy;
 use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_secs};
 use crate::ports::{StoreError, SubscriptionStore};
