@@ -7,11 +7,14 @@
 //!   `graphql_api::http_api`).
 //! - [`stream`]: Lambda's stream polling, feeding `publisher::stream` with INSERT records.
 //! - [`fanout`]: Lambda's SQS polling, feeding `publisher::fanout` with pages.
+//! - [`aws`]: the same on DynamoDB (an emulator or an account): the events table's real
+//!   stream through `aws-sdk-dynamodbstreams`, and SQS for the fan-out worker.
 //! - [`events`]: the API Gateway event shapes.
 //!
 //! Handlers post to sockets through the real `aws-sdk-apigatewaymanagement` client, pointed
 //! at this process's own Management API: every frame takes the hop it takes on AWS.
 
+pub mod aws;
 pub mod events;
 pub mod fanout;
 pub mod server;
@@ -45,6 +48,16 @@ pub struct Options {
     pub broker: BrokerConfig,
     /// Wait between two polls of an empty stream; zero waits for the next append instead.
     pub poll_interval: Duration,
+    pub backend: Backend,
+}
+
+/// Where state lives.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    /// In this process's memory: nothing to install, gone at exit.
+    #[default]
+    Embedded,
+    Aws(aws::AwsBackend),
 }
 
 impl Options {
@@ -66,6 +79,7 @@ impl Options {
             auth,
             broker,
             poll_interval,
+            backend: Backend::Embedded,
         })
     }
 }
@@ -79,34 +93,55 @@ pub struct LocalGateway {
 }
 
 impl LocalGateway {
-    /// Starts serving on `listener` with the embedded store.
+    /// Starts serving on `listener`.
     pub async fn start(listener: TcpListener, options: Options) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let gateway = management_gateway(addr).await;
-        let events = Arc::new(MemoryEventLog::default());
-        let (queue, pages) = ChannelFanoutQueue::new();
-        let ports = Ports {
-            connections: Arc::new(MemoryConnectionStore::default()),
-            subscriptions: Arc::new(MemorySubscriptionStore::default()),
-            events: events.clone(),
-            gateway: Arc::new(gateway),
-            fanout: Some(Arc::new(queue)),
+        let gateway = Arc::new(management_gateway(addr).await);
+        let auth = Authenticator::new(options.auth.clone());
+        let (broker, mut tasks) = match &options.backend {
+            Backend::Embedded => {
+                let events = Arc::new(MemoryEventLog::default());
+                let (queue, pages) = ChannelFanoutQueue::new();
+                let ports = Ports {
+                    connections: Arc::new(MemoryConnectionStore::default()),
+                    subscriptions: Arc::new(MemorySubscriptionStore::default()),
+                    events: events.clone(),
+                    gateway,
+                    fanout: Some(Arc::new(queue)),
+                };
+                let schema = build_schema(Arc::new(MemoryBoardStore::default()));
+                let broker = Broker::new(schema, ports, auth, options.broker.clone());
+                let tasks = vec![
+                    tokio::spawn(stream::feed_embedded(
+                        broker.clone(),
+                        events,
+                        options.poll_interval,
+                    )),
+                    tokio::spawn(fanout::work_embedded(broker.clone(), pages)),
+                ];
+                (broker, tasks)
+            }
+            Backend::Aws(backend) => {
+                let parts = aws::connect(backend).await?;
+                let ports = parts.ports_without_gateway.with_gateway(gateway);
+                let schema = build_schema(parts.boards);
+                let broker = Broker::new(schema, ports, auth, options.broker.clone());
+                let mut tasks = vec![tokio::spawn(aws::poll_stream(
+                    broker.clone(),
+                    parts.streams,
+                    parts.stream_arn,
+                    options.poll_interval,
+                ))];
+                if let Some((sqs, url)) = parts.sqs {
+                    // Lambda runs several workers at once; two pollers stand in for them.
+                    for _ in 0..2 {
+                        let poller = aws::poll_queue(broker.clone(), sqs.clone(), url.clone());
+                        tasks.push(tokio::spawn(poller));
+                    }
+                }
+                (broker, tasks)
+            }
         };
-        let schema = build_schema(Arc::new(MemoryBoardStore::default()));
-        let broker = Broker::new(
-            schema,
-            ports,
-            Authenticator::new(options.auth.clone()),
-            options.broker.clone(),
-        );
-        let mut tasks = vec![
-            tokio::spawn(stream::feed_embedded(
-                broker.clone(),
-                events,
-                options.poll_interval,
-            )),
-            tokio::spawn(fanout::work_embedded(broker.clone(), pages)),
-        ];
         let sockets = Arc::new(Sockets::default());
         let app = server::router(AppState {
             broker: broker.clone(),

@@ -20,6 +20,18 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:4000")]
         listen: SocketAddr,
+        /// Keep state in DynamoDB at this endpoint (e.g. a moto server) instead of in memory,
+        /// and poll the events table's stream. Table names come from CONNECTIONS_TABLE,
+        /// SUBSCRIPTIONS_TABLE, EVENTS_TABLE, APP_TABLE (defaults: broker-connections, …).
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        dynamodb_endpoint: Option<String>,
+        /// With --dynamodb-endpoint: create the tables when missing.
+        #[arg(long)]
+        create_tables: bool,
+        /// With --dynamodb-endpoint: split large fan-outs into this SQS queue (same
+        /// endpoint), or "create" to create `broker-fanout` with its dead-letter queue.
+        #[arg(long, env = "FANOUT_QUEUE_URL")]
+        fanout_queue: Option<String>,
     },
     /// Print a development token for a user id, signed with the configured JWT_SECRET
     /// (or the local default), with JWT_ISSUER / JWT_AUDIENCE when set.
@@ -46,7 +58,18 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", auth.mint(&user_id, ttl));
             Ok(())
         }
-        Some(Command::Serve { listen }) => serve(listen, options).await,
+        Some(Command::Serve {
+            listen,
+            dynamodb_endpoint,
+            create_tables,
+            fanout_queue,
+        }) => {
+            let mut options = options;
+            if let Some(endpoint) = dynamodb_endpoint {
+                options.backend = aws_backend(endpoint, create_tables, fanout_queue).await?;
+            }
+            serve(listen, options).await
+        }
         None => {
             let listen = std::env::var("BROKER_LISTEN")
                 .ok()
@@ -77,4 +100,32 @@ async fn serve(listen: SocketAddr, options: Options) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     gateway.shutdown().await;
     Ok(())
+}
+
+async fn aws_backend(
+    endpoint: String,
+    create_tables: bool,
+    fanout_queue: Option<String>,
+) -> anyhow::Result<local_gateway::Backend> {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let tables = broker::aws::TableNames {
+        connections: var("CONNECTIONS_TABLE", "broker-connections"),
+        subscriptions: var("SUBSCRIPTIONS_TABLE", "broker-subscriptions"),
+        events: var("EVENTS_TABLE", "broker-events"),
+    };
+    let fanout_queue_url = match fanout_queue.as_deref() {
+        Some("create") => {
+            let sdk = broker::aws::sdk_config(Some(&endpoint)).await;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            Some(broker::aws::provision::create_fanout_queue(&sqs, "broker-fanout").await?)
+        }
+        other => other.map(str::to_owned),
+    };
+    Ok(local_gateway::Backend::Aws(local_gateway::aws::AwsBackend {
+        endpoint: Some(endpoint),
+        tables,
+        app_table: var("APP_TABLE", "broker-app"),
+        fanout_queue_url,
+        create_tables,
+    }))
 }

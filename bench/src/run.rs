@@ -1,0 +1,458 @@
+//! Running the cases: per mode and fan-out size, open the subscribers, send the mutations,
+//! wait for the deliveries, and account for every one of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use broker::{AuthConfig, BrokerConfig, DeliveryMode};
+use local_gateway::{LocalGateway, Options};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::client::{GraphqlHttp, Listened, Subscriber, Titles};
+use crate::config::{Config, Mode, Target};
+use crate::cpu::{BROKER_THREADS, CLIENT_THREADS, CpuMeter};
+use crate::limits::{self, Limits};
+use crate::progress::Progress;
+use crate::report::{CaseResult, Measurement, Outcome, Report};
+use crate::stats::Latencies;
+use crate::{backend, echo};
+
+/// The one user every subscriber connects as: the example app lets only a board's owner
+/// listen to it, so the fan-out is many connections of one user (many tabs, many devices).
+const USER: &str = "bench-user";
+const TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
+const SECRET: &str = "broker-bench-secret-used-only-in-this-process-0123456789";
+/// After the last expected delivery, how long to keep listening for duplicates.
+const DUPLICATE_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs every case of `config` and returns what was measured. A case that cannot run here
+/// (too many connections for the machine, a mode this build cannot offer) is reported as
+/// skipped with the reason; an error is returned only when nothing can run at all.
+pub fn run(config: &Config) -> anyhow::Result<Report> {
+    anyhow::ensure!(!config.modes.is_empty(), "no mode to run");
+    anyhow::ensure!(!config.sizes.is_empty(), "no fan-out size to run");
+    anyhow::ensure!(config.mutations > 0, "--mutations must be at least 1");
+    for &mode in &config.modes {
+        backend::check(config, mode)?;
+    }
+    let local = config.is_local();
+    let largest = config.sizes.iter().copied().max().unwrap_or(0);
+    let limits = Limits::prepare(largest, local);
+    let progress = Progress::new(config.progress);
+    let client = runtime(CLIENT_THREADS)?;
+
+    progress.println(format!(
+        "echo floor: {} round trips on loopback",
+        config.echo_round_trips
+    ));
+    let echo = {
+        let server = runtime(BROKER_THREADS)?;
+        let floor = echo::measure(&server, &client, config.echo_round_trips.max(1));
+        server.shutdown_timeout(Duration::from_secs(1));
+        floor.context("echo floor")?
+    };
+    progress.println(format!("  p50 {:.3} ms, p99 {:.3} ms", echo.p50, echo.p99));
+
+    let tag = run_tag();
+    let mut emulator = backend::Emulator::start_if_needed(config)?;
+    let mut cases = Vec::new();
+    for &mode in &config.modes {
+        for &size in &config.sizes {
+            let outcome = match limits.refuse(size, local) {
+                Some(reason) => Outcome::Skipped(reason),
+                None => run_case(
+                    config,
+                    mode,
+                    size,
+                    &client,
+                    &progress,
+                    &tag,
+                    emulator.as_mut(),
+                ),
+            };
+            progress.println(describe(mode, size, &outcome));
+            cases.push(CaseResult {
+                mode,
+                subscribers: size,
+                outcome,
+            });
+        }
+    }
+    progress.finish();
+    drop(emulator);
+    client.shutdown_timeout(Duration::from_secs(2));
+    Ok(Report {
+        target: match &config.target {
+            Target::Local => "local mode, in process".to_owned(),
+            Target::Remote(remote) => format!("running broker at {}", remote.graphql_url),
+        },
+        mutations: config.mutations,
+        rate: config.rate,
+        poll_interval: config.poll_interval,
+        fanout_threshold: config.fanout_threshold,
+        fanout_page_size: config.fanout_page_size,
+        echo,
+        limits,
+        cases,
+    })
+}
+
+/// A Tokio runtime whose threads carry `name` (the CPU meter tells them apart by it).
+fn runtime(name: &str) -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        // Blocking threads must not exit mid-phase: their CPU time would go uncounted.
+        .thread_keep_alive(Duration::from_secs(3_600))
+        .enable_all()
+        .build()
+        .context("start a Tokio runtime")
+}
+
+/// A short tag for this run's card titles.
+fn run_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:08x}", (nanos as u64 ^ u64::from(std::process::id())) as u32)
+}
+
+fn describe(mode: Mode, size: usize, outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Measured(m) => format!(
+            "{mode:>15} n={size:<6} mutation p50 {:>9.3} ms p99 {:>9.3} ms | delivery p50 \
+             {:>9.3} ms p99 {:>9.3} ms | {}/{} delivered, {} lost, {} duplicated",
+            m.mutation_latency.p50,
+            m.mutation_latency.p99,
+            m.delivery_latency.p50,
+            m.delivery_latency.p99,
+            m.delivered,
+            m.expected,
+            m.lost,
+            m.duplicated,
+        ),
+        Outcome::Skipped(reason) => format!("{mode:>15} n={size:<6} skipped: {reason}"),
+        Outcome::Failed(reason) => format!("{mode:>15} n={size:<6} FAILED: {reason}"),
+    }
+}
+
+/// Where a case sends its traffic.
+struct Endpoints {
+    graphql: String,
+    websocket: String,
+    token: String,
+    board: Option<String>,
+    /// Whether the broker's threads are this process's (and so its CPU time measurable).
+    in_process: bool,
+}
+
+/// The broker configuration a mode stands for.
+pub fn broker_config(config: &Config, mode: Mode) -> BrokerConfig {
+    let defaults = BrokerConfig::default();
+    let (delivery_mode, fanout_threshold) = match mode {
+        Mode::Direct => (DeliveryMode::Direct, usize::MAX),
+        // The embedded store always has a fan-out queue: keep every size off it.
+        Mode::Stream | Mode::StreamDynamodb => (DeliveryMode::Stream, usize::MAX),
+        Mode::SqsFanout => (DeliveryMode::Stream, config.fanout_threshold),
+    };
+    BrokerConfig {
+        delivery_mode,
+        fanout_threshold,
+        fanout_page_size: config.fanout_page_size.max(1),
+        post_concurrency: config.post_concurrency.max(1),
+        ..defaults
+    }
+}
+
+fn local_options(config: &Config, mode: Mode) -> Options {
+    Options {
+        auth: AuthConfig {
+            secret: SECRET.to_owned(),
+            issuer: None,
+            audience: None,
+        },
+        broker: broker_config(config, mode),
+        poll_interval: config.poll_interval,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case(
+    config: &Config,
+    mode: Mode,
+    size: usize,
+    client: &Runtime,
+    progress: &Progress,
+    tag: &str,
+    emulator: Option<&mut backend::Emulator>,
+) -> Outcome {
+    let result = match &config.target {
+        Target::Local => {
+            let server = match runtime(BROKER_THREADS) {
+                Ok(server) => server,
+                Err(e) => return Outcome::Failed(format!("{e:#}")),
+            };
+            let options = local_options(config, mode);
+            let started = server.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                backend::start(listener, options, mode, emulator).await
+            });
+            let gateway = match started {
+                Ok(gateway) => gateway,
+                Err(e) => return Outcome::Failed(format!("starting the local mode: {e:#}")),
+            };
+            let endpoints = Endpoints {
+                graphql: gateway.graphql_url(),
+                websocket: gateway.websocket_url(),
+                token: gateway.broker().authenticator().mint(USER, TOKEN_TTL_SECS),
+                board: None,
+                in_process: true,
+            };
+            let result = client.block_on(drive(config, mode, size, &endpoints, progress, tag));
+            server.block_on(gateway.shutdown());
+            server.shutdown_timeout(Duration::from_secs(2));
+            result
+        }
+        Target::Remote(remote) => {
+            let endpoints = Endpoints {
+                graphql: remote.graphql_url.clone(),
+                websocket: remote.websocket_url.clone(),
+                token: remote.token.clone(),
+                board: remote.board.clone(),
+                in_process: false,
+            };
+            client.block_on(drive(config, mode, size, &endpoints, progress, tag))
+        }
+    };
+    match result {
+        Ok(measurement) => Outcome::Measured(measurement),
+        Err(CaseError::CannotOpen(reason)) => Outcome::Skipped(reason),
+        Err(CaseError::Failed(e)) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
+enum CaseError {
+    /// The subscribers could not all be opened: the machine's limit, not the broker's.
+    CannotOpen(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CaseError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// One case, on the client runtime: subscribers, paced mutations, deliveries.
+async fn drive(
+    config: &Config,
+    mode: Mode,
+    size: usize,
+    endpoints: &Endpoints,
+    progress: &Progress,
+    tag: &str,
+) -> Result<Measurement, CaseError> {
+    let label = format!("{mode} n={size}");
+    let http = GraphqlHttp::new(&endpoints.graphql, &endpoints.token)?;
+    let board = match &endpoints.board {
+        Some(board) => board.clone(),
+        None => http
+            .create_board("benchmark")
+            .await
+            .context("creating the board")?,
+    };
+    let titles = Titles::new(tag);
+    let clock = Instant::now();
+
+    // Subscribers: each task opens its connection, reports it ready, then listens.
+    progress.phase(&label, "connecting", size as u64);
+    let setup_started = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop, stopped) = watch::channel(false);
+    let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
+    let permits = Arc::new(Semaphore::new(config.connect_concurrency.max(1)));
+    let mut listeners = Vec::with_capacity(size);
+    for _ in 0..size {
+        let (url, token, board) = (
+            endpoints.websocket.clone(),
+            endpoints.token.clone(),
+            board.clone(),
+        );
+        let (titles, stopped, received) = (titles.clone(), stopped.clone(), received.clone());
+        let (ready_tx, permits) = (ready_tx.clone(), permits.clone());
+        listeners.push(tokio::spawn(async move {
+            let opened = {
+                let _permit = permits.acquire_owned().await;
+                Subscriber::open(&url, &token, &board).await
+            };
+            match opened {
+                Ok(subscriber) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Some(subscriber.listen(titles, clock, stopped, received).await)
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                    None
+                }
+            }
+        }));
+    }
+    drop(ready_tx);
+    let mut opened = 0;
+    while opened < size {
+        match ready.recv().await {
+            Some(Ok(())) => {
+                opened += 1;
+                progress.inc();
+            }
+            Some(Err(e)) => {
+                let _ = stop.send(true);
+                collect(listeners).await;
+                return Err(CaseError::CannotOpen(format!(
+                    "opened {opened} of {size} subscribers, then: {e}"
+                )));
+            }
+            None => break,
+        }
+    }
+    let setup = setup_started.elapsed();
+    let resident_bytes = limits::resident_bytes();
+
+    // Mutations, paced, one in flight at a time.
+    let mutations = config.mutations;
+    progress.phase(&label, "mutating", mutations as u64);
+    let cpu = endpoints.in_process.then(CpuMeter::start);
+    let interval = config.interval();
+    let started = Instant::now();
+    let mut sent_us = vec![0u64; mutations];
+    let mut succeeded = vec![false; mutations];
+    let mut mutation_latency = Latencies::new();
+    let mut mutation_errors = 0usize;
+    let mut first_error = None;
+    let mut last_response_us = 0;
+    for seq in 0..mutations {
+        tokio::time::sleep_until((started + interval * seq as u32).into()).await;
+        let sent = Instant::now();
+        sent_us[seq] = micros(sent - clock);
+        let result = http.add_card(&board, &titles.title(seq)).await;
+        let latency = sent.elapsed();
+        last_response_us = micros(clock.elapsed());
+        match result {
+            Ok(()) => {
+                succeeded[seq] = true;
+                mutation_latency.record(latency);
+            }
+            Err(e) => {
+                mutation_errors += 1;
+                first_error.get_or_insert_with(|| format!("mutation {seq}: {e:#}"));
+            }
+        }
+        progress.inc();
+    }
+
+    // Deliveries: wait for every expected one, or until none has come for a while.
+    let ok = succeeded.iter().filter(|ok| **ok).count();
+    let expected = (ok * size) as u64;
+    progress.phase(&label, "delivering", expected);
+    let patience = config.drain_idle
+        + if mode.polls() {
+            config.poll_interval
+        } else {
+            Duration::ZERO
+        };
+    let mut seen = received.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = received.load(Ordering::Relaxed);
+        progress.set(now);
+        if now >= expected {
+            break;
+        }
+        if now != seen {
+            seen = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= patience {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let broker_cpu = cpu.and_then(|meter| meter.stop());
+    tokio::time::sleep(DUPLICATE_GRACE).await;
+    let _ = stop.send(true);
+    let listened = collect(listeners).await;
+
+    // Accounting: every delivery matched to its mutation, per subscriber.
+    let mut delivery_latency = Latencies::new();
+    let (mut delivered, mut duplicated, mut unexpected) = (0u64, 0u64, 0u64);
+    let mut subscriber_errors = 0usize;
+    let mut last_delivery_us = 0;
+    let mut seen_here = vec![false; mutations];
+    for outcome in &listened {
+        let Some(listened) = outcome else {
+            subscriber_errors += 1;
+            continue;
+        };
+        if let Some(e) = &listened.error {
+            subscriber_errors += 1;
+            first_error.get_or_insert_with(|| format!("subscriber: {e}"));
+        }
+        unexpected += listened.unexpected;
+        seen_here.fill(false);
+        for &(seq, at_us) in &listened.deliveries {
+            if !succeeded.get(seq).copied().unwrap_or(false) {
+                unexpected += 1;
+            } else if seen_here[seq] {
+                duplicated += 1;
+            } else {
+                seen_here[seq] = true;
+                delivered += 1;
+                delivery_latency.record_micros(at_us.saturating_sub(sent_us[seq]));
+                last_delivery_us = last_delivery_us.max(at_us);
+            }
+        }
+    }
+    let first_sent_us = sent_us.first().copied().unwrap_or_default();
+    let phase = Duration::from_micros(last_delivery_us.max(last_response_us) - first_sent_us);
+    Ok(Measurement {
+        mutations_sent: mutations,
+        mutation_errors,
+        mutation_latency: mutation_latency.summary(),
+        delivery_latency: delivery_latency.summary(),
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        duplicated,
+        unexpected,
+        subscriber_errors,
+        phase,
+        deliveries_per_second: if phase.is_zero() {
+            0.0
+        } else {
+            delivered as f64 / phase.as_secs_f64()
+        },
+        broker_cpu,
+        setup,
+        resident_bytes,
+        first_error,
+    })
+}
+
+/// Waits for every subscriber task; `None` for one that never opened or that panicked.
+async fn collect(
+    listeners: Vec<tokio::task::JoinHandle<Option<Listened>>>,
+) -> Vec<Option<Listened>> {
+    let mut all = Vec::with_capacity(listeners.len());
+    for listener in listeners {
+        all.push(listener.await.ok().flatten());
+    }
+    all
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

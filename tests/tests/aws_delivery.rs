@@ -1,0 +1,238 @@
+//! Delivery over the AWS wire protocol: the local mode on moto's DynamoDB, its real events
+//! stream polled through `aws-sdk-dynamodbstreams`, SQS for the fan-out worker, the
+//! Management API client posting to the local gateway.
+
+use std::time::Duration;
+
+use broker::aws::DynamoDbSubscriptionStore;
+use broker::{DeliveryMode, Subscription, SubscriptionKey, SubscriptionStore, Topic};
+use broker_tests::aws::{fresh_queue, fresh_tables, moto_endpoint};
+use broker_tests::local::*;
+use local_gateway::aws::{AwsBackend, lambda_record};
+use local_gateway::{Backend, LocalGateway};
+use serde_json::json;
+
+async fn start_on_moto(fanout_threshold: usize, with_queue: bool) -> LocalGateway {
+    let tables = fresh_tables().await;
+    let fanout_queue_url = if with_queue {
+        Some(fresh_queue().await.1)
+    } else {
+        None
+    };
+    let mut options = options(DeliveryMode::Stream);
+    options.broker.fanout_threshold = fanout_threshold;
+    options.broker.fanout_page_size = 2;
+    options.poll_interval = Duration::from_millis(50);
+    options.backend = Backend::Aws(AwsBackend {
+        endpoint: Some(moto_endpoint()),
+        tables: tables.names,
+        app_table: tables.app_table,
+        fanout_queue_url,
+        create_tables: false,
+    });
+    start(options).await
+}
+
+#[tokio::test]
+async fn a_mutation_reaches_subscribers_through_the_real_stream() {
+    let gateway = start_on_moto(100, false).await;
+    let (alice, bob) = (token(&gateway, "alice"), token(&gateway, "bob"));
+    let board = create_board(&gateway, &alice, "on dynamodb").await;
+    let mut tabs = Vec::new();
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
+        tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+        tab.sync().await;
+        tabs.push(tab);
+    }
+    let mut bob_tab = WsClient::ready(&gateway, "graphql-transport-ws", &bob).await;
+    bob_tab.subscribe("boards", BOARD_CREATED, json!({})).await;
+    bob_tab.sync().await;
+
+    let added = add_card(&gateway, &alice, &board, "via the stream").await;
+    for tab in &mut tabs {
+        let message = tab.recv().await.unwrap();
+        assert_eq!(message["payload"]["data"]["cardAdded"], added["data"]["addCard"]);
+    }
+    let bobs = create_board(&gateway, &bob, "bob's").await;
+    let first = bob_tab.recv().await.unwrap();
+    assert_eq!(first["payload"]["data"]["boardCreated"]["id"], bobs.as_str());
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_large_fan_out_goes_through_sqs_and_the_worker() {
+    // Threshold 2, pages of 2: five subscribers make three SQS messages.
+    let gateway = start_on_moto(2, true).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "popular").await;
+    let mut tabs = Vec::new();
+    for i in 0..5 {
+        let protocol = if i % 2 == 0 { "graphql-transport-ws" } else { "graphql-ws" };
+        let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
+        tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+        tab.sync().await;
+        tabs.push(tab);
+    }
+    let added = add_card(&gateway, &alice, &board, "to everyone").await;
+    for tab in &mut tabs {
+        let message = tab.recv().await.unwrap();
+        assert_eq!(message["payload"]["data"]["cardAdded"], added["data"]["addCard"]);
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gone_connection_is_removed_when_delivery_meets_410() {
+    let tables = fresh_tables().await;
+    let subscriptions_table = tables.names.subscriptions.clone();
+    let dynamodb = tables.dynamodb.clone();
+    let mut options = options(DeliveryMode::Stream);
+    options.poll_interval = Duration::from_millis(50);
+    options.backend = Backend::Aws(AwsBackend {
+        endpoint: Some(moto_endpoint()),
+        tables: tables.names,
+        app_table: tables.app_table,
+        fanout_queue_url: None,
+        create_tables: false,
+    });
+    let gateway = start(options).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "b").await;
+    let topic: Topic = graphql_api::app::card_topic(&board);
+
+    // A subscription whose socket is long gone (its $disconnect never arrived).
+    let store = DynamoDbSubscriptionStore::new(dynamodb, subscriptions_table);
+    let ghost = Subscription {
+        key: SubscriptionKey {
+            connection_id: "ghost-connection".into(),
+            operation_id: "1".into(),
+        },
+        topic: topic.clone(),
+        protocol: broker::Protocol::GraphqlTransportWs,
+        principal: "alice".into(),
+        document: CARD_ADDED.into(),
+        operation_name: None,
+        variables: json!({"b": board}),
+        expires_at: u64::MAX / 2,
+    };
+    // The store refuses subscriptions of unknown connections; put the connection first.
+    let connection = broker::Connection {
+        id: "ghost-connection".into(),
+        protocol: broker::Protocol::GraphqlTransportWs,
+        principal: Some("alice".into()),
+        initialised: true,
+        connected_at_ms: 0,
+        expires_at: u64::MAX / 2,
+    };
+    gateway.broker().ports().connections.put(&connection).await.unwrap();
+    store.insert(&ghost).await.unwrap();
+    // And a live subscriber, whose delivery tells when the event has been handled.
+    let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
+    tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+    tab.sync().await;
+    assert_eq!(store.by_topic(&topic).await.unwrap().len(), 2);
+
+    add_card(&gateway, &alice, &board, "wake the ghost").await;
+    tab.recv().await.unwrap();
+    assert!(
+        eventually(async || store.by_topic(&topic).await.unwrap().len() == 1).await,
+        "the gone connection's subscription was not removed"
+    );
+    let ports = gateway.broker().ports();
+    assert!(ports.connections.get(&"ghost-connection".into()).await.unwrap().is_none());
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_alone() {
+    let tables = fresh_tables().await;
+    let events_table = tables.names.events.clone();
+    let dynamodb = tables.dynamodb.clone();
+    let streams = aws_sdk_dynamodbstreams::Client::new(&tables.config);
+    let mut options = options(DeliveryMode::Stream);
+    options.poll_interval = Duration::from_millis(50);
+    options.backend = Backend::Aws(AwsBackend {
+        endpoint: Some(moto_endpoint()),
+        tables: tables.names,
+        app_table: tables.app_table,
+        fanout_queue_url: None,
+        create_tables: false,
+    });
+    let gateway = start(options).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "b").await;
+    let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
+    tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+    tab.sync().await;
+    add_card(&gateway, &alice, &board, "once").await;
+    let first = tab.recv().await.unwrap();
+    assert_eq!(first["payload"]["data"]["cardAdded"]["title"], "once");
+
+    // An event item no publisher can read, written by some other service.
+    let topic = graphql_api::app::card_topic(&board);
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    dynamodb
+        .put_item()
+        .table_name(&events_table)
+        .item("topic", Av::S(topic.to_string()))
+        .item("eventId", Av::S("01BADBADBADBADBADBADBADBAD".into()))
+        .item("payload", Av::S("not json".into()))
+        .item("ttl", Av::N((broker::domain::now_secs() + 600).to_string()))
+        .send()
+        .await
+        .unwrap();
+
+    // Read every record from the start of the stream, as a retried batch would bring them.
+    let stream_arn = dynamodb
+        .describe_table()
+        .table_name(&events_table)
+        .send()
+        .await
+        .unwrap()
+        .table()
+        .and_then(|t| t.latest_stream_arn())
+        .unwrap()
+        .to_owned();
+    let description = streams.describe_stream().stream_arn(&stream_arn).send().await.unwrap();
+    let mut records = Vec::new();
+    for shard in description.stream_description().unwrap().shards() {
+        let iterator = streams
+            .get_shard_iterator()
+            .stream_arn(&stream_arn)
+            .shard_id(shard.shard_id().unwrap())
+            .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap();
+        let output = streams
+            .get_records()
+            .shard_iterator(iterator.shard_iterator().unwrap())
+            .send()
+            .await
+            .unwrap();
+        records.extend(output.records().iter().filter_map(lambda_record));
+    }
+    let bad_sequence = records
+        .iter()
+        .find(|r| r.change.new_image.get("eventId").is_some_and(|v| *v == serde_dynamo::AttributeValue::S("01BADBADBADBADBADBADBADBAD".into())))
+        .and_then(|r| r.change.sequence_number.clone())
+        .expect("the bad record is in the stream");
+    assert!(records.len() >= 3, "boardCreated, cardAdded and the bad record");
+
+    let mut batch = aws_lambda_events::dynamodb::Event::default();
+    batch.records = records;
+    let response = publisher::stream::handle(gateway.broker(), batch).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, vec![Some(bad_sequence)]);
+
+    // The card event was marked delivered: the replay posted nothing to the subscriber.
+    // Frames of one connection arrive in order, so the next message being the pong proves it.
+    tab.send(json!({"type": "ping"})).await;
+    assert_eq!(tab.recv().await.unwrap()["type"], "pong");
+    gateway.shutdown().await;
+}
