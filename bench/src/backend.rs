@@ -11,7 +11,7 @@ use local_gateway::aws::AwsBackend;
 use local_gateway::{Backend, LocalGateway, Options};
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, Mode, Target};
+use crate::config::{self, Config, Mode};
 
 /// Whether the local mode runs `mode` on the emulator.
 pub fn uses_emulator(mode: Mode) -> bool {
@@ -110,9 +110,10 @@ impl Emulator {
         let fanout_queue_url = if fanout {
             let sdk = broker::aws::sdk_config(Some(&self.endpoint)).await;
             let sqs = aws_sdk_sqs::Client::new(&sdk);
-            let url = broker::aws::provision::create_fanout_queue(&sqs, &format!("{prefix}-fanout"))
-                .await
-                .context("creating the fan-out queue")?;
+            let url =
+                broker::aws::provision::create_fanout_queue(&sqs, &format!("{prefix}-fanout"))
+                    .await
+                    .context("creating the fan-out queue")?;
             Some(url)
         } else {
             None

@@ -16,8 +16,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SUBSCRIPTION: &str =
-    "subscription($b: ID!) { cardAdded(boardId: $b) { id title } }";
+pub const SUBSCRIPTION: &str = "subscription($b: ID!) { cardAdded(boardId: $b) { id title } }";
 pub const ADD_CARD: &str =
     "mutation($b: ID!, $t: String!) { addCard(boardId: $b, title: $t) { id } }";
 const CREATE_BOARD: &str = "mutation($t: String!) { createBoard(title: $t) { id } }";
@@ -32,13 +31,21 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Clone, Debug)]
 pub struct Titles {
     prefix: String,
+    warm_up: String,
 }
 
 impl Titles {
     pub fn new(tag: &str) -> Self {
         Self {
             prefix: format!("bench {tag} #"),
+            warm_up: format!("bench {tag} warm-up"),
         }
+    }
+
+    /// The title of the mutations sent before measuring (they open the HTTP connections
+    /// on both sides); their deliveries are counted apart.
+    pub fn warm_up(&self) -> &str {
+        &self.warm_up
     }
 
     pub fn title(&self, seq: usize) -> String {
@@ -128,7 +135,7 @@ impl Subscriber {
         titles: Titles,
         clock: Instant,
         mut stop: watch::Receiver<bool>,
-        received: Arc<AtomicU64>,
+        counters: Arc<Counters>,
     ) -> Listened {
         let mut listened = Listened::default();
         loop {
@@ -159,8 +166,12 @@ impl Subscriber {
             };
             match message["type"].as_str() {
                 Some("next") => {
-                    received.fetch_add(1, Ordering::Relaxed);
                     let title = message["payload"]["data"]["cardAdded"]["title"].as_str();
+                    if title == Some(titles.warm_up()) {
+                        counters.warm_up.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    counters.received.fetch_add(1, Ordering::Relaxed);
                     match title.and_then(|t| titles.seq(t)) {
                         Some(seq) => listened.deliveries.push((seq, at_us)),
                         None => listened.unexpected += 1,
@@ -179,6 +190,15 @@ impl Subscriber {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.socket.close(None)).await;
         listened
     }
+}
+
+/// Deliveries received so far by every subscriber of a case.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Deliveries of measured mutations (and frames that could not be matched).
+    pub received: AtomicU64,
+    /// Deliveries of warm-up mutations.
+    pub warm_up: AtomicU64,
 }
 
 /// What one subscriber received.

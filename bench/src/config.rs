@@ -61,7 +61,10 @@ impl FromStr for Mode {
             .find(|m| m.name().eq_ignore_ascii_case(value.trim()))
             .ok_or_else(|| {
                 let names: Vec<_> = Mode::ALL.iter().map(|m| m.name()).collect();
-                format!("unknown mode {value:?} (expected one of {})", names.join(", "))
+                format!(
+                    "unknown mode {value:?} (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }

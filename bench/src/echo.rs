@@ -29,7 +29,11 @@ fn frame() -> String {
 
 /// Measures `round_trips` sequential echo round trips: the echo server runs on `server`,
 /// the client on `client`.
-pub fn measure(server: &Runtime, client: &Runtime, round_trips: usize) -> anyhow::Result<Percentiles> {
+pub fn measure(
+    server: &Runtime,
+    client: &Runtime,
+    round_trips: usize,
+) -> anyhow::Result<Percentiles> {
     let listener = server.block_on(TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     let echo = server.spawn(async move {
@@ -53,13 +57,10 @@ pub fn measure(server: &Runtime, client: &Runtime, round_trips: usize) -> anyhow
         }
     });
     let result = client.block_on(async move {
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
-            format!("ws://{addr}/"),
-            None,
-            true,
-        )
-        .await
-        .context("connect to the echo server")?;
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true)
+                .await
+                .context("connect to the echo server")?;
         let frame = frame();
         let mut latencies = Latencies::new();
         for i in 0..WARM_UP + round_trips {

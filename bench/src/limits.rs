@@ -108,7 +108,10 @@ fn raise_open_files(wanted: u64) -> (u64, String) {
         .unwrap_or(hard);
     let target = wanted.min(ceiling).max(hard);
     match rlimit::setrlimit(Resource::NOFILE, target, target) {
-        Ok(()) => (target, format!("soft and hard limits raised from {soft}/{hard}")),
+        Ok(()) => (
+            target,
+            format!("soft and hard limits raised from {soft}/{hard}"),
+        ),
         Err(_) => match rlimit::setrlimit(Resource::NOFILE, hard, hard) {
             Ok(()) => (
                 hard,
@@ -156,12 +159,22 @@ mod tests {
             memory_available: Some(8 << 30),
         };
         assert_eq!(limits.refuse(100, true), None);
-        assert!(limits.refuse(1_000, true).unwrap().contains("file descriptors"));
+        assert!(
+            limits
+                .refuse(1_000, true)
+                .unwrap()
+                .contains("file descriptors")
+        );
         let limits = Limits {
             open_files: 1 << 20,
             ..limits
         };
-        assert!(limits.refuse(30_000, false).unwrap().contains("local ports"));
+        assert!(
+            limits
+                .refuse(30_000, false)
+                .unwrap()
+                .contains("local ports")
+        );
         assert!(limits.refuse(20_000, true).unwrap().contains("MiB"));
     }
 }

@@ -2,17 +2,17 @@
 //! wait for the deliveries, and account for every one of them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use broker::{AuthConfig, BrokerConfig, DeliveryMode};
-use local_gateway::{LocalGateway, Options};
+use local_gateway::{Backend, Options};
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::client::{GraphqlHttp, Listened, Subscriber, Titles};
+use crate::client::{Counters, GraphqlHttp, Listened, Subscriber, Titles};
 use crate::config::{Config, Mode, Target};
 use crate::cpu::{BROKER_THREADS, CLIENT_THREADS, CpuMeter};
 use crate::limits::{self, Limits};
@@ -28,6 +28,8 @@ const TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 const SECRET: &str = "broker-bench-secret-used-only-in-this-process-0123456789";
 /// After the last expected delivery, how long to keep listening for duplicates.
 const DUPLICATE_GRACE: Duration = Duration::from_millis(200);
+/// Mutations sent before measuring, to open the HTTP connections on both sides.
+const WARM_UP_MUTATIONS: usize = 2;
 
 /// Runs every case of `config` and returns what was measured. A case that cannot run here
 /// (too many connections for the machine, a mode this build cannot offer) is reported as
@@ -119,7 +121,10 @@ fn run_tag() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{:08x}", (nanos as u64 ^ u64::from(std::process::id())) as u32)
+    format!(
+        "{:08x}",
+        (nanos as u64 ^ u64::from(std::process::id())) as u32
+    )
 }
 
 fn describe(mode: Mode, size: usize, outcome: &Outcome) -> String {
@@ -178,6 +183,8 @@ fn local_options(config: &Config, mode: Mode) -> Options {
         },
         broker: broker_config(config, mode),
         poll_interval: config.poll_interval,
+        // The emulator modes switch it when they start.
+        backend: Backend::Embedded,
     }
 }
 
@@ -272,7 +279,7 @@ async fn drive(
     // Subscribers: each task opens its connection, reports it ready, then listens.
     progress.phase(&label, "connecting", size as u64);
     let setup_started = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
     let permits = Arc::new(Semaphore::new(config.connect_concurrency.max(1)));
@@ -283,7 +290,7 @@ async fn drive(
             endpoints.token.clone(),
             board.clone(),
         );
-        let (titles, stopped, received) = (titles.clone(), stopped.clone(), received.clone());
+        let (titles, stopped, counters) = (titles.clone(), stopped.clone(), counters.clone());
         let (ready_tx, permits) = (ready_tx.clone(), permits.clone());
         listeners.push(tokio::spawn(async move {
             let opened = {
@@ -293,7 +300,7 @@ async fn drive(
             match opened {
                 Ok(subscriber) => {
                     let _ = ready_tx.send(Ok(()));
-                    Some(subscriber.listen(titles, clock, stopped, received).await)
+                    Some(subscriber.listen(titles, clock, stopped, counters).await)
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -322,6 +329,27 @@ async fn drive(
     }
     let setup = setup_started.elapsed();
     let resident_bytes = limits::resident_bytes();
+    let patience = config.drain_idle
+        + if mode.polls() {
+            config.poll_interval
+        } else {
+            Duration::ZERO
+        };
+
+    // Warm-up, not measured: wait for its deliveries so they do not mix with the phase.
+    progress.phase(&label, "warming up", (WARM_UP_MUTATIONS * size) as u64);
+    for _ in 0..WARM_UP_MUTATIONS {
+        http.add_card(&board, titles.warm_up())
+            .await
+            .context("warm-up mutation")?;
+    }
+    wait_for(
+        &counters.warm_up,
+        (WARM_UP_MUTATIONS * size) as u64,
+        patience,
+        progress,
+    )
+    .await;
 
     // Mutations, paced, one in flight at a time.
     let mutations = config.mutations;
@@ -359,28 +387,7 @@ async fn drive(
     let ok = succeeded.iter().filter(|ok| **ok).count();
     let expected = (ok * size) as u64;
     progress.phase(&label, "delivering", expected);
-    let patience = config.drain_idle
-        + if mode.polls() {
-            config.poll_interval
-        } else {
-            Duration::ZERO
-        };
-    let mut seen = received.load(Ordering::Relaxed);
-    let mut last_change = Instant::now();
-    loop {
-        let now = received.load(Ordering::Relaxed);
-        progress.set(now);
-        if now >= expected {
-            break;
-        }
-        if now != seen {
-            seen = now;
-            last_change = Instant::now();
-        } else if last_change.elapsed() >= patience {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(&counters.received, expected, patience, progress).await;
     let broker_cpu = cpu.and_then(|meter| meter.stop());
     tokio::time::sleep(DUPLICATE_GRACE).await;
     let _ = stop.send(true);
@@ -440,6 +447,31 @@ async fn drive(
         resident_bytes,
         first_error,
     })
+}
+
+/// Waits until `counter` reaches `expected`, or has not moved for `patience`.
+async fn wait_for(
+    counter: &std::sync::atomic::AtomicU64,
+    expected: u64,
+    patience: Duration,
+    progress: &Progress,
+) {
+    let mut seen = counter.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = counter.load(Ordering::Relaxed);
+        progress.set(now);
+        if now >= expected {
+            return;
+        }
+        if now != seen {
+            seen = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= patience {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits for every subscriber task; `None` for one that never opened or that panicked.

@@ -18,8 +18,8 @@ impl Default for Latencies {
 impl Latencies {
     pub fn new() -> Self {
         // 1 µs to 1 hour at 3 significant digits; larger values are clamped.
-        let histogram = Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("valid histogram bounds");
+        let histogram =
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
         Self { histogram }
     }
 

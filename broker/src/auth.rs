@@ -179,8 +179,14 @@ mod tests {
             audience: Some("broker".into()),
         });
         assert!(a.verify(&other_secret.mint("u", 60)).is_err());
-        assert!(a.verify(&auth(Some("evil"), Some("broker")).mint("u", 60)).is_err());
-        assert!(a.verify(&auth(Some("app"), Some("other")).mint("u", 60)).is_err());
+        assert!(
+            a.verify(&auth(Some("evil"), Some("broker")).mint("u", 60))
+                .is_err()
+        );
+        assert!(
+            a.verify(&auth(Some("app"), Some("other")).mint("u", 60))
+                .is_err()
+        );
         assert!(a.verify(&auth(Some("app"), None).mint("u", 60)).is_err());
 
         let expired = Claims {
@@ -207,7 +213,10 @@ mod tests {
 
     #[test]
     fn init_payload_token_forms() {
-        assert_eq!(token_from_init_payload(Some(&json!({"token": "t"}))), Some("t"));
+        assert_eq!(
+            token_from_init_payload(Some(&json!({"token": "t"}))),
+            Some("t")
+        );
         assert_eq!(
             token_from_init_payload(Some(&json!({"authorization": "Bearer t"}))),
             Some("t")

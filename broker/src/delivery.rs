@@ -97,7 +97,9 @@ impl Broker {
             DeliveryMode::Direct => {
                 let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
                 let attempted = subscriptions.len();
-                let report = self.deliver_to(Arc::new(event.clone()), subscriptions).await;
+                let report = self
+                    .deliver_to(Arc::new(event.clone()), subscriptions)
+                    .await;
                 if !report.is_complete() {
                     return Err(PublishError::Delivery {
                         failed: report.failed,
@@ -257,7 +259,11 @@ impl Broker {
 
     /// Closes every connection of `user` (sign-out everywhere, a revoked account). Returns
     /// how many were closed.
-    pub async fn disconnect_user(&self, user: &UserId, code: CloseCode) -> Result<usize, StoreError> {
+    pub async fn disconnect_user(
+        &self,
+        user: &UserId,
+        code: CloseCode,
+    ) -> Result<usize, StoreError> {
         let connections = self.ports().connections.by_user(user).await?;
         let count = connections.len();
         for connection in connections {

@@ -33,8 +33,8 @@ pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator};
 pub use delivery::{DeliveryReport, PublishError, Publisher};
 pub use domain::{
-    Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription,
-    SubscriptionKey, Topic, UserId,
+    Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
+    Topic, UserId,
 };
 pub use graphql::{EventStream, GraphqlExecutor, listen, principal};
 pub use ports::{
@@ -183,7 +183,11 @@ impl Broker {
     }
 
     /// Runs a query or mutation as `user` (HTTP, or an operation sent over a socket).
-    pub async fn execute(&self, user: UserId, request: async_graphql::Request) -> async_graphql::Response {
+    pub async fn execute(
+        &self,
+        user: UserId,
+        request: async_graphql::Request,
+    ) -> async_graphql::Response {
         self.inner
             .executor
             .execute(self.request_data(user, request))
@@ -191,7 +195,11 @@ impl Broker {
     }
 
     /// What every request the broker runs can reach: who is asking, and how to publish.
-    fn request_data(&self, user: UserId, request: async_graphql::Request) -> async_graphql::Request {
+    fn request_data(
+        &self,
+        user: UserId,
+        request: async_graphql::Request,
+    ) -> async_graphql::Request {
         request
             .data(Principal { user })
             .data(Publisher::new(self.clone()))

@@ -123,7 +123,9 @@ impl SubscriptionStore for MemorySubscriptionStore {
                 key.encode()
             )));
         }
-        index.topic_of.insert(key.clone(), subscription.topic.clone());
+        index
+            .topic_of
+            .insert(key.clone(), subscription.topic.clone());
         index
             .by_connection
             .entry(key.connection_id.clone())
@@ -345,5 +347,7 @@ impl FanoutQueue for ChannelFanoutQueue {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind, still consistent
     // enough to keep serving: recover instead of poisoning every later request.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -106,8 +106,12 @@ pub trait EventLog: Send + Sync {
 pub trait ConnectionGateway: Send + Sync {
     async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), GatewayError>;
     /// Closes a connection. API Gateway cannot send a close code; the local gateway does.
-    async fn close(&self, id: &ConnectionId, code: CloseCode, reason: &str)
-    -> Result<(), GatewayError>;
+    async fn close(
+        &self,
+        id: &ConnectionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), GatewayError>;
 }
 
 /// One page of a large fan-out: a queue message handled by a fan-out worker.

@@ -83,7 +83,9 @@ impl Broker {
     pub async fn receive(&self, id: &ConnectionId, text: &str) -> Result<(), SessionError> {
         let Some(connection) = self.ports().connections.get(id).await? else {
             // Expired or never connected through `$connect`: nothing to talk about.
-            return self.close(id, CloseCode::BadRequest, "unknown connection").await;
+            return self
+                .close(id, CloseCode::BadRequest, "unknown connection")
+                .await;
         };
         let message = match parse_client_message(text) {
             Ok(m) => m,
@@ -96,9 +98,7 @@ impl Broker {
                 None => Ok(()),
             },
             ClientMessage::Pong { .. } => Ok(()),
-            ClientMessage::Start { id: op, payload } => {
-                self.start(&connection, op, payload).await
-            }
+            ClientMessage::Start { id: op, payload } => self.start(&connection, op, payload).await,
             ClientMessage::Stop { id: op } => {
                 let key = SubscriptionKey {
                     connection_id: id.clone(),
@@ -122,13 +122,21 @@ impl Broker {
         let id = &connection.id;
         if connection.initialised {
             return self
-                .close(id, CloseCode::TooManyInitRequests, "Too many initialisation requests")
+                .close(
+                    id,
+                    CloseCode::TooManyInitRequests,
+                    "Too many initialisation requests",
+                )
                 .await;
         }
         let waited = now_ms().saturating_sub(connection.connected_at_ms);
         if waited > self.config().init_timeout.as_millis() as u64 {
             return self
-                .close(id, CloseCode::InitTimeout, "Connection initialisation timeout")
+                .close(
+                    id,
+                    CloseCode::InitTimeout,
+                    "Connection initialisation timeout",
+                )
                 .await;
         }
         let user = match self.init_user(connection, payload.as_ref()) {
@@ -137,7 +145,9 @@ impl Broker {
                 if let Some(frame) = connection.protocol.connection_error(&e.to_string()) {
                     self.post(id, &frame).await?;
                 }
-                return self.close(id, CloseCode::Unauthorized, "Unauthorized").await;
+                return self
+                    .close(id, CloseCode::Unauthorized, "Unauthorized")
+                    .await;
             }
         };
         match self.ports().connections.mark_initialised(id, &user).await {
@@ -145,7 +155,11 @@ impl Broker {
             // Two inits raced and the other one won.
             Err(StoreError::Conflict(_)) => {
                 return self
-                    .close(id, CloseCode::TooManyInitRequests, "Too many initialisation requests")
+                    .close(
+                        id,
+                        CloseCode::TooManyInitRequests,
+                        "Too many initialisation requests",
+                    )
                     .await;
             }
             Err(e) => return Err(e.into()),
@@ -188,7 +202,11 @@ impl Broker {
         let protocol = connection.protocol;
         let user = match (&connection.principal, connection.initialised) {
             (Some(user), true) => user.clone(),
-            _ => return self.close(id, CloseCode::Unauthorized, "Unauthorized").await,
+            _ => {
+                return self
+                    .close(id, CloseCode::Unauthorized, "Unauthorized")
+                    .await;
+            }
         };
         if operation_id.is_empty() {
             return self
@@ -208,7 +226,12 @@ impl Broker {
 
         let document = request.query.clone();
         let operation_name = request.operation_name.clone();
-        let variables = request.variables.clone().into_value().into_json().unwrap_or_default();
+        let variables = request
+            .variables
+            .clone()
+            .into_value()
+            .into_json()
+            .unwrap_or_default();
         let registration = self.request_data(user.clone(), request);
         let topic = match graphql::register(self.inner.executor.as_ref(), registration).await {
             Ok(topic) => topic,

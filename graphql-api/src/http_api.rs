@@ -28,7 +28,8 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
     };
     let request = match method {
         Method::POST => {
-            let Some(body) = crate::body_text(event.body.as_deref(), event.is_base64_encoded) else {
+            let Some(body) = crate::body_text(event.body.as_deref(), event.is_base64_encoded)
+            else {
                 return error(400, "the request body is not UTF-8 text");
             };
             match serde_json::from_str::<async_graphql::Request>(&body) {
@@ -65,7 +66,10 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
 }
 
 fn error(status: u16, message: &str) -> ApiGatewayV2httpResponse {
-    respond(status, Some(json!({"errors": [{"message": message}]}).to_string()))
+    respond(
+        status,
+        Some(json!({"errors": [{"message": message}]}).to_string()),
+    )
 }
 
 fn respond(status: u16, body: Option<String>) -> ApiGatewayV2httpResponse {

@@ -20,6 +20,8 @@ fn body_text(body: Option<&str>, is_base64_encoded: bool) -> Option<String> {
     if !is_base64_encoded {
         return Some(body.to_owned());
     }
-    let bytes = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()?;
     String::from_utf8(bytes).ok()
 }

@@ -38,8 +38,14 @@ pub async fn broker_from_env() -> Result<Broker, Error> {
         _ => None,
     };
     let ports = Ports {
-        connections: Arc::new(DynamoDbConnectionStore::new(dynamodb.clone(), tables.connections)),
-        subscriptions: Arc::new(DynamoDbSubscriptionStore::new(dynamodb.clone(), tables.subscriptions)),
+        connections: Arc::new(DynamoDbConnectionStore::new(
+            dynamodb.clone(),
+            tables.connections,
+        )),
+        subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+            dynamodb.clone(),
+            tables.subscriptions,
+        )),
         events: Arc::new(DynamoDbEventLog::new(dynamodb.clone(), tables.events)),
         gateway: Arc::new(gateway),
         fanout,
@@ -57,8 +63,7 @@ pub async fn broker_from_env() -> Result<Broker, Error> {
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .without_time()
         .with_target(false)

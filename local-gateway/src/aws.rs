@@ -140,8 +140,7 @@ pub(crate) async fn poll_stream(
     let mut iterators: HashMap<String, Option<String>> = HashMap::new();
     let mut first_listing = true;
     loop {
-        if let Err(e) = refresh_shards(&streams, &stream_arn, &mut iterators, first_listing).await
-        {
+        if let Err(e) = refresh_shards(&streams, &stream_arn, &mut iterators, first_listing).await {
             tracing::warn!(error = %e, "listing stream shards failed");
         }
         first_listing = false;
@@ -259,16 +258,17 @@ pub(crate) async fn poll_queue(broker: Broker, sqs: aws_sdk_sqs::Client, queue_u
             if failed.contains(&message.message_id().unwrap_or_default()) {
                 continue;
             }
-            if let Some(handle) = message.receipt_handle() {
-                if let Err(e) = sqs
-                    .delete_message()
-                    .queue_url(&queue_url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await
-                {
-                    tracing::warn!(error = %e, "deleting a delivered page failed");
-                }
+            let Some(handle) = message.receipt_handle() else {
+                continue;
+            };
+            let deleted = sqs
+                .delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(handle)
+                .send()
+                .await;
+            if let Err(e) = deleted {
+                tracing::warn!(error = %e, "deleting a delivered page failed");
             }
         }
     }

@@ -199,8 +199,9 @@ impl LocalGateway {
 /// The real Management API client, pointed at this process. Requests are signed as on AWS,
 /// with fixed local credentials (the local gateway does not check signatures).
 async fn management_gateway(addr: SocketAddr) -> ApiGatewayConnectionGateway {
-    let credentials =
-        aws_sdk_apigatewaymanagement::config::Credentials::new("local", "local", None, None, "local");
+    let credentials = aws_sdk_apigatewaymanagement::config::Credentials::new(
+        "local", "local", None, None, "local",
+    );
     let config = broker::aws::config_loader(Some(&format!("http://{addr}")))
         .credentials_provider(credentials)
         .load()

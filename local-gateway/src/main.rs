@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use local_gateway::{LocalGateway, Options};
 
 #[derive(Parser)]
-#[command(version, about = "Serverless realtime GraphQL, locally: no AWS account needed")]
+#[command(
+    version,
+    about = "Serverless realtime GraphQL, locally: no AWS account needed"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,8 +50,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let options = Options::from_env()?;
@@ -107,7 +109,8 @@ async fn aws_backend(
     create_tables: bool,
     fanout_queue: Option<String>,
 ) -> anyhow::Result<local_gateway::Backend> {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     let tables = broker::aws::TableNames {
         connections: var("CONNECTIONS_TABLE", "broker-connections"),
         subscriptions: var("SUBSCRIPTIONS_TABLE", "broker-subscriptions"),
@@ -121,11 +124,13 @@ async fn aws_backend(
         }
         other => other.map(str::to_owned),
     };
-    Ok(local_gateway::Backend::Aws(local_gateway::aws::AwsBackend {
-        endpoint: Some(endpoint),
-        tables,
-        app_table: var("APP_TABLE", "broker-app"),
-        fanout_queue_url,
-        create_tables,
-    }))
+    Ok(local_gateway::Backend::Aws(
+        local_gateway::aws::AwsBackend {
+            endpoint: Some(endpoint),
+            tables,
+            app_table: var("APP_TABLE", "broker-app"),
+            fanout_queue_url,
+            create_tables,
+        },
+    ))
 }

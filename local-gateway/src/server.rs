@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_lambda_events::query_map::QueryMap;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -11,7 +12,7 @@ use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use aws_lambda_events::query_map::QueryMap;
+use broker::aws::{CLOSE_CODE_HEADER, CLOSE_REASON_HEADER};
 use broker::{Broker, ConnectionId};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -19,11 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::events;
 use crate::sockets::{Socket, Sockets};
-
-/// Header with which a Management API `DELETE` asks for a close code (API Gateway itself
-/// cannot send one; the broker's gateway adapter adds it, the local gateway honours it).
-pub const CLOSE_CODE_HEADER: &str = "x-broker-close-code";
-pub const CLOSE_REASON_HEADER: &str = "x-broker-close-reason";
 
 /// API Gateway's WebSocket frame limit.
 const MAX_FRAME_BYTES: usize = 32 * 1024;
@@ -240,14 +236,11 @@ fn new_connection_id() -> ConnectionId {
 }
 
 fn gone() -> Response {
-    let mut response = (
-        StatusCode::GONE,
-        axum::Json(json!({"message": null})),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-amzn-errortype", HeaderValue::from_static("GoneException"));
+    let mut response = (StatusCode::GONE, axum::Json(json!({"message": null}))).into_response();
+    response.headers_mut().insert(
+        "x-amzn-errortype",
+        HeaderValue::from_static("GoneException"),
+    );
     response
 }
 
@@ -265,10 +258,16 @@ async fn post_to_connection(
     }
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         // Binary posts are legal on API Gateway; the protocols here are text only.
-        return (StatusCode::BAD_REQUEST, axum::Json(json!({"message": "not UTF-8"})))
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "not UTF-8"})),
+        )
             .into_response();
     };
-    if state.sockets.send(&ConnectionId::new(id), Message::Text(text.into())) {
+    if state
+        .sockets
+        .send(&ConnectionId::new(id), Message::Text(text.into()))
+    {
         StatusCode::OK.into_response()
     } else {
         gone()

@@ -28,7 +28,11 @@ pub async fn drive(broker: &Broker, mut records: Vec<EventRecord>) {
             .batch_item_failures
             .iter()
             .filter_map(|f| f.item_identifier.as_deref())
-            .filter_map(|seq| records.iter().position(|r| r.change.sequence_number.as_deref() == Some(seq)))
+            .filter_map(|seq| {
+                records
+                    .iter()
+                    .position(|r| r.change.sequence_number.as_deref() == Some(seq))
+            })
             .min()
         else {
             return;
@@ -37,7 +41,11 @@ pub async fn drive(broker: &Broker, mut records: Vec<EventRecord>) {
         if attempt > MAX_RETRIES {
             let dropped = &records[first_failed];
             tracing::error!(
-                sequence = dropped.change.sequence_number.as_deref().unwrap_or_default(),
+                sequence = dropped
+                    .change
+                    .sequence_number
+                    .as_deref()
+                    .unwrap_or_default(),
                 "stream record failed {MAX_RETRIES} retries; dropping it"
             );
             records.drain(..=first_failed);

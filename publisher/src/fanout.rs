@@ -31,7 +31,10 @@ pub async fn handle(broker: &Broker, batch: SqsEvent) -> SqsBatchResponse {
 async fn deliver(broker: &Broker, body: &str) -> Result<(), String> {
     let page: FanoutPage =
         serde_json::from_str(body).map_err(|e| format!("not a fan-out page: {e}"))?;
-    let report = broker.deliver_page(&page).await.map_err(|e| e.to_string())?;
+    let report = broker
+        .deliver_page(&page)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(event = %page.event_id, ?report, "fan-out page delivered");
     if report.is_complete() {
         Ok(())

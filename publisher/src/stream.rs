@@ -51,7 +51,9 @@ impl EventImage {
             id: self.event_id,
             topic: Topic::new(self.topic),
             payload: serde_json::from_str(&self.payload)?,
-            audience: self.audience.map_or(Audience::Everyone, |u| Audience::User(UserId::new(u))),
+            audience: self
+                .audience
+                .map_or(Audience::Everyone, |u| Audience::User(UserId::new(u))),
             published_at_ms: self.published_at,
             expires_at: self.ttl,
         })
@@ -90,7 +92,10 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
 async fn deliver(broker: &Broker, record: &EventRecord) -> Result<(), String> {
     let event = EventImage::decode(record).map_err(|e| e.to_string())?;
     let id = event.id.clone();
-    let report = broker.deliver_event(event).await.map_err(|e| e.to_string())?;
+    let report = broker
+        .deliver_event(event)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(event = %id, ?report, "event delivered");
     if report.is_complete() {
         Ok(())

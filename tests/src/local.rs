@@ -51,7 +51,12 @@ pub fn token(gateway: &LocalGateway, user: &str) -> String {
 }
 
 /// GraphQL over HTTP as `token`'s user; returns the response body.
-pub async fn http_graphql(gateway: &LocalGateway, token: &str, query: &str, variables: Value) -> Value {
+pub async fn http_graphql(
+    gateway: &LocalGateway,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
     reqwest::Client::new()
         .post(gateway.graphql_url())
         .bearer_auth(token)
@@ -202,8 +207,10 @@ impl WsClient {
         } else {
             "subscribe"
         };
-        self.send(json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}))
-            .await;
+        self.send(
+            json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}),
+        )
+        .await;
     }
 
     /// Drops the TCP connection without a close handshake.
@@ -239,10 +246,16 @@ impl WsClient {
     /// has no ping, an answered query) means earlier subscribes are registered.
     pub async fn sync(&mut self) {
         if self.protocol.as_deref() == Some("graphql-ws") {
-            self.send(json!({"id": "sync", "type": "start", "payload": {"query": "{ boards { id } }"}}))
-                .await;
+            self.send(
+                json!({"id": "sync", "type": "start", "payload": {"query": "{ boards { id } }"}}),
+            )
+            .await;
             let data = self.recv().await.expect("sync data");
-            assert_eq!((data["id"].as_str(), data["type"].as_str()), (Some("sync"), Some("data")), "{data}");
+            assert_eq!(
+                (data["id"].as_str(), data["type"].as_str()),
+                (Some("sync"), Some("data")),
+                "{data}"
+            );
             let complete = self.recv().await.expect("sync complete");
             assert_eq!(complete["type"], "complete", "{complete}");
         } else {

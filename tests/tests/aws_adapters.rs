@@ -250,6 +250,27 @@ async fn subscriptions_round_trip_through_by_topic() {
 }
 
 #[tokio::test]
+async fn by_topic_follows_query_pages_past_one_megabyte() {
+    let tables = fresh_tables().await;
+    let (_, subscriptions, _) = stores(&tables);
+    // DynamoDB (and moto) return at most 1 MB per Query page: 30 x 50 KB needs two.
+    let padding = format!("# {}\n", "x".repeat(50_000));
+    let mut stored = Vec::new();
+    for i in 0..30 {
+        let mut s = subscription(&format!("c{i:02}"), "1", "topic/large");
+        s.document = format!("{padding}{}", s.document);
+        subscriptions.insert(&s).await.unwrap();
+        stored.push(s);
+    }
+    let found = subscriptions
+        .by_topic(&Topic::new("topic/large"))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 30);
+    assert_eq!(found, stored);
+}
+
+#[tokio::test]
 async fn a_duplicate_operation_id_conflicts_whatever_the_topic() {
     let tables = fresh_tables().await;
     let (_, subscriptions, _) = stores(&tables);

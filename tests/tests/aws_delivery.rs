@@ -41,7 +41,8 @@ async fn a_mutation_reaches_subscribers_through_the_real_stream() {
     let mut tabs = Vec::new();
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
-        tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+        tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+            .await;
         tab.sync().await;
         tabs.push(tab);
     }
@@ -52,11 +53,17 @@ async fn a_mutation_reaches_subscribers_through_the_real_stream() {
     let added = add_card(&gateway, &alice, &board, "via the stream").await;
     for tab in &mut tabs {
         let message = tab.recv().await.unwrap();
-        assert_eq!(message["payload"]["data"]["cardAdded"], added["data"]["addCard"]);
+        assert_eq!(
+            message["payload"]["data"]["cardAdded"],
+            added["data"]["addCard"]
+        );
     }
     let bobs = create_board(&gateway, &bob, "bob's").await;
     let first = bob_tab.recv().await.unwrap();
-    assert_eq!(first["payload"]["data"]["boardCreated"]["id"], bobs.as_str());
+    assert_eq!(
+        first["payload"]["data"]["boardCreated"]["id"],
+        bobs.as_str()
+    );
     gateway.shutdown().await;
 }
 
@@ -68,16 +75,24 @@ async fn a_large_fan_out_goes_through_sqs_and_the_worker() {
     let board = create_board(&gateway, &alice, "popular").await;
     let mut tabs = Vec::new();
     for i in 0..5 {
-        let protocol = if i % 2 == 0 { "graphql-transport-ws" } else { "graphql-ws" };
+        let protocol = if i % 2 == 0 {
+            "graphql-transport-ws"
+        } else {
+            "graphql-ws"
+        };
         let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
-        tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+        tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+            .await;
         tab.sync().await;
         tabs.push(tab);
     }
     let added = add_card(&gateway, &alice, &board, "to everyone").await;
     for tab in &mut tabs {
         let message = tab.recv().await.unwrap();
-        assert_eq!(message["payload"]["data"]["cardAdded"], added["data"]["addCard"]);
+        assert_eq!(
+            message["payload"]["data"]["cardAdded"],
+            added["data"]["addCard"]
+        );
     }
     gateway.shutdown().await;
 }
@@ -125,11 +140,18 @@ async fn a_gone_connection_is_removed_when_delivery_meets_410() {
         connected_at_ms: 0,
         expires_at: u64::MAX / 2,
     };
-    gateway.broker().ports().connections.put(&connection).await.unwrap();
+    gateway
+        .broker()
+        .ports()
+        .connections
+        .put(&connection)
+        .await
+        .unwrap();
     store.insert(&ghost).await.unwrap();
     // And a live subscriber, whose delivery tells when the event has been handled.
     let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
-    tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+    tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+        .await;
     tab.sync().await;
     assert_eq!(store.by_topic(&topic).await.unwrap().len(), 2);
 
@@ -140,7 +162,14 @@ async fn a_gone_connection_is_removed_when_delivery_meets_410() {
         "the gone connection's subscription was not removed"
     );
     let ports = gateway.broker().ports();
-    assert!(ports.connections.get(&"ghost-connection".into()).await.unwrap().is_none());
+    assert!(
+        ports
+            .connections
+            .get(&"ghost-connection".into())
+            .await
+            .unwrap()
+            .is_none()
+    );
     gateway.shutdown().await;
 }
 
@@ -163,7 +192,8 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
     let alice = token(&gateway, "alice");
     let board = create_board(&gateway, &alice, "b").await;
     let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
-    tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+    tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+        .await;
     tab.sync().await;
     add_card(&gateway, &alice, &board, "once").await;
     let first = tab.recv().await.unwrap();
@@ -194,7 +224,12 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
         .and_then(|t| t.latest_stream_arn())
         .unwrap()
         .to_owned();
-    let description = streams.describe_stream().stream_arn(&stream_arn).send().await.unwrap();
+    let description = streams
+        .describe_stream()
+        .stream_arn(&stream_arn)
+        .send()
+        .await
+        .unwrap();
     let mut records = Vec::new();
     for shard in description.stream_description().unwrap().shards() {
         let iterator = streams
@@ -215,10 +250,17 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
     }
     let bad_sequence = records
         .iter()
-        .find(|r| r.change.new_image.get("eventId").is_some_and(|v| *v == serde_dynamo::AttributeValue::S("01BADBADBADBADBADBADBADBAD".into())))
+        .find(|r| {
+            r.change.new_image.get("eventId").is_some_and(|v| {
+                *v == serde_dynamo::AttributeValue::S("01BADBADBADBADBADBADBADBAD".into())
+            })
+        })
         .and_then(|r| r.change.sequence_number.clone())
         .expect("the bad record is in the stream");
-    assert!(records.len() >= 3, "boardCreated, cardAdded and the bad record");
+    assert!(
+        records.len() >= 3,
+        "boardCreated, cardAdded and the bad record"
+    );
 
     let mut batch = aws_lambda_events::dynamodb::Event::default();
     batch.records = records;

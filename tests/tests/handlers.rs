@@ -28,34 +28,68 @@ async fn websocket_fixtures_walk_a_connection_through_its_life() {
     let id = ConnectionId::from(CONNECTION);
     let ports = h.broker.ports();
 
-    let reply = websocket::handle(&h.broker, ws(&h, "connect.json")).await.unwrap();
+    let reply = websocket::handle(&h.broker, ws(&h, "connect.json"))
+        .await
+        .unwrap();
     assert_eq!(reply.status_code, 200);
-    assert_eq!(reply.headers["sec-websocket-protocol"], "graphql-transport-ws");
+    assert_eq!(
+        reply.headers["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
     let stored = ports.connections.get(&id).await.unwrap().unwrap();
     assert_eq!(stored.principal, Some(UserId::from(USER)));
     assert!(!stored.initialised);
 
-    websocket::handle(&h.broker, ws(&h, "connection-init.json")).await.unwrap();
+    websocket::handle(&h.broker, ws(&h, "connection-init.json"))
+        .await
+        .unwrap();
     assert_eq!(h.gateway.take(&id), vec![json!({"type": "connection_ack"})]);
 
-    websocket::handle(&h.broker, ws(&h, "ping.json")).await.unwrap();
+    websocket::handle(&h.broker, ws(&h, "ping.json"))
+        .await
+        .unwrap();
     assert_eq!(h.gateway.take(&id)[0]["type"], "pong");
 
-    websocket::handle(&h.broker, ws(&h, "subscribe.json")).await.unwrap();
+    websocket::handle(&h.broker, ws(&h, "subscribe.json"))
+        .await
+        .unwrap();
     let topic = Topic::from("board/b1/cardAdded");
     let subs = ports.subscriptions.by_topic(&topic).await.unwrap();
     assert_eq!(subs.len(), 1);
     assert_eq!(subs[0].operation_name.as_deref(), Some("CardAdded"));
     assert_eq!(subs[0].variables, json!({"boardId": "b1"}));
-    assert!(h.gateway.take(&id).is_empty(), "subscribe sends nothing until an event");
+    assert!(
+        h.gateway.take(&id).is_empty(),
+        "subscribe sends nothing until an event"
+    );
 
-    websocket::handle(&h.broker, ws(&h, "complete.json")).await.unwrap();
-    assert!(ports.subscriptions.by_topic(&topic).await.unwrap().is_empty());
+    websocket::handle(&h.broker, ws(&h, "complete.json"))
+        .await
+        .unwrap();
+    assert!(
+        ports
+            .subscriptions
+            .by_topic(&topic)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    websocket::handle(&h.broker, ws(&h, "subscribe.json")).await.unwrap();
-    websocket::handle(&h.broker, ws(&h, "disconnect.json")).await.unwrap();
+    websocket::handle(&h.broker, ws(&h, "subscribe.json"))
+        .await
+        .unwrap();
+    websocket::handle(&h.broker, ws(&h, "disconnect.json"))
+        .await
+        .unwrap();
     assert!(ports.connections.get(&id).await.unwrap().is_none());
-    assert!(ports.subscriptions.by_topic(&topic).await.unwrap().is_empty());
+    assert!(
+        ports
+            .subscriptions
+            .by_topic(&topic)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -65,7 +99,15 @@ async fn connect_with_a_bad_token_is_refused_and_nothing_is_stored() {
     let reply = websocket::handle(&h.broker, event).await.unwrap();
     assert_eq!(reply.status_code, 401);
     let id = ConnectionId::from(CONNECTION);
-    assert!(h.broker.ports().connections.get(&id).await.unwrap().is_none());
+    assert!(
+        h.broker
+            .ports()
+            .connections
+            .get(&id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -75,7 +117,13 @@ async fn connect_offering_only_unknown_subprotocols_is_refused() {
     event
         .headers
         .insert("sec-websocket-protocol", "mqtt".parse().unwrap());
-    assert_eq!(websocket::handle(&h.broker, event).await.unwrap().status_code, 400);
+    assert_eq!(
+        websocket::handle(&h.broker, event)
+            .await
+            .unwrap()
+            .status_code,
+        400
+    );
 }
 
 fn body_json(body: Option<Body>) -> Value {
@@ -106,7 +154,10 @@ async fn http_fixtures_answer_queries_and_mutations() {
     assert_eq!(h.events.read_from(0, 10).0.len(), 1);
 
     let anonymous: ApiGatewayV2httpRequest = fixture("http-query.json", "");
-    assert_eq!(http_api::handle(&h.broker, anonymous).await.status_code, 401);
+    assert_eq!(
+        http_api::handle(&h.broker, anonymous).await.status_code,
+        401
+    );
 }
 
 #[tokio::test]
@@ -180,7 +231,12 @@ async fn an_event_never_reaches_a_subscription_outside_its_audience() {
         variables: json!({}),
         expires_at: u64::MAX,
     };
-    h.broker.ports().subscriptions.insert(&intruder).await.unwrap();
+    h.broker
+        .ports()
+        .subscriptions
+        .insert(&intruder)
+        .await
+        .unwrap();
 
     let batch: StreamEvent = fixture("stream-batch.json", "");
     let response = publisher::stream::handle(&h.broker, batch).await;
@@ -202,7 +258,9 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
         published_at_ms: 0,
         expires_at: u64::MAX,
     };
-    broker::EventLog::append(h.events.as_ref(), &event).await.unwrap();
+    broker::EventLog::append(h.events.as_ref(), &event)
+        .await
+        .unwrap();
     for key in &page.subscription_keys {
         let key = SubscriptionKey::decode(key).unwrap();
         let subscription = Subscription {
@@ -215,7 +273,12 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
             variables: json!({}),
             expires_at: u64::MAX,
         };
-        h.broker.ports().subscriptions.insert(&subscription).await.unwrap();
+        h.broker
+            .ports()
+            .subscriptions
+            .insert(&subscription)
+            .await
+            .unwrap();
     }
 
     let mut with_poison = batch.clone();

@@ -22,7 +22,8 @@ async fn all_of_a_users_connections_receive_their_card_and_no_other_user_does() 
         let mut tabs = Vec::new();
         for protocol in ["graphql-transport-ws", "graphql-ws"] {
             let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
-            tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+            tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+                .await;
             tab.sync().await;
             tabs.push(tab);
         }
@@ -48,7 +49,11 @@ async fn all_of_a_users_connections_receive_their_card_and_no_other_user_does() 
         // subscribers in publish order, so hers would have come first.
         let bobs_board = create_board(&gateway, &bob, "Bob's board").await;
         let message = bob_tab.recv().await.unwrap();
-        assert_eq!(message["payload"]["data"]["boardCreated"]["id"], bobs_board.as_str(), "{mode:?}: {message}");
+        assert_eq!(
+            message["payload"]["data"]["boardCreated"]["id"],
+            bobs_board.as_str(),
+            "{mode:?}: {message}"
+        );
         gateway.shutdown().await;
     }
 }
@@ -69,7 +74,11 @@ async fn the_document_decides_fields_and_aliases() {
         tab.sync().await;
         add_card(&gateway, &alice, &board, "Aliased").await;
         let message = tab.recv().await.unwrap();
-        assert_eq!(message["payload"]["data"], json!({"card": {"name": "Aliased"}}), "{mode:?}");
+        assert_eq!(
+            message["payload"]["data"],
+            json!({"card": {"name": "Aliased"}}),
+            "{mode:?}"
+        );
         gateway.shutdown().await;
     }
 }
@@ -91,11 +100,25 @@ async fn another_users_board_can_be_neither_watched_nor_written() {
 
     let write = add_card(&gateway, &bob, &board, "graffiti").await;
     assert!(write["data"].is_null(), "{write}");
-    assert!(write["errors"][0]["message"].as_str().unwrap().contains("not found"));
+    assert!(
+        write["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not found")
+    );
 
     // Nothing was stored for Bob's attempt.
     let topic = graphql_api::app::card_topic(&board);
-    assert!(gateway.broker().ports().subscriptions.by_topic(&topic).await.unwrap().is_empty());
+    assert!(
+        gateway
+            .broker()
+            .ports()
+            .subscriptions
+            .by_topic(&topic)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     gateway.shutdown().await;
 }
 
@@ -107,9 +130,14 @@ async fn complete_stops_delivery() {
         let board = create_board(&gateway, &alice, "b").await;
         for protocol in ["graphql-transport-ws", "graphql-ws"] {
             let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
-            tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+            tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+                .await;
             tab.subscribe("boards", BOARD_CREATED, json!({})).await;
-            let stop = if protocol == "graphql-ws" { "stop" } else { "complete" };
+            let stop = if protocol == "graphql-ws" {
+                "stop"
+            } else {
+                "complete"
+            };
             tab.send(json!({"id": "cards", "type": stop})).await;
             tab.sync().await;
 
@@ -117,7 +145,10 @@ async fn complete_stops_delivery() {
             let sentinel = create_board(&gateway, &alice, "sentinel").await;
             let message = tab.recv().await.unwrap();
             assert_eq!(message["id"], "boards", "{mode:?} {protocol}: {message}");
-            assert_eq!(message["payload"]["data"]["boardCreated"]["id"], sentinel.as_str());
+            assert_eq!(
+                message["payload"]["data"]["boardCreated"]["id"],
+                sentinel.as_str()
+            );
             tab.close().await;
         }
         gateway.shutdown().await;
@@ -130,19 +161,38 @@ async fn a_dropped_socket_is_cleaned_up() {
     let alice = token(&gateway, "alice");
     let board = create_board(&gateway, &alice, "b").await;
     let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
-    tab.subscribe("cards", CARD_ADDED, json!({"b": board})).await;
+    tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+        .await;
     tab.sync().await;
     let topic = graphql_api::app::card_topic(&board);
     let ports = gateway.broker().ports().clone();
     assert_eq!(ports.subscriptions.by_topic(&topic).await.unwrap().len(), 1);
-    assert_eq!(ports.connections.by_user(&"alice".into()).await.unwrap().len(), 1);
+    assert_eq!(
+        ports
+            .connections
+            .by_user(&"alice".into())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     tab.drop_abruptly().await;
 
     assert!(
         eventually(async || {
-            ports.subscriptions.by_topic(&topic).await.unwrap().is_empty()
-                && ports.connections.by_user(&"alice".into()).await.unwrap().is_empty()
+            ports
+                .subscriptions
+                .by_topic(&topic)
+                .await
+                .unwrap()
+                .is_empty()
+                && ports
+                    .connections
+                    .by_user(&"alice".into())
+                    .await
+                    .unwrap()
+                    .is_empty()
         })
         .await,
         "the connection and its subscription were not removed"
@@ -164,9 +214,15 @@ async fn a_backend_can_push_to_and_disconnect_all_of_a_users_frontends() {
     let broker = gateway.broker();
 
     let frame = json!({"type": "ping", "payload": {"notice": "maintenance"}}).to_string();
-    assert_eq!(broker.send_to_user(&"alice".into(), &frame).await.unwrap(), 2);
+    assert_eq!(
+        broker.send_to_user(&"alice".into(), &frame).await.unwrap(),
+        2
+    );
     for tab in [&mut a1, &mut a2] {
-        assert_eq!(tab.recv().await.unwrap()["payload"]["notice"], "maintenance");
+        assert_eq!(
+            tab.recv().await.unwrap()["payload"]["notice"],
+            "maintenance"
+        );
     }
 
     let closed = broker
@@ -185,19 +241,31 @@ async fn a_backend_can_push_to_and_disconnect_all_of_a_users_frontends() {
 async fn queries_and_mutations_work_over_the_socket() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     let alice = token(&gateway, "alice");
-    for (protocol, op, next) in [("graphql-transport-ws", "subscribe", "next"), ("graphql-ws", "start", "data")] {
+    for (protocol, op, next) in [
+        ("graphql-transport-ws", "subscribe", "next"),
+        ("graphql-ws", "start", "data"),
+    ] {
         let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
         tab.send(json!({"id": "m", "type": op, "payload": {"query": "mutation { createBoard(title: \"ws\") { title } }"}}))
             .await;
         let result = tab.recv().await.unwrap();
         assert_eq!(result["type"], next);
         assert_eq!(result["payload"]["data"]["createBoard"]["title"], "ws");
-        assert_eq!(tab.recv().await.unwrap(), json!({"id": "m", "type": "complete"}));
+        assert_eq!(
+            tab.recv().await.unwrap(),
+            json!({"id": "m", "type": "complete"})
+        );
 
         tab.send(json!({"id": "q", "type": op, "payload": {"query": "{ boards { nope } }"}}))
             .await;
         let result = tab.recv().await.unwrap();
-        assert!(result["payload"]["errors"][0]["message"].as_str().unwrap().contains("nope"), "{result}");
+        assert!(
+            result["payload"]["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nope"),
+            "{result}"
+        );
         assert_eq!(tab.recv().await.unwrap()["type"], "complete");
     }
     gateway.shutdown().await;
@@ -209,9 +277,20 @@ async fn http_requires_a_valid_bearer_token_and_get_refuses_mutations() {
     let client = reqwest::Client::new();
     let query = json!({"query": "{ boards { id } }"});
 
-    let missing = client.post(gateway.graphql_url()).json(&query).send().await.unwrap();
+    let missing = client
+        .post(gateway.graphql_url())
+        .json(&query)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 401);
-    let bad = client.post(gateway.graphql_url()).bearer_auth("not.a.jwt").json(&query).send().await.unwrap();
+    let bad = client
+        .post(gateway.graphql_url())
+        .bearer_auth("not.a.jwt")
+        .json(&query)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401);
     let body: Value = bad.json().await.unwrap();
     assert!(body["errors"][0]["message"].is_string());
@@ -224,17 +303,29 @@ async fn http_requires_a_valid_bearer_token_and_get_refuses_mutations() {
         .await
         .unwrap();
     assert_eq!(get.status(), 200);
-    assert_eq!(get.json::<Value>().await.unwrap(), json!({"data": {"boards": []}}));
+    assert_eq!(
+        get.json::<Value>().await.unwrap(),
+        json!({"data": {"boards": []}})
+    );
 
     let mutation = client
-        .get(format!("{}?query=mutation{{createBoard(title:\"x\"){{id}}}}", gateway.graphql_url()))
+        .get(format!(
+            "{}?query=mutation{{createBoard(title:\"x\"){{id}}}}",
+            gateway.graphql_url()
+        ))
         .bearer_auth(&alice)
         .send()
         .await
         .unwrap();
     assert_eq!(mutation.status(), 405);
 
-    let garbage = client.post(gateway.graphql_url()).bearer_auth(&alice).body("{").send().await.unwrap();
+    let garbage = client
+        .post(gateway.graphql_url())
+        .bearer_auth(&alice)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(garbage.status(), 400);
     gateway.shutdown().await;
 }

@@ -11,7 +11,9 @@ const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
 async fn the_chosen_subprotocol_is_echoed() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     for protocol in PROTOCOLS {
-        let client = WsClient::connect(&gateway, Some(protocol), None).await.unwrap();
+        let client = WsClient::connect(&gateway, Some(protocol), None)
+            .await
+            .unwrap();
         assert_eq!(client.protocol.as_deref(), Some(protocol));
     }
     let both = WsClient::connect(&gateway, Some("graphql-ws, graphql-transport-ws"), None)
@@ -20,7 +22,10 @@ async fn the_chosen_subprotocol_is_echoed() {
     assert_eq!(both.protocol.as_deref(), Some("graphql-transport-ws"));
     let none = WsClient::connect(&gateway, None, None).await.unwrap();
     assert_eq!(none.protocol, None);
-    let refused = WsClient::connect(&gateway, Some("mqtt"), None).await.err().unwrap();
+    let refused = WsClient::connect(&gateway, Some("mqtt"), None)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refused.status, 400);
     gateway.shutdown().await;
 }
@@ -44,7 +49,9 @@ async fn a_token_at_connect_lets_init_go_without_one() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     let alice = token(&gateway, "alice");
     for protocol in PROTOCOLS {
-        let mut client = WsClient::connect(&gateway, Some(protocol), Some(&alice)).await.unwrap();
+        let mut client = WsClient::connect(&gateway, Some(protocol), Some(&alice))
+            .await
+            .unwrap();
         client.send(json!({"type": "connection_init"})).await;
         assert_eq!(client.recv().await.unwrap()["type"], "connection_ack");
     }
@@ -56,7 +63,9 @@ async fn init_accepts_an_authorization_bearer_payload() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     let alice = token(&gateway, "alice");
     for protocol in PROTOCOLS {
-        let mut client = WsClient::connect(&gateway, Some(protocol), None).await.unwrap();
+        let mut client = WsClient::connect(&gateway, Some(protocol), None)
+            .await
+            .unwrap();
         client
             .send(json!({"type": "connection_init", "payload": {"authorization": format!("Bearer {alice}")}}))
             .await;
@@ -70,8 +79,12 @@ async fn init_without_a_valid_token_closes_with_4401_and_stores_nothing() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     for protocol in PROTOCOLS {
         for payload in [json!(null), json!({"token": "forged"})] {
-            let mut client = WsClient::connect(&gateway, Some(protocol), None).await.unwrap();
-            client.send(json!({"type": "connection_init", "payload": payload})).await;
+            let mut client = WsClient::connect(&gateway, Some(protocol), None)
+                .await
+                .unwrap();
+            client
+                .send(json!({"type": "connection_init", "payload": payload}))
+                .await;
             if protocol == "graphql-ws" {
                 // The legacy protocol says why before closing.
                 assert_eq!(client.recv().await.unwrap()["type"], "connection_error");
@@ -103,7 +116,9 @@ async fn subscribing_before_init_closes_with_4401() {
     let alice = token(&gateway, "alice");
     for protocol in PROTOCOLS {
         // Even a token at connect does not stand in for connection_init.
-        let mut client = WsClient::connect(&gateway, Some(protocol), Some(&alice)).await.unwrap();
+        let mut client = WsClient::connect(&gateway, Some(protocol), Some(&alice))
+            .await
+            .unwrap();
         client.subscribe("1", BOARD_CREATED, json!({})).await;
         assert_eq!(client.closed().await.unwrap(), 4401, "{protocol}");
     }
@@ -119,7 +134,9 @@ async fn a_duplicate_subscription_id_closes_with_4409() {
         let mut client = WsClient::ready(&gateway, protocol, &alice).await;
         client.subscribe("same", BOARD_CREATED, json!({})).await;
         // Same id, another topic: still the same operation id on this connection.
-        client.subscribe("same", CARD_ADDED, json!({"b": board})).await;
+        client
+            .subscribe("same", CARD_ADDED, json!({"b": board}))
+            .await;
         assert_eq!(client.closed().await.unwrap(), 4409, "{protocol}");
     }
     gateway.shutdown().await;
@@ -134,7 +151,8 @@ async fn malformed_messages_close_with_4400() {
         json!({"no": "type"}).to_string(),
         json!({"type": "bogus"}).to_string(),
         json!({"type": "subscribe", "payload": {"query": "{ boards { id } }"}}).to_string(),
-        json!({"id": "", "type": "subscribe", "payload": {"query": "{ boards { id } }"}}).to_string(),
+        json!({"id": "", "type": "subscribe", "payload": {"query": "{ boards { id } }"}})
+            .to_string(),
     ];
     for protocol in PROTOCOLS {
         for frame in &bad_frames {
@@ -151,8 +169,13 @@ async fn ping_gets_pong_with_its_payload() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     let alice = token(&gateway, "alice");
     let mut client = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
-    client.send(json!({"type": "ping", "payload": {"n": 1}})).await;
-    assert_eq!(client.recv().await.unwrap(), json!({"type": "pong", "payload": {"n": 1}}));
+    client
+        .send(json!({"type": "ping", "payload": {"n": 1}}))
+        .await;
+    assert_eq!(
+        client.recv().await.unwrap(),
+        json!({"type": "pong", "payload": {"n": 1}})
+    );
     // A pong from the client needs no answer; the connection stays usable.
     client.send(json!({"type": "pong"})).await;
     client.sync().await;
@@ -163,9 +186,16 @@ async fn ping_gets_pong_with_its_payload() {
 async fn the_legacy_protocol_sends_keep_alive_after_ack() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     let alice = token(&gateway, "alice");
-    let mut client = WsClient::connect(&gateway, Some("graphql-ws"), None).await.unwrap();
-    client.send(json!({"type": "connection_init", "payload": {"token": alice}})).await;
-    assert_eq!(client.recv().await.unwrap(), json!({"type": "connection_ack"}));
+    let mut client = WsClient::connect(&gateway, Some("graphql-ws"), None)
+        .await
+        .unwrap();
+    client
+        .send(json!({"type": "connection_init", "payload": {"token": alice}}))
+        .await;
+    assert_eq!(
+        client.recv().await.unwrap(),
+        json!({"type": "connection_ack"})
+    );
     assert_eq!(client.recv().await.unwrap(), json!({"type": "ka"}));
     gateway.shutdown().await;
 }
@@ -186,12 +216,18 @@ async fn an_invalid_subscription_is_answered_with_an_error_message() {
     let alice = token(&gateway, "alice");
     for protocol in PROTOCOLS {
         let mut client = WsClient::ready(&gateway, protocol, &alice).await;
-        client.subscribe("bad", "subscription { cardAdded { nope } }", json!({})).await;
+        client
+            .subscribe("bad", "subscription { cardAdded { nope } }", json!({}))
+            .await;
         let error = client.recv().await.unwrap();
         assert_eq!(error["type"], "error", "{protocol}: {error}");
         assert_eq!(error["id"], "bad");
         // graphql-transport-ws sends a list of errors, the legacy protocol one object.
-        let first = if protocol == "graphql-ws" { &error["payload"] } else { &error["payload"][0] };
+        let first = if protocol == "graphql-ws" {
+            &error["payload"]
+        } else {
+            &error["payload"][0]
+        };
         assert!(first["message"].is_string(), "{error}");
         // The connection stays open and usable.
         client.sync().await;

@@ -99,11 +99,7 @@ impl Mutation {
         };
         store(ctx)?.add_card(&card).await?;
         ctx.data::<Publisher>()?
-            .publish(
-                card_topic(&board.id),
-                &card,
-                Audience::User(user.clone()),
-            )
+            .publish(card_topic(&board.id), &card, Audience::User(user.clone()))
             .await?;
         Ok(card)
     }
