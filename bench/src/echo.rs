@@ -45,14 +45,12 @@ pub fn measure(
             return;
         };
         while let Some(Ok(message)) = socket.next().await {
-            match message {
-                Message::Text(_) | Message::Binary(_) => {
-                    if socket.send(message).await.is_err() {
-                        return;
-                    }
-                }
-                Message::Close(_) => return,
-                _ => {}
+            if message.is_close() {
+                return;
+            }
+            let echoed = message.is_text() || message.is_binary();
+            if echoed && socket.send(message).await.is_err() {
+                return;
             }
         }
     });

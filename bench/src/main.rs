@@ -12,7 +12,10 @@ use clap::{Parser, ValueEnum};
 /// stream-triggered publisher delivers) and direct delivery (the resolver delivers before the
 /// mutation returns): mutation latency and delivery latency against fan-out.
 #[derive(Parser, Debug)]
-#[command(version, after_help = "See docs/benchmarks.md for what the numbers mean.")]
+#[command(
+    version,
+    after_help = "See docs/benchmarks.md for what the numbers mean."
+)]
 struct Cli {
     /// Where the broker runs: `local` starts the local mode in this process (once per case);
     /// `remote` uses a running one (--url, --token).
@@ -85,7 +88,11 @@ struct Cli {
     #[arg(long)]
     moto: bool,
     /// The moto_server program --moto starts.
-    #[arg(long, env = "MOTO_SERVER", default_value = ".tools/venv/bin/moto_server")]
+    #[arg(
+        long,
+        env = "MOTO_SERVER",
+        default_value = ".tools/venv/bin/moto_server"
+    )]
     moto_server: PathBuf,
     /// A DynamoDB emulator already listening, for the DynamoDB modes.
     #[arg(long, env = "MOTO_ENDPOINT")]

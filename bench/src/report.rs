@@ -41,7 +41,7 @@ pub struct CaseResult {
 
 #[derive(Debug)]
 pub enum Outcome {
-    Measured(Measurement),
+    Measured(Box<Measurement>),
     /// The machine cannot hold this size (or this mode cannot run here): the reason.
     Skipped(String),
     /// The case started and went wrong: the error.
@@ -99,7 +99,7 @@ pub struct Written {
 impl Report {
     pub fn measured(&self) -> impl Iterator<Item = (&CaseResult, &Measurement)> {
         self.cases.iter().filter_map(|case| match &case.outcome {
-            Outcome::Measured(m) => Some((case, m)),
+            Outcome::Measured(m) => Some((case, m.as_ref())),
             _ => None,
         })
     }

@@ -237,7 +237,7 @@ fn run_case(
         }
     };
     match result {
-        Ok(measurement) => Outcome::Measured(measurement),
+        Ok(measurement) => Outcome::Measured(Box::new(measurement)),
         Err(CaseError::CannotOpen(reason)) => Outcome::Skipped(reason),
         Err(CaseError::Failed(e)) => Outcome::Failed(format!("{e:#}")),
     }

@@ -20,7 +20,10 @@ fn quick_run_accounts_for_every_delivery_and_writes_its_files() {
     assert_eq!(report.cases.len(), 4, "two modes times two sizes");
     for case in &report.cases {
         let Outcome::Measured(m) = &case.outcome else {
-            panic!("{} at {} was not measured: {:?}", case.mode, case.subscribers, case.outcome);
+            panic!(
+                "{} at {} was not measured: {:?}",
+                case.mode, case.subscribers, case.outcome
+            );
         };
         let name = format!("{} at {}", case.mode, case.subscribers);
         assert_eq!(m.mutations_sent, config.mutations, "{name}");
@@ -38,10 +41,19 @@ fn quick_run_accounts_for_every_delivery_and_writes_its_files() {
         assert_eq!(m.mutation_latency.count, config.mutations as u64, "{name}");
         assert_eq!(m.delivery_latency.count, m.delivered, "{name}");
     }
-    let modes: Vec<_> = report.cases.iter().map(|c| (c.mode, c.subscribers)).collect();
+    let modes: Vec<_> = report
+        .cases
+        .iter()
+        .map(|c| (c.mode, c.subscribers))
+        .collect();
     assert_eq!(
         modes,
-        [(Mode::Direct, 1), (Mode::Direct, 10), (Mode::Stream, 1), (Mode::Stream, 10)]
+        [
+            (Mode::Direct, 1),
+            (Mode::Direct, 10),
+            (Mode::Stream, 1),
+            (Mode::Stream, 10)
+        ]
     );
     assert!(report.echo.count > 0, "the echo floor ran");
 
@@ -53,7 +65,10 @@ fn quick_run_accounts_for_every_delivery_and_writes_its_files() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 1 + report.cases.len(), "{csv}");
     let columns = lines[0].split(',').count();
-    assert!(lines.iter().all(|l| l.split(',').count() == columns), "{csv}");
+    assert!(
+        lines.iter().all(|l| l.split(',').count() == columns),
+        "{csv}"
+    );
     let svg = std::fs::read_to_string(&written.svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("direct") && svg.contains("stream"));
 }
@@ -67,6 +82,8 @@ fn a_size_the_machine_cannot_hold_is_skipped_with_the_reason() {
         memory_available: None,
     };
     assert_eq!(limits.refuse(1, true), None);
-    let reason = limits.refuse(1_000, true).expect("too many for 600 descriptors");
+    let reason = limits
+        .refuse(1_000, true)
+        .expect("too many for 600 descriptors");
     assert!(reason.contains("file descriptors"), "{reason}");
 }

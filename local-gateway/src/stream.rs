@@ -7,7 +7,6 @@ use std::time::Duration;
 use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord, StreamViewType};
 use broker::memory::MemoryEventLog;
 use broker::{Broker, Event};
-use publisher::stream::EventImage;
 
 /// Records per batch: the event source mapping's default.
 pub const BATCH_SIZE: usize = 100;
@@ -59,20 +58,19 @@ pub async fn drive(broker: &Broker, mut records: Vec<EventRecord>) {
 
 /// A stream record for an event, as DynamoDB Streams delivers an INSERT with NEW_IMAGE.
 pub fn insert_record(event: &Event, sequence: usize) -> EventRecord {
-    let image = EventImage::from_event(event);
     let mut record = EventRecord::default();
     record.event_id = ulid::Ulid::new().to_string();
     record.event_name = "INSERT".to_owned();
     record.event_source = Some("aws:dynamodb".to_owned());
     record.event_version = Some("1.1".to_owned());
     record.aws_region = "local".to_owned();
-    record.change.new_image =
-        serde_dynamo::to_item(&image).expect("an event image is a DynamoDB item");
-    record.change.keys = serde_dynamo::to_item(serde_json::json!({
-        "topic": image.topic,
-        "eventId": image.event_id,
-    }))
-    .expect("keys are a DynamoDB item");
+    let image = broker::aws::event_to_image(event).expect("a memory event is a valid item");
+    record.change.keys = ["topic", "eventId"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), image.get(k)?.clone())))
+        .collect::<std::collections::HashMap<_, _>>()
+        .into();
+    record.change.new_image = image.into();
     record.change.sequence_number = Some(format!("{sequence:021}"));
     record.change.size_bytes = event.payload.to_string().len() as i64;
     record.change.stream_view_type = Some(StreamViewType::NewImage);

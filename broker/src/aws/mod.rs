@@ -30,6 +30,7 @@ mod sqs;
 pub use config::{ConfigError, TableNames, config_loader, sdk_config};
 pub use dynamodb::{
     DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, event_from_image,
+    event_to_image,
 };
 pub use error::AwsCallError;
 pub use gateway::{

@@ -45,6 +45,12 @@ pub fn event_from_image<I: Into<serde_dynamo::Item>>(image: I) -> Result<Event, 
     Event::try_from(record)
 }
 
+/// An event as its item (and so its stream image) holds it: the inverse of
+/// [`event_from_image`], for feeding a publisher records it would get from a stream.
+pub fn event_to_image(event: &Event) -> Result<Item, StoreError> {
+    to_item(&EventItem::try_from(event)?)
+}
+
 #[async_trait]
 impl EventLog for DynamoDbEventLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {

@@ -25,7 +25,7 @@ use super::retry::RetryPolicy;
 use crate::ports::StoreError;
 
 pub use connections::DynamoDbConnectionStore;
-pub use events::{DynamoDbEventLog, event_from_image};
+pub use events::{DynamoDbEventLog, event_from_image, event_to_image};
 pub use subscriptions::DynamoDbSubscriptionStore;
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
