@@ -339,6 +339,7 @@ impl Report {
                     .map_err(plot_error)?;
                 chart
                     .configure_mesh()
+                    .light_line_style(TRANSPARENT)
                     .x_desc("subscribers (fan-out)")
                     .y_desc("ms")
                     .x_label_formatter(&|x| format!("{x:.0}"))

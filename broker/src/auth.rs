@@ -74,15 +74,22 @@ impl Authenticator {
     pub fn new(config: AuthConfig) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
-        validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 30;
+        // A configured `iss` or `aud` must also be present: jsonwebtoken only compares the
+        // claims a token carries unless they are required.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Self {
             decoding: DecodingKey::from_secret(config.secret.as_bytes()),
             config,
@@ -187,7 +194,9 @@ mod tests {
             a.verify(&auth(Some("app"), Some("other")).mint("u", 60))
                 .is_err()
         );
+        // Configured claims must be present, not only equal when present.
         assert!(a.verify(&auth(Some("app"), None).mint("u", 60)).is_err());
+        assert!(a.verify(&auth(None, Some("broker")).mint("u", 60)).is_err());
 
         let expired = Claims {
             sub: "u".into(),
