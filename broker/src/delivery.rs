@@ -23,9 +23,6 @@ pub enum PublishError {
     Payload(#[from] serde_json::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Direct mode only: some posts failed for reasons other than a closed connection.
-    #[error("{failed} of {attempted} deliveries failed")]
-    Delivery { failed: usize, attempted: usize },
 }
 
 /// What happened to one event (or one fan-out page).
@@ -83,7 +80,8 @@ impl Publisher {
 
 impl Broker {
     /// Publishes a change. In stream mode it is appended to the event log and this returns;
-    /// in direct mode it is delivered to every subscriber before this returns.
+    /// in direct mode it is delivered to every subscriber before this returns (and posts that
+    /// fail are logged, not retried).
     /// Backends and other services publish through this too.
     pub async fn publish(
         &self,
@@ -96,15 +94,14 @@ impl Broker {
             DeliveryMode::Stream => self.ports().events.append(&event).await?,
             DeliveryMode::Direct => {
                 let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
-                let attempted = subscriptions.len();
                 let report = self
                     .deliver_to(Arc::new(event.clone()), subscriptions)
                     .await;
+                // The change is saved whatever happens to its delivery: failing the mutation
+                // now would only make the client retry it. Nothing retries direct delivery,
+                // which is the trade-off of this mode; the log says what was lost.
                 if !report.is_complete() {
-                    return Err(PublishError::Delivery {
-                        failed: report.failed,
-                        attempted,
-                    });
+                    tracing::warn!(event = %event.id, failed = report.failed, "direct delivery incomplete");
                 }
             }
         }

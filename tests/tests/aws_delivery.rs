@@ -278,3 +278,49 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
     assert_eq!(tab.recv().await.unwrap()["type"], "pong");
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn another_service_publishes_by_writing_an_event_item() {
+    let tables = fresh_tables().await;
+    let events_table = tables.names.events.clone();
+    let dynamodb = tables.dynamodb.clone();
+    let mut options = options(DeliveryMode::Stream);
+    options.poll_interval = Duration::from_millis(50);
+    options.backend = Backend::Aws(AwsBackend {
+        endpoint: Some(moto_endpoint()),
+        tables: tables.names,
+        app_table: tables.app_table,
+        fanout_queue_url: None,
+        create_tables: false,
+    });
+    let gateway = start(options).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "b").await;
+    let mut tab = WsClient::ready(&gateway, "graphql-ws", &alice).await;
+    tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+        .await;
+    tab.sync().await;
+
+    // A backend with write access to the events table, no broker code: one PutItem.
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let card = json!({"id": "from-backend", "boardId": board, "title": "Imported"});
+    dynamodb
+        .put_item()
+        .table_name(&events_table)
+        .item(
+            "topic",
+            Av::S(graphql_api::app::card_topic(&board).to_string()),
+        )
+        .item("eventId", Av::S(ulid::Ulid::new().to_string()))
+        .item("payload", Av::S(card.to_string()))
+        .item("audience", Av::S("alice".into()))
+        .item("ttl", Av::N((broker::domain::now_secs() + 600).to_string()))
+        .send()
+        .await
+        .unwrap();
+
+    let message = tab.recv().await.unwrap();
+    assert_eq!(message["type"], "data");
+    assert_eq!(message["payload"]["data"]["cardAdded"], card);
+    gateway.shutdown().await;
+}
