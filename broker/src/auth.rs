@@ -43,7 +43,8 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What a minted token says.
+#[derive(Debug, Serialize)]
 struct Claims {
     sub: String,
     exp: u64,
@@ -51,6 +52,13 @@ struct Claims {
     iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
+}
+
+/// What is read from a verified token. `iss` and `aud` are checked by the validation and not
+/// read here, so an `aud` list (allowed by RFC 7519) decodes as well as a single string.
+#[derive(Debug, Deserialize)]
+struct Subject {
+    sub: String,
 }
 
 /// Verifies tokens. Cheap to clone.
@@ -75,6 +83,7 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = 30;
+        validation.validate_nbf = true;
         // A configured `iss` or `aud` must also be present: jsonwebtoken only compares the
         // claims a token carries unless they are required.
         let mut required = vec!["exp", "sub"];
@@ -102,7 +111,7 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Subject>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         if data.claims.sub.is_empty() {
             return Err(AuthError::InvalidToken("empty subject".into()));
@@ -218,6 +227,27 @@ mod tests {
         assert_eq!(a.verify(""), Err(AuthError::MissingToken));
         assert_eq!(a.verify_bearer(None), Err(AuthError::MissingToken));
         assert!(a.verify_bearer(Some("Basic abc")).is_err());
+    }
+
+    fn sign(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret("s".repeat(32).as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_audience_list_is_accepted_and_a_future_nbf_is_not() {
+        let a = auth(None, Some("broker"));
+        let exp = now_secs() + 60;
+        let listed = sign(json!({"sub": "u", "exp": exp, "aud": ["other", "broker"]}));
+        assert_eq!(a.verify(&listed), Ok(UserId::new("u")));
+        let elsewhere = sign(json!({"sub": "u", "exp": exp, "aud": ["other"]}));
+        assert!(a.verify(&elsewhere).is_err());
+        let early = sign(json!({"sub": "u", "exp": exp, "aud": "broker", "nbf": exp}));
+        assert!(a.verify(&early).is_err());
     }
 
     #[test]

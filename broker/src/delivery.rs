@@ -4,7 +4,7 @@
 //! else is kept below it: subscriptions that share a document, variables and user (every tab
 //! of one user watching one board) render the event once, and posts run concurrently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -25,6 +25,10 @@ pub enum PublishError {
     Store(#[from] StoreError),
 }
 
+/// A resolver that takes longer than this to render one event fails that event (to be
+/// retried) instead of stalling the whole batch until the function times out.
+const RENDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What happened to one event (or one fan-out page).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
@@ -36,6 +40,8 @@ pub struct DeliveryReport {
     pub refused: usize,
     /// Connections found gone (410) and cleaned up.
     pub gone: usize,
+    /// Frames the gateway refused for good (too large, say): retrying cannot help.
+    pub dropped: usize,
     /// Posts that failed otherwise: the event must be retried.
     pub failed: usize,
     /// Fan-out pages handed to the queue instead of delivering here.
@@ -52,6 +58,7 @@ impl DeliveryReport {
         self.filtered += other.filtered;
         self.refused += other.refused;
         self.gone += other.gone;
+        self.dropped += other.dropped;
         self.failed += other.failed;
         self.pages_enqueued += other.pages_enqueued;
     }
@@ -198,12 +205,17 @@ impl Broker {
         for members in groups.into_values() {
             let first = members[0];
             let data = |r| self.request_data(first.principal.clone(), r);
-            match graphql::render(self.inner.executor.as_ref(), first, &event, data).await {
-                Some(payload) => frames.extend(members.iter().map(|s| {
+            let rendering = graphql::render(self.inner.executor.as_ref(), first, &event, data);
+            match tokio::time::timeout(RENDER_TIMEOUT, rendering).await {
+                Ok(Some(payload)) => frames.extend(members.iter().map(|s| {
                     let frame = s.protocol.next(&s.key.operation_id, &payload);
                     (s.key.connection_id.clone(), frame)
                 })),
-                None => report.filtered += members.len(),
+                Ok(None) => report.filtered += members.len(),
+                Err(_) => {
+                    tracing::error!(event = %event.id, "rendering timed out");
+                    report.failed += members.len();
+                }
             }
         }
 
@@ -224,14 +236,23 @@ impl Broker {
             .collect()
             .await;
         let mut report = DeliveryReport::default();
+        let mut forgotten = HashSet::new();
         for (connection, outcome) in outcomes {
             match outcome {
                 Ok(()) => report.delivered += 1,
                 Err(GatewayError::Gone) => {
                     report.gone += 1;
+                    // One gone connection can hold several of the subscriptions posted to.
+                    if !forgotten.insert(connection.clone()) {
+                        continue;
+                    }
                     if let Err(e) = self.forget_connection(&connection).await {
                         tracing::warn!(%connection, error = %e, "cleanup of a gone connection failed");
                     }
+                }
+                Err(GatewayError::Rejected { source }) => {
+                    report.dropped += 1;
+                    tracing::warn!(%connection, error = %source, "post refused for good; dropped");
                 }
                 Err(e) => {
                     report.failed += 1;

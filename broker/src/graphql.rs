@@ -89,6 +89,15 @@ where
     Err("subscriptions are served by the broker over WebSocket".into())
 }
 
+/// A GraphQL error for a failure of the server's own dependencies. The details (which may
+/// name tables, roles, accounts) go to the log under a reference; the client gets the
+/// reference only.
+pub fn internal_error(error: impl std::fmt::Display) -> async_graphql::Error {
+    let reference = ulid::Ulid::new().to_string();
+    tracing::error!(%reference, %error, "request failed");
+    async_graphql::Error::new(format!("internal error (reference {reference})"))
+}
+
 /// The authenticated user of the request, or a GraphQL error.
 pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a UserId> {
     ctx.data_opt::<Principal>()
@@ -142,7 +151,8 @@ pub(crate) async fn register(
 }
 
 /// Renders `event` for one stored subscription: the serialized `payload` of a `next`
-/// message, or `None` when the subscription does not produce anything for it.
+/// message, or `None` when the subscription does not produce anything for it. `extra` adds
+/// the request data every execution gets (the subscriber as `Principal`, the publisher).
 pub(crate) async fn render(
     executor: &dyn GraphqlExecutor,
     subscription: &Subscription,
@@ -151,10 +161,7 @@ pub(crate) async fn render(
 ) -> Option<String> {
     let request = Request::new(subscription.document.clone())
         .variables(Variables::from_json(subscription.variables.clone()))
-        .data(Delivery(event.clone()))
-        .data(Principal {
-            user: subscription.principal.clone(),
-        });
+        .data(Delivery(event.clone()));
     let request = match &subscription.operation_name {
         Some(name) => request.operation_name(name.clone()),
         None => request,

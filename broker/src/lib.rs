@@ -36,7 +36,7 @@ pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,
 };
-pub use graphql::{EventStream, GraphqlExecutor, listen, principal};
+pub use graphql::{EventStream, GraphqlExecutor, internal_error, listen, principal};
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
     StoreError, SubscriptionStore,

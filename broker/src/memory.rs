@@ -139,6 +139,10 @@ impl SubscriptionStore for MemorySubscriptionStore {
         Ok(())
     }
 
+    async fn contains(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
+        Ok(lock(&self.inner).topic_of.contains_key(key))
+    }
+
     async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
         Ok(lock(&self.inner).remove(key))
     }
@@ -256,7 +260,8 @@ impl EventLog for MemoryEventLog {
 }
 
 /// A gateway that records what was posted instead of sending it; connections listed with
-/// [`RecordingGateway::set_gone`] answer like API Gateway's 410.
+/// [`RecordingGateway::set_gone`] answer like API Gateway's 410, those listed with
+/// [`RecordingGateway::set_failing`] like a gateway that is down.
 #[derive(Default)]
 pub struct RecordingGateway {
     inner: Mutex<RecordingState>,
@@ -267,6 +272,7 @@ struct RecordingState {
     frames: HashMap<ConnectionId, Vec<String>>,
     closed: Vec<(ConnectionId, CloseCode)>,
     gone: HashSet<ConnectionId>,
+    failing: HashSet<ConnectionId>,
 }
 
 impl RecordingGateway {
@@ -288,6 +294,10 @@ impl RecordingGateway {
     pub fn set_gone(&self, id: &ConnectionId) {
         lock(&self.inner).gone.insert(id.clone());
     }
+
+    pub fn set_failing(&self, id: &ConnectionId) {
+        lock(&self.inner).failing.insert(id.clone());
+    }
 }
 
 #[async_trait]
@@ -296,6 +306,9 @@ impl ConnectionGateway for RecordingGateway {
         let mut state = lock(&self.inner);
         if state.gone.contains(id) {
             return Err(GatewayError::Gone);
+        }
+        if state.failing.contains(id) {
+            return Err(GatewayError::backend("the gateway is down"));
         }
         state
             .frames

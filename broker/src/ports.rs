@@ -39,6 +39,13 @@ pub enum GatewayError {
     /// The connection no longer exists (API Gateway answers 410 Gone).
     #[error("connection is gone")]
     Gone,
+    /// The gateway refused this frame for this connection for good (a permanent client
+    /// error such as 403 Forbidden or 413 Payload Too Large); retrying cannot help.
+    #[error("gateway rejected the frame: {source}")]
+    Rejected {
+        #[source]
+        source: BoxError,
+    },
     #[error("gateway failed: {source}")]
     Backend {
         #[source]
@@ -74,6 +81,9 @@ pub trait SubscriptionStore: Send + Sync {
     /// [`StoreError::Conflict`] when the connection already has a subscription with this
     /// operation id, whatever its topic.
     async fn insert(&self, subscription: &Subscription) -> Result<(), StoreError>;
+    /// Whether the connection has a subscription with this operation id (a consistent read:
+    /// a query may not reuse the id of a subscription just made).
+    async fn contains(&self, key: &SubscriptionKey) -> Result<bool, StoreError>;
     /// Removes one subscription; returns whether it existed.
     async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError>;
     /// Every live subscription to `topic`.

@@ -91,15 +91,12 @@ impl Protocol {
             })
     }
 
-    /// `connection_ack`, and in the legacy protocol the first keep-alive its clients expect.
-    pub fn ack(self) -> Vec<String> {
-        match self {
-            Protocol::GraphqlTransportWs => vec![json!({"type": "connection_ack"}).to_string()],
-            Protocol::GraphqlWs => vec![
-                json!({"type": "connection_ack"}).to_string(),
-                json!({"type": "ka"}).to_string(),
-            ],
-        }
+    /// `connection_ack`. The legacy protocol also has a server keep-alive, `ka`, which this
+    /// broker never sends: a `subscriptions-transport-ws` client that saw one starts a 30 s
+    /// timer and drops the socket unless another `ka` follows, and a stateless server has
+    /// no clock to send them by.
+    pub fn ack(self) -> String {
+        json!({"type": "connection_ack"}).to_string()
     }
 
     /// A result for operation `id`. `payload` is a serialized GraphQL response.

@@ -15,6 +15,11 @@ use crate::graphql::{self, errors_json};
 use crate::ports::{GatewayError, StoreError};
 use crate::protocol::{CloseCode, Protocol, parse_client_message};
 
+/// Operation ids are chosen by clients and become part of storage keys and queue messages:
+/// bounded, so a key stays far below DynamoDB's sort-key limit and a fan-out page far below
+/// SQS's message size.
+pub const MAX_OPERATION_ID_BYTES: usize = 128;
+
 /// The answer to `$connect`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectOutcome {
@@ -72,6 +77,23 @@ impl Broker {
         };
         self.ports().connections.put(&connection).await?;
         Ok(ConnectOutcome::Accepted { protocol: offered })
+    }
+
+    /// Closes the connection with 4408 if it has not been initialised yet. A gateway that can
+    /// keep timers (the local one) calls this `init_timeout` after `$connect`; on API Gateway
+    /// a late `connection_init` gets the same answer.
+    pub async fn enforce_init_timeout(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        match self.ports().connections.get(id).await? {
+            Some(connection) if !connection.initialised => {
+                self.close(
+                    id,
+                    CloseCode::InitTimeout,
+                    "Connection initialisation timeout",
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `$disconnect`: forget the connection and everything it subscribed to.
@@ -164,10 +186,7 @@ impl Broker {
             }
             Err(e) => return Err(e.into()),
         }
-        for frame in connection.protocol.ack() {
-            self.post(id, &frame).await?;
-        }
-        Ok(())
+        self.post(id, &connection.protocol.ack()).await
     }
 
     /// The user a `connection_init` makes the connection speak for: its payload's token, or
@@ -208,13 +227,20 @@ impl Broker {
                     .await;
             }
         };
-        if operation_id.is_empty() {
-            return self
-                .close(id, CloseCode::BadRequest, "operation id must not be empty")
-                .await;
+        if operation_id.is_empty() || operation_id.len() > MAX_OPERATION_ID_BYTES {
+            let reason = format!("operation id must have 1 to {MAX_OPERATION_ID_BYTES} bytes");
+            return self.close(id, CloseCode::BadRequest, &reason).await;
         }
 
+        let key = SubscriptionKey {
+            connection_id: id.clone(),
+            operation_id: operation_id.clone(),
+        };
         if graphql::operation_type(&request) != Some(OperationType::Subscription) {
+            // Its `complete` would end the client's subscription of the same id.
+            if self.ports().subscriptions.contains(&key).await? {
+                return self.reject_duplicate(id, &operation_id).await;
+            }
             // Queries, mutations, and documents that do not parse (answered with errors).
             let response = self.execute(user, request).await;
             let payload =
@@ -241,10 +267,7 @@ impl Broker {
             }
         };
         let subscription = Subscription {
-            key: SubscriptionKey {
-                connection_id: id.clone(),
-                operation_id: operation_id.clone(),
-            },
+            key,
             topic,
             protocol,
             principal: user,
@@ -255,13 +278,19 @@ impl Broker {
         };
         match self.ports().subscriptions.insert(&subscription).await {
             Ok(()) => Ok(()),
-            Err(StoreError::Conflict(_)) => {
-                let reason = format!("Subscriber for {operation_id} already exists");
-                self.close(id, CloseCode::SubscriberAlreadyExists, &reason)
-                    .await
-            }
+            Err(StoreError::Conflict(_)) => self.reject_duplicate(id, &operation_id).await,
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn reject_duplicate(
+        &self,
+        id: &ConnectionId,
+        operation_id: &str,
+    ) -> Result<(), SessionError> {
+        let reason = format!("Subscriber for {operation_id} already exists");
+        self.close(id, CloseCode::SubscriberAlreadyExists, &reason)
+            .await
     }
 
     pub(crate) async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), SessionError> {

@@ -149,6 +149,17 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
         },
     );
 
+    let init_timer = {
+        let broker = state.broker.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(broker.config().init_timeout).await;
+            if let Err(e) = broker.enforce_init_timeout(&id).await {
+                tracing::warn!(connection = %id, error = %e, "init timeout check failed");
+            }
+        })
+    };
+
     let (closed_tx, mut closed) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(async move {
         while let Some(message) = pending.recv().await {
@@ -202,6 +213,7 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
     }
 
     state.sockets.remove(&id);
+    init_timer.abort();
     writer.abort();
     let event = events::websocket(
         "$disconnect",

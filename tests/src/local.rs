@@ -148,10 +148,6 @@ impl WsClient {
             .await;
         let ack = client.recv().await.expect("ack");
         assert_eq!(ack["type"], "connection_ack", "{ack}");
-        if protocol == "graphql-ws" {
-            let ka = client.recv().await.expect("keep-alive");
-            assert_eq!(ka["type"], "ka");
-        }
         client
     }
 

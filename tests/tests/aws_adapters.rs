@@ -1,9 +1,10 @@
 //! The AWS adapters over the real AWS wire protocol: DynamoDB, DynamoDB Streams and SQS on
 //! moto; the Management API on moto and on a scripted HTTP server (for the answers moto
-//! never gives: 410 Gone, throttling).
+//! never gives: 410 Gone, throttling, refusals).
 
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use broker::aws::{
     ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, DynamoDbConnectionStore,
     DynamoDbEventLog, DynamoDbSubscriptionStore, RetryPolicy, SqsFanoutQueue, event_from_image,
@@ -159,22 +160,6 @@ async fn mark_initialised_succeeds_once_then_conflicts() {
 }
 
 #[tokio::test]
-async fn concurrent_mark_initialised_lets_exactly_one_win() {
-    let tables = fresh_tables().await;
-    let (connections, _, _) = stores(&tables);
-    connections.put(&connection("racy", None)).await.unwrap();
-    let id = ConnectionId::new("racy");
-    let user = UserId::new("alice");
-    let attempts = (0..5).map(|_| connections.mark_initialised(&id, &user));
-    let results = futures_util::future::join_all(attempts).await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
-}
-
-#[tokio::test]
 async fn by_user_finds_every_connection_of_one_user_through_the_index() {
     let tables = fresh_tables().await;
     let (connections, _, _) = stores(&tables);
@@ -302,27 +287,6 @@ async fn a_duplicate_operation_id_conflicts_whatever_the_topic() {
         .insert(&subscription("c2", "op", "topic/b"))
         .await
         .unwrap();
-}
-
-#[tokio::test]
-async fn concurrent_duplicate_inserts_let_exactly_one_win() {
-    let tables = fresh_tables().await;
-    let (_, subscriptions, _) = stores(&tables);
-    let candidates: Vec<Subscription> = (0..5)
-        .map(|i| subscription("c1", "same", &format!("topic/{i}")))
-        .collect();
-    let results =
-        futures_util::future::join_all(candidates.iter().map(|s| subscriptions.insert(s))).await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
-    assert!(
-        results
-            .iter()
-            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_))))
-    );
 }
 
 #[tokio::test]
@@ -544,17 +508,8 @@ async fn delivery_marks_are_read_back_consistently() {
     assert!(!events.is_delivered(&missing).await.unwrap());
 }
 
-#[tokio::test]
-async fn appended_events_come_out_of_the_stream_as_new_images() {
-    let tables = fresh_tables().await;
-    let (_, _, events) = stores(&tables);
-    let event = Event::new(
-        Topic::new("user/alice/boardCreated"),
-        json!({"id": "b1", "title": "Mine"}),
-        Audience::User(UserId::new("alice")),
-    );
-    events.append(&event).await.unwrap();
-
+/// Every record of the events table's stream so far, oldest first.
+async fn stream_records(tables: &FreshTables) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
     let table = tables
         .dynamodb
         .describe_table()
@@ -589,19 +544,151 @@ async fn appended_events_come_out_of_the_stream_as_new_images() {
         .unwrap()
         .shard_iterator
         .expect("an iterator");
-    let records = streams
+    streams
         .get_records()
         .shard_iterator(iterator)
         .send()
         .await
         .unwrap()
         .records
-        .unwrap_or_default();
-    let image = records
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn appended_events_come_out_of_the_stream_as_new_images() {
+    let tables = fresh_tables().await;
+    let (_, _, events) = stores(&tables);
+    let event = Event::new(
+        Topic::new("user/alice/boardCreated"),
+        json!({"id": "b1", "title": "Mine"}),
+        Audience::User(UserId::new("alice")),
+    );
+    events.append(&event).await.unwrap();
+
+    let image = stream_records(&tables)
+        .await
         .into_iter()
         .find_map(|r| r.dynamodb.and_then(|d| d.new_image))
         .expect("an INSERT record with its new image");
     assert_eq!(event_from_image(image).unwrap(), event);
+}
+
+#[tokio::test]
+async fn events_for_everyone_are_stored_with_the_audience_star() {
+    let tables = fresh_tables().await;
+    let (_, _, events) = stores(&tables);
+    let event = Event::new(Topic::new("t"), json!({"n": 1}), Audience::Everyone);
+    events.append(&event).await.unwrap();
+    let item = tables
+        .dynamodb
+        .get_item()
+        .table_name(&tables.names.events)
+        .key("topic", AttributeValue::S("t".into()))
+        .key("eventId", AttributeValue::S(event.id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(item["audience"], AttributeValue::S("*".into()));
+    // A user called `*` would read back as everyone: refused on the way in.
+    let ambiguous = Event::new(
+        Topic::new("t"),
+        json!({"n": 2}),
+        Audience::User(UserId::new("*")),
+    );
+    assert!(matches!(
+        events.append(&ambiguous).await,
+        Err(StoreError::Malformed(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_event_item_without_an_audience_is_malformed_not_public() {
+    let tables = fresh_tables().await;
+    let (_, _, events) = stores(&tables);
+    let topic = "board/b1/cardAdded";
+    // What another service writes with a plain PutItem.
+    let put = |id: &'static str, audience: Option<&'static str>| {
+        let mut request = tables
+            .dynamodb
+            .put_item()
+            .table_name(&tables.names.events)
+            .item("topic", AttributeValue::S(topic.into()))
+            .item("eventId", AttributeValue::S(id.into()))
+            .item(
+                "payload",
+                AttributeValue::S(r#"{"id":"c1","boardId":"b1","title":"Hi"}"#.into()),
+            )
+            .item("ttl", AttributeValue::N((now_secs() + 600).to_string()));
+        if let Some(audience) = audience {
+            request = request.item("audience", AttributeValue::S(audience.into()));
+        }
+        request.send()
+    };
+    put("01NOAUDIENCE", None).await.unwrap();
+    put("01EMPTYAUDIENCE", Some("")).await.unwrap();
+    put("01EVERYONE", Some("*")).await.unwrap();
+    put("01ALICE", Some("alice")).await.unwrap();
+
+    let get = async |id: &str| {
+        let reference = EventRef {
+            topic: Topic::new(topic),
+            event_id: id.into(),
+        };
+        events.get(&reference).await
+    };
+    for id in ["01NOAUDIENCE", "01EMPTYAUDIENCE"] {
+        let result = get(id).await;
+        assert!(
+            matches!(result, Err(StoreError::Malformed(_))),
+            "{result:?}"
+        );
+    }
+    assert_eq!(
+        get("01EVERYONE").await.unwrap().unwrap().audience,
+        Audience::Everyone
+    );
+    assert_eq!(
+        get("01ALICE").await.unwrap().unwrap().audience,
+        Audience::User(UserId::new("alice"))
+    );
+
+    // The stream publisher reports the records without an audience as failed (they go to
+    // the failure queue after the retries) instead of delivering them to everyone.
+    let records: Vec<_> = stream_records(&tables)
+        .await
+        .iter()
+        .filter_map(local_gateway::aws::lambda_record)
+        .collect();
+    assert_eq!(records.len(), 4);
+    let sequence = |id: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r.change.new_image.get("eventId")
+                    == Some(&serde_dynamo::AttributeValue::S(id.into()))
+            })
+            .and_then(|r| r.change.sequence_number.clone())
+            .expect("the record is in the stream")
+    };
+    let harness = broker_tests::fixtures::harness().await;
+    let mut batch = aws_lambda_events::dynamodb::Event::default();
+    batch.records = records.clone();
+    let response = publisher::stream::handle(&harness.broker, batch).await;
+    let failed: Vec<Option<String>> = response
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    assert!(
+        failed.contains(&Some(sequence("01NOAUDIENCE"))),
+        "{failed:?}"
+    );
+    assert!(
+        failed.contains(&Some(sequence("01EMPTYAUDIENCE"))),
+        "{failed:?}"
+    );
 }
 
 // --- provisioning ------------------------------------------------------------------------
@@ -857,10 +944,56 @@ async fn throttling_retries_are_bounded() {
 }
 
 #[tokio::test]
-async fn other_client_errors_are_not_retried() {
+async fn a_payload_too_large_is_rejected_without_a_retry() {
     let server = ScriptedServer::start(vec![
-        Reply::new(403, r#"{"message": "Forbidden"}"#)
-            .header("x-amzn-ErrorType", "ForbiddenException"),
+        Reply::new(413, r#"{"message": "Request Entity Too Large"}"#)
+            .header("x-amzn-ErrorType", "PayloadTooLargeException"),
+    ])
+    .await;
+    let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
+    let result = gateway
+        .post(&ConnectionId::new("c1"), &"x".repeat(1000))
+        .await;
+    let Err(GatewayError::Rejected { source }) = result else {
+        panic!("expected a rejection, got {result:?}");
+    };
+    assert!(source.to_string().contains("PostToConnection"), "{source}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn other_client_errors_are_rejections_and_not_retried() {
+    for (status, error_type) in [(403, "ForbiddenException"), (400, "BadRequestException")] {
+        let server = ScriptedServer::start(vec![
+            Reply::new(status, r#"{"message": "no"}"#).header("x-amzn-ErrorType", error_type),
+        ])
+        .await;
+        let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
+        let result = gateway.post(&ConnectionId::new("c1"), "{}").await;
+        assert!(
+            matches!(result, Err(GatewayError::Rejected { .. })),
+            "{status}: {result:?}"
+        );
+        let result = gateway
+            .close(&ConnectionId::new("c1"), CloseCode::Normal, "bye")
+            .await;
+        assert!(
+            matches!(result, Err(GatewayError::Rejected { .. })),
+            "{status}: {result:?}"
+        );
+        assert_eq!(server.requests().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn refused_credentials_are_a_backend_failure_not_a_rejection() {
+    // Every post would fail alike: the event must be retried, not dropped per connection.
+    let server = ScriptedServer::start(vec![
+        Reply::new(
+            403,
+            r#"{"message": "User is not authorized to perform: execute-api:ManageConnections"}"#,
+        )
+        .header("x-amzn-ErrorType", "AccessDeniedException"),
     ])
     .await;
     let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;

@@ -301,3 +301,67 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
         assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "Paged");
     }
 }
+
+fn subscription(connection: &str, topic: &str, document: &str) -> Subscription {
+    Subscription {
+        key: SubscriptionKey {
+            connection_id: connection.into(),
+            operation_id: "1".into(),
+        },
+        topic: Topic::from(topic),
+        protocol: broker::Protocol::GraphqlTransportWs,
+        principal: USER.into(),
+        document: document.into(),
+        operation_name: None,
+        variables: json!({}),
+        expires_at: u64::MAX,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_event_holds_back_later_events_of_its_topic_only() {
+    let h = harness().await;
+    let boards = "subscription { boardCreated { title } }";
+    let cards = "subscription { cardAdded(boardId: \"b1\") { title } }";
+    let board_topic = Topic::private(&USER.into(), "boardCreated");
+    let subs = &h.broker.ports().subscriptions;
+    subs.insert(&subscription("unreachable", board_topic.as_str(), boards))
+        .await
+        .unwrap();
+    subs.insert(&subscription("reachable", "board/b1/cardAdded", cards))
+        .await
+        .unwrap();
+    h.gateway.set_failing(&"unreachable".into());
+
+    let event = |topic: &Topic, title: &str| {
+        broker::Event::new(
+            topic.clone(),
+            json!({"id": title, "boardId": "b1", "title": title}),
+            broker::Audience::User(USER.into()),
+        )
+    };
+    let records = [
+        event(&board_topic, "first"),
+        event(&board_topic, "second"),
+        event(&Topic::from("board/b1/cardAdded"), "card"),
+    ];
+    let mut batch = StreamEvent::default();
+    batch.records = records
+        .iter()
+        .enumerate()
+        .map(|(i, e)| local_gateway::stream::insert_record(e, i))
+        .collect();
+
+    let response = publisher::stream::handle(&h.broker, batch).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone().unwrap())
+        .collect();
+    // The second event of the failing topic is held back, not delivered out of order...
+    assert_eq!(failed, [format!("{:021}", 0), format!("{:021}", 1)]);
+    // ...while the other topic's event goes out.
+    let frames = h.gateway.take(&"reachable".into());
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "card");
+}

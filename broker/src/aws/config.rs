@@ -1,10 +1,22 @@
 //! SDK configuration and table names from the environment.
 
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 /// The region used when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is set.
 const FALLBACK_REGION: &str = "us-east-1";
+
+/// Longest wait for a TCP and TLS connection to an AWS endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for one attempt of a call, from sending the request to reading the answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a whole call, the SDK's retries included: well inside the 30 s of the
+/// publisher and the fan-out worker, so a stuck call fails its record instead of stalling
+/// the batch until Lambda kills the function.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A loader with everything the broker's clients share, still open for adjustments (tests
 /// swap in static credentials or a faster retry policy before calling `load`).
@@ -16,6 +28,8 @@ const FALLBACK_REGION: &str = "us-east-1";
 ///   falls through to instance metadata;
 /// - credentials from the default chain (environment, profile, web identity, container,
 ///   instance metadata), which on Lambda is the environment;
+/// - timeouts (3 s to connect, 5 s per attempt, 20 s per call with its retries): the SDK
+///   sets only a connect timeout by default, so one stuck call could hold a whole batch;
 /// - every service sent to `endpoint_url` when given (an emulator, the local gateway).
 pub fn config_loader(endpoint_url: Option<&str>) -> ConfigLoader {
     let http_client = aws_smithy_http_client::Builder::new()
@@ -23,11 +37,20 @@ pub fn config_loader(endpoint_url: Option<&str>) -> ConfigLoader {
         .build_https();
     let loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client)
-        .region(Region::new(region_from_env()));
+        .region(Region::new(region_from_env()))
+        .timeout_config(timeouts());
     match endpoint_url {
         Some(url) => loader.endpoint_url(url),
         None => loader,
     }
+}
+
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
 }
 
 /// The shared SDK configuration: see [`config_loader`].

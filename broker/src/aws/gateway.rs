@@ -38,12 +38,30 @@ pub struct ApiGatewayConnectionGateway {
 }
 
 /// How a failed call is handled.
+#[derive(Debug, PartialEq, Eq)]
 enum Failure {
     Gone,
     /// Throttled or a server error: worth another try after a pause.
     Transient,
-    Permanent,
+    /// A client error about this request (403 Forbidden, 413 Payload Too Large, …): the
+    /// same frame to the same connection would be refused again.
+    Rejected,
+    /// Anything else (no answer, or the caller's own credentials refused): not retried
+    /// here, but a later attempt may succeed, so the caller hears a backend failure.
+    Failed,
 }
+
+/// Client errors about the caller rather than the request: expired or wrong credentials,
+/// a role without `execute-api:ManageConnections`. Every post fails alike until the
+/// configuration is fixed, so they must not pass for one connection refusing one frame.
+const CALLER_ERRORS: &[&str] = &[
+    "AccessDeniedException",
+    "ExpiredTokenException",
+    "IncompleteSignatureException",
+    "InvalidSignatureException",
+    "MissingAuthenticationTokenException",
+    "UnrecognizedClientException",
+];
 
 impl ApiGatewayConnectionGateway {
     pub fn new(client: Client) -> Self {
@@ -92,7 +110,12 @@ impl ApiGatewayConnectionGateway {
                     self.retry.sleep(attempt).await;
                     attempt += 1;
                 }
-                Failure::Transient | Failure::Permanent => {
+                Failure::Rejected => {
+                    return Err(GatewayError::Rejected {
+                        source: Box::new(AwsCallError::new(operation, error)),
+                    });
+                }
+                Failure::Transient | Failure::Failed => {
                     return Err(GatewayError::backend(AwsCallError::new(operation, error)));
                 }
             }
@@ -101,12 +124,19 @@ impl ApiGatewayConnectionGateway {
 }
 
 fn classify<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failure {
-    let status = error.raw_response().map(|r| r.status().as_u16());
-    let code = error.code();
-    // The status alone decides where a gateway answers without API Gateway's error type.
+    classify_answer(
+        error.raw_response().map(|r| r.status().as_u16()),
+        error.code(),
+    )
+}
+
+/// Sorts a failure by the HTTP status of the answer (none when the call got none) and the
+/// error code. The status alone decides where a gateway answers without API Gateway's
+/// error type.
+fn classify_answer(status: Option<u16>, code: Option<&str>) -> Failure {
     if status == Some(410) || code == Some("GoneException") {
         Failure::Gone
-    } else if status == Some(429)
+    } else if matches!(status, Some(408 | 429))
         || status.is_some_and(|s| s >= 500)
         || matches!(
             code,
@@ -114,8 +144,12 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failu
         )
     {
         Failure::Transient
+    } else if code.is_some_and(|c| CALLER_ERRORS.contains(&c)) {
+        Failure::Failed
+    } else if status.is_some_and(|s| (400..500).contains(&s)) {
+        Failure::Rejected
     } else {
-        Failure::Permanent
+        Failure::Failed
     }
 }
 
@@ -190,6 +224,39 @@ mod tests {
         );
         assert_eq!(header_safe_reason("bad\nline é"), "bad?line ?");
         assert_eq!(header_safe_reason(&"x".repeat(500)).len(), MAX_CLOSE_REASON);
+    }
+
+    #[test]
+    fn failures_are_sorted_by_status_and_code() {
+        assert_eq!(classify_answer(Some(410), None), Failure::Gone);
+        assert_eq!(
+            classify_answer(Some(404), Some("GoneException")),
+            Failure::Gone
+        );
+        for status in [408, 429, 500, 502, 503] {
+            assert_eq!(classify_answer(Some(status), None), Failure::Transient);
+        }
+        assert_eq!(
+            classify_answer(Some(400), Some("LimitExceededException")),
+            Failure::Transient
+        );
+        for status in [400, 403, 404, 413] {
+            assert_eq!(classify_answer(Some(status), None), Failure::Rejected);
+        }
+        assert_eq!(
+            classify_answer(Some(403), Some("ForbiddenException")),
+            Failure::Rejected
+        );
+        assert_eq!(
+            classify_answer(Some(403), Some("AccessDeniedException")),
+            Failure::Failed
+        );
+        assert_eq!(
+            classify_answer(Some(403), Some("ExpiredTokenException")),
+            Failure::Failed
+        );
+        // No answer at all: a connection or timeout failure.
+        assert_eq!(classify_answer(None, None), Failure::Failed);
     }
 
     #[test]

@@ -7,14 +7,14 @@
 //! - Connections: key `connectionId`; GSI `byPrincipal` (key `principal`, all attributes).
 //!   Attributes `protocol`, `principal` (absent until known), `initialised`, `connectedAt`
 //!   (ms), `ttl` (s).
-//! - Subscriptions: key `topic` + `subscriptionKey` (`connectionId#operationId`); GSI
-//!   `byConnection` (key `connectionId` + `subscriptionKey`, keys only). Attributes
-//!   `operationId`, `protocol`, `principal`, `document`, `operationName`, `variables` (JSON
-//!   text), `ttl`. Each subscription has a companion *claim* item in the same table, see
-//!   [`dynamodb`].
+//! - Subscriptions: key `topic` + `subscriptionKey` (`connectionId#operationId`); no
+//!   index. Attributes `connectionId`, `operationId`, `protocol`, `principal`, `document`,
+//!   `operationName`, `variables` (JSON text), `ttl`. Each subscription has a companion
+//!   *claim* item in its connection's partition of the same table, through which a
+//!   connection's subscriptions are found (see [`dynamodb`]).
 //! - Events: key `topic` + `eventId` (ULID); stream `NEW_IMAGE`. Attributes `payload` (JSON
-//!   text), `audience` (user id; absent = everyone), `publishedAt` (ms), `ttl` (s),
-//!   `delivered`.
+//!   text), `audience` (required: a user id, or `*` for everyone), `publishedAt` (ms,
+//!   optional), `ttl` (s), `delivered`.
 //!
 //! Expired items (`ttl <= now`) are filtered on every read: DynamoDB deletes them lazily
 //! (often within two days) and emulators never do.

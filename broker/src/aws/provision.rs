@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use super::config::TableNames;
-use super::dynamodb::{BY_CONNECTION_INDEX, BY_PRINCIPAL_INDEX};
+use super::dynamodb::BY_PRINCIPAL_INDEX;
 use super::error::AwsCallError;
 
 /// The example app's index of boards by owner: `owner` + `pk`, all attributes.
@@ -82,12 +82,8 @@ pub async fn create_tables(
             name: &names.subscriptions,
             hash: "topic",
             range: Some("subscriptionKey"),
-            indexes: vec![IndexSpec {
-                name: BY_CONNECTION_INDEX,
-                hash: "connectionId",
-                range: Some("subscriptionKey"),
-                projection: ProjectionType::KeysOnly,
-            }],
+            // No index: a connection's subscriptions are found through its claim items.
+            indexes: Vec::new(),
             stream: false,
         },
         TableSpec {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
-use broker::{Audience, EventStream, Publisher, Topic, UserId, listen, principal};
+use broker::{Audience, EventStream, Publisher, Topic, UserId, internal_error, listen, principal};
 use serde::{Deserialize, Serialize};
 
 use super::store::BoardStore;
@@ -48,7 +48,7 @@ fn store<'a>(ctx: &'a Context<'_>) -> Result<&'a Arc<dyn BoardStore>> {
 /// The board, if `user` owns it. Another user's board answers exactly like a missing one,
 /// so ids cannot be probed.
 async fn owned_board(ctx: &Context<'_>, user: &UserId, board_id: &str) -> Result<Board> {
-    match store(ctx)?.board(board_id).await? {
+    match store(ctx)?.board(board_id).await.map_err(internal_error)? {
         Some(board) if board.owner == user.as_str() => Ok(board),
         _ => Err(format!("board {board_id} not found").into()),
     }
@@ -61,7 +61,7 @@ impl Query {
     /// The caller's boards.
     async fn boards(&self, ctx: &Context<'_>) -> Result<Vec<Board>> {
         let user = principal(ctx)?;
-        Ok(store(ctx)?.boards_of(user).await?)
+        store(ctx)?.boards_of(user).await.map_err(internal_error)
     }
 }
 
@@ -77,14 +77,18 @@ impl Mutation {
             title,
             owner: user.to_string(),
         };
-        store(ctx)?.create_board(&board).await?;
+        store(ctx)?
+            .create_board(&board)
+            .await
+            .map_err(internal_error)?;
         ctx.data::<Publisher>()?
             .publish(
                 Topic::private(user, "boardCreated"),
                 &board,
                 Audience::User(user.clone()),
             )
-            .await?;
+            .await
+            .map_err(internal_error)?;
         Ok(board)
     }
 
@@ -97,10 +101,11 @@ impl Mutation {
             board_id: board.id.clone(),
             title,
         };
-        store(ctx)?.add_card(&card).await?;
+        store(ctx)?.add_card(&card).await.map_err(internal_error)?;
         ctx.data::<Publisher>()?
             .publish(card_topic(&board.id), &card, Audience::User(user.clone()))
-            .await?;
+            .await
+            .map_err(internal_error)?;
         Ok(card)
     }
 }

@@ -32,10 +32,6 @@ pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// Connections by user: `principal`, all attributes.
 pub const BY_PRINCIPAL_INDEX: &str = "byPrincipal";
-/// Subscriptions by connection: `connectionId` + `subscriptionKey`, keys only. The stores
-/// read the claim items instead (see [`DynamoDbSubscriptionStore`]); the index is there
-/// for operators looking at one connection.
-pub const BY_CONNECTION_INDEX: &str = "byConnection";
 
 /// DynamoDB's limits on one BatchGetItem and one BatchWriteItem request.
 const BATCH_GET_LIMIT: usize = 100;

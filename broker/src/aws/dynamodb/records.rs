@@ -117,8 +117,6 @@ impl TryFrom<SubscriptionItem> for Subscription {
 /// subscriptions table is keyed by topic, so only this item, keyed by connection, lets one
 /// conditional write see a duplicate on another topic. It also records that topic, which
 /// makes deleting by key or by connection a strongly consistent read of one partition.
-///
-/// It carries no `connectionId` attribute, which keeps it out of the `byConnection` index.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ClaimItem {
@@ -131,6 +129,9 @@ pub(super) struct ClaimItem {
     pub ttl: u64,
 }
 
+/// The `audience` of an event every subscriber may receive.
+pub(super) const EVERYONE: &str = "*";
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct EventItem {
@@ -138,9 +139,10 @@ pub(super) struct EventItem {
     pub event_id: String,
     /// The payload as JSON text.
     pub payload: String,
-    /// The one user who may receive the event; absent when everyone may.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
+    /// Who may receive the event: a user id, or [`EVERYONE`]. Required: an item written
+    /// without it (another service forgetting the field) must not reach every subscriber,
+    /// so it fails to decode.
+    pub audience: String,
     /// Milliseconds since the epoch; items written by other publishers may leave it out.
     #[serde(default)]
     pub published_at: u64,
@@ -156,8 +158,15 @@ impl TryFrom<&Event> for EventItem {
             event_id: e.id.clone(),
             payload: json_text(&e.payload)?,
             audience: match &e.audience {
-                Audience::Everyone => None,
-                Audience::User(user) => Some(user.to_string()),
+                Audience::Everyone => EVERYONE.to_owned(),
+                // Stored as is, it would read back as everyone.
+                Audience::User(user) if user.as_str() == EVERYONE => {
+                    return Err(StoreError::Malformed(format!(
+                        "event {}: `{EVERYONE}` cannot be a user id",
+                        e.id
+                    )));
+                }
+                Audience::User(user) => user.to_string(),
             },
             published_at: e.published_at_ms,
             ttl: e.expires_at,
@@ -170,13 +179,21 @@ impl TryFrom<EventItem> for Event {
 
     fn try_from(item: EventItem) -> Result<Self, StoreError> {
         let payload = parse_json(&item.payload, "payload", &item.event_id)?;
+        let audience = match item.audience.as_str() {
+            EVERYONE => Audience::Everyone,
+            "" => {
+                return Err(StoreError::Malformed(format!(
+                    "audience of {} is empty (a user id, or `{EVERYONE}` for everyone)",
+                    item.event_id
+                )));
+            }
+            _ => Audience::User(UserId(item.audience)),
+        };
         Ok(Self {
             id: item.event_id,
             topic: Topic(item.topic),
             payload,
-            audience: item
-                .audience
-                .map_or(Audience::Everyone, |user| Audience::User(UserId(user))),
+            audience,
             published_at_ms: item.published_at,
             expires_at: item.ttl,
         })

@@ -20,9 +20,10 @@ use crate::ports::{StoreError, SubscriptionStore};
 /// connection's own partition `#claims/{connectionId}`, written and deleted in the same
 /// transaction as the subscription. The claim is what makes an operation id unique per
 /// connection across topics, and it names the subscription's topic, so `delete` and
-/// `delete_by_connection` read one partition, strongly consistently, instead of the
-/// eventually consistent `byConnection` index: a `complete` or a disconnect arriving right
-/// after a `subscribe` still finds it.
+/// `delete_by_connection` read one partition, strongly consistently, where a global
+/// secondary index would only be eventually consistent: a `complete` or a disconnect
+/// arriving right after a `subscribe` still finds it. The table has no index, so a
+/// subscription costs no write beyond its two items.
 #[derive(Clone, Debug)]
 pub struct DynamoDbSubscriptionStore {
     client: Client,
@@ -94,6 +95,22 @@ impl DynamoDbSubscriptionStore {
     }
 
     /// The claims of one connection.
+    /// The claim of one operation id, read consistently.
+    async fn claim(&self, key: &SubscriptionKey) -> Result<Option<ClaimItem>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(
+                self.key(&claim_partition(&key.connection_id), &key.encode()),
+            ))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        output.item.map(from_item).transpose()
+    }
+
     async fn claims(&self, id: &ConnectionId) -> Result<Vec<ClaimItem>, StoreError> {
         let query = self
             .client
@@ -166,22 +183,16 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
         }
     }
 
+    async fn contains(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
+        Ok(self.claim(key).await?.is_some())
+    }
+
     async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
         let claim_partition = claim_partition(&key.connection_id);
         let encoded = key.encode();
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(self.key(&claim_partition, &encoded)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend("GetItem"))?;
-        let Some(item) = output.item else {
+        let Some(claim) = self.claim(key).await? else {
             return Ok(false);
         };
-        let claim: ClaimItem = from_item(item)?;
         // The claim's condition makes one of two concurrent deletes the one that found it.
         let delete_claim = Delete::builder()
             .table_name(&self.table)
