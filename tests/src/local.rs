@@ -261,3 +261,42 @@ impl WsClient {
         }
     }
 }
+
+/// The scenario every backend must pass: all of Alice's frontends (one per subprotocol)
+/// receive her new card, in their protocol's frame, with the event id; Bob, watching his own
+/// boards, receives nothing of hers.
+pub async fn users_are_isolated(gateway: &LocalGateway) {
+    let (alice, bob) = (token(gateway, "alice"), token(gateway, "bob"));
+    let board = create_board(gateway, &alice, "Alice's board").await;
+    let mut tabs = Vec::new();
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let mut tab = WsClient::ready(gateway, protocol, &alice).await;
+        tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+            .await;
+        tab.sync().await;
+        tabs.push(tab);
+    }
+    let mut bob_tab = WsClient::ready(gateway, "graphql-transport-ws", &bob).await;
+    bob_tab.subscribe("boards", BOARD_CREATED, json!({})).await;
+    bob_tab.sync().await;
+
+    let added = add_card(gateway, &alice, &board, "Buy milk").await;
+    let card = &added["data"]["addCard"];
+    assert_eq!(card["title"], "Buy milk", "{added}");
+    for (tab, kind) in tabs.iter_mut().zip(["next", "data"]) {
+        let message = tab.recv().await.unwrap();
+        assert_eq!(message["type"], kind, "{message}");
+        assert_eq!(message["id"], "cards");
+        assert_eq!(&message["payload"]["data"]["cardAdded"], card);
+        assert!(message["payload"]["extensions"]["eventId"].is_string());
+    }
+    // Bob's first message is his own board, not Alice's card: events reach subscribers in
+    // publish order, so hers would have come first.
+    let bobs_board = create_board(gateway, &bob, "Bob's board").await;
+    let message = bob_tab.recv().await.unwrap();
+    assert_eq!(
+        message["payload"]["data"]["boardCreated"]["id"],
+        bobs_board.as_str(),
+        "{message}"
+    );
+}
