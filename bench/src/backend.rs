@@ -13,14 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Config, Mode};
 
-/// Whether the local mode runs `mode` on the emulator.
-pub fn uses_emulator(mode: Mode) -> bool {
-    matches!(mode, Mode::StreamDynamodb | Mode::SqsFanout)
-}
-
 /// Whether `mode` can run with `config`; an error says why not.
 pub fn check(config: &Config, mode: Mode) -> anyhow::Result<()> {
-    if !config.is_local() || !uses_emulator(mode) {
+    if !config.is_local() || !mode.uses_emulator() {
         return Ok(());
     }
     if matches!(config.emulator, config::Emulator::None) {
@@ -45,7 +40,7 @@ pub async fn start(
     mode: Mode,
     emulator: Option<&mut Emulator>,
 ) -> anyhow::Result<LocalGateway> {
-    if uses_emulator(mode) {
+    if mode.uses_emulator() {
         let emulator = emulator.context("no emulator for a mode that runs on DynamoDB")?;
         options.backend = Backend::Aws(emulator.backend(mode == Mode::SqsFanout).await?);
     }
@@ -65,7 +60,7 @@ impl Emulator {
     /// The emulator the configured modes need: none when every mode runs on the embedded
     /// store, the given endpoint, or a `moto_server` started here.
     pub fn start_if_needed(config: &Config) -> anyhow::Result<Option<Self>> {
-        let needed = config.is_local() && config.modes.iter().any(|m| uses_emulator(*m));
+        let needed = config.is_local() && config.modes.iter().any(|m| m.uses_emulator());
         if !needed {
             return Ok(None);
         }

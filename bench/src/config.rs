@@ -44,6 +44,11 @@ impl Mode {
     pub fn polls(self) -> bool {
         self != Mode::Direct
     }
+
+    /// Whether the in-process local mode runs this mode on the DynamoDB emulator.
+    pub fn uses_emulator(self) -> bool {
+        matches!(self, Mode::StreamDynamodb | Mode::SqsFanout)
+    }
 }
 
 impl fmt::Display for Mode {
@@ -115,6 +120,13 @@ pub struct Config {
     /// Mutations per second. One mutation is in flight at a time: when one takes longer
     /// than the interval, the next is sent as soon as it returns.
     pub rate: f64,
+    /// Deliveries per second the mutations may ask for: at large fan-outs the mutation rate
+    /// is lowered to this divided by the size, so that the cases measure latency rather
+    /// than a backlog growing behind a publisher that cannot keep up.
+    pub max_delivery_rate: f64,
+    /// The same for the modes on the emulator (a single Python process that every
+    /// connection, subscription and delivery goes through) against the in-process broker.
+    pub emulator_max_delivery_rate: f64,
     /// Wait between two polls of an empty stream (0: the poller wakes on each append).
     pub poll_interval: Duration,
     /// Fan-out threshold for `sqs-fanout` (subscribers above it go through pages).
@@ -127,6 +139,8 @@ pub struct Config {
     pub echo_round_trips: usize,
     /// Subscriber connections being opened at once.
     pub connect_concurrency: usize,
+    /// The same for the modes on the emulator.
+    pub emulator_connect_concurrency: usize,
     /// After the last mutation returns, how long to wait for a delivery that has not come
     /// yet before counting it lost (the wait restarts with each delivery).
     pub drain_idle: Duration,
@@ -149,12 +163,15 @@ impl Config {
             sizes: Self::DEFAULT_SIZES.to_vec(),
             mutations: 40,
             rate: 10.0,
+            max_delivery_rate: 2_000.0,
+            emulator_max_delivery_rate: 100.0,
             poll_interval: Duration::from_millis(250),
             fanout_threshold: 0,
             fanout_page_size: broker::BrokerConfig::default().fanout_page_size,
             post_concurrency: broker::BrokerConfig::default().post_concurrency,
             echo_round_trips: 2_000,
             connect_concurrency: 64,
+            emulator_connect_concurrency: 8,
             drain_idle: Duration::from_secs(5),
             emulator: Emulator::None,
             out_dir: out_dir.into(),
@@ -175,10 +192,36 @@ impl Config {
         }
     }
 
-    /// The gap between two mutations.
-    pub fn interval(&self) -> Duration {
-        if self.rate > 0.0 && self.rate.is_finite() {
-            Duration::from_secs_f64(1.0 / self.rate)
+    /// Whether `mode` runs on the emulator in this run.
+    fn on_emulator(&self, mode: Mode) -> bool {
+        self.is_local() && mode.uses_emulator()
+    }
+
+    /// Mutations per second for `mode` at fan-out `size`: `rate`, lowered so that `size`
+    /// deliveries per mutation stay within the delivery budget. Infinite means no pacing.
+    pub fn rate_at(&self, mode: Mode, size: usize) -> f64 {
+        let rate = if self.rate > 0.0 {
+            self.rate
+        } else {
+            f64::INFINITY
+        };
+        let budget = if self.on_emulator(mode) {
+            self.emulator_max_delivery_rate
+        } else {
+            self.max_delivery_rate
+        };
+        if budget > 0.0 && size > 0 {
+            rate.min(budget / size as f64)
+        } else {
+            rate
+        }
+    }
+
+    /// The gap between two mutations for `mode` at fan-out `size`.
+    pub fn interval_at(&self, mode: Mode, size: usize) -> Duration {
+        let rate = self.rate_at(mode, size);
+        if rate.is_finite() {
+            Duration::from_secs_f64(1.0 / rate)
         } else {
             Duration::ZERO
         }
@@ -186,5 +229,39 @@ impl Config {
 
     pub fn is_local(&self) -> bool {
         matches!(self.target, Target::Local)
+    }
+
+    /// Subscriber connections opened at once for `mode`.
+    pub fn connect_concurrency_for(&self, mode: Mode) -> usize {
+        if self.on_emulator(mode) {
+            self.emulator_connect_concurrency.max(1)
+        } else {
+            self.connect_concurrency.max(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_fan_outs_lower_the_mutation_rate() {
+        let config = Config::sweep("out");
+        assert_eq!(config.rate_at(Mode::Stream, 1), 10.0);
+        assert_eq!(config.rate_at(Mode::Stream, 100), 10.0);
+        assert_eq!(config.rate_at(Mode::Direct, 1_000), 2.0);
+        assert_eq!(
+            config.interval_at(Mode::Direct, 1_000),
+            Duration::from_millis(500)
+        );
+        assert_eq!(config.rate_at(Mode::SqsFanout, 100), 1.0);
+        let unpaced = Config {
+            rate: 0.0,
+            max_delivery_rate: 0.0,
+            emulator_max_delivery_rate: 0.0,
+            ..config
+        };
+        assert_eq!(unpaced.interval_at(Mode::Stream, 1_000), Duration::ZERO);
     }
 }

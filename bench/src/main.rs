@@ -45,6 +45,14 @@ struct Cli {
     /// Mutations per second, one in flight at a time [default: 10; 20 with --quick].
     #[arg(long)]
     rate: Option<f64>,
+    /// Deliveries per second the mutations may ask for: at large fan-outs the mutation rate
+    /// is lowered to this divided by the fan-out, so a case measures latency and not a
+    /// growing backlog (0: never lower it).
+    #[arg(long, default_value_t = 2_000.0)]
+    max_delivery_rate: f64,
+    /// --max-delivery-rate for the modes on the DynamoDB emulator.
+    #[arg(long, default_value_t = 100.0)]
+    emulator_max_delivery_rate: f64,
     /// Stream poll interval of the local mode in ms (Lambda polls a shard every 250 ms);
     /// 0 makes the embedded poller wake on each append.
     #[arg(long, default_value_t = 250)]
@@ -64,6 +72,9 @@ struct Cli {
     /// Subscriber connections opened at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// --connect-concurrency for the modes on the DynamoDB emulator.
+    #[arg(long, default_value_t = 8)]
+    emulator_connect_concurrency: usize,
     /// After the last mutation, give up on missing deliveries when none has arrived for
     /// this long (plus the poll interval); they count as lost.
     #[arg(long, default_value_t = 5_000)]
@@ -154,12 +165,15 @@ impl Cli {
         }
         config.mutations = self.mutations.unwrap_or(config.mutations);
         config.rate = self.rate.unwrap_or(config.rate);
+        config.max_delivery_rate = self.max_delivery_rate;
+        config.emulator_max_delivery_rate = self.emulator_max_delivery_rate;
         config.echo_round_trips = self.echo_round_trips.unwrap_or(config.echo_round_trips);
         config.poll_interval = Duration::from_millis(self.poll_interval_ms);
         config.fanout_threshold = self.fanout_threshold;
         config.fanout_page_size = self.fanout_page_size;
         config.post_concurrency = self.post_concurrency;
         config.connect_concurrency = self.connect_concurrency;
+        config.emulator_connect_concurrency = self.emulator_connect_concurrency;
         config.drain_idle = Duration::from_millis(self.drain_idle_ms);
         config.progress = !self.no_progress;
         Ok(config)

@@ -22,6 +22,8 @@ pub struct Report {
     pub target: String,
     pub mutations: usize,
     pub rate: f64,
+    pub max_delivery_rate: f64,
+    pub emulator_max_delivery_rate: f64,
     pub poll_interval: Duration,
     pub fanout_threshold: usize,
     pub fanout_page_size: usize,
@@ -50,10 +52,15 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub struct Measurement {
+    /// Mutations per second sent (see `Config::rate_at`).
+    pub rate: f64,
     pub mutations_sent: usize,
     pub mutation_errors: usize,
     /// From sending the request to the end of its response.
     pub mutation_latency: Percentiles,
+    /// The mutations sent while no delivery of an earlier one was still arriving (on one
+    /// machine the publisher and the API share the cores).
+    pub quiet_mutation_latency: Percentiles,
     /// From sending the mutation to a subscriber receiving its `next`, per subscriber.
     pub delivery_latency: Percentiles,
     /// Successful mutations times subscribers.
@@ -129,10 +136,13 @@ impl Report {
         let _ = writeln!(md, "- Machine: {}", machine());
         let _ = writeln!(
             md,
-            "- Per case: {} mutations at {} per second, one in flight; stream poll interval \
-             {} ms; `sqs-fanout` threshold {} and pages of {}",
+            "- Per case: {} mutations at {} per second, lowered at large fan-outs to keep \
+             within {} deliveries per second ({} on the DynamoDB emulator); one mutation in \
+             flight; stream poll interval {} ms; `sqs-fanout` threshold {} and pages of {}",
             self.mutations,
             self.rate,
+            self.max_delivery_rate,
+            self.emulator_max_delivery_rate,
             self.poll_interval.as_millis(),
             self.fanout_threshold,
             self.fanout_page_size
@@ -151,12 +161,13 @@ impl Report {
             self.limits.open_files, self.limits.open_files_note
         );
         md.push_str(
-            "| mode | subscribers | mutation p50 | p90 | p99 | max | delivery p50 | p90 | p99 \
+            "| mode | subscribers | mutations/s | mutation p50 | p90 | p99 | max | quiet p50 (n) \
+             | delivery p50 | p90 | p99 \
              | max | deliveries/s | broker CPU µs/delivery | delivered / expected | lost | \
              duplicated | delivery p50 / echo p50 |\n",
         );
         md.push_str(
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         let mut notes = Vec::new();
         for case in &self.cases {
@@ -166,12 +177,15 @@ impl Report {
                     let (u, d) = (&m.mutation_latency, &m.delivery_latency);
                     let _ = writeln!(
                         md,
-                        "| {mode} | {n} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | \
-                         {} / {} | {} | {} | {} |",
+                        "| {mode} | {n} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} \
+                         | {} | {} / {} | {} | {} | {} |",
+                        rate(m.rate),
                         ms(u.p50),
                         ms(u.p90),
                         ms(u.p99),
                         ms(u.max),
+                        ms(m.quiet_mutation_latency.p50),
+                        m.quiet_mutation_latency.count,
                         ms(d.p50),
                         ms(d.p90),
                         ms(d.p99),
@@ -197,17 +211,18 @@ impl Report {
                     }
                 }
                 Outcome::Skipped(reason) => {
-                    let _ = writeln!(md, "| {mode} | {n} | skipped{} |", " |".repeat(13));
+                    let _ = writeln!(md, "| {mode} | {n} | skipped{} |", " |".repeat(15));
                     notes.push(format!("{mode} at {n} skipped: {reason}"));
                 }
                 Outcome::Failed(reason) => {
-                    let _ = writeln!(md, "| {mode} | {n} | failed{} |", " |".repeat(13));
+                    let _ = writeln!(md, "| {mode} | {n} | failed{} |", " |".repeat(15));
                     notes.push(format!("{mode} at {n} failed: {reason}"));
                 }
             }
         }
         md.push_str(
-            "\nLatencies in ms, client clock. Mutation: request sent to response received. \
+            "\nLatencies in ms, client clock. Mutation: request sent to response received; quiet: \
+             the mutations sent while no delivery of an earlier one was arriving, and how many. \
              Delivery: mutation sent to `next` received, per subscriber. Broker CPU: the \
              broker's threads only (its own runtime), over the phase from the first mutation \
              to the last delivery, divided by the deliveries.\n",
@@ -224,8 +239,9 @@ impl Report {
     /// One row per case, every number unrounded.
     pub fn csv(&self) -> String {
         let mut csv = String::from(
-            "mode,subscribers,status,mutations_sent,mutation_errors,\
+            "mode,subscribers,status,mutations_per_s,mutations_sent,mutation_errors,\
              mutation_p50_ms,mutation_p90_ms,mutation_p99_ms,mutation_max_ms,\
+             quiet_mutation_p50_ms,quiet_mutations,\
              delivery_p50_ms,delivery_p90_ms,delivery_p99_ms,delivery_max_ms,\
              expected,delivered,lost,duplicated,unexpected,subscriber_errors,\
              phase_s,deliveries_per_s,broker_cpu_ms,broker_cpu_us_per_delivery,\
@@ -241,14 +257,17 @@ impl Report {
                     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
                     let _ = writeln!(
                         csv,
-                        "{mode},{n},measured,{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},\
+                        "{mode},{n},measured,{:.3},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{:.3},{:.3},\
                          {:.3},{},{},{},{},{},{},{:.3},{:.1},{},{},{:.3},{},{echo:.3},{poll},{}",
+                        m.rate,
                         m.mutations_sent,
                         m.mutation_errors,
                         u.p50,
                         u.p90,
                         u.p99,
                         u.max,
+                        m.quiet_mutation_latency.p50,
+                        m.quiet_mutation_latency.count,
                         d.p50,
                         d.p90,
                         d.p99,
@@ -274,7 +293,7 @@ impl Report {
                     } else {
                         "failed"
                     };
-                    let empty = ",".repeat(22);
+                    let empty = ",".repeat(25);
                     let _ = writeln!(
                         csv,
                         "{mode},{n},{status}{empty},{echo:.3},{poll},{}",
@@ -411,6 +430,16 @@ fn ms(value: f64) -> String {
         format!("{value:.1}")
     } else {
         format!("{value:.2}")
+    }
+}
+
+fn rate(per_second: f64) -> String {
+    if !per_second.is_finite() {
+        "unpaced".to_owned()
+    } else if per_second >= 10.0 {
+        format!("{per_second:.0}")
+    } else {
+        format!("{per_second:.2}")
     }
 }
 

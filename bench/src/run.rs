@@ -94,6 +94,8 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         },
         mutations: config.mutations,
         rate: config.rate,
+        max_delivery_rate: config.max_delivery_rate,
+        emulator_max_delivery_rate: config.emulator_max_delivery_rate,
         poll_interval: config.poll_interval,
         fanout_threshold: config.fanout_threshold,
         fanout_page_size: config.fanout_page_size,
@@ -282,7 +284,7 @@ async fn drive(
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
-    let permits = Arc::new(Semaphore::new(config.connect_concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(config.connect_concurrency_for(mode)));
     let mut listeners = Vec::with_capacity(size);
     for _ in 0..size {
         let (url, token, board) = (
@@ -343,10 +345,11 @@ async fn drive(
             .await
             .context("warm-up mutation")?;
     }
+    let warm_up_patience = patience.min(Duration::from_secs(10));
     wait_for(
         &counters.warm_up,
         (WARM_UP_MUTATIONS * size) as u64,
-        patience,
+        warm_up_patience,
         progress,
     )
     .await;
@@ -355,10 +358,11 @@ async fn drive(
     let mutations = config.mutations;
     progress.phase(&label, "mutating", mutations as u64);
     let cpu = endpoints.in_process.then(CpuMeter::start);
-    let interval = config.interval();
+    let interval = config.interval_at(mode, size);
     let started = Instant::now();
     let mut sent_us = vec![0u64; mutations];
     let mut succeeded = vec![false; mutations];
+    let mut latency_us = vec![0u64; mutations];
     let mut mutation_latency = Latencies::new();
     let mut mutation_errors = 0usize;
     let mut first_error = None;
@@ -373,6 +377,7 @@ async fn drive(
         match result {
             Ok(()) => {
                 succeeded[seq] = true;
+                latency_us[seq] = micros(latency);
                 mutation_latency.record(latency);
             }
             Err(e) => {
@@ -399,6 +404,8 @@ async fn drive(
     let mut subscriber_errors = 0usize;
     let mut last_delivery_us = 0;
     let mut seen_here = vec![false; mutations];
+    // Per mutation, when its last delivery arrived.
+    let mut done_us = vec![0u64; mutations];
     for outcome in &listened {
         let Some(listened) = outcome else {
             subscriber_errors += 1;
@@ -420,15 +427,28 @@ async fn drive(
                 delivered += 1;
                 delivery_latency.record_micros(at_us.saturating_sub(sent_us[seq]));
                 last_delivery_us = last_delivery_us.max(at_us);
+                done_us[seq] = done_us[seq].max(at_us);
             }
         }
+    }
+    // Mutations sent while no delivery of an earlier one was still arriving: what the API
+    // costs without the publisher competing for the same cores.
+    let mut quiet_latency = Latencies::new();
+    let mut busy_until = 0;
+    for seq in 0..mutations {
+        if succeeded[seq] && sent_us[seq] >= busy_until {
+            quiet_latency.record_micros(latency_us[seq]);
+        }
+        busy_until = busy_until.max(done_us[seq]);
     }
     let first_sent_us = sent_us.first().copied().unwrap_or_default();
     let phase = Duration::from_micros(last_delivery_us.max(last_response_us) - first_sent_us);
     Ok(Measurement {
+        rate: config.rate_at(mode, size),
         mutations_sent: mutations,
         mutation_errors,
         mutation_latency: mutation_latency.summary(),
+        quiet_mutation_latency: quiet_latency.summary(),
         delivery_latency: delivery_latency.summary(),
         expected,
         delivered,
