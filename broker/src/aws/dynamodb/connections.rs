@@ -59,19 +59,24 @@ impl ConnectionStore for DynamoDbConnectionStore {
 
     async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError> {
         // One conditional write: of two concurrent `connection_init`s exactly one succeeds.
+        // The write carries a nonce: when the SDK retries an attempt whose answer was lost
+        // but which was applied, the condition fails on our own write, and the nonce tells.
+        let nonce = ulid::Ulid::new().to_string();
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("connectionId", string(id.as_str()))
-            .update_expression("SET #initialised = :true, #principal = :principal")
+            .update_expression("SET #initialised = :true, #principal = :principal, #init = :init")
             .condition_expression("attribute_exists(#id) AND #initialised = :false")
             .expression_attribute_names("#id", "connectionId")
             .expression_attribute_names("#initialised", "initialised")
             .expression_attribute_names("#principal", "principal")
+            .expression_attribute_names("#init", "initNonce")
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":principal", string(user.as_str()))
+            .expression_attribute_values(":init", string(&nonce))
             .send()
             .await;
         match result {
@@ -81,6 +86,22 @@ impl ConnectionStore for DynamoDbConnectionStore {
                     .as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
+                let current = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("connectionId", string(id.as_str()))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(backend("GetItem"))?;
+                let ours = current
+                    .item()
+                    .and_then(|item| item.get("initNonce"))
+                    .is_some_and(|v| *v == AttributeValue::S(nonce.clone()));
+                if ours {
+                    return Ok(());
+                }
                 Err(StoreError::Conflict(format!(
                     "{id} is already initialised or does not exist"
                 )))
