@@ -3,7 +3,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::records::ConnectionItem;
-use super::{BY_PRINCIPAL_INDEX, backend, decode_listing, from_item, query_all, string, to_item};
+use super::{
+    BY_PRINCIPAL_INDEX, Item, backend, decode_listing, from_item, query_all, string, to_item,
+};
 use crate::domain::{Connection, ConnectionId, UserId, now_secs};
 use crate::ports::{ConnectionStore, StoreError};
 
@@ -25,6 +27,20 @@ impl DynamoDbConnectionStore {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// The connection's item as stored, read consistently (expired or not).
+    async fn item(&self, id: &ConnectionId) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("connectionId", string(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        Ok(output.item)
+    }
 }
 
 #[async_trait]
@@ -41,16 +57,7 @@ impl ConnectionStore for DynamoDbConnectionStore {
     }
 
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("connectionId", string(id.as_str()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend("GetItem"))?;
-        let Some(item) = output.item else {
+        let Some(item) = self.item(id).await? else {
             return Ok(None);
         };
         let record: ConnectionItem = from_item(item)?;
@@ -86,19 +93,11 @@ impl ConnectionStore for DynamoDbConnectionStore {
                     .as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
-                let current = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .key("connectionId", string(id.as_str()))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(backend("GetItem"))?;
-                let ours = current
-                    .item()
-                    .and_then(|item| item.get("initNonce"))
-                    .is_some_and(|v| *v == AttributeValue::S(nonce.clone()));
+                let ours = self
+                    .item(id)
+                    .await?
+                    .and_then(|item| item.get("initNonce").cloned())
+                    .is_some_and(|v| v == AttributeValue::S(nonce.clone()));
                 if ours {
                     return Ok(());
                 }
