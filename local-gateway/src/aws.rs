@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use aws_lambda_events::dynamodb::{EventRecord, StreamViewType};
-use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
 use broker::Broker;
 use broker::aws::{
@@ -358,8 +358,7 @@ pub(crate) async fn poll_queue(broker: Broker, sqs: aws_sdk_sqs::Client, queue_u
         if messages.is_empty() {
             continue;
         }
-        let mut event = SqsEvent::default();
-        event.records = messages
+        let batch: Vec<SqsMessage> = messages
             .iter()
             .map(|m| {
                 let mut message = SqsMessage::default();
@@ -370,14 +369,12 @@ pub(crate) async fn poll_queue(broker: Broker, sqs: aws_sdk_sqs::Client, queue_u
                 message
             })
             .collect();
-        let response = publisher::fanout::handle(&broker, event).await;
-        let failed: Vec<&str> = response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.as_str())
-            .collect();
+        let failed = crate::fanout::run_worker(&broker, batch).await;
         for message in &messages {
-            if failed.contains(&message.message_id().unwrap_or_default()) {
+            if failed
+                .iter()
+                .any(|id| Some(id.as_str()) == message.message_id())
+            {
                 continue;
             }
             let Some(handle) = message.receipt_handle() else {

@@ -22,6 +22,19 @@ pub fn message(page: &FanoutPage) -> SqsMessage {
     message
 }
 
+/// Runs the fan-out worker handler over one batch, as the SQS event source mapping invokes
+/// it; returns the ids of the messages it reported failed.
+pub async fn run_worker(broker: &Broker, messages: Vec<SqsMessage>) -> Vec<String> {
+    let mut event = SqsEvent::default();
+    event.records = messages;
+    publisher::fanout::handle(broker, event)
+        .await
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect()
+}
+
 pub async fn work_embedded(broker: Broker, mut queue: mpsc::UnboundedReceiver<FanoutPage>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     while let Some(first) = queue.recv().await {
@@ -40,15 +53,12 @@ pub async fn work_embedded(broker: Broker, mut queue: mpsc::UnboundedReceiver<Fa
             let _slot = slot;
             let mut messages: Vec<SqsMessage> = pages.iter().map(message).collect();
             for receive in 1..=MAX_RECEIVES {
-                let mut event = SqsEvent::default();
-                event.records = messages.clone();
-                let response = publisher::fanout::handle(&broker, event).await;
-                let failed: Vec<&str> = response
-                    .batch_item_failures
-                    .iter()
-                    .map(|f| f.item_identifier.as_str())
-                    .collect();
-                messages.retain(|m| failed.contains(&m.message_id.as_deref().unwrap_or_default()));
+                let failed = run_worker(&broker, messages.clone()).await;
+                messages.retain(|m| {
+                    failed
+                        .iter()
+                        .any(|id| Some(id.as_str()) == m.message_id.as_deref())
+                });
                 if messages.is_empty() {
                     return;
                 }

@@ -10,7 +10,7 @@ use async_graphql::ID;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use broker::aws::AwsCallError;
+use broker::aws::dynamodb::{backend, from_item, put_new, to_item};
 use broker::aws::provision::BY_OWNER_INDEX;
 use broker::{StoreError, UserId};
 use serde::{Deserialize, Serialize};
@@ -79,23 +79,6 @@ fn board_key(id: &str) -> HashMap<String, AttributeValue> {
     ])
 }
 
-fn backend<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    move |error| StoreError::backend(AwsCallError::new(operation, error))
-}
-
-fn to_item<T: Serialize>(record: &T) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    serde_dynamo::to_item(record).map_err(|e| StoreError::Malformed(e.to_string()))
-}
-
-fn from_item<T: for<'de> Deserialize<'de>>(
-    item: HashMap<String, AttributeValue>,
-) -> Result<T, StoreError> {
-    serde_dynamo::from_item(item).map_err(|e| StoreError::Malformed(e.to_string()))
-}
-
 #[async_trait]
 impl BoardStore for DynamoDbBoardStore {
     async fn create_board(&self, board: &Board) -> Result<(), StoreError> {
@@ -106,25 +89,10 @@ impl BoardStore for DynamoDbBoardStore {
             owner: board.owner.clone(),
             title: board.title.clone(),
         };
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_item(&item)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict(format!("board {} exists", *board.id)))
-            }
-            Err(error) => Err(backend("PutItem")(error)),
-        }
+        put_new(&self.client, &self.table, to_item(&item)?, "pk", || {
+            format!("board {} exists", *board.id)
+        })
+        .await
     }
 
     async fn board(&self, id: &str) -> Result<Option<Board>, StoreError> {

@@ -5,7 +5,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::records::EventItem;
-use super::{Item, backend, from_item, string, to_item};
+use super::{Item, backend, from_item, put_new, string, to_item};
 use crate::domain::{Event, EventRef, now_secs};
 use crate::ports::{EventLog, StoreError};
 
@@ -54,26 +54,11 @@ pub fn event_to_image(event: &Event) -> Result<Item, StoreError> {
 #[async_trait]
 impl EventLog for DynamoDbEventLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_item(&EventItem::try_from(event)?)?))
-            .condition_expression("attribute_not_exists(#id)")
-            .expression_attribute_names("#id", "eventId")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict(format!("event {} exists", event.id)))
-            }
-            Err(error) => Err(backend("PutItem")(error)),
-        }
+        let item = to_item(&EventItem::try_from(event)?)?;
+        put_new(&self.client, &self.table, item, "eventId", || {
+            format!("event {} exists", event.id)
+        })
+        .await
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {

@@ -28,7 +28,8 @@ pub use connections::DynamoDbConnectionStore;
 pub use events::{DynamoDbEventLog, event_from_image, event_to_image};
 pub use subscriptions::DynamoDbSubscriptionStore;
 
-pub(crate) type Item = HashMap<String, AttributeValue>;
+/// An item as the SDK holds it.
+pub type Item = HashMap<String, AttributeValue>;
 
 /// Connections by user: `principal`, all attributes.
 pub const BY_PRINCIPAL_INDEX: &str = "byPrincipal";
@@ -37,7 +38,8 @@ pub const BY_PRINCIPAL_INDEX: &str = "byPrincipal";
 const BATCH_GET_LIMIT: usize = 100;
 const BATCH_WRITE_LIMIT: usize = 25;
 
-fn backend<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
+/// Maps an SDK error of `operation` to [`StoreError::Backend`], keeping it as the source.
+pub fn backend<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -48,12 +50,44 @@ fn string(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn to_item<T: Serialize>(record: &T) -> Result<Item, StoreError> {
+/// A record as a DynamoDB item.
+pub fn to_item<T: Serialize>(record: &T) -> Result<Item, StoreError> {
     serde_dynamo::to_item(record).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
-fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+/// A DynamoDB item as a record; [`StoreError::Malformed`] when it does not fit.
+pub fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+/// Puts an item that must not exist yet (`key_attribute` absent); `conflict` describes the
+/// [`StoreError::Conflict`] when it does.
+pub async fn put_new(
+    client: &Client,
+    table: &str,
+    item: Item,
+    key_attribute: &str,
+    conflict: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    let result = client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .condition_expression("attribute_not_exists(#key)")
+        .expression_attribute_names("#key", key_attribute)
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Err(StoreError::Conflict(conflict()))
+        }
+        Err(error) => Err(backend("PutItem")(error)),
+    }
 }
 
 /// Decodes the items of a listing, leaving out (and logging) any that do not decode: one bad
