@@ -1026,14 +1026,16 @@ async fn boards_live_in_the_app_table() {
         store.create_board(b).await.unwrap();
     }
     assert!(is_conflict(store.create_board(&b1).await));
-    store
-        .add_card(&Card {
-            id: "card-1".into(),
-            board_id: b1.id.clone(),
-            title: "A card".into(),
-        })
-        .await
-        .unwrap();
+    let card = |id: &str, board: &Board| Card {
+        id: id.into(),
+        board_id: board.id.clone(),
+        title: format!("Card {id}"),
+    };
+    // Added out of id order; listed by id (ULIDs: oldest first), per board.
+    let (c2, c1, other) = (card("01C2", &b1), card("01C1", &b1), card("01C3", &b2));
+    for c in [&c2, &c1, &other] {
+        store.add_card(c).await.unwrap();
+    }
 
     assert_eq!(store.board("01B1").await.unwrap(), Some(b1.clone()));
     assert_eq!(store.board("nope").await.unwrap(), None);
@@ -1049,4 +1051,7 @@ async fn boards_live_in_the_app_table() {
         store.boards_of(&UserId::new("carol")).await.unwrap(),
         vec![]
     );
+    assert_eq!(store.cards_of("01B1").await.unwrap(), vec![c1, c2]);
+    assert_eq!(store.cards_of("01B2").await.unwrap(), vec![other]);
+    assert_eq!(store.cards_of("01B3").await.unwrap(), vec![]);
 }

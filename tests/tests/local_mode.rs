@@ -81,6 +81,36 @@ async fn another_users_board_can_be_neither_watched_nor_written() {
 }
 
 #[tokio::test]
+async fn a_boards_cards_are_listed_in_order_to_its_owner_only() {
+    let gateway = start(options(DeliveryMode::Stream)).await;
+    let (alice, bob) = (token(&gateway, "alice"), token(&gateway, "bob"));
+    let board = create_board(&gateway, &alice, "listed").await;
+    let other = create_board(&gateway, &alice, "other").await;
+    for title in ["first", "second", "third"] {
+        add_card(&gateway, &alice, &board, title).await;
+    }
+    add_card(&gateway, &alice, &other, "elsewhere").await;
+    let cards = "query($b: ID!) { cards(boardId: $b) { boardId title } }";
+
+    let listed = http_graphql(&gateway, &alice, cards, json!({"b": board})).await;
+    let titles: Vec<&str> = listed["data"]["cards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|card| {
+            assert_eq!(card["boardId"], board.as_str());
+            card["title"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(titles, ["first", "second", "third"]);
+
+    let spied = http_graphql(&gateway, &bob, cards, json!({"b": board})).await;
+    assert!(spied["data"].is_null(), "{spied}");
+    assert!(spied.to_string().contains("not found"), "{spied}");
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn complete_stops_delivery() {
     for mode in MODES {
         let gateway = start(options(mode)).await;

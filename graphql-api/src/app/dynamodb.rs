@@ -56,6 +56,16 @@ struct CardItem {
     title: String,
 }
 
+impl From<CardItem> for Card {
+    fn from(item: CardItem) -> Self {
+        Self {
+            id: ID(item.id),
+            board_id: ID(item.board_id),
+            title: item.title,
+        }
+    }
+}
+
 impl From<BoardItem> for Board {
     fn from(item: BoardItem) -> Self {
         Self {
@@ -155,5 +165,31 @@ impl BoardStore for DynamoDbBoardStore {
             .await
             .map_err(backend("PutItem"))?;
         Ok(())
+    }
+
+    async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {
+        // The board's partition, card items only; sort keys hold ULIDs, so oldest first.
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND begins_with(#sk, :card)")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#sk", "sk")
+            .expression_attribute_values(
+                ":pk",
+                AttributeValue::S(format!("{BOARD_PREFIX}{board_id}")),
+            )
+            .expression_attribute_values(":card", AttributeValue::S(CARD_PREFIX.to_owned()))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut cards = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(backend("Query"))?;
+            cards.push(Card::from(from_item::<CardItem>(item)?));
+        }
+        Ok(cards)
     }
 }

@@ -63,6 +63,16 @@ impl Query {
         let user = principal(ctx)?;
         store(ctx)?.boards_of(user).await.map_err(internal_error)
     }
+
+    /// The cards of a board the caller owns, oldest first.
+    async fn cards(&self, ctx: &Context<'_>, board_id: ID) -> Result<Vec<Card>> {
+        let user = principal(ctx)?;
+        let board = owned_board(ctx, user, &board_id).await?;
+        store(ctx)?
+            .cards_of(&board.id)
+            .await
+            .map_err(internal_error)
+    }
 }
 
 pub struct Mutation;

@@ -17,6 +17,8 @@ pub trait BoardStore: Send + Sync {
     async fn boards_of(&self, owner: &UserId) -> Result<Vec<Board>, StoreError>;
     /// Stores a card; the caller has checked the board exists and who owns it.
     async fn add_card(&self, card: &Card) -> Result<(), StoreError>;
+    /// A board's cards, oldest first.
+    async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError>;
 }
 
 #[derive(Default)]
@@ -63,5 +65,15 @@ impl BoardStore for MemoryBoardStore {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.cards.push(card.clone());
         Ok(())
+    }
+
+    async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(inner
+            .cards
+            .iter()
+            .filter(|c| c.board_id.as_str() == board_id)
+            .cloned()
+            .collect())
     }
 }
