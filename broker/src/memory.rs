@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 
 use crate::domain::{
-    Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId,
-    now_secs,
+    Audience, Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic,
+    UserId, now_secs,
 };
 use crate::ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
@@ -223,6 +223,13 @@ impl MemoryEventLog {
 #[async_trait]
 impl EventLog for MemoryEventLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {
+        // The DynamoDB log stores "everyone" as `*`: a user of that name would read back as
+        // everyone there, so both logs refuse it.
+        if event.audience == Audience::User(UserId::new("*")) {
+            return Err(StoreError::Malformed(
+                "`*` is not a valid audience user".to_owned(),
+            ));
+        }
         {
             let mut state = lock(&self.inner);
             let key = (event.topic.clone(), event.id.clone());
@@ -238,11 +245,14 @@ impl EventLog for MemoryEventLog {
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
+        let now = now_secs();
         let state = lock(&self.inner);
         Ok(state
             .by_ref
             .get(&(event.topic.clone(), event.event_id.clone()))
-            .map(|&i| state.events[i].clone()))
+            .map(|&i| &state.events[i])
+            .filter(|e| e.expires_at > now)
+            .cloned())
     }
 
     async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {
@@ -252,9 +262,12 @@ impl EventLog for MemoryEventLog {
     }
 
     async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
-        lock(&self.inner)
-            .delivered
-            .insert((event.topic.clone(), event.event_id.clone()));
+        let mut state = lock(&self.inner);
+        let key = (event.topic.clone(), event.event_id.clone());
+        // Only events in the log carry a mark, as in DynamoDB.
+        if state.by_ref.contains_key(&key) {
+            state.delivered.insert(key);
+        }
         Ok(())
     }
 }

@@ -2,5 +2,6 @@
 //! that speaks either subprotocol, GraphQL over HTTP.
 
 pub mod aws;
+pub mod contract;
 pub mod fixtures;
 pub mod local;

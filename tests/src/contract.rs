@@ -1,0 +1,559 @@
+//! The contract of the broker's storage and queue ports, written once and run against every
+//! adapter (`tests/contract.rs`: the in-memory ones and the AWS ones on moto), so an
+//! in-memory fake cannot drift from the real store it stands in for.
+//!
+//! Each check takes the adapters under test, fresh and empty, and asserts only what the
+//! port's documentation promises.
+
+use std::sync::Arc;
+
+use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
+use broker::{
+    Audience, Connection, ConnectionId, ConnectionStore, Event, EventLog, EventRef, FanoutPage,
+    FanoutQueue, Protocol, StoreError, Subscription, SubscriptionKey, SubscriptionStore, Topic,
+    UserId,
+};
+use serde_json::json;
+
+/// Fresh, empty stores of one backend.
+pub struct Stores {
+    pub connections: Arc<dyn ConnectionStore>,
+    pub subscriptions: Arc<dyn SubscriptionStore>,
+    pub events: Arc<dyn EventLog>,
+}
+
+pub fn connection(id: &str, principal: Option<&str>) -> Connection {
+    Connection {
+        id: ConnectionId::new(id),
+        protocol: Protocol::GraphqlTransportWs,
+        principal: principal.map(UserId::new),
+        initialised: false,
+        connected_at_ms: now_ms(),
+        expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+    }
+}
+
+pub fn subscription(connection: &str, operation: &str, topic: &str) -> Subscription {
+    Subscription {
+        key: SubscriptionKey {
+            connection_id: ConnectionId::new(connection),
+            operation_id: operation.to_owned(),
+        },
+        topic: Topic::new(topic),
+        protocol: Protocol::GraphqlWs,
+        principal: UserId::new("alice"),
+        document: "subscription($b: ID!) { cardAdded(boardId: $b) { id title } }".to_owned(),
+        operation_name: Some("Cards".to_owned()),
+        variables: json!({"b": "board-1", "nested": {"list": [1, 2, 3]}}),
+        expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+    }
+}
+
+fn expired<T>(mut value: T, set: impl FnOnce(&mut T, u64)) -> T {
+    set(&mut value, now_secs() - 1);
+    value
+}
+
+fn is_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
+    matches!(result, Err(StoreError::Conflict(_)))
+}
+
+/// Sorted by key: the ports promise every subscription, in no particular order.
+fn sorted(mut subscriptions: Vec<Subscription>) -> Vec<Subscription> {
+    subscriptions.sort_by(|a, b| a.key.cmp(&b.key));
+    subscriptions
+}
+
+fn reference(event: &Event) -> EventRef {
+    EventRef {
+        topic: event.topic.clone(),
+        event_id: event.id.clone(),
+    }
+}
+
+// --- connections -------------------------------------------------------------------------
+
+pub async fn connection_put_get_delete_round_trip(stores: Stores) {
+    let connections = stores.connections;
+    let anonymous = connection("conn-a", None);
+    let known = Connection {
+        protocol: Protocol::GraphqlWs,
+        initialised: true,
+        ..connection("conn-b", Some("alice"))
+    };
+    connections.put(&anonymous).await.unwrap();
+    connections.put(&known).await.unwrap();
+
+    assert_eq!(
+        connections.get(&anonymous.id).await.unwrap(),
+        Some(anonymous.clone())
+    );
+    assert_eq!(
+        connections.get(&known.id).await.unwrap(),
+        Some(known.clone())
+    );
+    assert_eq!(
+        connections.get(&ConnectionId::new("nobody")).await.unwrap(),
+        None
+    );
+
+    connections.delete(&known.id).await.unwrap();
+    assert_eq!(connections.get(&known.id).await.unwrap(), None);
+    assert_eq!(
+        connections.by_user(&UserId::new("alice")).await.unwrap(),
+        vec![]
+    );
+    // Deleting what is not there is no error.
+    connections.delete(&known.id).await.unwrap();
+}
+
+pub async fn a_second_put_replaces_the_connection(stores: Stores) {
+    let connections = stores.connections;
+    let first = connection("conn-1", Some("alice"));
+    connections.put(&first).await.unwrap();
+    let second = Connection {
+        protocol: Protocol::GraphqlWs,
+        principal: Some(UserId::new("bob")),
+        ..first.clone()
+    };
+    connections.put(&second).await.unwrap();
+
+    assert_eq!(connections.get(&first.id).await.unwrap(), Some(second));
+    assert_eq!(
+        connections.by_user(&UserId::new("alice")).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        connections
+            .by_user(&UserId::new("bob"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn expired_connections_are_invisible_to_get_and_by_user(stores: Stores) {
+    let connections = stores.connections;
+    let stale = expired(connection("stale", Some("alice")), |c, t| c.expires_at = t);
+    let live = connection("live", Some("alice"));
+    connections.put(&stale).await.unwrap();
+    connections.put(&live).await.unwrap();
+
+    assert_eq!(connections.get(&stale.id).await.unwrap(), None);
+    assert_eq!(
+        connections.by_user(&UserId::new("alice")).await.unwrap(),
+        vec![live]
+    );
+}
+
+pub async fn mark_initialised_succeeds_once_then_conflicts(stores: Stores) {
+    let connections = stores.connections;
+    let anonymous = connection("conn-1", None);
+    connections.put(&anonymous).await.unwrap();
+    let alice = UserId::new("alice");
+
+    connections
+        .mark_initialised(&anonymous.id, &alice)
+        .await
+        .unwrap();
+    let stored = connections.get(&anonymous.id).await.unwrap().unwrap();
+    assert!(stored.initialised);
+    assert_eq!(stored.principal, Some(alice.clone()));
+
+    assert!(is_conflict(
+        connections.mark_initialised(&anonymous.id, &alice).await
+    ));
+    let unknown = ConnectionId::new("unknown");
+    assert!(is_conflict(
+        connections.mark_initialised(&unknown, &alice).await
+    ));
+    // The failed update created nothing.
+    assert_eq!(connections.get(&unknown).await.unwrap(), None);
+}
+
+pub async fn by_user_finds_every_connection_of_one_user(stores: Stores) {
+    let connections = stores.connections;
+    let mut alices = Vec::new();
+    for i in 0..7 {
+        let c = connection(&format!("alice-{i}"), Some("alice"));
+        connections.put(&c).await.unwrap();
+        alices.push(c);
+    }
+    connections
+        .put(&connection("bob-1", Some("bob")))
+        .await
+        .unwrap();
+    connections
+        .put(&connection("anonymous", None))
+        .await
+        .unwrap();
+    // A principal learnt at connection_init counts too.
+    let late = ConnectionId::new("late");
+    connections.put(&connection("late", None)).await.unwrap();
+    connections
+        .mark_initialised(&late, &UserId::new("alice"))
+        .await
+        .unwrap();
+    alices.push(connections.get(&late).await.unwrap().unwrap());
+
+    let mut found = connections.by_user(&UserId::new("alice")).await.unwrap();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    alices.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(found, alices);
+    assert_eq!(
+        connections.by_user(&UserId::new("carol")).await.unwrap(),
+        vec![]
+    );
+}
+
+// --- subscriptions -----------------------------------------------------------------------
+
+pub async fn subscriptions_round_trip_through_by_topic(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let first = subscription("c1", "1", "board/b1/cardAdded");
+    let second = Subscription {
+        operation_name: None,
+        variables: json!({}),
+        protocol: Protocol::GraphqlTransportWs,
+        ..subscription("c2", "1", "board/b1/cardAdded")
+    };
+    let elsewhere = subscription("c1", "2", "board/b2/cardAdded");
+    for s in [&first, &second, &elsewhere] {
+        subscriptions.insert(s).await.unwrap();
+    }
+
+    let found = subscriptions
+        .by_topic(&Topic::new("board/b1/cardAdded"))
+        .await
+        .unwrap();
+    assert_eq!(sorted(found), vec![first, second]);
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("board/none"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+}
+
+pub async fn by_topic_returns_every_subscription_of_a_large_topic(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    // DynamoDB returns at most 1 MB per Query page: 30 x 50 KB needs two.
+    let padding = format!("# {}\n", "x".repeat(50_000));
+    let mut stored = Vec::new();
+    for i in 0..30 {
+        let mut s = subscription(&format!("c{i:02}"), "1", "topic/large");
+        s.document = format!("{padding}{}", s.document);
+        subscriptions.insert(&s).await.unwrap();
+        stored.push(s);
+    }
+    let found = subscriptions
+        .by_topic(&Topic::new("topic/large"))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 30);
+    assert_eq!(sorted(found), stored);
+}
+
+pub async fn contains_tells_whether_an_operation_id_is_taken(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let s = subscription("c1", "op", "topic/a");
+    assert!(!subscriptions.contains(&s.key).await.unwrap());
+    subscriptions.insert(&s).await.unwrap();
+    assert!(subscriptions.contains(&s.key).await.unwrap());
+    let other_connection = SubscriptionKey {
+        connection_id: ConnectionId::new("c2"),
+        ..s.key.clone()
+    };
+    assert!(!subscriptions.contains(&other_connection).await.unwrap());
+    subscriptions.delete(&s.key).await.unwrap();
+    assert!(!subscriptions.contains(&s.key).await.unwrap());
+}
+
+pub async fn a_duplicate_operation_id_conflicts_whatever_the_topic(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    subscriptions
+        .insert(&subscription("c1", "op", "topic/a"))
+        .await
+        .unwrap();
+
+    assert!(is_conflict(
+        subscriptions
+            .insert(&subscription("c1", "op", "topic/a"))
+            .await
+    ));
+    assert!(is_conflict(
+        subscriptions
+            .insert(&subscription("c1", "op", "topic/b"))
+            .await
+    ));
+    // The refused insert left nothing behind on the other topic.
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/b"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+    // Another connection may use the same operation id.
+    subscriptions
+        .insert(&subscription("c2", "op", "topic/b"))
+        .await
+        .unwrap();
+}
+
+pub async fn delete_removes_one_subscription_and_frees_its_operation_id(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let kept = subscription("c1", "1", "topic/a");
+    let gone = subscription("c1", "2", "topic/a");
+    subscriptions.insert(&kept).await.unwrap();
+    subscriptions.insert(&gone).await.unwrap();
+
+    assert!(subscriptions.delete(&gone.key).await.unwrap());
+    assert!(!subscriptions.delete(&gone.key).await.unwrap());
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/a"))
+            .await
+            .unwrap(),
+        vec![kept]
+    );
+    // The id is free again, on any topic.
+    subscriptions
+        .insert(&subscription("c1", "2", "topic/b"))
+        .await
+        .unwrap();
+}
+
+pub async fn expired_subscriptions_are_filtered_on_every_read(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let live = subscription("c1", "live", "topic/a");
+    let stale = expired(subscription("c1", "stale", "topic/a"), |s, t| {
+        s.expires_at = t
+    });
+    subscriptions.insert(&live).await.unwrap();
+    subscriptions.insert(&stale).await.unwrap();
+
+    let topic = Topic::new("topic/a");
+    assert_eq!(
+        subscriptions.by_topic(&topic).await.unwrap(),
+        vec![live.clone()]
+    );
+    assert_eq!(
+        subscriptions
+            .get_many(&topic, &[stale.key.clone(), live.key.clone()])
+            .await
+            .unwrap(),
+        vec![live]
+    );
+    // Still stored until expiry removes it: its id stays taken, and deleting it works.
+    assert!(is_conflict(subscriptions.insert(&stale).await));
+    assert!(subscriptions.delete(&stale.key).await.unwrap());
+}
+
+pub async fn delete_by_connection_removes_all_of_one_connection(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    // 30 subscriptions over three topics: more than one DynamoDB batch.
+    for i in 0..30 {
+        let s = subscription("doomed", &i.to_string(), &format!("topic/{}", i % 3));
+        subscriptions.insert(&s).await.unwrap();
+    }
+    let survivor = subscription("other", "0", "topic/0");
+    subscriptions.insert(&survivor).await.unwrap();
+
+    let doomed = ConnectionId::new("doomed");
+    assert_eq!(
+        subscriptions.delete_by_connection(&doomed).await.unwrap(),
+        30
+    );
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/0"))
+            .await
+            .unwrap(),
+        vec![survivor]
+    );
+    for topic in ["topic/1", "topic/2"] {
+        assert_eq!(
+            subscriptions.by_topic(&Topic::new(topic)).await.unwrap(),
+            vec![]
+        );
+    }
+    assert_eq!(
+        subscriptions.delete_by_connection(&doomed).await.unwrap(),
+        0
+    );
+    // Every operation id is free again.
+    subscriptions
+        .insert(&subscription("doomed", "0", "topic/9"))
+        .await
+        .unwrap();
+}
+
+pub async fn get_many_answers_in_the_order_asked(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let topic = "topic/big";
+    let mut all = Vec::new();
+    // More than one DynamoDB BatchGetItem (100 keys).
+    for i in 0..150 {
+        let s = subscription(&format!("c{i:03}"), "1", topic);
+        subscriptions.insert(&s).await.unwrap();
+        all.push(s);
+    }
+    subscriptions
+        .insert(&subscription("c000", "2", "topic/other"))
+        .await
+        .unwrap();
+
+    // Reversed, with a key that does not exist, one of another topic, and a duplicate.
+    let mut keys: Vec<SubscriptionKey> = all.iter().rev().map(|s| s.key.clone()).collect();
+    keys.insert(10, SubscriptionKey::decode("missing#1").unwrap());
+    keys.insert(20, SubscriptionKey::decode("c000#2").unwrap());
+    keys.push(all[0].key.clone());
+
+    let found = subscriptions
+        .get_many(&Topic::new(topic), &keys)
+        .await
+        .unwrap();
+    let mut expected: Vec<Subscription> = all.iter().rev().cloned().collect();
+    expected.push(all[0].clone());
+    assert_eq!(found.len(), 151);
+    assert_eq!(found, expected);
+    assert_eq!(
+        subscriptions
+            .get_many(&Topic::new(topic), &[])
+            .await
+            .unwrap(),
+        vec![]
+    );
+}
+
+// --- the event log -----------------------------------------------------------------------
+
+pub async fn events_append_once_and_read_back(stores: Stores) {
+    let events = stores.events;
+    let public = Event::new(
+        Topic::new("board/b1/cardAdded"),
+        json!({"id": "c1", "title": "Write tests", "tags": ["a", "b"]}),
+        Audience::Everyone,
+    );
+    let private = Event::new(
+        Topic::new("user/alice/boardCreated"),
+        json!({"id": "b1"}),
+        Audience::User(UserId::new("alice")),
+    );
+    events.append(&public).await.unwrap();
+    events.append(&private).await.unwrap();
+
+    // Never overwritten, not even with another payload.
+    let rewrite = Event {
+        payload: json!("changed"),
+        ..public.clone()
+    };
+    assert!(is_conflict(events.append(&rewrite).await));
+    assert_eq!(
+        events.get(&reference(&public)).await.unwrap(),
+        Some(public.clone())
+    );
+    assert_eq!(
+        events.get(&reference(&private)).await.unwrap(),
+        Some(private)
+    );
+    let missing = EventRef {
+        topic: public.topic.clone(),
+        event_id: "01NOPE".into(),
+    };
+    assert_eq!(events.get(&missing).await.unwrap(), None);
+    // The same id on another topic is another event.
+    let other_topic = EventRef {
+        topic: Topic::new("board/b2/cardAdded"),
+        event_id: public.id.clone(),
+    };
+    assert_eq!(events.get(&other_topic).await.unwrap(), None);
+}
+
+pub async fn expired_events_are_invisible(stores: Stores) {
+    let events = stores.events;
+    let stale = expired(
+        Event::new(Topic::new("t"), json!(1), Audience::Everyone),
+        |e, t| e.expires_at = t,
+    );
+    events.append(&stale).await.unwrap();
+    assert_eq!(events.get(&reference(&stale)).await.unwrap(), None);
+}
+
+pub async fn a_user_called_star_is_refused_as_an_audience(stores: Stores) {
+    // `*` is how a stored event says "everyone": a user of that name would read back as
+    // everyone, so no log accepts it.
+    let events = stores.events;
+    let ambiguous = Event::new(
+        Topic::new("t"),
+        json!({"n": 2}),
+        Audience::User(UserId::new("*")),
+    );
+    assert!(matches!(
+        events.append(&ambiguous).await,
+        Err(StoreError::Malformed(_))
+    ));
+    assert_eq!(events.get(&reference(&ambiguous)).await.unwrap(), None);
+}
+
+pub async fn delivery_marks_are_read_back(stores: Stores) {
+    let events = stores.events;
+    let event = Event::new(Topic::new("t"), json!({"n": 1}), Audience::Everyone);
+    events.append(&event).await.unwrap();
+    let event_ref = reference(&event);
+
+    assert!(!events.is_delivered(&event_ref).await.unwrap());
+    events.mark_delivered(&event_ref).await.unwrap();
+    assert!(events.is_delivered(&event_ref).await.unwrap());
+    events.mark_delivered(&event_ref).await.unwrap();
+    // The mark leaves the event as it was.
+    assert_eq!(events.get(&event_ref).await.unwrap(), Some(event));
+
+    // Marking an event that is not there creates nothing.
+    let missing = EventRef {
+        topic: Topic::new("t"),
+        event_id: "01MISSING".into(),
+    };
+    events.mark_delivered(&missing).await.unwrap();
+    assert_eq!(events.get(&missing).await.unwrap(), None);
+    assert!(!events.is_delivered(&missing).await.unwrap());
+}
+
+// --- the fan-out queue -------------------------------------------------------------------
+
+/// Enqueued pages come back whole, each once. `receive` returns the next pages the
+/// queue's consumer gets (possibly none yet); it is called until every page is back.
+pub async fn fanout_pages_come_back_whole(
+    queue: Arc<dyn FanoutQueue>,
+    mut receive: impl AsyncFnMut() -> Vec<FanoutPage>,
+) {
+    let pages: Vec<FanoutPage> = (0..23)
+        .map(|i| FanoutPage {
+            topic: Topic::new("board/b1/cardAdded"),
+            event_id: format!("event-{i}"),
+            subscription_keys: vec![format!("conn-{i}#1"), format!("conn-{i}#op#2")],
+        })
+        .collect();
+    queue.enqueue(&pages).await.unwrap();
+    queue.enqueue(&[]).await.unwrap();
+
+    let mut received = Vec::new();
+    for _ in 0..50 {
+        if received.len() >= pages.len() {
+            break;
+        }
+        received.extend(receive().await);
+    }
+    let index = |p: &FanoutPage| {
+        p.event_id
+            .trim_start_matches("event-")
+            .parse::<u32>()
+            .unwrap()
+    };
+    received.sort_by_key(index);
+    assert_eq!(received, pages);
+    assert_eq!(received[3].keys()[1].operation_id, "op#2");
+}

@@ -1,0 +1,122 @@
+//! The ports' contract (`broker_tests::contract`) run against each backend: the in-memory
+//! adapters, and the DynamoDB and SQS adapters on moto.
+
+use std::sync::Arc;
+
+use broker::FanoutPage;
+use broker::aws::{
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, SqsFanoutQueue,
+};
+use broker::memory::{
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+};
+use broker_tests::aws::{fresh_queue, fresh_tables};
+use broker_tests::contract::{self, Stores};
+
+fn memory() -> Stores {
+    Stores {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events: Arc::new(MemoryEventLog::default()),
+    }
+}
+
+async fn dynamodb() -> Stores {
+    let tables = fresh_tables().await;
+    let client = tables.dynamodb.clone();
+    Stores {
+        connections: Arc::new(DynamoDbConnectionStore::new(
+            client.clone(),
+            &tables.names.connections,
+        )),
+        subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        events: Arc::new(DynamoDbEventLog::new(client, &tables.names.events)),
+    }
+}
+
+/// One test per backend for each check of the store contract.
+macro_rules! store_contract {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::contract::$check(super::memory()).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::contract::$check(super::dynamodb().await).await;
+                }
+            )*
+        }
+    };
+}
+
+store_contract!(
+    connection_put_get_delete_round_trip,
+    a_second_put_replaces_the_connection,
+    expired_connections_are_invisible_to_get_and_by_user,
+    mark_initialised_succeeds_once_then_conflicts,
+    by_user_finds_every_connection_of_one_user,
+    subscriptions_round_trip_through_by_topic,
+    by_topic_returns_every_subscription_of_a_large_topic,
+    contains_tells_whether_an_operation_id_is_taken,
+    a_duplicate_operation_id_conflicts_whatever_the_topic,
+    delete_removes_one_subscription_and_frees_its_operation_id,
+    expired_subscriptions_are_filtered_on_every_read,
+    delete_by_connection_removes_all_of_one_connection,
+    get_many_answers_in_the_order_asked,
+    events_append_once_and_read_back,
+    expired_events_are_invisible,
+    a_user_called_star_is_refused_as_an_audience,
+    delivery_marks_are_read_back,
+);
+
+#[tokio::test]
+async fn memory_fanout_pages_come_back_whole() {
+    let (queue, mut pages) = ChannelFanoutQueue::new();
+    contract::fanout_pages_come_back_whole(Arc::new(queue), async || {
+        let mut received = Vec::new();
+        while let Ok(page) = pages.try_recv() {
+            received.push(page);
+        }
+        received
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqs_fanout_pages_come_back_whole() {
+    let (sqs, url) = fresh_queue().await;
+    let queue = SqsFanoutQueue::new(sqs.clone(), &url);
+    contract::fanout_pages_come_back_whole(Arc::new(queue), async || {
+        let output = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        for message in output.messages.unwrap_or_default() {
+            let page: FanoutPage = serde_json::from_str(message.body().unwrap()).unwrap();
+            received.push(page);
+            sqs.delete_message()
+                .queue_url(&url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        received
+    })
+    .await;
+}
