@@ -43,8 +43,9 @@ async fn a_mutation_reaches_subscribers_through_the_real_stream() {
 }
 
 #[tokio::test]
-async fn a_large_fan_out_goes_through_sqs_and_the_worker() {
-    // Threshold 2, pages of 2: five subscribers make three SQS messages.
+async fn a_large_fan_out_reaches_every_tab_with_the_sqs_worker_running() {
+    // Threshold 2, pages of 2: five subscribers make three SQS messages. That the pages
+    // really take the queue is proven in `aws_fanout.rs`; this is the whole local mode.
     let (gateway, _) = start_on_moto(2, true).await;
     let alice = token(&gateway, "alice");
     let board = create_board(&gateway, &alice, "popular").await;

@@ -1,0 +1,276 @@
+//! Delivery at the broker level, on the in-memory adapters and a schema of its own: when an
+//! event is split into fan-out pages, and how subscribers that ask the same thing share one
+//! rendering.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_graphql::{ComplexObject, Context, EmptyMutation, Object, Schema, SimpleObject};
+use broker::domain::{CONNECTION_LIFETIME_SECS, now_secs};
+use broker::memory::{
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+    RecordingGateway,
+};
+use broker::{
+    Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConnectionId, Event, EventRef,
+    EventStream, FanoutPage, Ports, Protocol, Subscription, SubscriptionKey, Topic, UserId, listen,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// How many times a `Tick` was rendered.
+#[derive(Clone, Default)]
+struct Renders(Arc<AtomicUsize>);
+
+#[derive(SimpleObject, Deserialize)]
+#[graphql(complex)]
+struct Tick {
+    n: i64,
+}
+
+#[ComplexObject]
+impl Tick {
+    /// Counts its own renderings.
+    async fn rendered(&self, ctx: &Context<'_>) -> bool {
+        ctx.data_unchecked::<Renders>()
+            .0
+            .fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+struct Query;
+
+#[Object]
+impl Query {
+    async fn version(&self) -> i32 {
+        1
+    }
+}
+
+struct SubscriptionRoot;
+
+#[async_graphql::Subscription]
+impl SubscriptionRoot {
+    async fn ticks(
+        &self,
+        ctx: &Context<'_>,
+        channel: String,
+    ) -> async_graphql::Result<EventStream<Tick>> {
+        listen(ctx, topic(&channel))
+    }
+}
+
+fn topic(channel: &str) -> Topic {
+    Topic::new(format!("ticks/{channel}"))
+}
+
+const TICKS: &str = "subscription($c: String!) { ticks(channel: $c) { n rendered } }";
+
+struct Setup {
+    broker: Broker,
+    gateway: Arc<RecordingGateway>,
+    pages: UnboundedReceiver<FanoutPage>,
+    renders: Renders,
+}
+
+fn setup(with_queue: bool, threshold: usize, page_size: usize) -> Setup {
+    let renders = Renders::default();
+    let schema = Schema::build(Query, EmptyMutation, SubscriptionRoot)
+        .data(renders.clone())
+        .finish();
+    let gateway = Arc::new(RecordingGateway::default());
+    let (queue, pages) = ChannelFanoutQueue::new();
+    let ports = Ports {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events: Arc::new(MemoryEventLog::default()),
+        gateway: gateway.clone(),
+        fanout: with_queue.then(|| Arc::new(queue) as _),
+    };
+    let config = BrokerConfig {
+        fanout_threshold: threshold,
+        fanout_page_size: page_size,
+        ..BrokerConfig::default()
+    };
+    let auth = Authenticator::new(AuthConfig {
+        secret: "delivery-test-secret-0123456789-0123456789".into(),
+        issuer: None,
+        audience: None,
+    });
+    Setup {
+        broker: Broker::new(schema, ports, auth, config),
+        gateway,
+        pages,
+        renders,
+    }
+}
+
+fn tick_subscription(connection: &str, user: &str, variables: Value) -> Subscription {
+    Subscription {
+        key: SubscriptionKey {
+            connection_id: ConnectionId::new(connection),
+            operation_id: "t".into(),
+        },
+        topic: topic("a"),
+        protocol: Protocol::GraphqlTransportWs,
+        principal: UserId::new(user),
+        document: TICKS.into(),
+        operation_name: None,
+        variables,
+        expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+    }
+}
+
+/// `count` subscribers of channel `a`, on connections `c0`, `c1`, ...
+async fn subscribers(broker: &Broker, count: usize) -> Vec<Subscription> {
+    let mut all = Vec::new();
+    for i in 0..count {
+        let s = tick_subscription(&format!("c{i}"), "alice", json!({"c": "a"}));
+        broker.ports().subscriptions.insert(&s).await.unwrap();
+        all.push(s);
+    }
+    all
+}
+
+async fn published(broker: &Broker, n: i64) -> Event {
+    let event = Event::new(topic("a"), json!({"n": n}), Audience::Everyone);
+    broker.ports().events.append(&event).await.unwrap();
+    event
+}
+
+fn drain(pages: &mut UnboundedReceiver<FanoutPage>) -> Vec<FanoutPage> {
+    std::iter::from_fn(|| pages.try_recv().ok()).collect()
+}
+
+#[tokio::test]
+async fn above_the_threshold_an_event_is_split_into_pages_of_the_page_size() {
+    let mut s = setup(true, 3, 2);
+    let subscriptions = subscribers(&s.broker, 7).await;
+    let event = published(&s.broker, 1).await;
+
+    let report = s.broker.deliver_event(event.clone()).await.unwrap();
+
+    assert_eq!(report.pages_enqueued, 4, "{report:?}");
+    assert_eq!(report.delivered, 0);
+    let pages = drain(&mut s.pages);
+    let sizes: Vec<usize> = pages.iter().map(|p| p.subscription_keys.len()).collect();
+    assert_eq!(sizes, vec![2, 2, 2, 1]);
+    let keys: BTreeSet<SubscriptionKey> = pages.iter().flat_map(FanoutPage::keys).collect();
+    let expected: BTreeSet<SubscriptionKey> = subscriptions.iter().map(|s| s.key.clone()).collect();
+    assert_eq!(keys, expected);
+    for s_ in &subscriptions {
+        assert!(s.gateway.take(&s_.key.connection_id).is_empty());
+    }
+    // Handing the pages to the queue completes the event's part: a retry skips it.
+    let reference = EventRef {
+        topic: event.topic.clone(),
+        event_id: event.id.clone(),
+    };
+    assert!(
+        s.broker
+            .ports()
+            .events
+            .is_delivered(&reference)
+            .await
+            .unwrap()
+    );
+
+    // Each page delivers to its own subscribers, once.
+    for page in &pages {
+        let report = s.broker.deliver_page(page).await.unwrap();
+        assert_eq!(report.delivered, page.subscription_keys.len());
+    }
+    for subscription in &subscriptions {
+        let frames = s.gateway.take(&subscription.key.connection_id);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0]["payload"]["data"]["ticks"]["n"], 1);
+    }
+}
+
+#[tokio::test]
+async fn at_the_threshold_an_event_is_delivered_inline() {
+    let mut s = setup(true, 3, 2);
+    let subscriptions = subscribers(&s.broker, 3).await;
+    let event = published(&s.broker, 2).await;
+
+    let report = s.broker.deliver_event(event).await.unwrap();
+
+    assert_eq!(report.pages_enqueued, 0);
+    assert_eq!(report.delivered, 3);
+    assert!(drain(&mut s.pages).is_empty());
+    for subscription in &subscriptions {
+        assert_eq!(s.gateway.take(&subscription.key.connection_id).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn without_a_queue_a_large_fan_out_is_delivered_inline() {
+    let s = setup(false, 3, 2);
+    let subscriptions = subscribers(&s.broker, 7).await;
+    let event = published(&s.broker, 3).await;
+
+    let report = s.broker.deliver_event(event).await.unwrap();
+
+    assert_eq!(report.pages_enqueued, 0);
+    assert_eq!(report.delivered, 7);
+    for subscription in &subscriptions {
+        assert_eq!(s.gateway.take(&subscription.key.connection_id).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn subscribers_asking_the_same_thing_share_one_rendering() {
+    let s = setup(false, 100, 50);
+    // Four of alice's tabs ask the same thing, over both subprotocols; then one tab of
+    // alice with other variables and one of bob with the same: three renderings.
+    let mut same = Vec::new();
+    for (i, protocol) in [
+        Protocol::GraphqlTransportWs,
+        Protocol::GraphqlWs,
+        Protocol::GraphqlTransportWs,
+        Protocol::GraphqlWs,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        same.push(Subscription {
+            protocol,
+            ..tick_subscription(&format!("alice-{i}"), "alice", json!({"c": "a"}))
+        });
+    }
+    let other_variables = tick_subscription("alice-x", "alice", json!({"c": "a", "x": 1}));
+    let other_user = tick_subscription("bob-0", "bob", json!({"c": "a"}));
+    for subscription in same.iter().chain([&other_variables, &other_user]) {
+        s.broker
+            .ports()
+            .subscriptions
+            .insert(subscription)
+            .await
+            .unwrap();
+    }
+    let event = published(&s.broker, 4).await;
+
+    let report = s.broker.deliver_event(event).await.unwrap();
+
+    assert_eq!(report.delivered, 6);
+    assert_eq!(s.renders.0.load(Ordering::SeqCst), 3);
+    let payloads: Vec<Value> = same
+        .iter()
+        .map(|sub| {
+            let frames = s.gateway.take(&sub.key.connection_id);
+            assert_eq!(frames.len(), 1);
+            frames[0]["payload"].clone()
+        })
+        .collect();
+    assert!(payloads.iter().all(|p| *p == payloads[0]), "{payloads:?}");
+    assert_eq!(
+        payloads[0]["data"]["ticks"],
+        json!({"n": 4, "rendered": true})
+    );
+    for sub in [&other_variables, &other_user] {
+        assert_eq!(s.gateway.take(&sub.key.connection_id).len(), 1);
+    }
+}

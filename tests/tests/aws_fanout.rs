@@ -1,0 +1,374 @@
+//! The SQS fan-out: the threshold that splits a delivery into pages, the batches the pages
+//! are sent in, and the dead-letter queue a page that keeps failing ends in. SQS is moto's,
+//! or a scripted server where a test must see the requests themselves.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use broker::aws::{
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, RetryPolicy,
+    SqsFanoutQueue,
+};
+use broker::domain::{CONNECTION_LIFETIME_SECS, now_secs};
+use broker::memory::{
+    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+};
+use broker::{
+    Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConnectionId, Event, FanoutPage,
+    FanoutQueue, Ports, Protocol, StoreError, Subscription, SubscriptionKey, Topic, UserId,
+};
+use broker_tests::aws::{Reply, ScriptedServer, fresh_queue, fresh_tables, sdk_config_for};
+use broker_tests::local::CARD_ADDED;
+use graphql_api::app::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
+use serde_json::{Value, json};
+
+const BOARD: &str = "b1";
+const OWNER: &str = "alice";
+
+/// The example app with one board of `alice`, on the given ports.
+async fn broker_on(ports: Ports, config: BrokerConfig) -> Broker {
+    let boards = Arc::new(MemoryBoardStore::default());
+    boards
+        .create_board(&Board {
+            id: BOARD.into(),
+            title: "Popular".into(),
+            owner: OWNER.into(),
+        })
+        .await
+        .unwrap();
+    let auth = Authenticator::new(AuthConfig {
+        secret: "fanout-test-secret-0123456789-0123456789".into(),
+        issuer: None,
+        audience: None,
+    });
+    Broker::new(build_schema(boards), ports, auth, config)
+}
+
+/// `alice`'s subscription to her board's new cards on connection `connection`.
+fn card_subscription(connection: &str) -> Subscription {
+    Subscription {
+        key: SubscriptionKey {
+            connection_id: ConnectionId::new(connection),
+            operation_id: "cards".into(),
+        },
+        topic: card_topic(BOARD),
+        protocol: Protocol::GraphqlTransportWs,
+        principal: UserId::new(OWNER),
+        document: CARD_ADDED.into(),
+        operation_name: None,
+        variables: json!({"b": BOARD}),
+        expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+    }
+}
+
+fn card_event(title: &str) -> Event {
+    Event::new(
+        card_topic(BOARD),
+        json!({"id": ulid::Ulid::new().to_string(), "boardId": BOARD, "title": title}),
+        Audience::User(UserId::new(OWNER)),
+    )
+}
+
+/// An SQS message as the event source mapping hands it to the worker.
+fn lambda_message(message: &aws_sdk_sqs::types::Message) -> SqsMessage {
+    let mut lambda = SqsMessage::default();
+    lambda.message_id = message.message_id().map(str::to_owned);
+    lambda.receipt_handle = message.receipt_handle().map(str::to_owned);
+    lambda.body = message.body().map(str::to_owned);
+    lambda.event_source = Some("aws:sqs".to_owned());
+    lambda
+}
+
+async fn receive(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    visibility: i32,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(visibility)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn above_the_threshold_an_event_goes_out_as_sqs_pages_that_the_worker_delivers() {
+    // GIVEN five subscribers in DynamoDB, a threshold of 2 and pages of 2
+    let tables = fresh_tables().await;
+    let (sqs, url) = fresh_queue().await;
+    let client = tables.dynamodb.clone();
+    let gateway = Arc::new(RecordingGateway::default());
+    let ports = Ports {
+        connections: Arc::new(DynamoDbConnectionStore::new(
+            client.clone(),
+            &tables.names.connections,
+        )),
+        subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        events: Arc::new(DynamoDbEventLog::new(client, &tables.names.events)),
+        gateway: gateway.clone(),
+        fanout: Some(Arc::new(SqsFanoutQueue::new(sqs.clone(), &url))),
+    };
+    let config = BrokerConfig {
+        fanout_threshold: 2,
+        fanout_page_size: 2,
+        ..BrokerConfig::default()
+    };
+    let broker = broker_on(ports, config).await;
+    let connections: Vec<String> = (0..5).map(|i| format!("tab-{i}")).collect();
+    for connection in &connections {
+        let subscription = card_subscription(connection);
+        broker
+            .ports()
+            .subscriptions
+            .insert(&subscription)
+            .await
+            .unwrap();
+    }
+    let event = card_event("to everyone");
+    broker.ports().events.append(&event).await.unwrap();
+
+    // WHEN the stream publisher delivers the event
+    let report = broker.deliver_event(event.clone()).await.unwrap();
+
+    // THEN it posted nothing itself and queued three pages covering every subscriber once
+    assert_eq!(report.pages_enqueued, 3, "{report:?}");
+    assert_eq!(report.delivered, 0, "{report:?}");
+    for connection in &connections {
+        assert!(
+            gateway
+                .take(&ConnectionId::new(connection.as_str()))
+                .is_empty()
+        );
+    }
+    let mut messages = Vec::new();
+    for _ in 0..10 {
+        if messages.len() == 3 {
+            break;
+        }
+        messages.extend(receive(&sqs, &url, 30).await);
+    }
+    assert_eq!(messages.len(), 3);
+    let mut keys = Vec::new();
+    for message in &messages {
+        let page: FanoutPage = serde_json::from_str(message.body().unwrap()).unwrap();
+        assert_eq!(page.event_id, event.id);
+        assert!(page.subscription_keys.len() <= 2, "{page:?}");
+        keys.extend(page.subscription_keys);
+    }
+    keys.sort();
+    let expected: Vec<String> = connections.iter().map(|c| format!("{c}#cards")).collect();
+    assert_eq!(keys, expected);
+
+    // AND the fan-out worker, handed those messages, delivers to every subscriber once
+    let mut batch = SqsEvent::default();
+    batch.records = messages.iter().map(lambda_message).collect();
+    let response = publisher::fanout::handle(&broker, batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    for connection in &connections {
+        let frames = gateway.take(&ConnectionId::new(connection.as_str()));
+        assert_eq!(frames.len(), 1, "{connection}: {frames:?}");
+        assert_eq!(frames[0]["type"], "next");
+        assert_eq!(frames[0]["id"], "cards");
+        assert_eq!(
+            frames[0]["payload"]["data"]["cardAdded"]["title"],
+            "to everyone"
+        );
+    }
+}
+
+/// A queue that sends to `server` instead of SQS, retrying failed entries at once.
+async fn queue_at(server: &ScriptedServer) -> SqsFanoutQueue {
+    let config = sdk_config_for(&server.endpoint).await;
+    let config = aws_sdk_sqs::config::Builder::from(&config)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let url = format!("{}/123456789012/fanout", server.endpoint);
+    SqsFanoutQueue::new(aws_sdk_sqs::Client::from_conf(config), url).with_retry_policy(
+        RetryPolicy {
+            retries: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        },
+    )
+}
+
+fn pages(count: usize) -> Vec<FanoutPage> {
+    (0..count)
+        .map(|i| FanoutPage {
+            topic: Topic::new("board/b1/cardAdded"),
+            event_id: format!("event-{i}"),
+            subscription_keys: vec![format!("conn-{i}#1")],
+        })
+        .collect()
+}
+
+/// The SendMessageBatch requests the server saw: each one's entries as (id, page).
+fn batches(server: &ScriptedServer) -> Vec<Vec<(String, FanoutPage)>> {
+    server
+        .requests()
+        .iter()
+        .map(|request| {
+            assert_eq!(
+                request.header("x-amz-target"),
+                Some("AmazonSQS.SendMessageBatch")
+            );
+            let body: Value = serde_json::from_slice(&request.body).unwrap();
+            body["Entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|entry| {
+                    let id = entry["Id"].as_str().unwrap().to_owned();
+                    let page = serde_json::from_str(entry["MessageBody"].as_str().unwrap());
+                    (id, page.unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+const ALL_SENT: &str = r#"{"Successful": [], "Failed": []}"#;
+
+#[tokio::test]
+async fn sqs_pages_are_sent_in_batches_of_ten() {
+    let server = ScriptedServer::start(vec![Reply::new(200, ALL_SENT)]).await;
+    let queue = queue_at(&server).await;
+    let sent = pages(23);
+    queue.enqueue(&sent).await.unwrap();
+    queue.enqueue(&[]).await.unwrap();
+
+    let batches = batches(&server);
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![10, 10, 3]);
+    let in_order: Vec<FanoutPage> = batches.into_iter().flatten().map(|(_, p)| p).collect();
+    assert_eq!(in_order, sent);
+}
+
+#[tokio::test]
+async fn entries_sqs_failed_on_its_side_are_sent_again_alone() {
+    let server = ScriptedServer::start(vec![
+        Reply::new(
+            200,
+            r#"{"Successful": [], "Failed": [
+                {"Id": "3", "SenderFault": false, "Code": "InternalError", "Message": "try again"}
+            ]}"#,
+        ),
+        Reply::new(200, ALL_SENT),
+    ])
+    .await;
+    let queue = queue_at(&server).await;
+    let sent = pages(5);
+    queue.enqueue(&sent).await.unwrap();
+
+    let batches = batches(&server);
+    assert_eq!(batches.len(), 2);
+    assert_eq!(batches[0].len(), 5);
+    assert_eq!(batches[1], vec![("3".to_owned(), sent[3].clone())]);
+}
+
+#[tokio::test]
+async fn an_entry_refused_as_the_senders_fault_fails_the_enqueue() {
+    let server = ScriptedServer::start(vec![Reply::new(
+        200,
+        r#"{"Successful": [], "Failed": [
+            {"Id": "1", "SenderFault": true, "Code": "InvalidParameterValue", "Message": "no"}
+        ]}"#,
+    )])
+    .await;
+    let queue = queue_at(&server).await;
+    let result = queue.enqueue(&pages(3)).await;
+    let Err(StoreError::Backend { source }) = result else {
+        panic!("expected a backend error, got {result:?}");
+    };
+    assert!(
+        source.to_string().contains("InvalidParameterValue"),
+        "{source}"
+    );
+    // Retrying cannot help: one request only.
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_page_that_keeps_failing_is_redriven_to_the_dead_letter_queue() {
+    // GIVEN a page for a subscriber whose posts fail and a page for one whose posts pass
+    let (sqs, url) = fresh_queue().await;
+    let dead_letters = format!("{url}-dlq");
+    let gateway = Arc::new(RecordingGateway::default());
+    let ports = Ports {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events: Arc::new(MemoryEventLog::default()),
+        gateway: gateway.clone(),
+        fanout: None,
+    };
+    let broker = broker_on(ports, BrokerConfig::default()).await;
+    let (failing, working) = (card_subscription("failing"), card_subscription("working"));
+    for s in [&failing, &working] {
+        broker.ports().subscriptions.insert(s).await.unwrap();
+    }
+    gateway.set_failing(&failing.key.connection_id);
+    let event = card_event("doomed");
+    broker.ports().events.append(&event).await.unwrap();
+    let page = |s: &Subscription| FanoutPage {
+        topic: event.topic.clone(),
+        event_id: event.id.clone(),
+        subscription_keys: vec![s.key.encode()],
+    };
+    let (doomed, fine) = (page(&failing), page(&working));
+    SqsFanoutQueue::new(sqs.clone(), &url)
+        .enqueue(&[doomed.clone(), fine.clone()])
+        .await
+        .unwrap();
+
+    // WHEN the worker runs as the event source mapping does: receive, handle, delete what
+    // the handler did not report failed (visibility 0, so a failure comes back at once)
+    let mut handled: Vec<FanoutPage> = Vec::new();
+    for _ in 0..20 {
+        let messages = receive(&sqs, &url, 0).await;
+        if messages.is_empty() && !handled.is_empty() {
+            break;
+        }
+        let mut batch = SqsEvent::default();
+        batch.records = messages.iter().map(lambda_message).collect();
+        let failed: BTreeSet<String> = publisher::fanout::handle(&broker, batch)
+            .await
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        for message in &messages {
+            handled.push(serde_json::from_str(message.body().unwrap()).unwrap());
+            if !failed.contains(message.message_id().unwrap()) {
+                sqs.delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    // THEN the working page was handled once, the failing one as often as the queue's
+    // maxReceiveCount allows, and only the failing one is in the dead-letter queue
+    assert_eq!(handled.iter().filter(|p| **p == fine).count(), 1);
+    assert_eq!(handled.iter().filter(|p| **p == doomed).count(), 5);
+    assert_eq!(gateway.take(&working.key.connection_id).len(), 1);
+    let dead: Vec<FanoutPage> = receive(&sqs, &dead_letters, 30)
+        .await
+        .iter()
+        .map(|m| serde_json::from_str(m.body().unwrap()).unwrap())
+        .collect();
+    assert_eq!(dead, vec![doomed]);
+    assert!(receive(&sqs, &url, 0).await.is_empty());
+}
