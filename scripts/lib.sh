@@ -7,6 +7,8 @@
 #   quietly LABEL CMD...       run CMD with its output kept in a log, shown only on failure
 #   moto_start / moto_stop     a moto_server on a free loopback port (MOTO_ENDPOINT, MOTO_PID)
 #   export_test_env            the environment the Rust tests expect
+#   npm_ci DIR                 `npm ci` in DIR unless node_modules matches its lockfile
+#   stamp_of FILE...           a digest of the files' contents
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="$ROOT/.tools"
@@ -82,4 +84,23 @@ export_test_env() {
   export AWS_DEFAULT_REGION=us-east-1
   unset AWS_PROFILE AWS_SESSION_TOKEN
   export NODE_CLIENTS_DIR="$ROOT/tests/node"
+}
+
+stamp_of() {
+  cat "$@" | sha256sum | cut -d' ' -f1
+}
+
+# Installs DIR's npm packages from its lockfile, unless node_modules carries a stamp of the
+# same package.json and lockfile (`npm install` writes the lockfile when there is none).
+npm_ci() {
+  local dir=$1 files=("$1/package.json") want
+  [[ -f "$dir/package-lock.json" ]] && files+=("$dir/package-lock.json")
+  want=$(stamp_of "${files[@]}")
+  [[ "$(cat "$dir/node_modules/.stamp" 2>/dev/null)" == "$want" ]] && return 0
+  if [[ -f "$dir/package-lock.json" ]]; then
+    (cd "$dir" && quietly "npm ci $(basename "$dir")" npm ci --no-audit --no-fund)
+  else
+    (cd "$dir" && quietly "npm install $(basename "$dir")" npm install --no-audit --no-fund)
+  fi
+  stamp_of "$dir/package.json" "$dir/package-lock.json" >"$dir/node_modules/.stamp"
 }

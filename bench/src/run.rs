@@ -187,6 +187,7 @@ fn local_options(config: &Config, mode: Mode) -> Options {
         poll_interval: config.poll_interval,
         // The emulator modes switch it when they start.
         backend: Backend::Embedded,
+        web: local_gateway::WebOptions::default(),
     }
 }
 

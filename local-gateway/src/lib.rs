@@ -10,6 +10,7 @@
 //! - [`aws`]: the same on DynamoDB (an emulator or an account): the events table's real
 //!   stream through `aws-sdk-dynamodbstreams`, and SQS for the fan-out worker.
 //! - [`events`]: the API Gateway event shapes.
+//! - [`web`]: the web app at `/` and its development sign-in (local mode only).
 //!
 //! Handlers post to sockets through the real `aws-sdk-apigatewaymanagement` client, pointed
 //! at this process's own Management API: every frame takes the hop it takes on AWS.
@@ -20,6 +21,7 @@ pub mod fanout;
 pub mod server;
 pub mod sockets;
 pub mod stream;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::server::AppState;
 use crate::sockets::Sockets;
+pub use crate::web::WebOptions;
 
 /// Lambda polls a stream shard four times a second.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -49,6 +52,8 @@ pub struct Options {
     /// Wait between two polls of an empty stream; zero waits for the next append instead.
     pub poll_interval: Duration,
     pub backend: Backend,
+    /// The web app and the development sign-in.
+    pub web: WebOptions,
 }
 
 /// Where state lives.
@@ -63,7 +68,9 @@ pub enum Backend {
 impl Options {
     /// The configuration the Lambda functions read (`JWT_*`, `DELIVERY_MODE`, `FANOUT_*`),
     /// with the documented development secret when `JWT_SECRET` is unset, and
-    /// `STREAM_POLL_INTERVAL_MS` (default 250).
+    /// `STREAM_POLL_INTERVAL_MS` (default 250), and the web app from `BROKER_WEB_DIR` (default:
+    /// this source tree's `web/dist`). The development sign-in is on only while the
+    /// development secret is in use.
     pub fn from_env() -> anyhow::Result<Self> {
         let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
         let broker = BrokerConfig::from_env().map_err(anyhow::Error::msg)?;
@@ -75,11 +82,19 @@ impl Options {
             ),
             _ => DEFAULT_POLL_INTERVAL,
         };
+        let web = WebOptions {
+            dir: Some(match std::env::var_os("BROKER_WEB_DIR") {
+                Some(dir) if !dir.is_empty() => dir.into(),
+                _ => WebOptions::source_tree_dir(),
+            }),
+            dev_tokens: auth.secret == broker::auth::DEVELOPMENT_SECRET,
+        };
         Ok(Self {
             auth,
             broker,
             poll_interval,
             backend: Backend::Embedded,
+            web,
         })
     }
 }
@@ -146,7 +161,8 @@ impl LocalGateway {
         let app = server::router(AppState {
             broker: broker.clone(),
             sockets: sockets.clone(),
-        });
+        })
+        .merge(web::router(&options.web, broker.authenticator().clone()));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "server stopped");
@@ -162,6 +178,11 @@ impl LocalGateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The web app's address (when [`Options::web`] names its folder).
+    pub fn web_url(&self) -> String {
+        format!("http://{}/", self.addr)
     }
 
     pub fn broker(&self) -> &Broker {

@@ -92,6 +92,14 @@ async fn serve(listen: SocketAddr, options: Options) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let gateway = LocalGateway::start(listener, options.clone()).await?;
+    if options.web.dir.is_some() {
+        tracing::info!(url = %gateway.web_url(), "the web app");
+    }
+    if options.web.dev_tokens {
+        tracing::warn!(
+            "POST /dev/token signs in any user name without a password: for local development only"
+        );
+    }
     tracing::info!(
         http = %gateway.graphql_url(),
         websocket = %gateway.websocket_url(),
