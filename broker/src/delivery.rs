@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde::Serialize;
 
-use crate::domain::{Audience, ConnectionId, Event, EventRef, Subscription, Topic, UserId};
+use crate::domain::{
+    Audience, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId,
+};
 use crate::graphql;
 use crate::ports::{FanoutPage, GatewayError, StoreError};
 use crate::protocol::CloseCode;
@@ -25,9 +27,12 @@ pub enum PublishError {
     Store(#[from] StoreError),
 }
 
-/// A resolver that takes longer than this to render one event fails that event (to be
-/// retried) instead of stalling the whole batch until the function times out.
-const RENDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A post that fails for a reason retrying may fix (a timeout, a 5xx, a throttle) is tried
+/// again this many times, for that subscriber alone, after these pauses.
+const POST_RETRY_PAUSES: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+];
 
 /// What happened to one event (or one fan-out page).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,6 +51,8 @@ pub struct DeliveryReport {
     pub failed: usize,
     /// Fan-out pages handed to the queue instead of delivering here.
     pub pages_enqueued: usize,
+    /// The subscriptions counted in `failed`: what a retry must reach, and nothing else.
+    pub failed_keys: Vec<SubscriptionKey>,
 }
 
 impl DeliveryReport {
@@ -61,6 +68,7 @@ impl DeliveryReport {
         self.dropped += other.dropped;
         self.failed += other.failed;
         self.pages_enqueued += other.pages_enqueued;
+        self.failed_keys.extend(other.failed_keys);
     }
 }
 
@@ -144,7 +152,14 @@ impl Broker {
                     ..Default::default()
                 }
             }
-            _ => self.deliver_to(Arc::new(event), subscriptions).await,
+            _ => {
+                let report = self
+                    .deliver_to(Arc::new(event.clone()), subscriptions)
+                    .await;
+                // Retrying the whole event would post again to every subscriber already
+                // served: with a queue, only the failed ones go to a fan-out page.
+                self.requeue_failures(&event, report).await
+            }
         };
         if report.is_complete() {
             self.ports().events.mark_delivered(&reference).await?;
@@ -164,7 +179,49 @@ impl Broker {
             .subscriptions
             .get_many(&reference.topic, &page.keys())
             .await?;
-        Ok(self.deliver_to(Arc::new(event), subscriptions).await)
+        let report = self
+            .deliver_to(Arc::new(event.clone()), subscriptions)
+            .await;
+        // When nothing was posted the page can be retried as it is (by the queue, then its
+        // dead-letter queue) without a duplicate. Otherwise only the subscriptions that
+        // failed go on, in a smaller page, and this one is done.
+        if report.delivered == 0 {
+            return Ok(report);
+        }
+        Ok(self.requeue_failures(&event, report).await)
+    }
+
+    /// Hands the subscriptions an event failed to reach to the fan-out queue as pages of
+    /// their own, so a retry reaches them and nobody else. Without a queue (or when it
+    /// refuses) the report stays incomplete and the event is retried whole.
+    async fn requeue_failures(&self, event: &Event, mut report: DeliveryReport) -> DeliveryReport {
+        let Some(queue) = &self.ports().fanout else {
+            return report;
+        };
+        if report.failed == 0 || report.failed_keys.len() != report.failed {
+            return report;
+        }
+        let pages: Vec<FanoutPage> = report
+            .failed_keys
+            .chunks(self.config().fanout_page_size)
+            .map(|chunk| FanoutPage {
+                topic: event.topic.clone(),
+                event_id: event.id.clone(),
+                subscription_keys: chunk.iter().map(|k| k.encode()).collect(),
+            })
+            .collect();
+        match queue.enqueue(&pages).await {
+            Ok(()) => {
+                tracing::info!(event = %event.id, failed = report.failed, "failed posts re-enqueued alone");
+                report.pages_enqueued += pages.len();
+                report.failed = 0;
+                report.failed_keys.clear();
+            }
+            Err(e) => {
+                tracing::warn!(event = %event.id, error = %e, "re-enqueueing failed posts failed")
+            }
+        }
+        report
     }
 
     /// Renders and posts `event` to `subscriptions`.
@@ -189,32 +246,57 @@ impl Broker {
         }
         report.refused = refused.len();
 
-        // Render once per distinct (document, operation, variables, user).
-        let mut groups: HashMap<(&str, Option<&str>, String, &UserId), Vec<&Subscription>> =
-            HashMap::new();
-        for s in &admitted {
+        // Render once per distinct (document, operation, variables, user). Renderings run
+        // concurrently, each bounded by the render timeout: a slow resolver delays its own
+        // group only. The documents come parsed and priced from the cache.
+        // Groups hold indices into `admitted`: owned values keep the concurrent renderings'
+        // futures free of borrowed arguments.
+        let mut groups: HashMap<(&str, Option<&str>, String, &UserId), Vec<usize>> = HashMap::new();
+        for (index, s) in admitted.iter().enumerate() {
             let key = (
                 s.document.as_str(),
                 s.operation_name.as_deref(),
                 s.variables.to_string(),
                 &s.principal,
             );
-            groups.entry(key).or_default().push(s);
+            groups.entry(key).or_default().push(index);
         }
-        let mut frames: Vec<(ConnectionId, String)> = Vec::with_capacity(admitted.len());
-        for members in groups.into_values() {
-            let first = members[0];
-            let data = |r| self.request_data(first.principal.clone(), r);
-            let rendering = graphql::render(self.inner.executor.as_ref(), first, &event, data);
-            match tokio::time::timeout(RENDER_TIMEOUT, rendering).await {
+        let timeout = self.config().render_timeout;
+        let (admitted, event) = (&admitted, &event);
+        let renderings: Vec<(Vec<usize>, Result<Option<String>, _>)> =
+            stream::iter(groups.into_values())
+                .map(|members| async move {
+                    let first = &admitted[members[0]];
+                    let data = |r| self.request_data(first.principal.clone(), r);
+                    let rendering = graphql::render(
+                        self.inner.executor.as_ref(),
+                        &self.inner.documents,
+                        &self.config().limits,
+                        first,
+                        event,
+                        data,
+                    );
+                    (members, tokio::time::timeout(timeout, rendering).await)
+                })
+                .buffer_unordered(self.config().render_concurrency.max(1))
+                .collect()
+                .await;
+        let mut frames: Vec<(ConnectionId, Option<SubscriptionKey>, String)> =
+            Vec::with_capacity(admitted.len());
+        for (members, rendered) in renderings {
+            let members: Vec<&Subscription> = members.iter().map(|&i| &admitted[i]).collect();
+            match rendered {
                 Ok(Some(payload)) => frames.extend(members.iter().map(|s| {
                     let frame = s.protocol.next(&s.key.operation_id, &payload);
-                    (s.key.connection_id.clone(), frame)
+                    (s.key.connection_id.clone(), Some(s.key.clone()), frame)
                 })),
                 Ok(None) => report.filtered += members.len(),
                 Err(_) => {
                     tracing::error!(event = %event.id, "rendering timed out");
                     report.failed += members.len();
+                    report
+                        .failed_keys
+                        .extend(members.iter().map(|s| s.key.clone()));
                 }
             }
         }
@@ -224,20 +306,31 @@ impl Broker {
         report
     }
 
-    /// Posts frames concurrently, cleaning up connections that are gone.
-    async fn post_all(&self, frames: Vec<(ConnectionId, String)>) -> DeliveryReport {
+    /// Posts frames concurrently, cleaning up connections that are gone. A post that fails
+    /// for a reason retrying may fix is retried here, for its subscriber alone.
+    async fn post_all(
+        &self,
+        frames: Vec<(ConnectionId, Option<SubscriptionKey>, String)>,
+    ) -> DeliveryReport {
         let gateway = &self.ports().gateway;
-        let outcomes: Vec<(ConnectionId, Result<(), GatewayError>)> = stream::iter(frames)
-            .map(|(connection, frame)| async move {
-                let outcome = gateway.post(&connection, &frame).await;
-                (connection, outcome)
+        let outcomes: Vec<_> = stream::iter(frames)
+            .map(|(connection, key, frame)| async move {
+                let mut outcome = gateway.post(&connection, &frame).await;
+                for pause in POST_RETRY_PAUSES {
+                    if !matches!(outcome, Err(GatewayError::Backend { .. })) {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    outcome = gateway.post(&connection, &frame).await;
+                }
+                (connection, key, outcome)
             })
             .buffer_unordered(self.config().post_concurrency)
             .collect()
             .await;
         let mut report = DeliveryReport::default();
         let mut forgotten = HashSet::new();
-        for (connection, outcome) in outcomes {
+        for (connection, key, outcome) in outcomes {
             match outcome {
                 Ok(()) => report.delivered += 1,
                 Err(GatewayError::Gone) => {
@@ -256,6 +349,7 @@ impl Broker {
                 }
                 Err(e) => {
                     report.failed += 1;
+                    report.failed_keys.extend(key);
                     tracing::warn!(%connection, error = %e, "post failed");
                 }
             }
@@ -270,7 +364,7 @@ impl Broker {
         let frames = connections
             .into_iter()
             .filter(|c| c.initialised)
-            .map(|c| (c.id, frame.to_owned()))
+            .map(|c| (c.id, None, frame.to_owned()))
             .collect();
         Ok(self.post_all(frames).await.delivered)
     }

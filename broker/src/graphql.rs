@@ -8,15 +8,17 @@
 //!   topic matches, and async-graphql renders exactly the selection, aliases, variables and
 //!   errors of the stored document.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use async_graphql::parser::types::OperationType;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Context, Executor, Request, Response, ServerError, Variables};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use serde::de::DeserializeOwned;
 
+use crate::cost::CostLimits;
 use crate::domain::{Event, Principal, Subscription, Topic, UserId};
 
 /// An app's schema as the broker sees it. Implemented for every `async_graphql::Schema`.
@@ -105,20 +107,102 @@ pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a UserId> 
         .ok_or_else(|| async_graphql::Error::new("authentication required"))
 }
 
-/// Which kind of operation a request would run; `None` when the document does not parse or
-/// names no operation it contains (executing it then reports the error).
+/// Which kind of operation a request would run; `None` when the document is refused by the
+/// default [`CostLimits`], does not parse, or names no operation it contains (executing it
+/// then reports the error). [`crate::Broker::operation_type`] applies the broker's own limits
+/// and keeps the parsed document.
 pub fn operation_type(request: &Request) -> Option<OperationType> {
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let document = CostLimits::default().parse(&request.query).ok()?;
+    selected_operation(&document, request.operation_name.as_deref())
+}
+
+/// The kind of the operation a request selects by `operation_name` (or the only one).
+pub(crate) fn selected_operation(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<OperationType> {
     let mut operations = document.operations.iter();
-    match &request.operation_name {
+    match operation_name {
         Some(name) => operations
-            .find(|(n, _)| n.map(|n| n.as_str()) == Some(name.as_str()))
+            .find(|(n, _)| n.map(|n| n.as_str()) == Some(name))
             .map(|(_, op)| op.node.ty),
         None => {
             let (_, first) = operations.next()?;
             operations.next().is_none().then_some(first.node.ty)
         }
     }
+}
+
+/// Bytes of document text the per-process cache keeps (their parsed forms take a few times
+/// more). Enough for thousands of distinct subscription documents.
+pub(crate) const DOCUMENT_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Parsed, cost-checked documents, keyed by their text: a document is parsed and priced
+/// once per process, however many requests, subscribers and events use it. Bounded by the
+/// bytes of text it holds; when full, arbitrary entries make room (a document evicted is
+/// only parsed again, never wrong). Refused documents are not kept.
+pub(crate) struct DocumentCache {
+    entries: Mutex<CacheEntries>,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    documents: HashMap<Arc<str>, Arc<ExecutableDocument>>,
+    bytes: usize,
+}
+
+impl DocumentCache {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            max_bytes,
+        }
+    }
+
+    pub(crate) fn get_or_parse(
+        &self,
+        limits: &CostLimits,
+        text: &str,
+    ) -> Result<Arc<ExecutableDocument>, ServerError> {
+        if let Some(document) = self.lock().documents.get(text) {
+            return Ok(document.clone());
+        }
+        // Parsed outside the lock: other requests go on meanwhile.
+        let document = Arc::new(limits.parse(text)?);
+        let mut entries = self.lock();
+        while entries.bytes + text.len() > self.max_bytes {
+            let Some(victim) = entries.documents.keys().next().cloned() else {
+                break;
+            };
+            entries.documents.remove(&victim);
+            entries.bytes -= victim.len();
+        }
+        if entries
+            .documents
+            .insert(Arc::from(text), document.clone())
+            .is_none()
+        {
+            entries.bytes += text.len();
+        }
+        Ok(document)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().documents.len()
+    }
+}
+
+/// Whether the resolver runs at `subscribe` (registration) rather than for an event. An
+/// authorization decision that reads the store belongs here: at delivery, the event's
+/// audience decides who receives it, and no resolver needs to read anything per subscriber.
+pub fn registering(ctx: &Context<'_>) -> bool {
+    ctx.data_opt::<Registration>().is_some()
 }
 
 /// Runs a subscription request in registration mode: the topic it listens to, or the
@@ -153,20 +237,31 @@ pub(crate) async fn register(
 /// Renders `event` for one stored subscription: the serialized `payload` of a `next`
 /// message, or `None` when the subscription does not produce anything for it. `extra` adds
 /// the request data every execution gets (the subscriber as `Principal`, the publisher).
+///
+/// The document comes parsed from `documents` (it was checked at `subscribe`): an event costs
+/// no parsing per subscriber. One stored before a limit was lowered is refused with an
+/// error, which the subscriber receives.
 pub(crate) async fn render(
     executor: &dyn GraphqlExecutor,
+    documents: &DocumentCache,
+    limits: &CostLimits,
     subscription: &Subscription,
     event: &Arc<Event>,
     extra: impl FnOnce(Request) -> Request,
 ) -> Option<String> {
-    let request = Request::new(subscription.document.clone())
-        .variables(Variables::from_json(subscription.variables.clone()))
-        .data(Delivery(event.clone()));
-    let request = match &subscription.operation_name {
-        Some(name) => request.operation_name(name.clone()),
-        None => request,
+    let mut response = match documents.get_or_parse(limits, &subscription.document) {
+        Ok(document) => {
+            let mut request = Request::new(subscription.document.clone())
+                .variables(Variables::from_json(subscription.variables.clone()))
+                .data(Delivery(event.clone()));
+            if let Some(name) = &subscription.operation_name {
+                request = request.operation_name(name.clone());
+            }
+            request.set_parsed_query(document.as_ref().clone());
+            executor.execute_stream(extra(request)).next().await?
+        }
+        Err(error) => Response::from_errors(vec![error]),
     };
-    let mut response = executor.execute_stream(extra(request)).next().await?;
     // Lambda delivers at least once: the event id lets a client drop a repeated message.
     response.extensions.insert(
         "eventId".to_owned(),
@@ -181,4 +276,38 @@ pub(crate) fn errors_json(errors: &[ServerError]) -> Vec<serde_json::Value> {
         .iter()
         .map(|e| serde_json::to_value(e).expect("a GraphQL error serializes to JSON"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_parses_a_document_once_and_stays_within_its_bytes() {
+        let cache = DocumentCache::new(100);
+        let limits = CostLimits::default();
+        let a = cache.get_or_parse(&limits, "{ a }").unwrap();
+        let again = cache.get_or_parse(&limits, "{ a }").unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &again),
+            "the second use must not parse again"
+        );
+        for i in 0..50 {
+            cache
+                .get_or_parse(&limits, &format!("{{ field{i} }}"))
+                .unwrap();
+        }
+        // 50 documents of 10-11 bytes do not fit in 100 bytes.
+        assert!(cache.len() <= 10, "{} documents kept", cache.len());
+        assert!(cache.lock().bytes <= 100);
+    }
+
+    #[test]
+    fn the_cache_keeps_no_refused_document() {
+        let cache = DocumentCache::new(1 << 20);
+        let bomb = format!("{{ {} }}", "id ".repeat(2_000));
+        assert!(cache.get_or_parse(&CostLimits::default(), &bomb).is_err());
+        assert!(cache.get_or_parse(&CostLimits::default(), "{ a(").is_err());
+        assert_eq!(cache.len(), 0);
+    }
 }

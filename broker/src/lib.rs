@@ -6,6 +6,7 @@
 //! - [`auth`]: JWT verification (and minting, for development).
 //! - [`ports`]: the storage, queue and gateway interfaces the broker is written against.
 //! - [`memory`]: in-memory adapters; `aws` (feature `aws`): DynamoDB, SQS, API Gateway.
+//! - [`cost`]: what one GraphQL document may cost, checked before any resolver runs.
 //! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
 //! - [`session`]: the WebSocket routes (`$connect`, `$default`, `$disconnect`).
 //! - [`delivery`]: publishing, delivering one event to its subscribers, fan-out pages,
@@ -17,6 +18,7 @@
 pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod cost;
 pub mod delivery;
 pub mod domain;
 pub mod graphql;
@@ -29,14 +31,17 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_graphql::parser::types::OperationType;
+
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator};
+pub use cost::{CostError, CostLimits};
 pub use delivery::{DeliveryReport, PublishError, Publisher};
 pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,
 };
-pub use graphql::{EventStream, GraphqlExecutor, internal_error, listen, principal};
+pub use graphql::{EventStream, GraphqlExecutor, internal_error, listen, principal, registering};
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
     StoreError, SubscriptionStore,
@@ -81,6 +86,19 @@ pub struct BrokerConfig {
     pub post_concurrency: usize,
     /// A `connection_init` arriving later than this after `$connect` closes with 4408.
     pub init_timeout: Duration,
+    /// The budget of every document the broker runs (HTTP, socket operations, subscriptions).
+    pub limits: CostLimits,
+    /// Bytes of one HTTP request body (or query string). API Gateway's WebSocket message
+    /// limit (128 KB) by default, so a request is refused alike on either transport; at most
+    /// the 6 MB a Lambda invocation can carry.
+    pub max_request_bytes: usize,
+    /// Subscriptions one connection may hold at once (AppSync's limit is 100).
+    pub max_subscriptions_per_connection: usize,
+    /// Rendering one event for one group of subscribers that takes longer fails that group's
+    /// delivery (to be retried) instead of holding up the rest.
+    pub render_timeout: Duration,
+    /// Renderings of one event in flight at once.
+    pub render_concurrency: usize,
 }
 
 impl Default for BrokerConfig {
@@ -91,13 +109,20 @@ impl Default for BrokerConfig {
             fanout_page_size: 50,
             post_concurrency: 64,
             init_timeout: Duration::from_secs(30),
+            limits: CostLimits::default(),
+            max_request_bytes: 128 * 1024,
+            max_subscriptions_per_connection: 100,
+            render_timeout: Duration::from_secs(5),
+            render_concurrency: 16,
         }
     }
 }
 
 impl BrokerConfig {
-    /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `POST_CONCURRENCY`;
-    /// absent variables keep their defaults, malformed ones are an error.
+    /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `POST_CONCURRENCY`,
+    /// `MAX_REQUEST_BYTES`, `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`,
+    /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`; absent variables keep their
+    /// defaults, malformed ones are an error.
     pub fn from_env() -> Result<Self, String> {
         fn var<T: FromStr>(name: &str) -> Result<Option<T>, String>
         where
@@ -125,6 +150,24 @@ impl BrokerConfig {
         if let Some(n) = var::<usize>("POST_CONCURRENCY")? {
             config.post_concurrency = n.max(1);
         }
+        if let Some(n) = var::<usize>("MAX_REQUEST_BYTES")? {
+            config.max_request_bytes = n.clamp(1024, 6 * 1024 * 1024);
+        }
+        if let Some(n) = var::<usize>("MAX_DOCUMENT_BYTES")? {
+            config.limits.max_document_bytes = n.max(64);
+        }
+        if let Some(n) = var::<u64>("MAX_FIELDS")? {
+            config.limits.max_fields = n.max(1);
+        }
+        if let Some(n) = var::<usize>("MAX_DEPTH")? {
+            config.limits.max_depth = n.max(1);
+        }
+        if let Some(n) = var("MAX_SUBSCRIPTIONS_PER_CONNECTION")? {
+            config.max_subscriptions_per_connection = n;
+        }
+        if let Some(ms) = var::<u64>("RENDER_TIMEOUT_MS")? {
+            config.render_timeout = Duration::from_millis(ms.max(1));
+        }
         Ok(config)
     }
 }
@@ -148,6 +191,8 @@ pub struct Broker {
 
 struct Inner {
     executor: Arc<dyn GraphqlExecutor>,
+    /// Documents parsed and cost-checked once, reused by every later request and event.
+    documents: graphql::DocumentCache,
     ports: Ports,
     auth: Authenticator,
     config: BrokerConfig,
@@ -163,6 +208,7 @@ impl Broker {
         Self {
             inner: Arc::new(Inner {
                 executor: Arc::new(executor),
+                documents: graphql::DocumentCache::new(graphql::DOCUMENT_CACHE_BYTES),
                 ports,
                 auth,
                 config,
@@ -182,8 +228,20 @@ impl Broker {
         &self.inner.ports
     }
 
-    /// Runs a query or mutation as `user` (HTTP, or an operation sent over a socket).
+    /// Runs a query or mutation as `user` (HTTP, or an operation sent over a socket). A
+    /// document over the cost limits is answered with a GraphQL error and runs nothing.
     pub async fn execute(
+        &self,
+        user: UserId,
+        request: async_graphql::Request,
+    ) -> async_graphql::Response {
+        match self.prepare(request) {
+            Ok((request, _)) => self.execute_prepared(user, request).await,
+            Err(error) => async_graphql::Response::from_errors(vec![error]),
+        }
+    }
+
+    async fn execute_prepared(
         &self,
         user: UserId,
         request: async_graphql::Request,
@@ -192,6 +250,42 @@ impl Broker {
             .executor
             .execute(self.request_data(user, request))
             .await
+    }
+
+    /// Parses and cost-checks a request's document (once per distinct document and
+    /// process): the request with its parsed document attached, so async-graphql does not
+    /// parse it again, and the kind of operation it runs.
+    pub fn prepare(
+        &self,
+        mut request: async_graphql::Request,
+    ) -> Result<(async_graphql::Request, OperationType), async_graphql::ServerError> {
+        let document = self
+            .inner
+            .documents
+            .get_or_parse(&self.config().limits, &request.query)?;
+        let ty = graphql::selected_operation(&document, request.operation_name.as_deref())
+            .ok_or_else(|| match &request.operation_name {
+                Some(name) => async_graphql::ServerError::new(
+                    format!("Unknown operation named \"{name}\""),
+                    None,
+                ),
+                None => {
+                    async_graphql::ServerError::new("Operation name required in request.", None)
+                }
+            })?;
+        request.set_parsed_query(document.as_ref().clone());
+        Ok((request, ty))
+    }
+
+    /// The kind of operation a request would run, `None` when its document is refused
+    /// (running it reports why). Cheap: the parsed document is kept for the run.
+    pub fn operation_type(&self, request: &async_graphql::Request) -> Option<OperationType> {
+        let document = self
+            .inner
+            .documents
+            .get_or_parse(&self.config().limits, &request.query)
+            .ok()?;
+        graphql::selected_operation(&document, request.operation_name.as_deref())
     }
 
     /// What every request the broker runs can reach: who is asking, and how to publish.

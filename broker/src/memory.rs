@@ -179,6 +179,13 @@ impl SubscriptionStore for MemorySubscriptionStore {
             .collect())
     }
 
+    async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        Ok(lock(&self.inner)
+            .by_connection
+            .get(id)
+            .map_or(0, |keys| keys.len()))
+    }
+
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
         let mut index = lock(&self.inner);
         let keys = index.by_connection.remove(id).unwrap_or_default();

@@ -94,6 +94,9 @@ pub trait SubscriptionStore: Send + Sync {
         topic: &Topic,
         keys: &[SubscriptionKey],
     ) -> Result<Vec<Subscription>, StoreError>;
+    /// How many subscriptions a connection holds (a consistent read: the per-connection
+    /// limit is checked against it at `subscribe`).
+    async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
     /// Removes every subscription of a connection; returns how many there were.
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
 }

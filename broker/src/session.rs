@@ -236,18 +236,41 @@ impl Broker {
             connection_id: id.clone(),
             operation_id: operation_id.clone(),
         };
-        if graphql::operation_type(&request) != Some(OperationType::Subscription) {
-            // Its `complete` would end the client's subscription of the same id.
+        // Parsed and priced once, before any resolver runs; the parsed document travels
+        // with the request.
+        let prepared = self.prepare(request);
+        if !matches!(prepared, Ok((_, OperationType::Subscription))) {
+            // Its `complete` (or `error`) would end the client's subscription of the same id.
             if self.ports().subscriptions.contains(&key).await? {
                 return self.reject_duplicate(id, &operation_id).await;
             }
-            // Queries, mutations, and documents that do not parse (answered with errors).
-            let response = self.execute(user, request).await;
-            let payload =
-                serde_json::to_string(&response).expect("a GraphQL response serializes to JSON");
-            self.post(id, &protocol.next(&operation_id, &payload))
-                .await?;
-            return self.post(id, &protocol.complete(&operation_id)).await;
+        }
+        let request = match prepared {
+            Ok((request, OperationType::Subscription)) => request,
+            Ok((request, _)) => {
+                let response = self.execute_prepared(user, request).await;
+                let payload = serde_json::to_string(&response)
+                    .expect("a GraphQL response serializes to JSON");
+                self.post(id, &protocol.next(&operation_id, &payload))
+                    .await?;
+                return self.post(id, &protocol.complete(&operation_id)).await;
+            }
+            // Over budget or not a document: refused before execution, as the protocol's
+            // `error` message says ("usually due to validation errors").
+            Err(error) => {
+                let frame = protocol.error(&operation_id, errors_json(&[error]));
+                return self.post(id, &frame).await;
+            }
+        };
+
+        let limit = self.config().max_subscriptions_per_connection;
+        if self.ports().subscriptions.count_by_connection(id).await? >= limit {
+            let error = async_graphql::ServerError::new(
+                format!("a connection may hold at most {limit} subscriptions"),
+                None,
+            );
+            let frame = protocol.error(&operation_id, errors_json(&[error]));
+            return self.post(id, &frame).await;
         }
 
         let document = request.query.clone();

@@ -5,7 +5,6 @@ use async_graphql::parser::types::OperationType;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use broker::Broker;
-use broker::graphql::operation_type;
 use http::{HeaderValue, Method};
 use serde_json::json;
 
@@ -26,6 +25,15 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
             return response;
         }
     };
+    // Refused before any parsing: API Gateway's own limit is larger than any GraphQL request
+    // needs, and the document limit inside is smaller still.
+    let limit = broker.config().max_request_bytes;
+    if event.body.as_deref().map_or(0, str::len) > limit {
+        return error(413, &format!("the request body is over {limit} bytes"));
+    }
+    if event.raw_query_string.as_deref().map_or(0, str::len) > limit {
+        return error(414, &format!("the query string is over {limit} bytes"));
+    }
     let request = match method {
         Method::POST => {
             let Some(body) = crate::body_text(event.body.as_deref(), event.is_base64_encoded)
@@ -40,7 +48,7 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
         Method::GET => {
             let query = event.raw_query_string.as_deref().unwrap_or_default();
             match async_graphql::http::parse_query_string(query) {
-                Ok(request) if operation_type(&request) == Some(OperationType::Mutation) => {
+                Ok(request) if broker.operation_type(&request) == Some(OperationType::Mutation) => {
                     let mut response = error(405, "mutations are not allowed over GET");
                     response
                         .headers

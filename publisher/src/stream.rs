@@ -1,51 +1,74 @@
 //! The stream publisher: delivers every event inserted into the events table.
 
-use std::collections::HashSet;
-
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use broker::aws::event_from_image;
-use broker::{Broker, Event};
+use broker::{Broker, Event, Topic};
+use futures_util::StreamExt;
+use futures_util::stream;
 
-/// Handles one stream batch, in order.
+/// Topics of one batch delivered at once, at most.
+const TOPIC_CONCURRENCY: usize = 16;
+
+/// Handles one stream batch.
 ///
-/// Events of one topic must reach subscribers in the order they were published, so once a
-/// record fails, the later records of its topic are not delivered now but reported as failed
-/// too. Lambda retries from the lowest failed sequence number; records of other topics go out
-/// at once, and are skipped on that retry because they are marked delivered.
+/// Events of one topic must reach subscribers in the order they were published, so each
+/// topic's events go one after another, and once one fails, the later records of its topic
+/// are not delivered now but reported as failed too. Lambda retries from the lowest failed
+/// sequence number; records of other topics are skipped on that retry because they are
+/// marked delivered. Topics are independent, so they are delivered concurrently: a topic
+/// whose rendering or posts are slow holds back only itself.
 pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventResponse {
-    let mut response = DynamoDbEventResponse::default();
-    let mut blocked_topics = HashSet::new();
-    for record in &batch.records {
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    // Each topic's records in batch order, keyed by topic in order of first appearance.
+    let mut topics: Vec<(Topic, Vec<(usize, Event)>)> = Vec::new();
+    for (index, record) in batch.records.iter().enumerate() {
         // INSERT only: MODIFY is our own `delivered` mark, REMOVE is TTL expiry.
         if record.event_name != "INSERT" {
             continue;
         }
-        let outcome = match event_from_image(record.change.new_image.clone()) {
-            Err(e) => Err(format!("undecodable event: {e}")),
-            Ok(event) if blocked_topics.contains(&event.topic) => Err(format!(
-                "held back behind an earlier failure on {}",
-                event.topic
-            )),
-            Ok(event) => {
-                let topic = event.topic.clone();
-                let delivered = deliver(broker, event).await;
-                if delivered.is_err() {
-                    blocked_topics.insert(topic);
-                }
-                delivered
-            }
-        };
-        if let Err(reason) = outcome {
-            tracing::error!(
-                sequence = record.change.sequence_number.as_deref().unwrap_or_default(),
-                %reason,
-                "stream record failed"
-            );
-            let mut failure = DynamoDbBatchItemFailure::default();
-            failure.item_identifier = record.change.sequence_number.clone();
-            response.batch_item_failures.push(failure);
+        match event_from_image(record.change.new_image.clone()) {
+            Err(e) => failed.push((index, format!("undecodable event: {e}"))),
+            Ok(event) => match topics.iter_mut().find(|(t, _)| *t == event.topic) {
+                Some((_, events)) => events.push((index, event)),
+                None => topics.push((event.topic.clone(), vec![(index, event)])),
+            },
         }
+    }
+    let per_topic: Vec<Vec<(usize, String)>> = stream::iter(topics)
+        .map(|(topic, events)| async move {
+            let mut failed = Vec::new();
+            let mut blocked = false;
+            for (index, event) in events {
+                if blocked {
+                    failed.push((
+                        index,
+                        format!("held back behind an earlier failure on {topic}"),
+                    ));
+                } else if let Err(reason) = deliver(broker, event).await {
+                    blocked = true;
+                    failed.push((index, reason));
+                }
+            }
+            failed
+        })
+        .buffer_unordered(TOPIC_CONCURRENCY)
+        .collect()
+        .await;
+    failed.extend(per_topic.into_iter().flatten());
+    failed.sort_by_key(|(index, _)| *index);
+
+    let mut response = DynamoDbEventResponse::default();
+    for (index, reason) in failed {
+        let record = &batch.records[index];
+        tracing::error!(
+            sequence = record.change.sequence_number.as_deref().unwrap_or_default(),
+            %reason,
+            "stream record failed"
+        );
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = record.change.sequence_number.clone();
+        response.batch_item_failures.push(failure);
     }
     response
 }

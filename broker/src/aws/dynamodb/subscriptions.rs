@@ -250,6 +250,11 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
         Ok(keys.iter().filter_map(|k| found.get(k).cloned()).collect())
     }
 
+    async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        // One claim per subscription, in the connection's own partition.
+        Ok(self.claims(id).await?.len())
+    }
+
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
         let claims = self.claims(id).await?;
         let partition = claim_partition(id);
