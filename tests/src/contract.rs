@@ -352,6 +352,36 @@ pub async fn expired_subscriptions_are_filtered_on_every_read(stores: Stores) {
     assert!(subscriptions.delete(&stale.key).await.unwrap());
 }
 
+pub async fn count_by_connection_counts_one_connections_subscriptions(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let counted = ConnectionId::new("counted");
+    assert_eq!(
+        subscriptions.count_by_connection(&counted).await.unwrap(),
+        0
+    );
+    for i in 0..12 {
+        let s = subscription("counted", &i.to_string(), &format!("topic/{}", i % 4));
+        subscriptions.insert(&s).await.unwrap();
+    }
+    subscriptions
+        .insert(&subscription("other", "0", "topic/0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        subscriptions.count_by_connection(&counted).await.unwrap(),
+        12
+    );
+    let key = SubscriptionKey {
+        connection_id: counted.clone(),
+        operation_id: "3".into(),
+    };
+    assert!(subscriptions.delete(&key).await.unwrap());
+    assert_eq!(
+        subscriptions.count_by_connection(&counted).await.unwrap(),
+        11
+    );
+}
+
 pub async fn delete_by_connection_removes_all_of_one_connection(stores: Stores) {
     let subscriptions = stores.subscriptions;
     // 30 subscriptions over three topics: more than one DynamoDB batch.

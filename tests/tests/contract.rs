@@ -71,6 +71,7 @@ store_contract!(
     a_duplicate_operation_id_conflicts_whatever_the_topic,
     delete_removes_one_subscription_and_frees_its_operation_id,
     expired_subscriptions_are_filtered_on_every_read,
+    count_by_connection_counts_one_connections_subscriptions,
     delete_by_connection_removes_all_of_one_connection,
     get_many_answers_in_the_order_asked,
     events_append_once_and_read_back,

@@ -263,6 +263,10 @@ impl BoardStore for CountingBoards {
     async fn add_card(&self, card: &Card) -> Result<(), StoreError> {
         self.inner.add_card(card).await
     }
+    async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.cards_of(board_id).await
+    }
 }
 
 /// A gateway that fails the first `failures` posts to a connection, then succeeds;
