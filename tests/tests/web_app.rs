@@ -71,7 +71,7 @@ async fn two_tabs_of_one_user_stay_in_sync_in_chromium_and_another_user_sees_not
     }
     let _ = std::fs::remove_file(&screenshot);
 
-    let run = tokio::process::Command::new("node")
+    let mut browser = tokio::process::Command::new("node")
         .arg(repo().join("web/test/two-tabs.mjs"))
         .arg("--url")
         .arg(gateway.web_url())
@@ -79,28 +79,37 @@ async fn two_tabs_of_one_user_stay_in_sync_in_chromium_and_another_user_sees_not
         .arg(chromium())
         .arg("--screenshot")
         .arg(&screenshot)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output();
+        .spawn()
+        .expect("node runs");
     // The script has its own per-step limits; this one only keeps a wedged browser from
     // hanging the suite.
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
+    let run = answer_the_script(&gateway, &mut browser);
+    let (lines, disconnected) = tokio::time::timeout(Duration::from_secs(180), run)
         .await
-        .expect("the browser test finished")
-        .expect("node runs");
+        .expect("the browser test finished");
+    let output = browser.wait_with_output().await.expect("node exits");
     gateway.shutdown().await;
 
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let result: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+    let line = lines.last().cloned().unwrap_or_default();
+    let result: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
         panic!(
-            "the browser test printed no result: {stdout}\n{}",
+            "the browser test printed no result: {lines:?}\n{}",
             String::from_utf8_lossy(&output.stderr)
         )
     });
     assert!(
         output.status.success() && result["ok"] == true,
         "{result:#}"
+    );
+    // Three alice tabs were open: the first, the reopened one, and the one that closed.
+    assert_eq!(
+        disconnected,
+        Some(2),
+        "alice's open tabs when the server closed them"
     );
     let cards = ["Write the README", "Record a demo", "Ship it"];
     assert_eq!(
@@ -115,7 +124,52 @@ async fn two_tabs_of_one_user_stay_in_sync_in_chromium_and_another_user_sees_not
         result["reopened"],
         json!([{"title": "Launch plan", "cards": [cards[0], cards[1], cards[2], "Celebrate"]}])
     );
+    // While offline the tab showed neither the missed card nor a live badge; back online it
+    // caught up and went on live.
+    assert_eq!(result["whileOffline"]["shown"], result["reopened"]);
+    assert_ne!(result["whileOffline"]["connection"], "live");
+    let recovered = [
+        cards[0],
+        cards[1],
+        cards[2],
+        "Celebrate",
+        "Missed while offline",
+        "Live again",
+    ];
+    assert_eq!(
+        result["recovered"],
+        json!([{"title": "Launch plan", "cards": recovered}])
+    );
     assert_is_png(&screenshot);
+}
+
+/// Reads the script's output lines, doing what it asks: `{"ask":"disconnect alice"}` closes
+/// all of alice's sockets from the server (as a backend would through the Management API),
+/// then answers with a line. Returns every line, and how many sockets were closed.
+async fn answer_the_script(
+    gateway: &local_gateway::LocalGateway,
+    browser: &mut tokio::process::Child,
+) -> (Vec<String>, Option<usize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stdin = browser.stdin.take().expect("piped stdin");
+    let mut stdout = BufReader::new(browser.stdout.take().expect("piped stdout")).lines();
+    let (mut lines, mut disconnected) = (Vec::new(), None);
+    while let Some(line) = stdout.next_line().await.expect("read the script's output") {
+        let asked = serde_json::from_str::<Value>(&line)
+            .ok()
+            .map(|v| v["ask"].clone());
+        if asked == Some(json!("disconnect alice")) {
+            let closed = gateway
+                .broker()
+                .disconnect_user(&"alice".into(), broker::CloseCode::Normal)
+                .await
+                .expect("disconnect alice");
+            disconnected = Some(closed);
+            stdin.write_all(b"done\n").await.expect("answer the script");
+        }
+        lines.push(line);
+    }
+    (lines, disconnected)
 }
 
 fn assert_is_png(path: &Path) {

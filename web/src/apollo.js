@@ -1,7 +1,8 @@
-import { ApolloClient, HttpLink, InMemoryCache, split } from "@apollo/client";
+import { ApolloClient, ApolloLink, HttpLink, InMemoryCache, split } from "@apollo/client";
 import { GraphQLWsLink } from "@apollo/client/link/subscriptions";
 import { getMainDefinition } from "@apollo/client/utilities";
 import { createClient } from "graphql-ws";
+import { tap } from "rxjs";
 
 // One Apollo Client per signed-in tab: queries and mutations over HTTP with the token as a
 // bearer, subscriptions over one WebSocket (graphql-transport-ws) with the token in
@@ -16,6 +17,9 @@ export function createApollo({ endpoints, token, onState }) {
     headers: { authorization: `Bearer ${token}` },
   });
 
+  // Set once the socket has been acknowledged: every later acknowledgement is a reconnect,
+  // whatever the close before it was (graphql-ws reports a 1000 close's retry as a first try).
+  let connectedBefore = false;
   const socket = createClient({
     url: endpoints.ws,
     connectionParams: () => ({ token }),
@@ -28,12 +32,14 @@ export function createApollo({ endpoints, token, onState }) {
     // Pings keep an idle socket under API Gateway's 10-minute idle timeout.
     keepAlive: 60_000,
     on: {
-      connecting: (isRetry) => onState(isRetry ? "reconnecting" : "connecting"),
-      connected: (_socket, _payload, wasRetry) => {
+      connecting: () => onState(connectedBefore ? "reconnecting" : "connecting"),
+      connected: () => {
         onState("live");
-        // Events published while the socket was down are gone for this connection: read the
-        // current state again. Subscriptions are renewed by graphql-ws itself.
-        if (wasRetry) void client.refetchQueries({ include: "active" });
+        // graphql-ws renews the subscriptions itself, each with the last event id it saw
+        // (see `resume` below). Reading the queries again as well covers a server that
+        // cannot replay that far back, and boards created while the socket was down.
+        if (connectedBefore) void client.refetchQueries({ include: "active" });
+        connectedBefore = true;
       },
       closed: (event) => onState(isFatal(event) ? "refused" : "offline"),
     },
@@ -44,7 +50,7 @@ export function createApollo({ endpoints, token, onState }) {
       const definition = getMainDefinition(query);
       return definition.kind === "OperationDefinition" && definition.operation === "subscription";
     },
-    new GraphQLWsLink(socket),
+    resume.concat(new GraphQLWsLink(socket)),
     http,
   );
 
@@ -57,6 +63,23 @@ export function createApollo({ endpoints, token, onState }) {
     },
   };
 }
+
+// Lossless reconnects: every message the broker delivers carries `extensions.eventId`; a
+// subscription that names the last one it saw as `extensions.resumeFrom` gets what it missed
+// first. graphql-ws keeps each subscription's payload and sends it again, as it is by then,
+// when it renews the subscription after a reconnect; so this link gives each subscription its
+// own `extensions` object and keeps `resumeFrom` in it up to date. The first subscribe has
+// none: the query that goes with it reads the state.
+const resume = new ApolloLink((operation, forward) => {
+  const extensions = { ...operation.extensions };
+  operation.extensions = extensions;
+  return forward(operation).pipe(
+    tap((result) => {
+      const eventId = result?.extensions?.eventId;
+      if (typeof eventId === "string") extensions.resumeFrom = eventId;
+    }),
+  );
+});
 
 // Close codes graphql-ws 6 does not retry whatever `shouldRetry` says: the connection was
 // refused for good (4401 is an expired or wrong token). 4403 and timeouts are retried.

@@ -6,7 +6,10 @@
 //     [--screenshot two-tabs.png]
 //
 // Prints one JSON line: {"ok":true,…} and exits 0, or {"ok":false,"error":…} and exits 1.
+// Before that, it asks whoever runs it to act on the server: a line {"ask":"disconnect alice"}
+// on stdout is answered by closing alice's sockets on the server, then a line on stdin.
 // The Rust test `web_app` starts the local mode and runs this (see tests/tests/web_app.rs).
+import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 
 import puppeteer from "puppeteer-core";
@@ -58,6 +61,29 @@ async function until(page, expected, what) {
     throw new Error(
       `${what}: expected ${JSON.stringify(expected)}, the tab shows ${JSON.stringify(await shown(page))}`,
     );
+  }
+}
+
+const answers = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function ask(what) {
+  console.log(JSON.stringify({ ask: what }));
+  const answer = await answers.next();
+  if (answer.done) throw new Error(`no answer to ${what}`);
+}
+
+function connection(page) {
+  return page.$eval('[data-testid="connection"]', (badge) => badge.dataset.state);
+}
+
+async function untilConnection(page, states, what) {
+  try {
+    await page.waitForFunction(
+      (want) => want.includes(document.querySelector('[data-testid="connection"]')?.dataset.state),
+      { timeout: PATIENCE_MS, polling: 50 },
+      states,
+    );
+  } catch {
+    throw new Error(`${what}: expected ${states.join(" or ")}, the badge says ${await connection(page)}`);
   }
 }
 
@@ -129,6 +155,25 @@ try {
   const after = [{ title: BOARD, cards: [...CARDS, "Celebrate"] }];
   await until(reopened, after, "the reopened tab is live");
   result.reopened = await shown(reopened);
+
+  // A dropped connection. The server closes alice's sockets while the reopened tab is
+  // offline, so that tab cannot reconnect; tab 1 reconnects and adds a card meanwhile. Back
+  // online, the reopened tab reconnects and shows the card it missed.
+  await reopened.setOfflineMode(true);
+  await ask("disconnect alice");
+  await untilConnection(reopened, ["reconnecting", "offline"], "the badge shows the lost connection");
+  await untilConnection(alice1, ["live"], "tab 1 reconnects");
+  await submit(alice1, cardForm, "Missed while offline");
+  const missed = [{ title: BOARD, cards: [...CARDS, "Celebrate", "Missed while offline"] }];
+  await until(alice1, missed, "tab 1 adds a card after reconnecting");
+  result.whileOffline = { shown: await shown(reopened), connection: await connection(reopened) };
+  await reopened.setOfflineMode(false);
+  await untilConnection(reopened, ["live"], "the reopened tab reconnects");
+  await until(reopened, missed, "the reopened tab recovers what it missed");
+  await submit(alice1, cardForm, "Live again");
+  const last = [{ title: BOARD, cards: [...CARDS, "Celebrate", "Missed while offline", "Live again"] }];
+  await until(reopened, last, "the reopened tab is live again");
+  result.recovered = await shown(reopened);
   await until(bob, [{ title: BOBS_BOARD, cards: [] }], "bob still sees nothing of alice's");
 
   if (errors.length) throw new Error(`errors in the page: ${errors.join("; ")}`);
@@ -138,6 +183,8 @@ try {
   process.exitCode = 1;
 } finally {
   await browser.close();
+  answers.return?.();
+  process.stdin.destroy();
 }
 
 // One picture of the tabs side by side: each tab's screenshot, laid out in another page.
