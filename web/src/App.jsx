@@ -90,7 +90,7 @@ function SignIn({ onSignIn }) {
       <details open={!tokenUrl}>
         <summary>Sign in with a token</summary>
         <form onSubmit={withToken} aria-label="sign in with a token">
-          <label htmlFor="token">JWT issued by your backend (HS256, `sub` = user id)</label>
+          <label htmlFor="token">A JWT issued by your backend (HS256; its sub claim is the user id)</label>
           <textarea id="token" rows={3} value={pasted} onChange={(e) => setPasted(e.target.value)} />
           <button type="submit">Use this token</button>
         </form>
@@ -146,6 +146,7 @@ function ConnectionBadge({ state }) {
 
 function Boards() {
   const { data, loading, error, subscribeToMore } = useQuery(BOARDS);
+  const [notLive, setNotLive] = useState(null);
   useEffect(
     () =>
       subscribeToMore({
@@ -153,6 +154,7 @@ function Boards() {
         updateQuery: (_, { previousData, subscriptionData }) => ({
           boards: appendOnce(previousData?.boards ?? [], subscriptionData.data?.boardCreated),
         }),
+        onError: (e) => setNotLive(e.message),
       }),
     [subscribeToMore],
   );
@@ -168,6 +170,7 @@ function Boards() {
   const boards = data?.boards ?? [];
   return (
     <main>
+      {notLive && <p className="error">New boards from other tabs will not show: {notLive}</p>}
       <TitleForm
         label="New board"
         testId="new-board"
@@ -195,6 +198,9 @@ function Boards() {
 function Board({ board }) {
   const variables = { boardId: board.id };
   const { data, error, subscribeToMore } = useQuery(CARDS, { variables });
+  // The broker may refuse a subscription (it bounds them per connection): then this board
+  // still works, but says that it does not follow the other tabs.
+  const [notLive, setNotLive] = useState(null);
   useEffect(
     () =>
       subscribeToMore({
@@ -203,6 +209,7 @@ function Board({ board }) {
         updateQuery: (_, { previousData, subscriptionData }) => ({
           cards: appendOnce(previousData?.cards ?? [], subscriptionData.data?.cardAdded),
         }),
+        onError: (e) => setNotLive(e.message),
       }),
     [subscribeToMore, board.id],
   );
@@ -218,6 +225,7 @@ function Board({ board }) {
     <article className="board" data-testid="board" data-title={board.title}>
       <h2>{board.title}</h2>
       {error && <p className="error">{error.message}</p>}
+      {notLive && <p className="error">Not live: {notLive}</p>}
       <ol className="cards">
         {cards.map((card) => (
           <li key={card.id} className="card" data-testid="card">
