@@ -1,16 +1,19 @@
-// Builds the app into dist/: index.html, app.js, app.css. Run by scripts/build-web (and so by
-// scripts/test-deps); `node build.mjs` from this folder does the same.
+// Builds the app into dist/ (or the folder given as `--outdir DIR`): index.html, app.js,
+// app.css. Run by scripts/build-web (and so by scripts/test-deps); `node build.mjs` does the
+// same.
 //
 // BROKER_HTTP_URL, BROKER_WS_URL and BROKER_TOKEN_URL, when set, point the app at a deployed
 // stack (see src/config.js); unset, it talks to whatever serves it.
 import { copyFile, mkdir, rm } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 
 import * as esbuild from "esbuild";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, "dist");
+const { values: args } = parseArgs({ options: { outdir: { type: "string" } } });
+const out = args.outdir ? resolve(args.outdir) : join(here, "dist");
 
 const setting = (name) => JSON.stringify(process.env[name] ?? "");
 

@@ -172,6 +172,81 @@ async fn answer_the_script(
     (lines, disconnected)
 }
 
+#[tokio::test]
+async fn a_build_for_a_deployed_stack_has_its_urls_built_in_and_signs_in_with_a_pasted_token() {
+    built_app();
+    // The port first: the build needs the URLs, the gateway needs the build.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let out = repo().join(format!("target/web/deployed-{}", addr.port()));
+    let build = tokio::process::Command::new("node")
+        .arg(repo().join("web/build.mjs"))
+        .arg("--outdir")
+        .arg(&out)
+        .env("BROKER_HTTP_URL", format!("http://{addr}/graphql"))
+        .env("BROKER_WS_URL", format!("ws://{addr}/graphql"))
+        .env_remove("BROKER_TOKEN_URL")
+        .output()
+        .await
+        .expect("node runs");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    // Served from the same origin here (the URLs could be anywhere); the bundle names them.
+    let bundle = std::fs::read_to_string(out.join("app.js")).unwrap();
+    assert!(bundle.contains(&format!("ws://{addr}/graphql")));
+    assert!(bundle.contains(&format!("http://{addr}/graphql")));
+    let mut options = options(DeliveryMode::Stream);
+    // As on AWS: no development sign-in.
+    options.web = WebOptions {
+        dir: Some(out.clone()),
+        dev_tokens: false,
+    };
+    let gateway = local_gateway::LocalGateway::start(listener, options)
+        .await
+        .unwrap();
+    let carol = token(&gateway, "carol");
+
+    let run = tokio::process::Command::new("node")
+        .arg(repo().join("web/test/deployed-build.mjs"))
+        .arg("--url")
+        .arg(gateway.web_url())
+        .arg("--token")
+        .arg(&carol)
+        .arg("--chromium")
+        .arg(chromium())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser test finished")
+        .expect("node runs");
+    gateway.shutdown().await;
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "no result: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    assert!(
+        output.status.success() && result["ok"] == true,
+        "{result:#}"
+    );
+    assert_eq!(
+        result["nameSignIn"], false,
+        "a deployed build offers no name sign-in"
+    );
+    assert_eq!(result["user"], "carol");
+    assert_eq!(result["boards"], json!(["Deployed"]));
+}
+
 fn assert_is_png(path: &Path) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(
