@@ -91,6 +91,15 @@ impl Publisher {
     ) -> Result<Event, PublishError> {
         self.broker.publish(topic, payload, audience).await
     }
+
+    /// Ends subscriptions (a deleted board's, a user's who lost access): see
+    /// [`Broker::end_subscriptions`].
+    pub async fn end_subscriptions(
+        &self,
+        which: crate::SubscriptionsOf,
+    ) -> Result<usize, StoreError> {
+        self.broker.end_subscriptions(which).await
+    }
 }
 
 impl Broker {

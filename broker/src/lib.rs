@@ -11,6 +11,8 @@
 //! - [`session`]: the WebSocket routes (`$connect`, `$default`, `$disconnect`).
 //! - [`delivery`]: publishing, delivering one event to its subscribers, fan-out pages,
 //!   pushing to every connection of one user.
+//! - [`unsubscribe`]: ending subscriptions from the server side (of a topic, a user, a
+//!   connection), with a `complete` to each client.
 //!
 //! The broker knows nothing of Lambda: `graphql-api` and `publisher` translate Lambda events
 //! into calls on [`Broker`], and so does the local gateway.
@@ -26,6 +28,7 @@ pub mod memory;
 pub mod ports;
 pub mod protocol;
 pub mod session;
+pub mod unsubscribe;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -48,6 +51,7 @@ pub use ports::{
 };
 pub use protocol::{CloseCode, Protocol};
 pub use session::ConnectOutcome;
+pub use unsubscribe::SubscriptionsOf;
 
 /// Where a published event goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -186,6 +186,23 @@ impl SubscriptionStore for MemorySubscriptionStore {
             .map_or(0, |keys| keys.len()))
     }
 
+    async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError> {
+        let now = now_secs();
+        let index = lock(&self.inner);
+        let Some(keys) = index.by_connection.get(id) else {
+            return Ok(Vec::new());
+        };
+        let live = |key: &&SubscriptionKey| {
+            index
+                .topic_of
+                .get(*key)
+                .and_then(|topic| index.by_topic.get(topic))
+                .and_then(|subs| subs.get(*key))
+                .is_some_and(|s| s.expires_at > now)
+        };
+        Ok(keys.iter().filter(live).cloned().collect())
+    }
+
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
         let mut index = lock(&self.inner);
         let keys = index.by_connection.remove(id).unwrap_or_default();

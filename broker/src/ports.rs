@@ -97,6 +97,8 @@ pub trait SubscriptionStore: Send + Sync {
     /// How many subscriptions a connection holds (a consistent read: the per-connection
     /// limit is checked against it at `subscribe`).
     async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
+    /// The keys of every live subscription of a connection (a consistent read).
+    async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError>;
     /// Removes every subscription of a connection; returns how many there were.
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
 }

@@ -2,127 +2,15 @@
 //! event is split into fan-out pages, and how subscribers that ask the same thing share one
 //! rendering.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
-use async_graphql::{ComplexObject, Context, EmptyMutation, Object, Schema, SimpleObject};
-use broker::domain::{CONNECTION_LIFETIME_SECS, now_secs};
-use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
-    RecordingGateway,
-};
-use broker::{
-    Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConnectionId, Event, EventRef,
-    EventStream, FanoutPage, Ports, Protocol, Subscription, SubscriptionKey, Topic, UserId, listen,
-};
-use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use broker::{Broker, EventRef, FanoutPage, Protocol, Subscription, SubscriptionKey};
+use common::*;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-/// How many times a `Tick` was rendered.
-#[derive(Clone, Default)]
-struct Renders(Arc<AtomicUsize>);
-
-#[derive(SimpleObject, Deserialize)]
-#[graphql(complex)]
-struct Tick {
-    n: i64,
-}
-
-#[ComplexObject]
-impl Tick {
-    /// Counts its own renderings.
-    async fn rendered(&self, ctx: &Context<'_>) -> bool {
-        ctx.data_unchecked::<Renders>()
-            .0
-            .fetch_add(1, Ordering::SeqCst);
-        true
-    }
-}
-
-struct Query;
-
-#[Object]
-impl Query {
-    async fn version(&self) -> i32 {
-        1
-    }
-}
-
-struct SubscriptionRoot;
-
-#[async_graphql::Subscription]
-impl SubscriptionRoot {
-    async fn ticks(
-        &self,
-        ctx: &Context<'_>,
-        channel: String,
-    ) -> async_graphql::Result<EventStream<Tick>> {
-        listen(ctx, topic(&channel))
-    }
-}
-
-fn topic(channel: &str) -> Topic {
-    Topic::new(format!("ticks/{channel}"))
-}
-
-const TICKS: &str = "subscription($c: String!) { ticks(channel: $c) { n rendered } }";
-
-struct Setup {
-    broker: Broker,
-    gateway: Arc<RecordingGateway>,
-    pages: UnboundedReceiver<FanoutPage>,
-    renders: Renders,
-}
-
-fn setup(with_queue: bool, threshold: usize, page_size: usize) -> Setup {
-    let renders = Renders::default();
-    let schema = Schema::build(Query, EmptyMutation, SubscriptionRoot)
-        .data(renders.clone())
-        .finish();
-    let gateway = Arc::new(RecordingGateway::default());
-    let (queue, pages) = ChannelFanoutQueue::new();
-    let ports = Ports {
-        connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
-        events: Arc::new(MemoryEventLog::default()),
-        gateway: gateway.clone(),
-        fanout: with_queue.then(|| Arc::new(queue) as _),
-    };
-    let config = BrokerConfig {
-        fanout_threshold: threshold,
-        fanout_page_size: page_size,
-        ..BrokerConfig::default()
-    };
-    let auth = Authenticator::new(AuthConfig {
-        secret: "delivery-test-secret-0123456789-0123456789".into(),
-        issuer: None,
-        audience: None,
-    });
-    Setup {
-        broker: Broker::new(schema, ports, auth, config),
-        gateway,
-        pages,
-        renders,
-    }
-}
-
-fn tick_subscription(connection: &str, user: &str, variables: Value) -> Subscription {
-    Subscription {
-        key: SubscriptionKey {
-            connection_id: ConnectionId::new(connection),
-            operation_id: "t".into(),
-        },
-        topic: topic("a"),
-        protocol: Protocol::GraphqlTransportWs,
-        principal: UserId::new(user),
-        document: TICKS.into(),
-        operation_name: None,
-        variables,
-        expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
-    }
-}
 
 /// `count` subscribers of channel `a`, on connections `c0`, `c1`, ...
 async fn subscribers(broker: &Broker, count: usize) -> Vec<Subscription> {
@@ -133,12 +21,6 @@ async fn subscribers(broker: &Broker, count: usize) -> Vec<Subscription> {
         all.push(s);
     }
     all
-}
-
-async fn published(broker: &Broker, n: i64) -> Event {
-    let event = Event::new(topic("a"), json!({"n": n}), Audience::Everyone);
-    broker.ports().events.append(&event).await.unwrap();
-    event
 }
 
 fn drain(pages: &mut UnboundedReceiver<FanoutPage>) -> Vec<FanoutPage> {

@@ -587,3 +587,36 @@ pub async fn fanout_pages_come_back_whole(
     assert_eq!(received, pages);
     assert_eq!(received[3].keys()[1].operation_id, "op#2");
 }
+
+pub async fn by_connection_lists_the_live_subscriptions_of_one_connection(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let mine: Vec<Subscription> = (0..3)
+        .map(|i| subscription("mine", &format!("op-{i}"), &format!("topic/{i}")))
+        .collect();
+    for s in &mine {
+        subscriptions.insert(s).await.unwrap();
+    }
+    let stale = expired(subscription("mine", "stale", "topic/0"), |s, t| {
+        s.expires_at = t
+    });
+    subscriptions.insert(&stale).await.unwrap();
+    subscriptions
+        .insert(&subscription("other", "op-0", "topic/0"))
+        .await
+        .unwrap();
+    subscriptions.delete(&mine[2].key).await.unwrap();
+
+    let mut found = subscriptions
+        .by_connection(&ConnectionId::new("mine"))
+        .await
+        .unwrap();
+    found.sort();
+    assert_eq!(found, vec![mine[0].key.clone(), mine[1].key.clone()]);
+    assert_eq!(
+        subscriptions
+            .by_connection(&ConnectionId::new("nobody"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+}

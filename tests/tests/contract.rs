@@ -78,6 +78,7 @@ store_contract!(
     expired_events_are_invisible,
     a_user_called_star_is_refused_as_an_audience,
     delivery_marks_are_read_back,
+    by_connection_lists_the_live_subscriptions_of_one_connection,
 );
 
 #[tokio::test]

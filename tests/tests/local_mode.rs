@@ -226,6 +226,101 @@ async fn a_backend_can_push_to_and_disconnect_all_of_a_users_frontends() {
 }
 
 #[tokio::test]
+async fn deleting_a_board_completes_every_subscription_to_its_cards() {
+    for mode in MODES {
+        let gateway = start(options(mode)).await;
+        let (alice, bob) = (token(&gateway, "alice"), token(&gateway, "bob"));
+        let board = create_board(&gateway, &alice, "Doomed").await;
+        let mut tabs = Vec::new();
+        for protocol in ["graphql-transport-ws", "graphql-ws"] {
+            let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
+            tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
+                .await;
+            tab.subscribe("boards", BOARD_CREATED, json!({})).await;
+            tab.sync().await;
+            tabs.push(tab);
+        }
+        let delete = "mutation($b: ID!) { deleteBoard(boardId: $b) }";
+
+        // Only the owner may delete it.
+        let refused = http_graphql(&gateway, &bob, delete, json!({"b": board})).await;
+        assert!(
+            refused["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not found")
+        );
+
+        let deleted = http_graphql(&gateway, &alice, delete, json!({"b": board})).await;
+        assert_eq!(deleted["data"]["deleteBoard"], true, "{deleted}");
+        for tab in &mut tabs {
+            assert_eq!(
+                tab.recv().await.unwrap(),
+                json!({"type": "complete", "id": "cards"}),
+                "{mode:?}"
+            );
+        }
+        // The board is gone, and the tabs' other subscriptions still deliver.
+        let added = add_card(&gateway, &alice, &board, "too late").await;
+        assert!(added["errors"].is_array(), "{added}");
+        let next = create_board(&gateway, &alice, "Next").await;
+        for tab in &mut tabs {
+            let message = tab.recv().await.unwrap();
+            assert_eq!(message["id"], "boards", "{message}");
+            assert_eq!(
+                message["payload"]["data"]["boardCreated"]["id"],
+                next.as_str()
+            );
+        }
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_backend_can_end_one_users_subscriptions() {
+    for mode in MODES {
+        let gateway = start(options(mode)).await;
+        let (alice, bob) = (token(&gateway, "alice"), token(&gateway, "bob"));
+        let mut tabs = Vec::new();
+        for (user, protocol) in [
+            (&alice, "graphql-transport-ws"),
+            (&alice, "graphql-ws"),
+            (&bob, "graphql-transport-ws"),
+        ] {
+            let mut tab = WsClient::ready(&gateway, protocol, user).await;
+            tab.subscribe("boards", BOARD_CREATED, json!({})).await;
+            tab.sync().await;
+            tabs.push(tab);
+        }
+
+        let ended = gateway
+            .broker()
+            .end_subscriptions(broker::SubscriptionsOf::User("alice".into()))
+            .await
+            .unwrap();
+        assert_eq!(ended, 2);
+        for tab in &mut tabs[..2] {
+            assert_eq!(
+                tab.recv().await.unwrap(),
+                json!({"type": "complete", "id": "boards"})
+            );
+        }
+        // Bob still listens, and Alice's sockets stay open for new subscriptions.
+        let bobs = create_board(&gateway, &bob, "Bob's").await;
+        let message = tabs[2].recv().await.unwrap();
+        assert_eq!(
+            message["payload"]["data"]["boardCreated"]["id"],
+            bobs.as_str()
+        );
+        tabs[0].subscribe("again", BOARD_CREATED, json!({})).await;
+        tabs[0].sync().await;
+        create_board(&gateway, &alice, "Mine").await;
+        assert_eq!(tabs[0].recv().await.unwrap()["id"], "again");
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn queries_and_mutations_work_over_the_socket() {
     let gateway = start(options(DeliveryMode::Stream)).await;
     let alice = token(&gateway, "alice");

@@ -192,4 +192,40 @@ impl BoardStore for DynamoDbBoardStore {
         }
         Ok(cards)
     }
+
+    async fn delete_board(&self, id: &str) -> Result<bool, StoreError> {
+        // The board's partition holds the board and its cards. Cards go first: should a
+        // delete fail half-way, the board is still there to delete again.
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_values(":pk", AttributeValue::S(format!("{BOARD_PREFIX}{id}")))
+            .projection_expression("pk, sk")
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(item) = pages.next().await {
+            keys.push(item.map_err(backend("Query"))?);
+        }
+        let is_board = |key: &HashMap<String, AttributeValue>| {
+            key.get("sk") == Some(&AttributeValue::S(BOARD_SORT_KEY.to_owned()))
+        };
+        let found = keys.iter().any(is_board);
+        keys.sort_by_key(is_board);
+        for key in keys {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .send()
+                .await
+                .map_err(backend("DeleteItem"))?;
+        }
+        Ok(found)
+    }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
 use broker::{
-    Audience, EventStream, Publisher, Topic, UserId, internal_error, listen, principal, registering,
+    Audience, EventStream, Publisher, SubscriptionsOf, Topic, UserId, internal_error, listen,
+    principal, registering,
 };
 use serde::{Deserialize, Serialize};
 
@@ -119,6 +120,23 @@ impl Mutation {
             .await
             .map_err(internal_error)?;
         Ok(card)
+    }
+
+    /// Deletes a board the caller owns, and its cards. Whoever listens to its cards (any of
+    /// the owner's frontends) receives `complete`: nothing keeps listening to a board that
+    /// is gone.
+    async fn delete_board(&self, ctx: &Context<'_>, board_id: ID) -> Result<bool> {
+        let user = principal(ctx)?;
+        let board = owned_board(ctx, user, &board_id).await?;
+        store(ctx)?
+            .delete_board(&board.id)
+            .await
+            .map_err(internal_error)?;
+        ctx.data::<Publisher>()?
+            .end_subscriptions(SubscriptionsOf::Topic(card_topic(&board.id)))
+            .await
+            .map_err(internal_error)?;
+        Ok(true)
     }
 }
 

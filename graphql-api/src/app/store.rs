@@ -19,6 +19,8 @@ pub trait BoardStore: Send + Sync {
     async fn add_card(&self, card: &Card) -> Result<(), StoreError>;
     /// A board's cards, oldest first.
     async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError>;
+    /// Removes a board and its cards; whether the board was there.
+    async fn delete_board(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 #[derive(Default)]
@@ -65,6 +67,22 @@ impl BoardStore for MemoryBoardStore {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.cards.push(card.clone());
         Ok(())
+    }
+
+    async fn delete_board(&self, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(index) = inner.by_id.remove(id) else {
+            return Ok(false);
+        };
+        inner.boards.remove(index);
+        // Later boards moved down by one.
+        for i in inner.by_id.values_mut() {
+            if *i > index {
+                *i -= 1;
+            }
+        }
+        inner.cards.retain(|c| c.board_id.as_str() != id);
+        Ok(true)
     }
 
     async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {

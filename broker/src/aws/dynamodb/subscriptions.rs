@@ -255,6 +255,17 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
         Ok(self.claims(id).await?.len())
     }
 
+    async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError> {
+        let now = now_secs();
+        Ok(self
+            .claims(id)
+            .await?
+            .into_iter()
+            .filter(|claim| claim.ttl > now)
+            .filter_map(|claim| SubscriptionKey::decode(&claim.subscription_key))
+            .collect())
+    }
+
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
         let claims = self.claims(id).await?;
         let partition = claim_partition(id);
