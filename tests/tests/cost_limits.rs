@@ -267,6 +267,9 @@ impl BoardStore for CountingBoards {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.cards_of(board_id).await
     }
+    async fn delete_board(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_board(id).await
+    }
 }
 
 /// A gateway that fails the first `failures` posts to a connection, then succeeds;
