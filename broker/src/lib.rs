@@ -8,6 +8,8 @@
 //! - [`memory`]: in-memory adapters; `aws` (feature `aws`): DynamoDB, SQS, API Gateway.
 //! - [`cost`]: what one GraphQL document may cost, checked before any resolver runs.
 //! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
+//! - [`hooks`]: lifecycle hooks an app may implement (connect, init, subscribe, complete,
+//!   disconnect).
 //! - [`session`]: the WebSocket routes (`$connect`, `$default`, `$disconnect`).
 //! - [`delivery`]: publishing, delivering one event to its subscribers, fan-out pages,
 //!   pushing to every connection of one user.
@@ -24,6 +26,7 @@ pub mod cost;
 pub mod delivery;
 pub mod domain;
 pub mod graphql;
+pub mod hooks;
 pub mod memory;
 pub mod ports;
 pub mod protocol;
@@ -45,6 +48,7 @@ pub use domain::{
     Topic, UserId,
 };
 pub use graphql::{EventStream, GraphqlExecutor, internal_error, listen, principal, registering};
+pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
     StoreError, SubscriptionStore,
@@ -200,6 +204,8 @@ struct Inner {
     ports: Ports,
     auth: Authenticator,
     config: BrokerConfig,
+    /// `None`: the app has none, and nothing is read to call them.
+    hooks: Option<Arc<dyn Hooks>>,
 }
 
 impl Broker {
@@ -216,8 +222,36 @@ impl Broker {
                 ports,
                 auth,
                 config,
+                hooks: None,
             }),
         }
+    }
+
+    /// The same broker with the app's lifecycle hooks. Call it where the broker is built,
+    /// before it is cloned: the clones made earlier keep the hooks they had.
+    pub fn with_hooks(self, hooks: Arc<dyn Hooks>) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            executor: shared.executor.clone(),
+            documents: graphql::DocumentCache::new(graphql::DOCUMENT_CACHE_BYTES),
+            ports: shared.ports.clone(),
+            auth: shared.auth.clone(),
+            config: shared.config.clone(),
+            hooks: shared.hooks.clone(),
+        });
+        Self {
+            inner: Arc::new(Inner {
+                hooks: Some(hooks),
+                ..inner
+            }),
+        }
+    }
+
+    pub(crate) fn hooks(&self) -> &dyn Hooks {
+        self.inner.hooks.as_deref().unwrap_or(&NoHooks)
+    }
+
+    pub(crate) fn has_hooks(&self) -> bool {
+        self.inner.hooks.is_some()
     }
 
     pub fn authenticator(&self) -> &Authenticator {

@@ -12,6 +12,7 @@ use crate::domain::{
     now_ms,
 };
 use crate::graphql::{self, errors_json};
+use crate::hooks::Ending;
 use crate::ports::{GatewayError, StoreError};
 use crate::protocol::{CloseCode, Protocol, parse_client_message};
 
@@ -75,6 +76,12 @@ impl Broker {
             connected_at_ms,
             expires_at: connected_at_ms / 1000 + CONNECTION_LIFETIME_SECS,
         };
+        if let Err(refusal) = self.hooks().on_connect(&connection).await {
+            return Ok(ConnectOutcome::Rejected {
+                status: 403,
+                reason: refusal.to_string(),
+            });
+        }
         self.ports().connections.put(&connection).await?;
         Ok(ConnectOutcome::Accepted { protocol: offered })
     }
@@ -98,6 +105,10 @@ impl Broker {
 
     /// `$disconnect`: forget the connection and everything it subscribed to.
     pub async fn disconnect(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        if self.has_hooks() {
+            let connection = self.ports().connections.get(id).await?;
+            self.hooks().on_disconnect(id, connection.as_ref()).await;
+        }
         self.forget_connection(id).await
     }
 
@@ -126,7 +137,9 @@ impl Broker {
                     connection_id: id.clone(),
                     operation_id: op,
                 };
-                self.ports().subscriptions.delete(&key).await?;
+                if self.ports().subscriptions.delete(&key).await? {
+                    self.hooks().on_complete(&key, Ending::Client).await;
+                }
                 Ok(())
             }
             ClientMessage::ConnectionTerminate => {
@@ -172,6 +185,15 @@ impl Broker {
                     .await;
             }
         };
+        let accepted = Connection {
+            principal: Some(user.clone()),
+            ..connection.clone()
+        };
+        if let Err(refusal) = self.hooks().on_init(&accepted, payload.as_ref()).await {
+            return self
+                .close(id, CloseCode::Forbidden, &refusal.to_string())
+                .await;
+        }
         match self.ports().connections.mark_initialised(id, &user).await {
             Ok(()) => {}
             // Two inits raced and the other one won.
@@ -299,6 +321,11 @@ impl Broker {
             variables,
             expires_at: connection.expires_at,
         };
+        if let Err(refusal) = self.hooks().on_subscribe(&subscription).await {
+            let error = async_graphql::ServerError::new(refusal.to_string(), None);
+            let frame = protocol.error(&operation_id, errors_json(&[error]));
+            return self.post(id, &frame).await;
+        }
         match self.ports().subscriptions.insert(&subscription).await {
             Ok(()) => Ok(()),
             Err(StoreError::Conflict(_)) => self.reject_duplicate(id, &operation_id).await,

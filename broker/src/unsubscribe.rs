@@ -7,6 +7,7 @@ use futures_util::stream;
 
 use crate::Broker;
 use crate::domain::{ConnectionId, SubscriptionKey, Topic, UserId};
+use crate::hooks::Ending;
 use crate::ports::StoreError;
 use crate::protocol::Protocol;
 
@@ -101,6 +102,7 @@ impl Broker {
         if !self.ports().subscriptions.delete(&key).await? {
             return Ok(false);
         }
+        self.hooks().on_complete(&key, Ending::Server).await;
         if let Some(protocol) = protocol {
             let frame = protocol.complete(&key.operation_id);
             if let Err(e) = self.post(&key.connection_id, &frame).await {
