@@ -140,6 +140,7 @@ async fn two_tabs_of_one_user_stay_in_sync_in_chromium_and_another_user_sees_not
         result["recovered"],
         json!([{"title": "Launch plan", "cards": recovered}])
     );
+    assert_eq!(result["afterDelete"], json!([]));
     assert_is_png(&screenshot);
 }
 

@@ -1,5 +1,11 @@
 import { useEffect, useState } from "react";
-import { ApolloProvider, useMutation, useQuery } from "@apollo/client/react";
+import {
+  ApolloProvider,
+  useApolloClient,
+  useMutation,
+  useQuery,
+  useSubscription,
+} from "@apollo/client/react";
 
 import { createApollo } from "./apollo.js";
 import { endpoints } from "./config.js";
@@ -10,7 +16,9 @@ import {
   CARD_ADDED,
   CARDS,
   CREATE_BOARD,
+  DELETE_BOARD,
   appendOnce,
+  forgetBoard,
 } from "./operations.js";
 import { loadSession, mintDevelopmentToken, saveSession, userOfToken } from "./session.js";
 
@@ -197,22 +205,22 @@ function Boards() {
 
 function Board({ board }) {
   const variables = { boardId: board.id };
-  const { data, error, subscribeToMore } = useQuery(CARDS, { variables });
+  const client = useApolloClient();
+  const { data, error } = useQuery(CARDS, { variables });
   // The broker may refuse a subscription (it bounds them per connection): then this board
   // still works, but says that it does not follow the other tabs.
   const [notLive, setNotLive] = useState(null);
-  useEffect(
-    () =>
-      subscribeToMore({
-        document: CARD_ADDED,
-        variables: { boardId: board.id },
-        updateQuery: (_, { previousData, subscriptionData }) => ({
-          cards: appendOnce(previousData?.cards ?? [], subscriptionData.data?.cardAdded),
-        }),
-        onError: (e) => setNotLive(e.message),
-      }),
-    [subscribeToMore, board.id],
-  );
+  useSubscription(CARD_ADDED, {
+    variables,
+    onData: ({ data: event }) => {
+      client.cache.updateQuery({ query: CARDS, variables }, (existing) =>
+        existing ? { cards: appendOnce(existing.cards, event.data?.cardAdded) } : undefined,
+      );
+    },
+    // The broker ends a board's subscriptions when the board is deleted, from any tab.
+    onComplete: () => forgetBoard(client.cache, board.id),
+    onError: (e) => setNotLive(e.message),
+  });
   const [addCard, added] = useMutation(ADD_CARD, {
     update(cache, { data }) {
       cache.updateQuery({ query: CARDS, variables }, (existing) =>
@@ -220,10 +228,25 @@ function Board({ board }) {
       );
     },
   });
+  const [deleteBoard, deleted] = useMutation(DELETE_BOARD, {
+    variables,
+    update: (cache) => forgetBoard(cache, board.id),
+  });
   const cards = data?.cards ?? [];
   return (
     <article className="board" data-testid="board" data-title={board.title}>
-      <h2>{board.title}</h2>
+      <div className="board-head">
+        <h2>{board.title}</h2>
+        <button
+          className="quiet small"
+          data-testid="delete-board"
+          disabled={deleted.loading}
+          onClick={() => deleteBoard().catch(() => {})}
+        >
+          Delete
+        </button>
+      </div>
+      {deleted.error && <p className="error">{deleted.error.message}</p>}
       {error && <p className="error">{error.message}</p>}
       {notLive && <p className="error">Not live: {notLive}</p>}
       <ol className="cards">

@@ -57,6 +57,20 @@ export const ADD_CARD = gql`
   }
 `;
 
+export const DELETE_BOARD = gql`
+  mutation DeleteBoard($boardId: ID!) {
+    deleteBoard(boardId: $boardId)
+  }
+`;
+
+// Takes a board out of the cached list: after this tab deleted it, or when the broker ended
+// the board's `cardAdded` subscription because another tab did.
+export function forgetBoard(cache, boardId) {
+  cache.updateQuery({ query: BOARDS }, (existing) =>
+    existing ? { boards: existing.boards.filter((board) => board.id !== boardId) } : undefined,
+  );
+}
+
 // Appends `item` to `list` unless an entry with its id is there already: the tab that made a
 // change sees it twice, once as its mutation's answer and once as the subscription event
 // every tab of the user gets, in either order.

@@ -176,6 +176,15 @@ try {
   result.recovered = await shown(reopened);
   await until(bob, [{ title: BOBS_BOARD, cards: [] }], "bob still sees nothing of alice's");
 
+  // Deleting the board in tab 1: the broker ends its subscriptions, and the other tab lets
+  // it go. Bob's board stays.
+  await alice1.bringToFront();
+  await alice1.click(`[data-testid="board"][data-title="${BOARD}"] [data-testid="delete-board"]`);
+  await until(alice1, [], "the deleted board leaves tab 1");
+  await until(reopened, [], "the deleted board leaves alice's other tab");
+  result.afterDelete = await shown(reopened);
+  await until(bob, [{ title: BOBS_BOARD, cards: [] }], "bob's board stays");
+
   if (errors.length) throw new Error(`errors in the page: ${errors.join("; ")}`);
   console.log(JSON.stringify({ ok: true, ...result }));
 } catch (e) {
