@@ -120,7 +120,7 @@ impl Emulator {
                 format!("{prefix}-subscriptions"),
                 format!("{prefix}-events"),
             ),
-            app_table: format!("{prefix}-app"),
+            app_tables: AwsBackend::app_table_names(&boards::Boards, &format!("{prefix}-")),
             fanout_queue_url,
             create_tables: true,
         })

@@ -178,6 +178,7 @@ pub fn broker_config(config: &Config, mode: Mode) -> BrokerConfig {
 
 fn local_options(config: &Config, mode: Mode) -> Options {
     Options {
+        app: std::sync::Arc::new(boards::Boards),
         auth: AuthConfig {
             secret: SECRET.to_owned(),
             issuer: None,

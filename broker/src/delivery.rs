@@ -72,36 +72,6 @@ impl DeliveryReport {
     }
 }
 
-/// The handle resolvers publish with: `ctx.data::<Publisher>()?.publish(...)`.
-#[derive(Clone)]
-pub struct Publisher {
-    broker: Broker,
-}
-
-impl Publisher {
-    pub(crate) fn new(broker: Broker) -> Self {
-        Self { broker }
-    }
-
-    pub async fn publish(
-        &self,
-        topic: Topic,
-        payload: &impl Serialize,
-        audience: Audience,
-    ) -> Result<Event, PublishError> {
-        self.broker.publish(topic, payload, audience).await
-    }
-
-    /// Ends subscriptions (a deleted board's, a user's who lost access): see
-    /// [`Broker::end_subscriptions`].
-    pub async fn end_subscriptions(
-        &self,
-        which: crate::SubscriptionsOf,
-    ) -> Result<usize, StoreError> {
-        self.broker.end_subscriptions(which).await
-    }
-}
-
 impl Broker {
     /// Publishes a change. In stream mode it is appended to the event log and this returns;
     /// in direct mode it is delivered to every subscriber before this returns (and posts that

@@ -19,6 +19,7 @@
 //! The broker knows nothing of Lambda: `graphql-api` and `publisher` translate Lambda events
 //! into calls on [`Broker`], and so does the local gateway.
 
+pub mod app;
 pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -39,10 +40,11 @@ use std::time::Duration;
 
 use async_graphql::parser::types::OperationType;
 
+pub use app::{App, AppSchema, ConfigError, IndexSpec, Outbox, Storage, TableSpec};
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator};
 pub use cost::{CostError, CostLimits};
-pub use delivery::{DeliveryReport, PublishError, Publisher};
+pub use delivery::{DeliveryReport, PublishError};
 pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,
@@ -131,17 +133,22 @@ impl BrokerConfig {
     /// `MAX_REQUEST_BYTES`, `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`,
     /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`; absent variables keep their
     /// defaults, malformed ones are an error.
-    pub fn from_env() -> Result<Self, String> {
-        fn var<T: FromStr>(name: &str) -> Result<Option<T>, String>
+    pub fn from_env() -> Result<Self, ConfigError> {
+        fn var<T: FromStr>(name: &str) -> Result<Option<T>, ConfigError>
         where
             T::Err: std::fmt::Display,
         {
             match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v
-                    .trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|e| format!("{name}={v:?}: {e}")),
+                Ok(v) if !v.trim().is_empty() => {
+                    v.trim()
+                        .parse()
+                        .map(Some)
+                        .map_err(|e: T::Err| ConfigError::Invalid {
+                            name: name.to_owned(),
+                            value: v.clone(),
+                            reason: e.to_string(),
+                        })
+                }
                 _ => Ok(None),
             }
         }
@@ -210,14 +217,14 @@ struct Inner {
 
 impl Broker {
     pub fn new(
-        executor: impl GraphqlExecutor,
+        schema: impl Into<AppSchema>,
         ports: Ports,
         auth: Authenticator,
         config: BrokerConfig,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                executor: Arc::new(executor),
+                executor: schema.into().0,
                 documents: graphql::DocumentCache::new(graphql::DOCUMENT_CACHE_BYTES),
                 ports,
                 auth,
@@ -334,6 +341,6 @@ impl Broker {
     ) -> async_graphql::Request {
         request
             .data(Principal { user })
-            .data(Publisher::new(self.clone()))
+            .data(Outbox::new(self.clone()))
     }
 }

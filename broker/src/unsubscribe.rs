@@ -30,7 +30,7 @@ impl Broker {
     /// Ends the subscriptions `which` names: each is removed from the store and its client
     /// receives `complete`. Returns how many were ended. Ending is immediate in both delivery
     /// modes; events of an ended subscription still on their way find nobody to deliver to.
-    /// Apps call it from a resolver through [`crate::Publisher::end_subscriptions`]; backends
+    /// Apps call it from a resolver through [`crate::Outbox::end_subscriptions`]; backends
     /// call it on a broker of their own.
     pub async fn end_subscriptions(&self, which: SubscriptionsOf) -> Result<usize, StoreError> {
         let targets = self.subscriptions_of(which).await?;

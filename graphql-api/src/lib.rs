@@ -1,15 +1,11 @@
-//! The GraphQL API on Lambda.
+//! The GraphQL API on Lambda, for any app.
 //!
-//! - [`app`]: the example app (boards and cards), its schema and its data port.
 //! - [`websocket`]: the WebSocket API routes -> [`broker::Broker`]'s session calls.
 //! - [`http_api`]: GraphQL over HTTP (API Gateway HTTP API).
-//!
-//! The `websocket-handler` and `http-handler` binaries wire these to DynamoDB and the API
-//! Gateway Management API and hand them to `lambda_runtime`.
+//! - [`runtime`]: the functions' JSON logs, and [`runtime::run_websocket`] /
+//!   [`runtime::run_http`], the mains an app's binaries call with the app.
 
-pub mod app;
 pub mod http_api;
-#[cfg(feature = "aws")]
 pub mod runtime;
 pub mod websocket;
 

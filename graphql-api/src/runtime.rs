@@ -1,71 +1,73 @@
-//! Wiring for the Lambda functions: adapters from the environment the SAM template sets.
+//! Running on Lambda: the functions' logging, and the mains of the WebSocket and HTTP
+//! functions for any app. An app's binary is one line: `run_websocket(MyApp).await`.
 
-use std::sync::Arc;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayWebsocketProxyRequest};
+use broker::{App, Broker};
+use lambda_runtime::{LambdaEvent, service_fn};
+use tracing_subscriber::fmt::MakeWriter;
 
-use broker::aws::{
-    ApiGatewayConnectionGateway, DynamoDbConnectionStore, DynamoDbEventLog,
-    DynamoDbSubscriptionStore, SqsFanoutQueue, TableNames, sdk_config,
-};
-use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, FanoutQueue, Ports};
-
-use crate::app::build_schema;
-use crate::app::dynamodb::DynamoDbBoardStore;
+use crate::{http_api, websocket};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn required(name: &str) -> Result<String, Error> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| format!("environment variable {name} is not set").into())
+/// The broker on AWS for `app`, from the environment the SAM template sets (see
+/// [`broker::aws::broker_from_env`]), with JSON logs set up first so a configuration error
+/// is logged like everything else.
+pub async fn start(app: &dyn App) -> Result<Broker, Error> {
+    init_tracing();
+    let broker = broker::aws::broker_from_env(app).await.inspect_err(|e| {
+        tracing::error!(error = %e, "the function cannot start");
+    })?;
+    Ok(broker)
 }
 
-/// The broker on DynamoDB and the Management API, configured from the environment:
-/// `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE`, `EVENTS_TABLE`, `APP_TABLE`,
-/// `MANAGEMENT_ENDPOINT`, `JWT_SECRET` (`JWT_ISSUER`, `JWT_AUDIENCE`), `DELIVERY_MODE`,
-/// `FANOUT_*`, and `FANOUT_QUEUE_URL` for the functions that split large fan-outs.
-/// Built once per cold start and shared by every invocation.
-pub async fn broker_from_env() -> Result<Broker, Error> {
-    let sdk = sdk_config(None).await;
-    let tables = TableNames::from_env()?;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    let gateway = ApiGatewayConnectionGateway::from_config(&sdk, &required("MANAGEMENT_ENDPOINT")?);
-    let fanout = match std::env::var("FANOUT_QUEUE_URL") {
-        Ok(url) if !url.trim().is_empty() => {
-            let queue = SqsFanoutQueue::new(aws_sdk_sqs::Client::new(&sdk), url);
-            Some(Arc::new(queue) as Arc<dyn FanoutQueue>)
-        }
-        _ => None,
-    };
-    let ports = Ports {
-        connections: Arc::new(DynamoDbConnectionStore::new(
-            dynamodb.clone(),
-            tables.connections,
-        )),
-        subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
-            dynamodb.clone(),
-            tables.subscriptions,
-        )),
-        events: Arc::new(DynamoDbEventLog::new(dynamodb.clone(), tables.events)),
-        gateway: Arc::new(gateway),
-        fanout,
-    };
-    let boards = DynamoDbBoardStore::new(dynamodb, required("APP_TABLE")?);
-    Ok(Broker::new(
-        build_schema(Arc::new(boards)),
-        ports,
-        Authenticator::new(AuthConfig::from_env(None)?),
-        BrokerConfig::from_env()?,
+/// The WebSocket API's function (`$connect`, `$disconnect`, `$default`) serving `app`.
+pub async fn run_websocket(app: impl App) -> Result<(), Error> {
+    let broker = start(&app).await?;
+    lambda_runtime::run(service_fn(
+        |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
+            let broker = broker.clone();
+            async move { websocket::handle(&broker, event.payload).await }
+        },
     ))
+    .await
 }
 
-/// JSON logs for CloudWatch, filtered by `RUST_LOG` (default `info`).
+/// The HTTP API's function (`POST`/`GET /graphql`) serving `app`.
+pub async fn run_http(app: impl App) -> Result<(), Error> {
+    let broker = start(&app).await?;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<ApiGatewayV2httpRequest>| {
+        let broker = broker.clone();
+        async move { Ok::<_, Error>(http_api::handle(&broker, event.payload).await) }
+    }))
+    .await
+}
+
+/// JSON logs for CloudWatch, one object a line, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    // A second call (a test, a main calling `start` twice) keeps the first subscriber.
+    let _ = tracing::subscriber::set_global_default(json_logs(std::io::stdout));
+}
+
+/// The functions' log format, writing to `writer`: one JSON object per event with its
+/// fields at the top level (CloudWatch Logs Insights reads them as columns), no ANSI colour
+/// codes, no timestamp (CloudWatch stamps every line), no target. Tokens are never logged:
+/// handlers log connection ids, user ids and reasons, never a frame or a header.
+pub fn json_logs<W>(writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_writer(writer)
+        .finish()
 }

@@ -10,13 +10,8 @@ use anyhow::Context as _;
 use aws_lambda_events::dynamodb::{EventRecord, StreamViewType};
 use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
-use broker::Broker;
-use broker::aws::{
-    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, SqsFanoutQueue,
-    TableNames,
-};
-use broker::{FanoutQueue, Ports};
-use graphql_api::app::dynamodb::DynamoDbBoardStore;
+use broker::aws::{AppTables, TableNames, provision};
+use broker::{App, AppSchema, Broker, ConnectionGateway, Ports, Storage};
 
 use crate::stream::{BATCH_SIZE, drive};
 
@@ -27,47 +22,49 @@ pub struct AwsBackend {
     /// for the account in the environment.
     pub endpoint: Option<String>,
     pub tables: TableNames,
-    pub app_table: String,
+    /// The deployed name of each of the app's tables, by [`broker::TableSpec::name`].
+    pub app_tables: HashMap<String, String>,
     /// The fan-out queue; without one, every fan-out is delivered by the stream publisher.
     pub fanout_queue_url: Option<String>,
     /// Create the tables (and nothing else) when they do not exist.
     pub create_tables: bool,
 }
 
+impl AwsBackend {
+    /// Each of `app`'s tables named `{prefix}{name}`.
+    pub fn app_table_names(app: &dyn App, prefix: &str) -> HashMap<String, String> {
+        app.tables()
+            .iter()
+            .map(|spec| (spec.name.to_owned(), format!("{prefix}{}", spec.name)))
+            .collect()
+    }
+}
+
 pub(crate) struct AwsParts {
-    pub ports_without_gateway: PortsWithoutGateway,
-    pub boards: Arc<DynamoDbBoardStore>,
+    pub ports: Ports,
+    pub schema: AppSchema,
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub stream_arn: String,
     pub sqs: Option<(aws_sdk_sqs::Client, String)>,
 }
 
-pub(crate) struct PortsWithoutGateway {
-    pub connections: Arc<DynamoDbConnectionStore>,
-    pub subscriptions: Arc<DynamoDbSubscriptionStore>,
-    pub events: Arc<DynamoDbEventLog>,
-    pub fanout: Option<Arc<dyn FanoutQueue>>,
-}
-
-impl PortsWithoutGateway {
-    pub fn with_gateway(self, gateway: Arc<dyn broker::ConnectionGateway>) -> Ports {
-        Ports {
-            connections: self.connections,
-            subscriptions: self.subscriptions,
-            events: self.events,
-            gateway,
-            fanout: self.fanout,
-        }
-    }
-}
-
-pub(crate) async fn connect(backend: &AwsBackend) -> anyhow::Result<AwsParts> {
+/// The broker's ports and `app`'s schema on DynamoDB, posting through `gateway`, and what the
+/// pollers need: the events table's stream and the fan-out queue.
+pub(crate) async fn connect(
+    backend: &AwsBackend,
+    app: &dyn App,
+    gateway: Arc<dyn ConnectionGateway>,
+) -> anyhow::Result<AwsParts> {
     let sdk = broker::aws::sdk_config(backend.endpoint.as_deref()).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let app_tables = AppTables::new(dynamodb.clone(), backend.app_tables.clone());
     if backend.create_tables {
-        broker::aws::provision::create_tables(&dynamodb, &backend.tables, Some(&backend.app_table))
+        provision::create_tables(&dynamodb, &backend.tables)
             .await
             .context("creating the tables")?;
+        provision::create_app_tables(&dynamodb, &app.tables(), &app_tables)
+            .await
+            .context("creating the app's tables")?;
     }
     let described = dynamodb
         .describe_table()
@@ -84,26 +81,14 @@ pub(crate) async fn connect(backend: &AwsBackend) -> anyhow::Result<AwsParts> {
         .fanout_queue_url
         .as_ref()
         .map(|url| (aws_sdk_sqs::Client::new(&sdk), url.clone()));
-    let fanout = sqs.as_ref().map(|(client, url)| {
-        Arc::new(SqsFanoutQueue::new(client.clone(), url.clone())) as Arc<dyn FanoutQueue>
-    });
     Ok(AwsParts {
-        ports_without_gateway: PortsWithoutGateway {
-            connections: Arc::new(DynamoDbConnectionStore::new(
-                dynamodb.clone(),
-                backend.tables.connections.clone(),
-            )),
-            subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
-                dynamodb.clone(),
-                backend.tables.subscriptions.clone(),
-            )),
-            events: Arc::new(DynamoDbEventLog::new(
-                dynamodb.clone(),
-                backend.tables.events.clone(),
-            )),
-            fanout,
-        },
-        boards: Arc::new(DynamoDbBoardStore::new(dynamodb, backend.app_table.clone())),
+        ports: broker::aws::ports(
+            &sdk,
+            &backend.tables,
+            gateway,
+            backend.fanout_queue_url.as_deref(),
+        ),
+        schema: app.schema(&Storage::DynamoDb(app_tables))?,
         streams: aws_sdk_dynamodbstreams::Client::new(&sdk),
         stream_arn,
         sqs,

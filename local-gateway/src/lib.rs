@@ -1,4 +1,5 @@
-//! The local mode: the whole system on one machine, no AWS account.
+//! The local mode: the whole system on one machine, no AWS account, for any app
+//! ([`Options::app`]).
 //!
 //! # Layout
 //! - [`server`]: API Gateway's part: GraphQL over HTTP and WebSocket at `/graphql`, the
@@ -11,11 +12,13 @@
 //!   stream through `aws-sdk-dynamodbstreams`, and SQS for the fan-out worker.
 //! - [`events`]: the API Gateway event shapes.
 //! - [`web`]: the web app at `/` and its development sign-in (local mode only).
+//! - [`cli`]: the `broker-local` command line, for the apps a binary is built with.
 //!
 //! Handlers post to sockets through the real `aws-sdk-apigatewaymanagement` client, pointed
 //! at this process's own Management API: every frame takes the hop it takes on AWS.
 
 pub mod aws;
+pub mod cli;
 pub mod events;
 pub mod fanout;
 pub mod server;
@@ -32,8 +35,7 @@ use broker::aws::ApiGatewayConnectionGateway;
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
-use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports};
-use graphql_api::app::{MemoryBoardStore, build_schema};
+use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, Ports, Storage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -45,8 +47,10 @@ pub use crate::web::WebOptions;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How the local mode runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
+    /// The app served: its schema, and its tables on DynamoDB.
+    pub app: Arc<dyn App>,
     pub auth: AuthConfig,
     pub broker: BrokerConfig,
     /// Wait between two polls of an empty stream; zero waits for the next append instead.
@@ -69,11 +73,11 @@ impl Options {
     /// The configuration the Lambda functions read (`JWT_*`, `DELIVERY_MODE`, `FANOUT_*`),
     /// with the documented development secret when `JWT_SECRET` is unset, and
     /// `STREAM_POLL_INTERVAL_MS` (default 250), and the web app from `BROKER_WEB_DIR` (default:
-    /// this source tree's `web/dist`). The development sign-in is on only while the
-    /// development secret is in use.
-    pub fn from_env() -> anyhow::Result<Self> {
+    /// this source tree's `web/dist`); serving `app`. The development sign-in is on only
+    /// while the development secret is in use.
+    pub fn from_env(app: Arc<dyn App>) -> anyhow::Result<Self> {
         let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
-        let broker = BrokerConfig::from_env().map_err(anyhow::Error::msg)?;
+        let broker = BrokerConfig::from_env()?;
         let poll_interval = match std::env::var("STREAM_POLL_INTERVAL_MS") {
             Ok(ms) if !ms.trim().is_empty() => Duration::from_millis(
                 ms.trim()
@@ -90,6 +94,7 @@ impl Options {
             dev_tokens: auth.secret == broker::auth::DEVELOPMENT_SECRET,
         };
         Ok(Self {
+            app,
             auth,
             broker,
             poll_interval,
@@ -124,7 +129,7 @@ impl LocalGateway {
                     gateway,
                     fanout: Some(Arc::new(queue)),
                 };
-                let schema = build_schema(Arc::new(MemoryBoardStore::default()));
+                let schema = options.app.schema(&Storage::Memory)?;
                 let broker = Broker::new(schema, ports, auth, options.broker.clone());
                 let tasks = vec![
                     tokio::spawn(stream::feed_embedded(
@@ -137,10 +142,8 @@ impl LocalGateway {
                 (broker, tasks)
             }
             Backend::Aws(backend) => {
-                let parts = aws::connect(backend).await?;
-                let ports = parts.ports_without_gateway.with_gateway(gateway);
-                let schema = build_schema(parts.boards);
-                let broker = Broker::new(schema, ports, auth, options.broker.clone());
+                let parts = aws::connect(backend, options.app.as_ref(), gateway).await?;
+                let broker = Broker::new(parts.schema, parts.ports, auth, options.broker.clone());
                 let mut tasks = vec![tokio::spawn(aws::poll_stream(
                     broker.clone(),
                     parts.streams,

@@ -3,13 +3,16 @@
 //! in parallel on one moto), and a scripted HTTP server standing in for API Gateway where
 //! moto cannot (it never answers 410 Gone).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_credential_types::Credentials;
-use broker::aws::{TableNames, provision};
+use boards::Boards;
+use broker::App;
+use broker::aws::{AppTables, TableNames, provision};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -54,11 +57,18 @@ pub struct FreshTables {
     pub config: SdkConfig,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub names: TableNames,
-    /// The example app's table.
+    /// The boards app's table.
     pub app_table: String,
 }
 
-/// Creates the broker's tables and the app table under unique names.
+impl FreshTables {
+    /// The boards app's tables by name, as `AwsBackend::app_tables` and `AppTables` take them.
+    pub fn app_tables(&self) -> HashMap<String, String> {
+        HashMap::from([(boards::TABLE.to_owned(), self.app_table.clone())])
+    }
+}
+
+/// Creates the broker's tables and the boards app's table under unique names.
 pub async fn fresh_tables() -> FreshTables {
     let config = moto_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
@@ -68,16 +78,20 @@ pub async fn fresh_tables() -> FreshTables {
         format!("subscriptions-{suffix}"),
         format!("events-{suffix}"),
     );
-    let app_table = format!("app-{suffix}");
-    provision::create_tables(&dynamodb, &names, Some(&app_table))
-        .await
-        .expect("tables are created on moto");
-    FreshTables {
+    let tables = FreshTables {
         config,
         dynamodb,
         names,
-        app_table,
-    }
+        app_table: format!("boards-{suffix}"),
+    };
+    provision::create_tables(&tables.dynamodb, &tables.names)
+        .await
+        .expect("tables are created on moto");
+    let app_tables = AppTables::new(tables.dynamodb.clone(), tables.app_tables());
+    provision::create_app_tables(&tables.dynamodb, &Boards.tables(), &app_tables)
+        .await
+        .expect("the app's tables are created on moto");
+    tables
 }
 
 /// A fresh fan-out queue (with its dead-letter queue) on moto: the client and queue URL.

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
     RecordingGateway,
 };
 use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports};
-use graphql_api::app::{Board, BoardStore, MemoryBoardStore, build_schema};
 use serde::de::DeserializeOwned;
 
 /// The user the fixtures' tokens stand for, and the board they use.

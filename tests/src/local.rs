@@ -1,5 +1,6 @@
 //! The local mode, in-process on `127.0.0.1:0`, and clients for it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -20,8 +21,10 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 
 pub const SECRET: &str = "test-secret-for-end-to-end-tests-0123456789";
 
+/// The boards app, embedded, in `mode`.
 pub fn options(mode: DeliveryMode) -> Options {
     Options {
+        app: Arc::new(boards::Boards),
         auth: AuthConfig {
             secret: SECRET.to_owned(),
             issuer: None,

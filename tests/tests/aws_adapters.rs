@@ -5,6 +5,10 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use boards::dynamodb::DynamoDbBoardStore;
+use boards::{Board, BoardStore, Boards, Card};
+use broker::App;
+use broker::aws::AppTables;
 use broker::aws::{
     ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, DynamoDbEventLog,
     RetryPolicy, event_from_image, provision,
@@ -17,8 +21,6 @@ use broker::{
 use broker_tests::aws::{
     FreshTables, Reply, ScriptedServer, base64, fresh_tables, moto_endpoint, sdk_config_for, unique,
 };
-use graphql_api::app::dynamodb::DynamoDbBoardStore;
-use graphql_api::app::{Board, BoardStore, Card};
 use serde_json::json;
 
 fn event_log(tables: &FreshTables) -> DynamoDbEventLog {
@@ -212,7 +214,11 @@ async fn an_event_item_without_an_audience_is_malformed_not_public() {
 #[tokio::test]
 async fn create_tables_twice_is_fine() {
     let tables = fresh_tables().await;
-    provision::create_tables(&tables.dynamodb, &tables.names, Some(&tables.app_table))
+    provision::create_tables(&tables.dynamodb, &tables.names)
+        .await
+        .unwrap();
+    let app_tables = AppTables::new(tables.dynamodb.clone(), tables.app_tables());
+    provision::create_app_tables(&tables.dynamodb, &Boards.tables(), &app_tables)
         .await
         .unwrap();
     let ttl = tables

@@ -28,7 +28,7 @@ async fn start_on_moto(fanout_threshold: usize, with_queue: bool) -> (LocalGatew
     options.backend = Backend::Aws(AwsBackend {
         endpoint: Some(moto_endpoint()),
         tables: tables.names.clone(),
-        app_table: tables.app_table.clone(),
+        app_tables: tables.app_tables(),
         fanout_queue_url,
         create_tables: false,
     });
@@ -80,7 +80,7 @@ async fn a_gone_connection_is_removed_when_delivery_meets_410() {
     let dynamodb = tables.dynamodb.clone();
     let alice = token(&gateway, "alice");
     let board = create_board(&gateway, &alice, "b").await;
-    let topic: Topic = graphql_api::app::card_topic(&board);
+    let topic: Topic = boards::card_topic(&board);
 
     // A subscription whose socket is long gone (its $disconnect never arrived).
     let store = DynamoDbSubscriptionStore::new(dynamodb, subscriptions_table);
@@ -154,7 +154,7 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
     assert_eq!(first["payload"]["data"]["cardAdded"]["title"], "once");
 
     // An event item no publisher can read, written by some other service.
-    let topic = graphql_api::app::card_topic(&board);
+    let topic = boards::card_topic(&board);
     use aws_sdk_dynamodb::types::AttributeValue as Av;
     dynamodb
         .put_item()
@@ -251,10 +251,7 @@ async fn another_service_publishes_by_writing_an_event_item() {
     dynamodb
         .put_item()
         .table_name(&events_table)
-        .item(
-            "topic",
-            Av::S(graphql_api::app::card_topic(&board).to_string()),
-        )
+        .item("topic", Av::S(boards::card_topic(&board).to_string()))
         .item("eventId", Av::S(ulid::Ulid::new().to_string()))
         .item("payload", Av::S(card.to_string()))
         .item("audience", Av::S("alice".into()))

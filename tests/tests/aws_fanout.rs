@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use boards::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use broker::aws::{
     DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, RetryPolicy,
     SqsFanoutQueue,
@@ -21,7 +22,6 @@ use broker::{
 };
 use broker_tests::aws::{Reply, ScriptedServer, fresh_queue, fresh_tables, sdk_config_for};
 use broker_tests::local::CARD_ADDED;
-use graphql_api::app::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use serde_json::{Value, json};
 
 const BOARD: &str = "b1";

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::encodings::Body;
+use boards::{Board, BoardStore, Card, MemoryBoardStore, build_schema};
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
@@ -18,7 +19,6 @@ use broker::{
     FanoutPage, GatewayError, Ports, StoreError, Topic, UserId,
 };
 use broker_tests::fixtures::*;
-use graphql_api::app::{Board, BoardStore, Card, MemoryBoardStore, build_schema};
 use graphql_api::http_api;
 use serde_json::{Value, json};
 

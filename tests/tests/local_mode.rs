@@ -66,7 +66,7 @@ async fn another_users_board_can_be_neither_watched_nor_written() {
     );
 
     // Nothing was stored for Bob's attempt.
-    let topic = graphql_api::app::card_topic(&board);
+    let topic = boards::card_topic(&board);
     assert!(
         gateway
             .broker()
@@ -152,7 +152,7 @@ async fn a_dropped_socket_is_cleaned_up() {
     tab.subscribe("cards", CARD_ADDED, json!({"b": board}))
         .await;
     tab.sync().await;
-    let topic = graphql_api::app::card_topic(&board);
+    let topic = boards::card_topic(&board);
     let ports = gateway.broker().ports().clone();
     assert_eq!(ports.subscriptions.by_topic(&topic).await.unwrap().len(), 1);
     assert_eq!(

@@ -6,6 +6,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+use crate::ConfigError;
+
 /// The region used when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is set.
 const FALLBACK_REGION: &str = "us-east-1";
 
@@ -67,12 +69,6 @@ fn region_from_env() -> String {
         .unwrap_or_else(|| FALLBACK_REGION.to_owned())
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("environment variable {0} is not set (it must name a DynamoDB table)")]
-    MissingTable(&'static str),
-}
-
 /// The broker's three tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableNames {
@@ -96,17 +92,23 @@ impl TableNames {
 
     /// Reads `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE` and `EVENTS_TABLE`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        fn table(name: &'static str) -> Result<String, ConfigError> {
-            std::env::var(name)
-                .ok()
-                .map(|value| value.trim().to_owned())
-                .filter(|value| !value.is_empty())
-                .ok_or(ConfigError::MissingTable(name))
-        }
         Ok(Self {
-            connections: table("CONNECTIONS_TABLE")?,
-            subscriptions: table("SUBSCRIPTIONS_TABLE")?,
-            events: table("EVENTS_TABLE")?,
+            connections: required_var("CONNECTIONS_TABLE")?,
+            subscriptions: required_var("SUBSCRIPTIONS_TABLE")?,
+            events: required_var("EVENTS_TABLE")?,
         })
     }
+}
+
+/// The value of an environment variable that must be set (and not blank).
+pub fn required_var(name: &str) -> Result<String, ConfigError> {
+    optional_var(name).ok_or_else(|| ConfigError::Missing(name.to_owned()))
+}
+
+/// The value of an environment variable, `None` when unset or blank.
+pub fn optional_var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
 }

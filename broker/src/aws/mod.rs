@@ -26,8 +26,9 @@ mod gateway;
 pub mod provision;
 mod retry;
 mod sqs;
+mod wiring;
 
-pub use config::{ConfigError, TableNames, config_loader, sdk_config};
+pub use config::{TableNames, config_loader, optional_var, required_var, sdk_config};
 pub use dynamodb::{
     DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, event_from_image,
     event_to_image,
@@ -38,3 +39,4 @@ pub use gateway::{
 };
 pub use retry::RetryPolicy;
 pub use sqs::SqsFanoutQueue;
+pub use wiring::{AppTables, broker_from_env, ports};

@@ -1,5 +1,6 @@
 //! Creates the tables and the fan-out queue, for the local mode and the tests (on AWS the
-//! SAM template does it). Every step is idempotent: what exists already is left as it is.
+//! SAM template does it): the broker's own tables, and an app's from its [`TableSpec`]s.
+//! Every step is idempotent: what exists already is left as it is.
 
 use std::time::Duration;
 
@@ -13,9 +14,8 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use super::config::TableNames;
 use super::dynamodb::BY_PRINCIPAL_INDEX;
 use super::error::AwsCallError;
-
-/// The example app's index of boards by owner: `owner` + `pk`, all attributes.
-pub const BY_OWNER_INDEX: &str = "byOwner";
+use super::wiring::AppTables;
+use crate::{ConfigError, IndexSpec, TableSpec};
 
 /// The attribute DynamoDB's TTL reads on every table.
 const TTL_ATTRIBUTE: &str = "ttl";
@@ -40,94 +40,94 @@ pub enum ProvisionError {
     NotActive { table: String, waited: Duration },
     #[error("queue {0} reports no ARN")]
     MissingQueueArn(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
-struct TableSpec<'a> {
+/// A table to create: the spec, its deployed name, and whether it streams `NEW_IMAGE`.
+struct Table<'a> {
+    spec: TableSpec,
     name: &'a str,
-    hash: &'a str,
-    range: Option<&'a str>,
-    indexes: Vec<IndexSpec>,
-    /// Streams `NEW_IMAGE` when set.
     stream: bool,
 }
 
-struct IndexSpec {
-    name: &'static str,
-    hash: &'static str,
-    range: Option<&'static str>,
-    projection: ProjectionType,
+/// The broker's three tables as specs: the same layout as the SAM template's.
+fn broker_tables(names: &TableNames) -> [Table<'_>; 3] {
+    [
+        Table {
+            spec: TableSpec::new("connections", "connectionId")
+                .index(IndexSpec::new(BY_PRINCIPAL_INDEX, "principal")),
+            name: &names.connections,
+            stream: false,
+        },
+        Table {
+            // No index: a connection's subscriptions are found through its claim items.
+            spec: TableSpec::new("subscriptions", "topic").sort_key("subscriptionKey"),
+            name: &names.subscriptions,
+            stream: false,
+        },
+        Table {
+            spec: TableSpec::new("events", "topic").sort_key("eventId"),
+            name: &names.events,
+            stream: true,
+        },
+    ]
 }
 
-/// Creates the connections, subscriptions and events tables (and the app's table when
-/// named), pay per request, with their indexes, the events stream and TTL on `ttl`.
+/// Creates the connections, subscriptions and events tables, pay per request, with their
+/// indexes, the events stream and TTL on `ttl`.
 pub async fn create_tables(
     client: &aws_sdk_dynamodb::Client,
     names: &TableNames,
-    app_table: Option<&str>,
 ) -> Result<(), ProvisionError> {
-    let mut specs = vec![
-        TableSpec {
-            name: &names.connections,
-            hash: "connectionId",
-            range: None,
-            indexes: vec![IndexSpec {
-                name: BY_PRINCIPAL_INDEX,
-                hash: "principal",
-                range: None,
-                projection: ProjectionType::All,
-            }],
-            stream: false,
-        },
-        TableSpec {
-            name: &names.subscriptions,
-            hash: "topic",
-            range: Some("subscriptionKey"),
-            // No index: a connection's subscriptions are found through its claim items.
-            indexes: Vec::new(),
-            stream: false,
-        },
-        TableSpec {
-            name: &names.events,
-            hash: "topic",
-            range: Some("eventId"),
-            indexes: Vec::new(),
-            stream: true,
-        },
-    ];
-    if let Some(name) = app_table {
-        specs.push(TableSpec {
-            name,
-            hash: "pk",
-            range: Some("sk"),
-            indexes: vec![IndexSpec {
-                name: BY_OWNER_INDEX,
-                hash: "owner",
-                range: Some("pk"),
-                projection: ProjectionType::All,
-            }],
-            stream: false,
-        });
+    create_all(client, &broker_tables(names)).await
+}
+
+/// Creates an app's tables (see [`crate::App::tables`]), each under its deployed name in
+/// `tables`, pay per request, with their indexes and TTL on `ttl`.
+pub async fn create_app_tables(
+    client: &aws_sdk_dynamodb::Client,
+    specs: &[TableSpec],
+    tables: &AppTables,
+) -> Result<(), ProvisionError> {
+    let tables = specs
+        .iter()
+        .map(|spec| {
+            Ok(Table {
+                spec: spec.clone(),
+                name: tables.name(spec.name)?,
+                stream: false,
+            })
+        })
+        .collect::<Result<Vec<_>, ProvisionError>>()?;
+    create_all(client, &tables).await
+}
+
+async fn create_all(
+    client: &aws_sdk_dynamodb::Client,
+    tables: &[Table<'_>],
+) -> Result<(), ProvisionError> {
+    for table in tables {
+        create_table(client, table).await?;
     }
-    for spec in &specs {
-        create_table(client, spec).await?;
-    }
-    for spec in &specs {
-        wait_until_active(client, spec.name).await?;
-        enable_ttl(client, spec.name).await?;
+    for table in tables {
+        wait_until_active(client, table.name).await?;
+        enable_ttl(client, table.name).await?;
     }
     Ok(())
 }
 
 async fn create_table(
     client: &aws_sdk_dynamodb::Client,
-    spec: &TableSpec<'_>,
+    table: &Table<'_>,
 ) -> Result<(), ProvisionError> {
     let build_error = |e| AwsCallError::new("CreateTable", e);
-    let mut attributes: Vec<&str> = vec![spec.hash];
-    attributes.extend(spec.range);
+    let spec = &table.spec;
+    let mut attributes: Vec<&str> = vec![spec.partition_key];
+    attributes.extend(spec.sort_key);
     for index in &spec.indexes {
-        attributes.push(index.hash);
-        attributes.extend(index.range);
+        attributes.push(index.partition_key);
+        attributes.extend(index.sort_key);
     }
     attributes.sort_unstable();
     attributes.dedup();
@@ -147,10 +147,10 @@ async fn create_table(
         .map(|index| {
             GlobalSecondaryIndex::builder()
                 .index_name(index.name)
-                .set_key_schema(Some(key_schema(index.hash, index.range)?))
+                .set_key_schema(Some(key_schema(index.partition_key, index.sort_key)?))
                 .projection(
                     Projection::builder()
-                        .projection_type(index.projection.clone())
+                        .projection_type(ProjectionType::All)
                         .build(),
                 )
                 .build()
@@ -159,14 +159,14 @@ async fn create_table(
         .collect::<Result<Vec<_>, _>>()?;
     let mut request = client
         .create_table()
-        .table_name(spec.name)
+        .table_name(table.name)
         .billing_mode(BillingMode::PayPerRequest)
         .set_attribute_definitions(Some(definitions))
-        .set_key_schema(Some(key_schema(spec.hash, spec.range)?));
+        .set_key_schema(Some(key_schema(spec.partition_key, spec.sort_key)?));
     if !indexes.is_empty() {
         request = request.set_global_secondary_indexes(Some(indexes));
     }
-    if spec.stream {
+    if table.stream {
         request = request.stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)

@@ -1,6 +1,10 @@
 //! The DynamoDB stores, and what they share: item conversion, paginated queries, batches
 //! that retry their unprocessed entries.
 //!
+//! [`to_item`], [`from_item`], [`put_new`] and [`backend`] are public on purpose: an app's
+//! own DynamoDB stores use them to convert records and map SDK errors to [`StoreError`]
+//! the way the broker's stores do.
+//!
 //! Every read of one item is strongly consistent, and so is every query on a table's own
 //! key: the in-memory stores the broker is tested against read their own writes, and a
 //! client that subscribes and publishes at once expects the same here. Only the queries on

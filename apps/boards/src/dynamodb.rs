@@ -6,17 +6,17 @@
 
 use std::collections::HashMap;
 
+use crate::BY_OWNER_INDEX;
 use async_graphql::ID;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use broker::aws::dynamodb::{backend, from_item, put_new, to_item};
-use broker::aws::provision::BY_OWNER_INDEX;
 use broker::{StoreError, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::schema::{Board, Card};
-use super::store::BoardStore;
+use crate::schema::{Board, Card};
+use crate::store::BoardStore;
 
 const BOARD_PREFIX: &str = "BOARD#";
 const BOARD_SORT_KEY: &str = "BOARD";

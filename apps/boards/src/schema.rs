@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
 use broker::{
-    Audience, EventStream, Publisher, SubscriptionsOf, Topic, UserId, internal_error, listen,
+    Audience, EventStream, Outbox, SubscriptionsOf, Topic, UserId, internal_error, listen,
     principal, registering,
 };
 use serde::{Deserialize, Serialize};
 
-use super::store::BoardStore;
+use crate::store::BoardStore;
 
 #[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,9 +29,9 @@ pub struct Card {
     pub title: String,
 }
 
-pub type AppSchema = Schema<Query, Mutation, SubscriptionRoot>;
+pub type BoardsSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-pub fn build_schema(store: Arc<dyn BoardStore>) -> AppSchema {
+pub fn build_schema(store: Arc<dyn BoardStore>) -> BoardsSchema {
     Schema::build(Query, Mutation, SubscriptionRoot)
         .data(store)
         .limit_depth(16)
@@ -94,7 +94,7 @@ impl Mutation {
             .create_board(&board)
             .await
             .map_err(internal_error)?;
-        ctx.data::<Publisher>()?
+        ctx.data::<Outbox>()?
             .publish(
                 Topic::private(user, "boardCreated"),
                 &board,
@@ -115,7 +115,7 @@ impl Mutation {
             title,
         };
         store(ctx)?.add_card(&card).await.map_err(internal_error)?;
-        ctx.data::<Publisher>()?
+        ctx.data::<Outbox>()?
             .publish(card_topic(&board.id), &card, Audience::User(user.clone()))
             .await
             .map_err(internal_error)?;
@@ -132,7 +132,7 @@ impl Mutation {
             .delete_board(&board.id)
             .await
             .map_err(internal_error)?;
-        ctx.data::<Publisher>()?
+        ctx.data::<Outbox>()?
             .end_subscriptions(SubscriptionsOf::Topic(card_topic(&board.id)))
             .await
             .map_err(internal_error)?;

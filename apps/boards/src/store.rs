@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use broker::{StoreError, UserId};
 
-use super::schema::{Board, Card};
+use crate::schema::{Board, Card};
 
 #[async_trait]
 pub trait BoardStore: Send + Sync {

@@ -1,0 +1,209 @@
+//! The plug-in point: what an app gives the broker, and what the broker gives its resolvers.
+//!
+//! An app is one crate holding an async-graphql schema built from its own stores. It
+//! implements [`App`]: the tables it keeps its data in (as plain data, [`TableSpec`]) and
+//! how to build its schema on the storage the process chose ([`Storage`]). Everything that
+//! runs the broker (the Lambda functions, the local mode, provisioning, the tests) receives
+//! the app as a value; the broker itself names no app.
+//!
+//! Resolvers reach the broker through the request data: [`crate::principal`] (who is asking),
+//! [`crate::listen`] (what a subscription listens to) and [`Outbox`] (publishing a change).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::Broker;
+use crate::delivery::PublishError;
+use crate::domain::{Audience, Event, Topic};
+use crate::graphql::GraphqlExecutor;
+
+/// An app's schema, as the broker runs it: any `async_graphql::Schema` converts into one
+/// (`schema.into()`).
+#[derive(Clone)]
+pub struct AppSchema(pub(crate) Arc<dyn GraphqlExecutor>);
+
+impl<E: async_graphql::Executor> From<E> for AppSchema {
+    fn from(schema: E) -> Self {
+        Self(Arc::new(schema))
+    }
+}
+
+/// A GraphQL API served by the broker.
+///
+/// ```
+/// use broker::async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
+/// use broker::{App, AppSchema, ConfigError, Storage};
+///
+/// struct Query;
+///
+/// #[Object]
+/// impl Query {
+///     async fn hello(&self) -> &str {
+///         "world"
+///     }
+/// }
+///
+/// struct Hello;
+///
+/// impl App for Hello {
+///     fn schema(&self, _storage: &Storage) -> Result<AppSchema, ConfigError> {
+///         Ok(Schema::new(Query, EmptyMutation, EmptySubscription).into())
+///     }
+/// }
+/// ```
+pub trait App: Send + Sync + 'static {
+    /// The tables the app keeps its data in, none by default. Provisioning creates them for
+    /// the local mode and the tests; on AWS the SAM template declares the same.
+    fn tables(&self) -> Vec<TableSpec> {
+        Vec::new()
+    }
+
+    /// The app's schema with its stores on `storage`. Called once per process (a cold
+    /// start, a local gateway); an app that cannot keep its data there says so with
+    /// [`ConfigError::UnsupportedStorage`].
+    fn schema(&self, storage: &Storage) -> Result<AppSchema, ConfigError>;
+}
+
+/// Where an app's stores keep their data, as chosen by the process that runs the app.
+#[non_exhaustive]
+pub enum Storage {
+    /// This process's memory: the embedded local mode and unit tests.
+    Memory,
+    /// DynamoDB: a client and the deployed names of the app's [`App::tables`].
+    #[cfg(feature = "aws")]
+    DynamoDb(crate::aws::AppTables),
+}
+
+impl Storage {
+    /// How errors and logs name this storage.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            #[cfg(feature = "aws")]
+            Self::DynamoDb(_) => "DynamoDB",
+        }
+    }
+}
+
+/// One DynamoDB table of an app, as plain data: keys and global secondary indexes, every
+/// attribute of them a string, pay per request, TTL on `ttl`.
+///
+/// `name` is the table's role in the app (`"orders"`); the deployed table's name comes
+/// from the environment variable [`TableSpec::env_var`] (`ORDERS_TABLE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSpec {
+    pub name: &'static str,
+    pub partition_key: &'static str,
+    pub sort_key: Option<&'static str>,
+    pub indexes: Vec<IndexSpec>,
+}
+
+/// A global secondary index, projecting all attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexSpec {
+    pub name: &'static str,
+    pub partition_key: &'static str,
+    pub sort_key: Option<&'static str>,
+}
+
+impl TableSpec {
+    pub fn new(name: &'static str, partition_key: &'static str) -> Self {
+        Self {
+            name,
+            partition_key,
+            sort_key: None,
+            indexes: Vec::new(),
+        }
+    }
+
+    pub fn sort_key(mut self, sort_key: &'static str) -> Self {
+        self.sort_key = Some(sort_key);
+        self
+    }
+
+    pub fn index(mut self, index: IndexSpec) -> Self {
+        self.indexes.push(index);
+        self
+    }
+
+    /// The environment variable holding the deployed table's name: the name in upper case,
+    /// `-` as `_`, then `_TABLE`.
+    pub fn env_var(&self) -> String {
+        table_env_var(self.name)
+    }
+}
+
+/// See [`TableSpec::env_var`].
+pub fn table_env_var(name: &str) -> String {
+    format!("{}_TABLE", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+impl IndexSpec {
+    pub fn new(name: &'static str, partition_key: &'static str) -> Self {
+        Self {
+            name,
+            partition_key,
+            sort_key: None,
+        }
+    }
+
+    pub fn sort_key(mut self, sort_key: &'static str) -> Self {
+        self.sort_key = Some(sort_key);
+        self
+    }
+}
+
+/// Configuration that cannot work: a variable missing or malformed, a storage an app cannot
+/// use. Raised at start, before anything is served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is not set")]
+    Missing(String),
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("this app cannot keep its data in {0}")]
+    UnsupportedStorage(&'static str),
+    #[error("the app has no table named {0:?}")]
+    UnknownTable(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+}
+
+/// The handle resolvers publish changes with: `ctx.data::<Outbox>()?.publish(...)`.
+///
+/// In stream mode a published change is appended to the event log and the stream publisher
+/// delivers it later; in direct mode it is delivered before `publish` returns.
+#[derive(Clone)]
+pub struct Outbox {
+    broker: Broker,
+}
+
+impl Outbox {
+    pub(crate) fn new(broker: Broker) -> Self {
+        Self { broker }
+    }
+
+    /// Publishes `payload` on `topic` for `audience`: see [`Broker::publish`].
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        payload: &impl Serialize,
+        audience: Audience,
+    ) -> Result<Event, PublishError> {
+        self.broker.publish(topic, payload, audience).await
+    }
+
+    /// Ends subscriptions (a deleted board's, a user's who lost access): see
+    /// [`Broker::end_subscriptions`].
+    pub async fn end_subscriptions(
+        &self,
+        which: crate::SubscriptionsOf,
+    ) -> Result<usize, crate::StoreError> {
+        self.broker.end_subscriptions(which).await
+    }
+}

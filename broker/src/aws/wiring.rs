@@ -1,0 +1,117 @@
+//! Building a broker on AWS: the ports from an SDK configuration, the app's tables, and the
+//! whole broker from the environment the SAM template sets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+
+use super::config::{TableNames, optional_var, required_var, sdk_config};
+use super::dynamodb::{DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore};
+use super::gateway::ApiGatewayConnectionGateway;
+use super::sqs::SqsFanoutQueue;
+use crate::{
+    App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, ConnectionGateway,
+    FanoutQueue, Ports, Storage, TableSpec,
+};
+
+/// The broker's ports on AWS: the three DynamoDB tables, `gateway` to post to connections,
+/// and SQS for large fan-outs when `fanout_queue_url` is given (else they are delivered
+/// inline). Used by the Lambda functions and the local mode alike; only the gateway
+/// differs (the local mode posts to its own Management API).
+pub fn ports(
+    sdk: &SdkConfig,
+    tables: &TableNames,
+    gateway: Arc<dyn ConnectionGateway>,
+    fanout_queue_url: Option<&str>,
+) -> Ports {
+    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let fanout = fanout_queue_url.map(|url| {
+        let queue = SqsFanoutQueue::new(aws_sdk_sqs::Client::new(sdk), url);
+        Arc::new(queue) as Arc<dyn FanoutQueue>
+    });
+    Ports {
+        connections: Arc::new(DynamoDbConnectionStore::new(
+            dynamodb.clone(),
+            tables.connections.clone(),
+        )),
+        subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+            dynamodb.clone(),
+            tables.subscriptions.clone(),
+        )),
+        events: Arc::new(DynamoDbEventLog::new(dynamodb, tables.events.clone())),
+        gateway,
+        fanout,
+    }
+}
+
+/// An app's tables on DynamoDB: the client, and the deployed name of each table the app
+/// declares (by [`TableSpec::name`]).
+#[derive(Clone, Debug)]
+pub struct AppTables {
+    client: aws_sdk_dynamodb::Client,
+    names: HashMap<String, String>,
+}
+
+impl AppTables {
+    /// `names` maps each table's [`TableSpec::name`] to its deployed name.
+    pub fn new(
+        client: aws_sdk_dynamodb::Client,
+        names: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        Self {
+            client,
+            names: names.into_iter().collect(),
+        }
+    }
+
+    /// The deployed names from the environment: each table's [`TableSpec::env_var`]
+    /// (`ORDERS_TABLE` for `orders`), which must be set.
+    pub fn from_env(
+        client: aws_sdk_dynamodb::Client,
+        specs: &[TableSpec],
+    ) -> Result<Self, ConfigError> {
+        let names = specs
+            .iter()
+            .map(|spec| Ok((spec.name.to_owned(), required_var(&spec.env_var())?)))
+            .collect::<Result<HashMap<_, _>, ConfigError>>()?;
+        Ok(Self { client, names })
+    }
+
+    pub fn client(&self) -> &aws_sdk_dynamodb::Client {
+        &self.client
+    }
+
+    /// The deployed name of the app's table `name`.
+    pub fn name(&self, name: &str) -> Result<&str, ConfigError> {
+        self.names
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| ConfigError::UnknownTable(name.to_owned()))
+    }
+}
+
+/// The broker a Lambda function runs, serving `app`, configured from the environment the
+/// SAM template sets: `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE`, `EVENTS_TABLE`, one
+/// `{NAME}_TABLE` per table of the app, `MANAGEMENT_ENDPOINT`, `JWT_SECRET` (`JWT_ISSUER`,
+/// `JWT_AUDIENCE`), `DELIVERY_MODE`, `FANOUT_*`, `POST_CONCURRENCY`, and `FANOUT_QUEUE_URL`
+/// for the functions that split large fan-outs. Built once per cold start.
+pub async fn broker_from_env(app: &dyn App) -> Result<Broker, ConfigError> {
+    let sdk = sdk_config(None).await;
+    let gateway =
+        ApiGatewayConnectionGateway::from_config(&sdk, &required_var("MANAGEMENT_ENDPOINT")?);
+    let ports = ports(
+        &sdk,
+        &TableNames::from_env()?,
+        Arc::new(gateway),
+        optional_var("FANOUT_QUEUE_URL").as_deref(),
+    );
+    let tables = AppTables::from_env(aws_sdk_dynamodb::Client::new(&sdk), &app.tables())?;
+    let schema = app.schema(&Storage::DynamoDb(tables))?;
+    Ok(Broker::new(
+        schema,
+        ports,
+        Authenticator::new(AuthConfig::from_env(None)?),
+        BrokerConfig::from_env()?,
+    ))
+}

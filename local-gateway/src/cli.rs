@@ -1,0 +1,184 @@
+//! The `broker-local` command line: run the broker on one machine serving one of the apps
+//! the binary was built with, or mint a development token. An app crate can ship a local
+//! binary of its own by calling [`main`] with itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use broker::App;
+use clap::{Parser, Subcommand};
+
+use crate::{LocalGateway, Options};
+
+/// An app the binary can serve: its name for `--app`, and how to make it.
+pub type AppChoice = (&'static str, fn() -> Arc<dyn App>);
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Serverless realtime GraphQL, locally: no AWS account needed"
+)]
+struct Cli {
+    /// The app to serve (default: the first the binary was built with).
+    #[arg(long, env = "BROKER_APP", global = true)]
+    app: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The app named `name`, or the first of `apps` when no name is given.
+fn choose(apps: &[AppChoice], name: Option<&str>) -> anyhow::Result<Arc<dyn App>> {
+    let found = match name {
+        None => apps.first(),
+        Some(name) => apps.iter().find(|(n, _)| *n == name),
+    };
+    match found {
+        Some((_, make)) => Ok(make()),
+        None => {
+            let known: Vec<&str> = apps.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "unknown app {:?} (this binary serves: {})",
+                name.unwrap_or_default(),
+                known.join(", ")
+            )
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve GraphQL over HTTP and WebSocket, and the Management API (the default command).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:4000")]
+        listen: SocketAddr,
+        /// Keep state in DynamoDB at this endpoint (e.g. a moto server) instead of in memory,
+        /// and poll the events table's stream. Table names come from CONNECTIONS_TABLE,
+        /// SUBSCRIPTIONS_TABLE, EVENTS_TABLE and one {NAME}_TABLE per table of the app
+        /// (defaults: broker-connections, …, broker-{name}).
+        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        dynamodb_endpoint: Option<String>,
+        /// With --dynamodb-endpoint: create the tables when missing.
+        #[arg(long)]
+        create_tables: bool,
+        /// With --dynamodb-endpoint: split large fan-outs into this SQS queue (same
+        /// endpoint), or "create" to create `broker-fanout` with its dead-letter queue.
+        #[arg(long, env = "FANOUT_QUEUE_URL")]
+        fanout_queue: Option<String>,
+    },
+    /// Print a development token for a user id, signed with the configured JWT_SECRET
+    /// (or the local default), with JWT_ISSUER / JWT_AUDIENCE when set.
+    Token {
+        user_id: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 24 * 60 * 60)]
+        ttl: u64,
+    },
+}
+
+/// Runs the command line, serving one of `apps` (the first by default).
+pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let options = Options::from_env(choose(apps, cli.app.as_deref())?)?;
+    match cli.command {
+        Some(Command::Token { user_id, ttl }) => {
+            let auth = broker::Authenticator::new(options.auth);
+            println!("{}", auth.mint(&user_id, ttl));
+            Ok(())
+        }
+        Some(Command::Serve {
+            listen,
+            dynamodb_endpoint,
+            create_tables,
+            fanout_queue,
+        }) => {
+            let mut options = options;
+            if let Some(endpoint) = dynamodb_endpoint {
+                options.backend =
+                    aws_backend(&options, endpoint, create_tables, fanout_queue).await?;
+            }
+            serve(listen, options).await
+        }
+        None => {
+            let listen = std::env::var("BROKER_LISTEN")
+                .ok()
+                .map(|v| v.parse())
+                .transpose()
+                .context("BROKER_LISTEN")?
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000)));
+            serve(listen, options).await
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, options: Options) -> anyhow::Result<()> {
+    if std::env::var("JWT_SECRET").is_err() {
+        tracing::warn!("JWT_SECRET is not set: using the documented development secret");
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let gateway = LocalGateway::start(listener, options.clone()).await?;
+    if options.web.dir.is_some() {
+        tracing::info!(url = %gateway.web_url(), "the web app");
+    }
+    if options.web.dev_tokens {
+        tracing::warn!(
+            "POST /dev/token signs in any user name without a password: for local development only"
+        );
+    }
+    tracing::info!(
+        http = %gateway.graphql_url(),
+        websocket = %gateway.websocket_url(),
+        management = %gateway.management_endpoint(),
+        mode = ?options.broker.delivery_mode,
+        "broker-local is serving"
+    );
+    tokio::signal::ctrl_c().await?;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn aws_backend(
+    options: &Options,
+    endpoint: String,
+    create_tables: bool,
+    fanout_queue: Option<String>,
+) -> anyhow::Result<crate::Backend> {
+    let var =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let tables = broker::aws::TableNames {
+        connections: var("CONNECTIONS_TABLE", "broker-connections"),
+        subscriptions: var("SUBSCRIPTIONS_TABLE", "broker-subscriptions"),
+        events: var("EVENTS_TABLE", "broker-events"),
+    };
+    let fanout_queue_url = match fanout_queue.as_deref() {
+        Some("create") => {
+            let sdk = broker::aws::sdk_config(Some(&endpoint)).await;
+            let sqs = aws_sdk_sqs::Client::new(&sdk);
+            Some(broker::aws::provision::create_fanout_queue(&sqs, "broker-fanout").await?)
+        }
+        other => other.map(str::to_owned),
+    };
+    Ok(crate::Backend::Aws(crate::aws::AwsBackend {
+        endpoint: Some(endpoint),
+        tables,
+        app_tables: options
+            .app
+            .tables()
+            .iter()
+            .map(|spec| {
+                let default = format!("broker-{}", spec.name);
+                (spec.name.to_owned(), var(&spec.env_var(), &default))
+            })
+            .collect(),
+        fanout_queue_url,
+        create_tables,
+    }))
+}
