@@ -52,6 +52,8 @@ struct Claims {
     iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<String>,
 }
 
 /// What is read from a verified token. `iss` and `aud` are checked by the validation and not
@@ -59,6 +61,17 @@ struct Claims {
 #[derive(Debug, Deserialize)]
 struct Subject {
     sub: String,
+    /// The roles the issuer grants (`"roles": ["backend"]`); a claim of another shape makes
+    /// the token invalid rather than role-less.
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// Who a verified token speaks for, and the roles its `roles` claim grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: UserId,
+    pub roles: Vec<String>,
 }
 
 /// Verifies tokens. Cheap to clone.
@@ -107,6 +120,11 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.identify(token).map(|identity| identity.user)
+    }
+
+    /// Like [`Authenticator::verify`], with the token's roles.
+    pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::MissingToken);
@@ -116,21 +134,35 @@ impl Authenticator {
         if data.claims.sub.is_empty() {
             return Err(AuthError::InvalidToken("empty subject".into()));
         }
-        Ok(UserId::new(data.claims.sub))
+        Ok(Identity {
+            user: UserId::new(data.claims.sub),
+            roles: data.claims.roles,
+        })
     }
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
     pub fn verify_bearer(&self, header: Option<&str>) -> Result<UserId, AuthError> {
+        self.identify_bearer(header).map(|identity| identity.user)
+    }
+
+    /// Like [`Authenticator::verify_bearer`], with the token's roles.
+    pub fn identify_bearer(&self, header: Option<&str>) -> Result<Identity, AuthError> {
         let header = header.ok_or(AuthError::MissingToken)?;
         let token = strip_bearer(header)
             .ok_or_else(|| AuthError::InvalidToken("expected \"Bearer <token>\"".into()))?;
-        self.verify(token)
+        self.identify(token)
     }
 
     /// Mints a token for `user`, valid for `ttl_secs`, with the configured issuer and
     /// audience. For development and tests: production tokens come from the app's backend.
     pub fn mint(&self, user: &str, ttl_secs: u64) -> String {
+        self.mint_with_roles(user, ttl_secs, &[])
+    }
+
+    /// [`Authenticator::mint`] with a `roles` claim.
+    pub fn mint_with_roles(&self, user: &str, ttl_secs: u64, roles: &[&str]) -> String {
         let claims = Claims {
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             sub: user.to_owned(),
             exp: now_secs() + ttl_secs,
             iss: self.config.issuer.clone(),
@@ -187,6 +219,29 @@ mod tests {
     }
 
     #[test]
+    fn the_roles_claim_is_read_and_must_be_a_list_of_strings() {
+        let a = auth(None, None);
+        let backend = a
+            .identify(&a.mint_with_roles("svc", 60, &["backend"]))
+            .unwrap();
+        assert_eq!(backend.roles, vec!["backend".to_owned()]);
+        assert_eq!(
+            a.identify(&a.mint("u", 60)).unwrap().roles,
+            Vec::<String>::new()
+        );
+        let malformed = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "u", "exp": now_secs() + 60, "roles": "backend"}),
+            &EncodingKey::from_secret("s".repeat(32).as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(
+            a.identify(&malformed),
+            Err(AuthError::InvalidToken(_))
+        ));
+    }
+
+    #[test]
     fn wrong_secret_issuer_audience_expiry_and_alg_none_are_rejected() {
         let a = auth(Some("app"), Some("broker"));
         let other_secret = Authenticator::new(AuthConfig {
@@ -212,6 +267,7 @@ mod tests {
             exp: now_secs() - 3600,
             iss: Some("app".into()),
             aud: Some("broker".into()),
+            roles: Vec::new(),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

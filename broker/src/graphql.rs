@@ -100,6 +100,17 @@ pub fn internal_error(error: impl std::fmt::Display) -> async_graphql::Error {
     async_graphql::Error::new(format!("internal error (reference {reference})"))
 }
 
+/// The roles the caller's token granted (its `roles` claim). Present on requests made over
+/// HTTP, where each request carries its token; an operation sent over a WebSocket has none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roles(pub Vec<String>);
+
+/// Whether the caller's token granted `role`.
+pub fn has_role(ctx: &Context<'_>, role: &str) -> bool {
+    ctx.data_opt::<Roles>()
+        .is_some_and(|roles| roles.0.iter().any(|r| r == role))
+}
+
 /// The authenticated user of the request, or a GraphQL error.
 pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a UserId> {
     ctx.data_opt::<Principal>()

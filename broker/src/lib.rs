@@ -42,14 +42,16 @@ use async_graphql::parser::types::OperationType;
 
 pub use app::{App, AppSchema, ConfigError, IndexSpec, Outbox, Storage, TableSpec};
 pub use async_graphql;
-pub use auth::{AuthConfig, Authenticator};
+pub use auth::{AuthConfig, Authenticator, Identity};
 pub use cost::{CostError, CostLimits};
 pub use delivery::{DeliveryReport, PublishError};
 pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,
 };
-pub use graphql::{EventStream, GraphqlExecutor, internal_error, listen, principal, registering};
+pub use graphql::{
+    EventStream, GraphqlExecutor, Roles, has_role, internal_error, listen, principal, registering,
+};
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
@@ -284,6 +286,17 @@ impl Broker {
             Ok((request, _)) => self.execute_prepared(user, request).await,
             Err(error) => async_graphql::Response::from_errors(vec![error]),
         }
+    }
+
+    /// [`Broker::execute`] for a caller whose token granted `roles` (HTTP, where every
+    /// request carries its token); resolvers check them with [`has_role`].
+    pub async fn execute_with_roles(
+        &self,
+        user: UserId,
+        roles: Vec<String>,
+        request: async_graphql::Request,
+    ) -> async_graphql::Response {
+        self.execute(user, request.data(Roles(roles))).await
     }
 
     async fn execute_prepared(

@@ -14,8 +14,8 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let user = match broker.authenticator().verify_bearer(authorization) {
-        Ok(user) => user,
+    let identity = match broker.authenticator().identify_bearer(authorization) {
+        Ok(identity) => identity,
         Err(e) => {
             let mut response = error(401, &e.to_string());
             response.headers.insert(
@@ -68,7 +68,9 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
             return response;
         }
     };
-    let response = broker.execute(user, request).await;
+    let response = broker
+        .execute_with_roles(identity.user, identity.roles, request)
+        .await;
     let body = serde_json::to_string(&response).expect("a GraphQL response serializes to JSON");
     respond(200, Some(body))
 }
