@@ -83,10 +83,15 @@ impl Broker {
         payload: &impl Serialize,
         audience: Audience,
     ) -> Result<Event, PublishError> {
-        let event = Event::new(topic, serde_json::to_value(payload)?, audience);
+        let mut event = Event::new(topic, serde_json::to_value(payload)?, audience);
+        event.expires_at = event.published_at_ms / 1000 + self.config().event_retention.as_secs();
         match self.config().delivery_mode {
             DeliveryMode::Stream => self.ports().events.append(&event).await?,
             DeliveryMode::Direct => {
+                // Logged first, marked as delivered here: a subscriber that misses it can
+                // resume from the log, and the stream publisher leaves it alone.
+                event.direct = true;
+                self.ports().events.append(&event).await?;
                 let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
                 let report = self
                     .deliver_to(Arc::new(event.clone()), subscriptions)
@@ -110,6 +115,9 @@ impl Broker {
             topic: event.topic.clone(),
             event_id: event.id.clone(),
         };
+        if event.direct {
+            return Ok(DeliveryReport::default());
+        }
         if self.ports().events.is_delivered(&reference).await? {
             tracing::info!(event = %reference.event_id, "skipping an event delivered before");
             return Ok(DeliveryReport::default());
@@ -216,6 +224,13 @@ impl Broker {
         let (admitted, refused): (Vec<_>, Vec<_>) = subscriptions
             .into_iter()
             .partition(|s| s.topic == event.topic && event.audience.admits(&s.principal));
+        // A subscription starts at its own beginning: what was published before it was
+        // stored is for `resumeFrom` to replay, not for live delivery.
+        let published = event.published_ms();
+        let (admitted, earlier): (Vec<_>, Vec<_>) = admitted
+            .into_iter()
+            .partition(|s| published >= s.starts_at_ms);
+        report.filtered += earlier.len();
         for s in &refused {
             tracing::warn!(
                 event = %event.id,

@@ -9,7 +9,9 @@ use crate::protocol::Protocol;
 /// WebSocket after two hours, so nothing of a connection needs to outlive that by much.
 pub const CONNECTION_LIFETIME_SECS: u64 = 2 * 60 * 60 + 5 * 60;
 
-/// How long an event stays in the event log (replay window, then DynamoDB TTL removes it).
+/// How long an event stays in the event log by default: the window within which a
+/// subscriber can resume from it (`BrokerConfig::event_retention`), after which DynamoDB's
+/// TTL removes it.
 pub const EVENT_LIFETIME_SECS: u64 = 24 * 60 * 60;
 
 macro_rules! string_id {
@@ -120,6 +122,11 @@ pub struct Subscription {
     /// JSON object of the operation's variables.
     pub variables: serde_json::Value,
     pub expires_at: u64,
+    /// Milliseconds since the Unix epoch when the subscription was stored: live delivery
+    /// skips events published before it (those are what `resumeFrom` replays). 0 takes
+    /// every event.
+    #[serde(default)]
+    pub starts_at_ms: u64,
 }
 
 /// Who may receive an event. Checked at delivery against each subscription's principal, so a
@@ -150,20 +157,54 @@ pub struct Event {
     /// Milliseconds since the Unix epoch, when it was published.
     pub published_at_ms: u64,
     pub expires_at: u64,
+    /// Delivered by the publishing call itself (direct mode): the event is in the log for
+    /// resuming only, and the stream publisher leaves it alone.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl Event {
     pub fn new(topic: Topic, payload: serde_json::Value, audience: Audience) -> Self {
-        let now = now_ms();
+        // One clock reading for both: the id's time is the publication time, which is what
+        // a resume pages by.
+        let id = next_event_id();
+        let now = id.timestamp_ms();
         Self {
-            id: ulid::Ulid::new().to_string(),
+            id: id.to_string(),
             topic,
             payload,
             audience,
             published_at_ms: now,
             expires_at: now / 1000 + EVENT_LIFETIME_SECS,
+            direct: false,
         }
     }
+
+    /// When the event was published, in milliseconds since the epoch: its `published_at_ms`,
+    /// or for items other services wrote without it, the time in its ULID.
+    pub fn published_ms(&self) -> u64 {
+        if self.published_at_ms > 0 {
+            return self.published_at_ms;
+        }
+        ulid_ms(&self.id).unwrap_or_default()
+    }
+}
+
+/// A new event id. Monotonic within this process, so events one process publishes in the
+/// same millisecond keep their order; ids of different processes may still interleave.
+fn next_event_id() -> ulid::Ulid {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Fails only when 2^80 ids were made in one millisecond; a fresh random one will do.
+    generator.generate().unwrap_or_else(|_| ulid::Ulid::new())
+}
+
+/// The millisecond timestamp in a ULID, `None` for a string that is not one.
+pub fn ulid_ms(id: &str) -> Option<u64> {
+    ulid::Ulid::from_string(id).ok().map(|u| u.timestamp_ms())
 }
 
 /// A reference to an event in the log, small enough to put in a queue message.

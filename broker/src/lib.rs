@@ -31,6 +31,7 @@ pub mod hooks;
 pub mod memory;
 pub mod ports;
 pub mod protocol;
+pub mod resume;
 pub mod session;
 pub mod unsubscribe;
 
@@ -111,6 +112,14 @@ pub struct BrokerConfig {
     pub render_timeout: Duration,
     /// Renderings of one event in flight at once.
     pub render_concurrency: usize,
+    /// How long events stay in the log: the window a subscriber can resume within.
+    pub event_retention: Duration,
+    /// How long a publish may take from stamping its event to storing it. A resume reads the
+    /// log once more this long after it began, so an event stamped before the subscription
+    /// but stored after the first read is replayed, not skipped.
+    pub resume_settle: Duration,
+    /// The most events one resume replays; a subscriber further behind is told to re-query.
+    pub max_replay_events: usize,
 }
 
 impl Default for BrokerConfig {
@@ -126,6 +135,9 @@ impl Default for BrokerConfig {
             max_subscriptions_per_connection: 100,
             render_timeout: Duration::from_secs(5),
             render_concurrency: 16,
+            event_retention: Duration::from_secs(domain::EVENT_LIFETIME_SECS),
+            resume_settle: Duration::from_millis(1000),
+            max_replay_events: 10_000,
         }
     }
 }
@@ -133,8 +145,9 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `POST_CONCURRENCY`,
     /// `MAX_REQUEST_BYTES`, `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`,
-    /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`; absent variables keep their
-    /// defaults, malformed ones are an error.
+    /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
+    /// `RESUME_SETTLE_MS`, `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
+    /// malformed ones are an error.
     pub fn from_env() -> Result<Self, ConfigError> {
         fn var<T: FromStr>(name: &str) -> Result<Option<T>, ConfigError>
         where
@@ -184,6 +197,15 @@ impl BrokerConfig {
         }
         if let Some(ms) = var::<u64>("RENDER_TIMEOUT_MS")? {
             config.render_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(secs) = var::<u64>("EVENT_RETENTION_SECS")? {
+            config.event_retention = Duration::from_secs(secs.max(1));
+        }
+        if let Some(ms) = var::<u64>("RESUME_SETTLE_MS")? {
+            config.resume_settle = Duration::from_millis(ms);
+        }
+        if let Some(n) = var::<usize>("MAX_REPLAY_EVENTS")? {
+            config.max_replay_events = n.max(1);
         }
         Ok(config)
     }

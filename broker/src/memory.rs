@@ -226,6 +226,8 @@ pub struct MemoryEventLog {
 struct EventLogState {
     events: Vec<Event>,
     by_ref: HashMap<(Topic, String), usize>,
+    /// Positions by topic and id, for reading a topic in id order.
+    by_topic: HashMap<Topic, BTreeMap<String, usize>>,
     delivered: HashSet<(Topic, String)>,
 }
 
@@ -262,6 +264,11 @@ impl EventLog for MemoryEventLog {
             }
             let position = state.events.len();
             state.by_ref.insert(key, position);
+            state
+                .by_topic
+                .entry(event.topic.clone())
+                .or_default()
+                .insert(event.id.clone(), position);
             state.events.push(event.clone());
         }
         self.appended.notify_one();
@@ -277,6 +284,27 @@ impl EventLog for MemoryEventLog {
             .map(|&i| &state.events[i])
             .filter(|e| e.expires_at > now)
             .cloned())
+    }
+
+    async fn after(
+        &self,
+        topic: &Topic,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        use std::ops::Bound;
+        let now = now_secs();
+        let state = lock(&self.inner);
+        let Some(ids) = state.by_topic.get(topic) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded))
+            .map(|(_, &i)| &state.events[i])
+            .filter(|e| e.expires_at > now)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {

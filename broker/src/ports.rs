@@ -109,6 +109,15 @@ pub trait EventLog: Send + Sync {
     /// Appends; never overwrites an event with the same id.
     async fn append(&self, event: &Event) -> Result<(), StoreError>;
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError>;
+    /// Up to `limit` unexpired events of `topic` whose id sorts after `after`, in id order
+    /// (a consistent read): what a subscriber resuming from `after` missed. Page on with the
+    /// last id returned.
+    async fn after(
+        &self,
+        topic: &Topic,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
     /// Whether `event` was delivered in full already: a retried stream batch skips it
     /// instead of delivering it twice.
     async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError>;

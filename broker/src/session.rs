@@ -295,6 +295,13 @@ impl Broker {
             return self.post(id, &frame).await;
         }
 
+        let resume_from = match crate::resume::cursor(&request) {
+            Ok(cursor) => cursor,
+            Err(message) => {
+                let errors = vec![serde_json::json!({"message": message})];
+                return self.post(id, &protocol.error(&operation_id, errors)).await;
+            }
+        };
         let document = request.query.clone();
         let operation_name = request.operation_name.clone();
         let variables = request
@@ -311,7 +318,7 @@ impl Broker {
                 return self.post(id, &frame).await;
             }
         };
-        let subscription = Subscription {
+        let mut subscription = Subscription {
             key,
             topic,
             protocol,
@@ -320,14 +327,24 @@ impl Broker {
             operation_name,
             variables,
             expires_at: connection.expires_at,
+            starts_at_ms: 0,
         };
         if let Err(refusal) = self.hooks().on_subscribe(&subscription).await {
             let error = async_graphql::ServerError::new(refusal.to_string(), None);
             let frame = protocol.error(&operation_id, errors_json(&[error]));
             return self.post(id, &frame).await;
         }
+        let replay = match resume_from {
+            Some(cursor) => self.replay_begin(&subscription, cursor).await?,
+            None => None,
+        };
+        // Stamped when stored: live delivery starts here, the replay covers what came before.
+        subscription.starts_at_ms = now_ms();
         match self.ports().subscriptions.insert(&subscription).await {
-            Ok(()) => Ok(()),
+            Ok(()) => match replay {
+                Some(replay) => self.replay_finish(&subscription, replay, now_ms()).await,
+                None => Ok(()),
+            },
             Err(StoreError::Conflict(_)) => self.reject_duplicate(id, &operation_id).await,
             Err(e) => Err(e.into()),
         }

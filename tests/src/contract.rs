@@ -46,6 +46,7 @@ pub fn subscription(connection: &str, operation: &str, topic: &str) -> Subscript
         operation_name: Some("Cards".to_owned()),
         variables: json!({"b": "board-1", "nested": {"list": [1, 2, 3]}}),
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+        starts_at_ms: 0,
     }
 }
 
@@ -527,6 +528,53 @@ pub async fn a_user_called_star_is_refused_as_an_audience(stores: Stores) {
         Err(StoreError::Malformed(_))
     ));
     assert_eq!(events.get(&reference(&ambiguous)).await.unwrap(), None);
+}
+
+pub async fn events_after_a_cursor_come_in_id_order(stores: Stores) {
+    let events = stores.events;
+    let topic = Topic::new("board/b1/cardAdded");
+    let mut published: Vec<Event> = (0..7)
+        .map(|n| Event::new(topic.clone(), json!({"n": n}), Audience::Everyone))
+        .collect();
+    // Stored out of id order, as racing publishers store them.
+    for i in [3, 0, 6, 1, 5, 2, 4] {
+        events.append(&published[i]).await.unwrap();
+    }
+    events
+        .append(&Event::new(
+            Topic::new("other"),
+            json!(0),
+            Audience::Everyone,
+        ))
+        .await
+        .unwrap();
+    let stale = expired(
+        Event::new(topic.clone(), json!("stale"), Audience::Everyone),
+        |e, t| e.expires_at = t,
+    );
+    events.append(&stale).await.unwrap();
+    published.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let all = events.after(&topic, "", 100).await.unwrap();
+    assert_eq!(all, published, "every live event of the topic, in id order");
+    let page = events.after(&topic, &published[1].id, 3).await.unwrap();
+    assert_eq!(page, published[2..5].to_vec());
+    let rest = events.after(&topic, &page[2].id, 3).await.unwrap();
+    assert_eq!(rest, published[5..7].to_vec());
+    assert!(
+        events
+            .after(&topic, &published[6].id, 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        events
+            .after(&Topic::new("nobody"), "", 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn delivery_marks_are_read_back(stores: Stores) {

@@ -60,6 +60,7 @@ fn card_subscription(connection: &str) -> Subscription {
         operation_name: None,
         variables: json!({"b": BOARD}),
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+        starts_at_ms: 0,
     }
 }
 

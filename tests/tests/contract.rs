@@ -77,6 +77,7 @@ store_contract!(
     events_append_once_and_read_back,
     expired_events_are_invisible,
     a_user_called_star_is_refused_as_an_audience,
+    events_after_a_cursor_come_in_id_order,
     delivery_marks_are_read_back,
     by_connection_lists_the_live_subscriptions_of_one_connection,
 );

@@ -160,13 +160,25 @@ async fn http_fixtures_answer_queries_and_mutations() {
     );
 }
 
+/// The fixture's records as events published now, after the subscription was stored
+/// (a subscription receives only what was published after it): fresh ids, in order.
+fn published_now(mut batch: StreamEvent) -> StreamEvent {
+    let mut ids = ulid::Generator::new();
+    for record in &mut batch.records {
+        let id = serde_dynamo::AttributeValue::S(ids.generate().unwrap().to_string());
+        record.change.keys.insert("eventId".to_owned(), id.clone());
+        record.change.new_image.insert("eventId".to_owned(), id);
+    }
+    batch
+}
+
 #[tokio::test]
 async fn stream_fixture_delivers_inserts_once_and_ignores_ttl_removals() {
     let h = harness().await;
     subscribed(&h).await;
     let id = ConnectionId::from(CONNECTION);
 
-    let batch: StreamEvent = fixture("stream-batch.json", "");
+    let batch: StreamEvent = published_now(fixture("stream-batch.json", ""));
     // A stream record stands for an item of the events table: the log holds its event,
     // which is where the delivered mark goes.
     for record in &batch.records {
@@ -199,7 +211,7 @@ async fn stream_fixture_delivers_inserts_once_and_ignores_ttl_removals() {
 async fn a_bad_stream_record_fails_alone_by_its_sequence_number() {
     let h = harness().await;
     subscribed(&h).await;
-    let mut batch: StreamEvent = fixture("stream-batch.json", "");
+    let mut batch: StreamEvent = published_now(fixture("stream-batch.json", ""));
     let bad = &mut batch.records[0];
     bad.change.new_image.insert(
         "payload".to_owned(),
@@ -236,6 +248,7 @@ async fn an_event_never_reaches_a_subscription_outside_its_audience() {
         operation_name: None,
         variables: json!({}),
         expires_at: u64::MAX,
+        starts_at_ms: 0,
     };
     h.broker
         .ports()
@@ -263,6 +276,7 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
         audience: broker::Audience::User(USER.into()),
         published_at_ms: 0,
         expires_at: u64::MAX,
+        direct: false,
     };
     broker::EventLog::append(h.events.as_ref(), &event)
         .await
@@ -278,6 +292,7 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
             operation_name: None,
             variables: json!({}),
             expires_at: u64::MAX,
+            starts_at_ms: 0,
         };
         h.broker
             .ports()
@@ -321,6 +336,7 @@ fn subscription(connection: &str, topic: &str, document: &str) -> Subscription {
         operation_name: None,
         variables: json!({}),
         expires_at: u64::MAX,
+        starts_at_ms: 0,
     }
 }
 

@@ -120,6 +120,7 @@ pub fn tick_subscription(connection: &str, user: &str, variables: Value) -> Subs
         operation_name: None,
         variables,
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+        starts_at_ms: 0,
     }
 }
 

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::records::EventItem;
 use super::{Item, backend, from_item, put_new, string, to_item};
-use crate::domain::{Event, EventRef, now_secs};
+use crate::domain::{Event, EventRef, Topic, now_secs};
 use crate::ports::{EventLog, StoreError};
 
 /// [`EventLog`] on the events table, whose stream (`NEW_IMAGE`) drives delivery.
@@ -79,6 +79,55 @@ impl EventLog for DynamoDbEventLog {
             return Ok(None);
         }
         Event::try_from(record).map(Some)
+    }
+
+    async fn after(
+        &self,
+        topic: &Topic,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        let mut start: Option<Item> = None;
+        // Pages until `limit` live events are found: expired items still in the table
+        // (TTL deletes lazily) are read and left out.
+        while events.len() < limit {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_names("#topic", "topic")
+                .expression_attribute_values(":topic", string(topic.as_str()));
+            // DynamoDB refuses an empty string in a key condition: "" means from the start.
+            let query = if after.is_empty() {
+                query.key_condition_expression("#topic = :topic")
+            } else {
+                query
+                    .key_condition_expression("#topic = :topic AND #id > :after")
+                    .expression_attribute_names("#id", "eventId")
+                    .expression_attribute_values(":after", string(after))
+            };
+            let output = query
+                .consistent_read(true)
+                .scan_index_forward(true)
+                .limit(i32::try_from(limit - events.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(backend("Query"))?;
+            let now = now_secs();
+            for item in output.items.unwrap_or_default() {
+                let record: EventItem = from_item(item)?;
+                if record.ttl > now {
+                    events.push(Event::try_from(record)?);
+                }
+            }
+            match output.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(events)
     }
 
     async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {

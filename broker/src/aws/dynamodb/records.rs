@@ -71,6 +71,9 @@ pub(super) struct SubscriptionItem {
     /// The variables object as JSON text.
     pub variables: String,
     pub ttl: u64,
+    /// Milliseconds since the epoch when it was stored (0 on items written before it existed).
+    #[serde(default)]
+    pub starts_at: u64,
 }
 
 impl TryFrom<&Subscription> for SubscriptionItem {
@@ -88,6 +91,7 @@ impl TryFrom<&Subscription> for SubscriptionItem {
             operation_name: s.operation_name.clone(),
             variables: json_text(&s.variables)?,
             ttl: s.expires_at,
+            starts_at: s.starts_at_ms,
         })
     }
 }
@@ -109,6 +113,7 @@ impl TryFrom<SubscriptionItem> for Subscription {
             operation_name: item.operation_name,
             variables,
             expires_at: item.ttl,
+            starts_at_ms: item.starts_at,
         })
     }
 }
@@ -147,6 +152,9 @@ pub(super) struct EventItem {
     #[serde(default)]
     pub published_at: u64,
     pub ttl: u64,
+    /// Delivered by its publisher (direct mode): the stream publisher skips it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
 }
 
 impl TryFrom<&Event> for EventItem {
@@ -170,6 +178,7 @@ impl TryFrom<&Event> for EventItem {
             },
             published_at: e.published_at_ms,
             ttl: e.expires_at,
+            direct: e.direct,
         })
     }
 }
@@ -196,6 +205,7 @@ impl TryFrom<EventItem> for Event {
             audience,
             published_at_ms: item.published_at,
             expires_at: item.ttl,
+            direct: item.direct,
         })
     }
 }

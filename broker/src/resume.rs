@@ -1,0 +1,245 @@
+//! Resuming a subscription from the last event its client saw.
+//!
+//! A client passes `"resumeFrom": "<eventId>"` in the `extensions` of its `subscribe` (or
+//! legacy `start`) payload: the `extensions.eventId` of the last message it received. It
+//! then gets every event of the subscription's topic published after that one, rendered for
+//! its document and authorised like live delivery, before the live events.
+//!
+//! The log is read by id (a ULID, whose time part is the publication time), and live
+//! delivery takes only events stamped at or after the subscription's `starts_at_ms`: the
+//! replay sends those stamped before, so the two never send the same event. Ids from
+//! different processes are not in commit order, so an event stamped before the
+//! subscription can be stored after a read of the log has passed its place, and an event
+//! of another process can sort before the cursor yet be stored after the client saw the
+//! cursor's event. The replay therefore reads the log three times, deduplicating by id:
+//! 1. before the subscription is stored, from `resume_settle` before the cursor's time on
+//!    (the bulk of the replay; the client may get events of that short window again, with
+//!    the ids it has);
+//! 2. right after it is stored, from shortly before the first read began: what was
+//!    published during the first read;
+//! 3. once [`BrokerConfig::resume_settle`](crate::BrokerConfig) has passed since it was
+//!    stored, the same range again: events whose store took that long after their stamp.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::Broker;
+use crate::domain::{Event, Subscription, now_ms, ulid_ms};
+use crate::session::SessionError;
+
+/// The `extensions` key a client puts its last event id under.
+pub const RESUME_FROM: &str = "resumeFrom";
+
+/// The `extensions.code` of the GraphQL error a subscriber gets when its cursor is older
+/// than the event retention (or further behind than one replay may send): events may be
+/// missing, so it should re-query the current state. The subscription goes on live.
+pub const RESUME_EXPIRED: &str = "RESUME_EXPIRED";
+
+/// Events read from the log per request.
+const PAGE: usize = 500;
+
+/// A resume in progress: what the first read sent.
+pub(crate) struct Replay {
+    /// The client has this one: never sent again.
+    cursor: String,
+    /// Every later read starts here: a ULID stamped `resume_settle` before the first read.
+    floor: String,
+    sent: HashSet<String>,
+}
+
+/// The lowest id a replay from `cursor` reads: `settle` before the cursor's time.
+fn last_before(cursor: &str, settle: u64) -> String {
+    let ms = ulid_ms(cursor).unwrap_or_default();
+    ulid::Ulid::from_parts(ms.saturating_sub(settle), 0).to_string()
+}
+
+/// The event id a subscribe payload resumes from: `Ok(None)` without one, `Err` with the
+/// message of a GraphQL error when it is not an event id.
+pub(crate) fn cursor(request: &async_graphql::Request) -> Result<Option<String>, String> {
+    let Some(value) = request.extensions.get(RESUME_FROM) else {
+        return Ok(None);
+    };
+    let text = match value {
+        async_graphql::Value::Null => return Ok(None),
+        async_graphql::Value::String(text) => text,
+        _ => {
+            return Err(format!(
+                "extensions.{RESUME_FROM} must be an event id (a string)"
+            ));
+        }
+    };
+    match ulid::Ulid::from_string(text) {
+        // Canonical form: the log compares ids as strings.
+        Ok(id) => Ok(Some(id.to_string())),
+        Err(_) => Err(format!(
+            "extensions.{RESUME_FROM} is not an event id: {text:?}"
+        )),
+    }
+}
+
+impl Broker {
+    /// The first read, before `subscription` is stored. `Ok(None)` when the cursor is out of
+    /// reach (the client was told); the subscription then starts live.
+    pub(crate) async fn replay_begin(
+        &self,
+        subscription: &Subscription,
+        cursor: String,
+    ) -> Result<Option<Replay>, SessionError> {
+        let started = now_ms();
+        let retention = self.config().event_retention.as_millis() as u64;
+        let cursor_ms = ulid_ms(&cursor).unwrap_or_default();
+        if cursor_ms.saturating_add(retention) < started {
+            self.resume_expired(subscription, "older than the event retention")
+                .await?;
+            return Ok(None);
+        }
+        let limit = self.config().max_replay_events;
+        let settle = self.config().resume_settle.as_millis() as u64;
+        let mut events = Vec::new();
+        // From `resume_settle` before the cursor: an event of another process can have a
+        // smaller id than the cursor and be stored after the client saw the cursor's event.
+        // The client may get events of that window again, with their ids.
+        let mut last = last_before(&cursor, settle);
+        loop {
+            let page = self
+                .ports()
+                .events
+                .after(
+                    &subscription.topic,
+                    &last,
+                    PAGE.min(limit + 1 - events.len()),
+                )
+                .await?;
+            let Some(end) = page.last() else { break };
+            last = end.id.clone();
+            events.extend(page);
+            if events.len() > limit {
+                self.resume_expired(subscription, "further behind than one replay sends")
+                    .await?;
+                return Ok(None);
+            }
+        }
+        let floor = ulid::Ulid::from_parts(started.saturating_sub(settle), 0).to_string();
+        let mut replay = Replay {
+            floor: floor.max(last_before(&cursor, settle)),
+            cursor,
+            sent: HashSet::new(),
+        };
+        self.replay_send(subscription, &mut replay, events, u64::MAX)
+            .await?;
+        Ok(Some(replay))
+    }
+
+    /// The reads after `subscription` was stored: whatever was stamped before `stored` (a
+    /// reading taken once the store answered) and not sent yet. Events stamped between the
+    /// subscription's `starts_at_ms` and `stored` may reach it twice, live and replayed,
+    /// with the same event id: that overlap is what leaves no gap while the write was in
+    /// flight.
+    pub(crate) async fn replay_finish(
+        &self,
+        subscription: &Subscription,
+        mut replay: Replay,
+        stored: u64,
+    ) -> Result<(), SessionError> {
+        let before = stored;
+        let events = self.replay_read(subscription, &replay, before).await?;
+        self.replay_send(subscription, &mut replay, events, before)
+            .await?;
+        let settled = before + self.config().resume_settle.as_millis() as u64;
+        let wait = settled.saturating_sub(now_ms());
+        if wait > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+        let events = self.replay_read(subscription, &replay, before).await?;
+        self.replay_send(subscription, &mut replay, events, before)
+            .await
+    }
+
+    async fn replay_read(
+        &self,
+        subscription: &Subscription,
+        replay: &Replay,
+        before: u64,
+    ) -> Result<Vec<Event>, SessionError> {
+        let limit = self.config().max_replay_events;
+        let mut events = Vec::new();
+        let mut last = replay.floor.clone();
+        while events.len() <= limit {
+            let page = self
+                .ports()
+                .events
+                .after(&subscription.topic, &last, PAGE)
+                .await?;
+            let Some(end) = page.last() else { break };
+            last = end.id.clone();
+            // Past the subscription's start: live delivery has these.
+            let done = end.published_ms() >= before;
+            events.extend(page);
+            if done {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Sends the events stamped before `before` that were not sent yet, in id order. A post
+    /// that fails ends the subscription and closes the socket: the client reconnects and
+    /// resumes from the last event it got, instead of living with a gap.
+    async fn replay_send(
+        &self,
+        subscription: &Subscription,
+        replay: &mut Replay,
+        events: Vec<Event>,
+        before: u64,
+    ) -> Result<(), SessionError> {
+        // Rendered like live delivery (audience first, then the document as its user), but
+        // without the start filter: these are the events before it.
+        let target = Subscription {
+            starts_at_ms: 0,
+            ..subscription.clone()
+        };
+        for event in events {
+            if event.id == replay.cursor
+                || event.published_ms() >= before
+                || !replay.sent.insert(event.id.clone())
+            {
+                continue;
+            }
+            let id = event.id.clone();
+            let report = self.deliver_to(Arc::new(event), vec![target.clone()]).await;
+            if report.gone > 0 {
+                return Ok(());
+            }
+            if report.failed > 0 {
+                tracing::warn!(event = %id, subscription = %subscription.key.encode(), "replay failed; closing");
+                return self
+                    .close(
+                        &subscription.key.connection_id,
+                        crate::CloseCode::InternalError,
+                        "replay failed; resume again",
+                    )
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn resume_expired(
+        &self,
+        subscription: &Subscription,
+        why: &str,
+    ) -> Result<(), SessionError> {
+        let payload = serde_json::json!({
+            "errors": [{
+                "message": format!(
+                    "cannot resume: the event id in {RESUME_FROM} is {why}; events may be missing, re-query the current state"
+                ),
+                "extensions": {"code": RESUME_EXPIRED},
+            }],
+        });
+        let frame = subscription
+            .protocol
+            .next(&subscription.key.operation_id, &payload.to_string());
+        self.post(&subscription.key.connection_id, &frame).await
+    }
+}

@@ -1,0 +1,475 @@
+//! Resuming subscriptions (`extensions.resumeFrom`) and where a new subscription starts,
+//! over real sockets on both backends (embedded, DynamoDB on moto) and in both delivery
+//! modes; the race between a resume and a slow publisher on the broker itself.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker::memory::{
+    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+};
+use broker::resume::{RESUME_EXPIRED, RESUME_FROM};
+use broker::{
+    Audience, Broker, BrokerConfig, ConnectionId, DeliveryMode, Event, EventLog, EventRef, Ports,
+    StoreError, Topic, UserId,
+};
+use broker_tests::aws::{fresh_tables, moto_endpoint};
+use broker_tests::local::*;
+use local_gateway::aws::AwsBackend;
+use local_gateway::{Backend, LocalGateway};
+use serde_json::{Value, json};
+
+const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
+
+async fn embedded(mode: DeliveryMode) -> LocalGateway {
+    start(options(mode)).await
+}
+
+async fn on_moto(mode: DeliveryMode, poll: Duration) -> LocalGateway {
+    let tables = fresh_tables().await;
+    let mut options = options(mode);
+    options.poll_interval = poll;
+    options.backend = Backend::Aws(AwsBackend {
+        endpoint: Some(moto_endpoint()),
+        tables: tables.names.clone(),
+        app_tables: tables.app_tables(),
+        fanout_queue_url: None,
+        create_tables: false,
+    });
+    start(options).await
+}
+
+fn subscribe_frame(protocol: &str, id: &str, board: &str, resume_from: Option<&str>) -> Value {
+    let kind = if protocol == "graphql-ws" {
+        "start"
+    } else {
+        "subscribe"
+    };
+    let mut payload = json!({"query": CARD_ADDED, "variables": {"b": board}});
+    if let Some(cursor) = resume_from {
+        payload["extensions"] = json!({ RESUME_FROM: cursor });
+    }
+    json!({"id": id, "type": kind, "payload": payload})
+}
+
+/// The card title and event id of a `next`/`data` message.
+fn card(message: &Value) -> (String, String) {
+    let kind = message["type"].as_str().unwrap_or_default();
+    assert!(kind == "next" || kind == "data", "{message}");
+    (
+        message["payload"]["data"]["cardAdded"]["title"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a card in {message}"))
+            .to_owned(),
+        message["payload"]["extensions"]["eventId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an event id in {message}"))
+            .to_owned(),
+    )
+}
+
+/// The next `n` cards a client receives, then nothing more (a ping or query round trip
+/// comes back before any further message).
+async fn exactly(client: &mut WsClient, n: usize) -> Vec<(String, String)> {
+    let mut cards = Vec::new();
+    for _ in 0..n {
+        cards.push(card(&client.recv().await.expect("a card")));
+    }
+    client.sync().await;
+    cards
+}
+
+/// The next `n` cards with ids not in `known`, as a client that drops repeats by event id
+/// gets them. A repeat may only be of an event the client has (the replay's overlap).
+async fn new_cards(
+    client: &mut WsClient,
+    known: &mut HashSet<String>,
+    n: usize,
+) -> Vec<(String, String)> {
+    let mut fresh = Vec::new();
+    while fresh.len() < n {
+        let (title, id) = card(&client.recv().await.expect("a card"));
+        if known.insert(id.clone()) {
+            fresh.push((title, id));
+        } else {
+            assert!(title.starts_with("seen"), "{title} came twice");
+        }
+    }
+    fresh
+}
+
+/// A subscriber sees three cards, loses its socket, five cards are published, and it
+/// subscribes again from the last event id it saw: it gets the five in order, then live
+/// cards, each once.
+async fn resume_replays_what_was_missed(gateway: &LocalGateway, protocol: &str) {
+    let alice = token(gateway, "alice");
+    let board = create_board(gateway, &alice, "resumable").await;
+    let mut tab = WsClient::ready(gateway, protocol, &alice).await;
+    tab.send(subscribe_frame(protocol, "cards", &board, None))
+        .await;
+    tab.sync().await;
+    for n in 1..=3 {
+        add_card(gateway, &alice, &board, &format!("seen {n}")).await;
+    }
+    let seen = exactly(&mut tab, 3).await;
+    assert_eq!(
+        seen.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["seen 1", "seen 2", "seen 3"]
+    );
+    tab.drop_abruptly().await;
+
+    for n in 1..=5 {
+        add_card(gateway, &alice, &board, &format!("missed {n}")).await;
+    }
+    let mut tab = WsClient::ready(gateway, protocol, &alice).await;
+    let last_seen = seen[2].1.clone();
+    tab.send(subscribe_frame(protocol, "cards", &board, Some(&last_seen)))
+        .await;
+    let mut known: HashSet<String> = seen.iter().map(|c| c.1.clone()).collect();
+    let mut got = new_cards(&mut tab, &mut known, 5).await;
+    // The replay has begun, so the subscription is stored: this one is live.
+    add_card(gateway, &alice, &board, "live").await;
+    got.extend(new_cards(&mut tab, &mut known, 1).await);
+    tab.sync().await;
+    let titles: Vec<&str> = got.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(
+        titles,
+        [
+            "missed 1", "missed 2", "missed 3", "missed 4", "missed 5", "live"
+        ]
+    );
+    assert!(got.iter().all(|c| c.1 > last_seen), "all after the cursor");
+}
+
+/// Subscriptions made one after another while events are published and the stream lags:
+/// each receives only the cards published after it was stored.
+async fn new_subscriptions_start_at_their_own_beginning(gateway: &LocalGateway) {
+    let alice = token(gateway, "alice");
+    let board = create_board(gateway, &alice, "ordering").await;
+    let mut tabs = Vec::new();
+    for n in 0..5 {
+        add_card(gateway, &alice, &board, &format!("card {n}")).await;
+        // Made right after the mutation answered, before the stream has delivered it.
+        let mut tab = WsClient::ready(gateway, "graphql-transport-ws", &alice).await;
+        tab.send(subscribe_frame(
+            "graphql-transport-ws",
+            "cards",
+            &board,
+            None,
+        ))
+        .await;
+        tab.sync().await;
+        tabs.push(tab);
+    }
+    add_card(gateway, &alice, &board, "card 5").await;
+    for (k, tab) in tabs.iter_mut().enumerate() {
+        let expected: Vec<String> = (k + 1..=5).map(|n| format!("card {n}")).collect();
+        let got = exactly(tab, expected.len()).await;
+        let titles: Vec<String> = got.into_iter().map(|c| c.0).collect();
+        assert_eq!(titles, expected, "subscriber {k}");
+    }
+}
+
+mod embedded {
+    use super::*;
+
+    #[tokio::test]
+    async fn stream_mode_resume_replays_what_was_missed() {
+        let gateway = embedded(DeliveryMode::Stream).await;
+        for protocol in PROTOCOLS {
+            resume_replays_what_was_missed(&gateway, protocol).await;
+        }
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn direct_mode_resume_replays_what_was_missed() {
+        let gateway = embedded(DeliveryMode::Direct).await;
+        for protocol in PROTOCOLS {
+            resume_replays_what_was_missed(&gateway, protocol).await;
+        }
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn stream_mode_new_subscriptions_start_at_their_own_beginning() {
+        let mut options = options(DeliveryMode::Stream);
+        // Lambda's polling delay: the stream delivers after the next subscriber is stored.
+        options.poll_interval = Duration::from_millis(250);
+        let gateway = start(options).await;
+        new_subscriptions_start_at_their_own_beginning(&gateway).await;
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn direct_mode_new_subscriptions_start_at_their_own_beginning() {
+        let gateway = embedded(DeliveryMode::Direct).await;
+        new_subscriptions_start_at_their_own_beginning(&gateway).await;
+        gateway.shutdown().await;
+    }
+}
+
+mod dynamodb {
+    use super::*;
+
+    #[tokio::test]
+    async fn stream_mode_resume_replays_what_was_missed() {
+        let gateway = on_moto(DeliveryMode::Stream, Duration::from_millis(50)).await;
+        for protocol in PROTOCOLS {
+            resume_replays_what_was_missed(&gateway, protocol).await;
+        }
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn direct_mode_resume_replays_what_was_missed() {
+        let gateway = on_moto(DeliveryMode::Direct, Duration::from_millis(50)).await;
+        for protocol in PROTOCOLS {
+            resume_replays_what_was_missed(&gateway, protocol).await;
+        }
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn stream_mode_new_subscriptions_start_at_their_own_beginning() {
+        let gateway = on_moto(DeliveryMode::Stream, Duration::from_millis(250)).await;
+        new_subscriptions_start_at_their_own_beginning(&gateway).await;
+        gateway.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn direct_mode_new_subscriptions_start_at_their_own_beginning() {
+        let gateway = on_moto(DeliveryMode::Direct, Duration::from_millis(50)).await;
+        new_subscriptions_start_at_their_own_beginning(&gateway).await;
+        gateway.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_retention_is_signalled_then_live_events_flow() {
+    let gateway = embedded(DeliveryMode::Stream).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "old").await;
+    let day_and_more = broker::domain::now_ms() - 25 * 60 * 60 * 1000;
+    let ancient = ulid::Ulid::from_parts(day_and_more, 7).to_string();
+    for protocol in PROTOCOLS {
+        let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
+        tab.send(subscribe_frame(protocol, "cards", &board, Some(&ancient)))
+            .await;
+        let signal = tab.recv().await.unwrap();
+        assert_eq!(signal["id"], "cards", "{signal}");
+        assert_eq!(
+            signal["payload"]["errors"][0]["extensions"]["code"], RESUME_EXPIRED,
+            "{signal}"
+        );
+        tab.sync().await;
+        add_card(&gateway, &alice, &board, &format!("after {protocol}")).await;
+        let got = exactly(&mut tab, 1).await;
+        assert_eq!(got[0].0, format!("after {protocol}"));
+        tab.close().await;
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cursor_that_is_not_an_event_id_is_a_graphql_error() {
+    let gateway = embedded(DeliveryMode::Stream).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "bad cursor").await;
+    for (protocol, cursor) in [
+        ("graphql-transport-ws", json!("nope")),
+        ("graphql-ws", json!(42)),
+    ] {
+        let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
+        let mut frame = subscribe_frame(protocol, "cards", &board, None);
+        frame["payload"]["extensions"] = json!({ RESUME_FROM: cursor });
+        tab.send(frame).await;
+        let error = tab.recv().await.unwrap();
+        assert_eq!(
+            (error["id"].as_str(), error["type"].as_str()),
+            (Some("cards"), Some("error")),
+            "{error}"
+        );
+        assert!(error.to_string().contains(RESUME_FROM), "{error}");
+        // Nothing was stored: a card now reaches nobody on this socket.
+        add_card(&gateway, &alice, &board, "unseen").await;
+        tab.sync().await;
+        tab.close().await;
+    }
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replay_is_authorised_like_live_delivery() {
+    let gateway = embedded(DeliveryMode::Stream).await;
+    let (alice, bob) = (token(&gateway, "alice"), token(&gateway, "bob"));
+    let board = create_board(&gateway, &bob, "bob's").await;
+    let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &bob).await;
+    tab.send(subscribe_frame(
+        "graphql-transport-ws",
+        "cards",
+        &board,
+        None,
+    ))
+    .await;
+    tab.sync().await;
+    let first = add_card(&gateway, &bob, &board, "bob's first").await;
+    let (_, cursor) = card(&tab.recv().await.unwrap());
+    tab.drop_abruptly().await;
+    let _ = (first, alice);
+
+    // On bob's topic, one event only alice may see (a publisher's mistake), one for bob.
+    let topic = boards::card_topic(&board);
+    let log = gateway.broker().ports().events.clone();
+    let stray = Event::new(
+        topic.clone(),
+        json!({"id": "x", "boardId": board, "title": "alice's secret"}),
+        Audience::User(UserId::new("alice")),
+    );
+    log.append(&stray).await.unwrap();
+    add_card(&gateway, &bob, &board, "bob's second").await;
+
+    let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &bob).await;
+    tab.send(subscribe_frame(
+        "graphql-transport-ws",
+        "cards",
+        &board,
+        Some(&cursor),
+    ))
+    .await;
+    let got = exactly(&mut tab, 1).await;
+    assert_eq!(got[0].0, "bob's second");
+    gateway.shutdown().await;
+}
+
+/// An event log whose appends of events titled "slow" take `delay`: a publisher that
+/// stamped its event before a subscription was stored and stores it after the resume's
+/// first read of the log.
+struct SlowAppends {
+    inner: MemoryEventLog,
+    delay: Duration,
+}
+
+#[async_trait]
+impl EventLog for SlowAppends {
+    async fn append(&self, event: &Event) -> Result<(), StoreError> {
+        if event.payload["title"] == "slow" {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.append(event).await
+    }
+    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
+        self.inner.get(event).await
+    }
+    async fn after(
+        &self,
+        topic: &Topic,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.inner.after(topic, after, limit).await
+    }
+    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {
+        self.inner.is_delivered(event).await
+    }
+    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
+        self.inner.mark_delivered(event).await
+    }
+}
+
+#[tokio::test]
+async fn no_event_is_skipped_when_a_slow_publisher_races_a_resume() {
+    use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
+    // Direct mode: live delivery happens in the publishing call, so what live delivery skips
+    // (the slow event, stamped before the subscription) can only come from the replay.
+    let gateway = Arc::new(RecordingGateway::default());
+    let ports = Ports {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events: Arc::new(SlowAppends {
+            inner: MemoryEventLog::default(),
+            delay: Duration::from_millis(300),
+        }),
+        gateway: gateway.clone(),
+        fanout: None,
+    };
+    let boards = Arc::new(MemoryBoardStore::default());
+    let board = Board {
+        id: "b1".into(),
+        title: "raced".into(),
+        owner: "alice".into(),
+    };
+    boards.create_board(&board).await.unwrap();
+    let auth = broker::Authenticator::new(broker::AuthConfig {
+        secret: SECRET.into(),
+        issuer: None,
+        audience: None,
+    });
+    let config = BrokerConfig {
+        delivery_mode: DeliveryMode::Direct,
+        resume_settle: Duration::from_millis(1000),
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::new(build_schema(boards), ports, auth, config);
+    let topic = boards::card_topic(&board.id);
+    let card = |title: &str| json!({"id": title, "boardId": "b1", "title": title});
+    let alice = Audience::User(UserId::new("alice"));
+
+    let cursor = broker
+        .publish(topic.clone(), &card("seen"), alice.clone())
+        .await
+        .unwrap()
+        .id;
+    broker
+        .publish(topic.clone(), &card("missed"), alice.clone())
+        .await
+        .unwrap();
+
+    let connection = ConnectionId::new("resumer");
+    broker
+        .connect(connection.clone(), Some("graphql-transport-ws"), None)
+        .await
+        .unwrap();
+    let token = broker.authenticator().mint("alice", 600);
+    broker
+        .receive(
+            &connection,
+            &json!({"type": "connection_init", "payload": {"token": token}}).to_string(),
+        )
+        .await
+        .unwrap();
+
+    // Stamped now, stored 300 ms later: after the resume below has read the log once.
+    let slow = {
+        let (broker, topic, alice, card) =
+            (broker.clone(), topic.clone(), alice.clone(), card("slow"));
+        tokio::spawn(async move { broker.publish(topic, &card, alice).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let subscribe = json!({"id": "cards", "type": "subscribe", "payload": {
+        "query": CARD_ADDED, "variables": {"b": "b1"}, "extensions": { RESUME_FROM: cursor }}});
+    broker
+        .receive(&connection, &subscribe.to_string())
+        .await
+        .unwrap();
+    slow.await.unwrap();
+    broker
+        .publish(topic.clone(), &card("live"), alice.clone())
+        .await
+        .unwrap();
+
+    let titles: Vec<String> = gateway
+        .take(&connection)
+        .iter()
+        .filter(|m| m["type"] == "next")
+        .map(|m| {
+            m["payload"]["data"]["cardAdded"]["title"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(titles, ["missed", "slow", "live"]);
+}
