@@ -1,11 +1,115 @@
 //! Serverless realtime GraphQL: the broker's core.
 //!
+//! # Use it for your own API
+//! Your GraphQL API is one crate (an *app*, under `apps/` in this workspace) implementing
+//! [`App`]: the DynamoDB tables it needs as data ([`TableSpec`]) and its async-graphql schema
+//! built on the storage the process chose ([`Storage`]). Resolvers take the caller from
+//! [`principal`], a subscription resolver names its topic with [`listen`], and a mutation
+//! publishes with [`Outbox::publish`]. Nothing else in the workspace changes: the app's four
+//! Lambda binaries are one line each (`graphql_api::runtime::run_websocket(MyApp)`,
+//! `run_http`, `publisher::runtime::run_stream`, `run_fanout`), `local_gateway::cli::main`
+//! runs it locally, and `template.yaml`'s `App` parameter deploys it. The README's section
+//! "Use it for your own API" walks through it, from a new crate to `sam deploy`.
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
+//! use broker::memory::{
+//!     MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+//! };
+//! use broker::{
+//!     App, AppSchema, Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError,
+//!     EventStream, Outbox, Ports, Storage, Topic, UserId, internal_error, listen, principal,
+//! };
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, SimpleObject, Serialize, Deserialize)]
+//! struct Note {
+//!     text: String,
+//! }
+//!
+//! struct Query;
+//!
+//! #[Object]
+//! impl Query {
+//!     async fn me(&self, ctx: &Context<'_>) -> Result<String> {
+//!         Ok(principal(ctx)?.to_string())
+//!     }
+//! }
+//!
+//! struct Mutation;
+//!
+//! #[Object]
+//! impl Mutation {
+//!     /// Publishes a note to the caller's own frontends.
+//!     async fn add_note(&self, ctx: &Context<'_>, text: String) -> Result<Note> {
+//!         let user = principal(ctx)?;
+//!         let note = Note { text };
+//!         let topic = Topic::private(user, "noteAdded");
+//!         let audience = Audience::User(user.clone());
+//!         ctx.data::<Outbox>()?
+//!             .publish(topic, &note, audience)
+//!             .await
+//!             .map_err(internal_error)?;
+//!         Ok(note)
+//!     }
+//! }
+//!
+//! struct Notes;
+//!
+//! #[Subscription]
+//! impl Notes {
+//!     async fn note_added(&self, ctx: &Context<'_>) -> Result<EventStream<Note>> {
+//!         let user = principal(ctx)?;
+//!         listen(ctx, Topic::private(user, "noteAdded"))
+//!     }
+//! }
+//!
+//! /// The app: no tables, so the default `tables()` (none) fits.
+//! struct NotesApp;
+//!
+//! impl App for NotesApp {
+//!     fn schema(&self, _storage: &Storage) -> Result<AppSchema, ConfigError> {
+//!         Ok(Schema::new(Query, Mutation, Notes).into())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // What the Lambda wiring and the local mode do with an app, here on memory adapters.
+//! let ports = Ports {
+//!     connections: Arc::new(MemoryConnectionStore::default()),
+//!     subscriptions: Arc::new(MemorySubscriptionStore::default()),
+//!     events: Arc::new(MemoryEventLog::default()),
+//!     gateway: Arc::new(RecordingGateway::default()),
+//!     fanout: None,
+//! };
+//! let auth = Authenticator::new(AuthConfig {
+//!     secret: "a-secret-of-at-least-thirty-two-bytes".into(),
+//!     issuer: None,
+//!     audience: None,
+//! });
+//! let schema = NotesApp.schema(&Storage::Memory)?;
+//! let broker = Broker::new(schema, ports, auth, BrokerConfig::default());
+//!
+//! let request = async_graphql::Request::new(r#"mutation { addNote(text: "hi") { text } }"#);
+//! let response = broker.execute(UserId::new("alice"), request).await;
+//! assert!(response.errors.is_empty(), "{:?}", response.errors);
+//! assert_eq!(response.data.to_string(), r#"{addNote: {text: "hi"}}"#);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
+//! - [`app`]: the plug-in point ([`App`], [`TableSpec`], [`Storage`]) and what resolvers
+//!   reach ([`Outbox`]).
 //! - [`domain`]: connections, subscriptions, events, users, topics.
 //! - [`protocol`]: the `graphql-transport-ws` and legacy `graphql-ws` subprotocols as data.
 //! - [`auth`]: JWT verification (and minting, for development).
 //! - [`ports`]: the storage, queue and gateway interfaces the broker is written against.
-//! - [`memory`]: in-memory adapters; `aws` (feature `aws`): DynamoDB, SQS, API Gateway.
+//! - [`memory`]: in-memory adapters; `aws` (feature `aws`): DynamoDB, SQS, API Gateway, the
+//!   tables' provisioning, and the broker built from the environment the template sets.
 //! - [`cost`]: what one GraphQL document may cost, checked before any resolver runs.
 //! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
 //! - [`hooks`]: lifecycle hooks an app may implement (connect, init, subscribe, complete,

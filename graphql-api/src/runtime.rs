@@ -4,6 +4,7 @@
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayWebsocketProxyRequest};
 use broker::{App, Broker};
 use lambda_runtime::{LambdaEvent, service_fn};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::{http_api, websocket};
@@ -45,15 +46,17 @@ pub async fn run_http(app: impl App) -> Result<(), Error> {
 
 /// JSON logs for CloudWatch, one object a line, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A second call (a test, a main calling `start` twice) keeps the first subscriber.
-    let _ = tracing::subscriber::set_global_default(json_logs(std::io::stdout));
+    let _ = tracing::subscriber::set_global_default(json_logs(std::io::stdout, filter));
 }
 
-/// The functions' log format, writing to `writer`: one JSON object per event with its
-/// fields at the top level (CloudWatch Logs Insights reads them as columns), no ANSI colour
-/// codes, no timestamp (CloudWatch stamps every line), no target. Tokens are never logged:
-/// handlers log connection ids, user ids and reasons, never a frame or a header.
-pub fn json_logs<W>(writer: W) -> impl tracing::Subscriber + Send + Sync
+/// The functions' log format, writing what `filter` lets through to `writer`: one JSON
+/// object per event with its fields at the top level (CloudWatch Logs Insights reads them as
+/// columns), no ANSI colour codes, no timestamp (CloudWatch stamps every line), no target.
+/// Tokens are never logged: handlers log connection ids, user ids and reasons, never a
+/// frame or a header (`tests/tests/logs.rs` checks it at every level).
+pub fn json_logs<W>(writer: W, filter: EnvFilter) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -65,9 +68,7 @@ where
         .with_ansi(false)
         .without_time()
         .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(writer)
         .finish()
 }
