@@ -96,6 +96,7 @@ impl Broker {
                 let report = self
                     .deliver_to(Arc::new(event.clone()), subscriptions)
                     .await;
+                crate::metrics::record(&report, Some(event.published_at_ms));
                 // The change is saved whatever happens to its delivery: failing the mutation
                 // now would only make the client retry it. Nothing retries direct delivery,
                 // which is the trade-off of this mode; the log says what was lost.

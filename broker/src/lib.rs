@@ -133,6 +133,7 @@ pub mod domain;
 pub mod graphql;
 pub mod hooks;
 pub mod memory;
+pub mod metrics;
 pub mod ports;
 pub mod protocol;
 pub mod resume;

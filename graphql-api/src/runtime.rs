@@ -2,6 +2,7 @@
 //! functions for any app. An app's binary is one line: `run_websocket(MyApp).await`.
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayWebsocketProxyRequest};
+use broker::metrics::emit_to_stdout;
 use broker::{App, Broker};
 use lambda_runtime::{LambdaEvent, service_fn};
 use tracing_subscriber::EnvFilter;
@@ -28,7 +29,10 @@ pub async fn run_websocket(app: impl App) -> Result<(), Error> {
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ApiGatewayWebsocketProxyRequest>| {
             let broker = broker.clone();
-            async move { websocket::handle(&broker, event.payload).await }
+            async move {
+                let handled = websocket::handle(&broker, event.payload);
+                emit_to_stdout("WebSocketFunction", handled).await
+            }
         },
     ))
     .await
@@ -39,7 +43,10 @@ pub async fn run_http(app: impl App) -> Result<(), Error> {
     let broker = start(&app).await?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<ApiGatewayV2httpRequest>| {
         let broker = broker.clone();
-        async move { Ok::<_, Error>(http_api::handle(&broker, event.payload).await) }
+        async move {
+            let handled = http_api::handle(&broker, event.payload);
+            Ok::<_, Error>(emit_to_stdout("HttpFunction", handled).await)
+        }
     }))
     .await
 }

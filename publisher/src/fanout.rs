@@ -35,6 +35,11 @@ async fn deliver(broker: &Broker, body: &str) -> Result<(), String> {
         .deliver_page(&page)
         .await
         .map_err(|e| e.to_string())?;
+    // A page holds only the event's id, whose ULID carries its publication time.
+    broker::metrics::record(
+        &report,
+        broker::metrics::published_at_ms_of_id(&page.event_id),
+    );
     tracing::info!(event = %page.event_id, ?report, "fan-out page delivered");
     if report.is_complete() {
         Ok(())

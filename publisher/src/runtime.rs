@@ -4,6 +4,7 @@
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::sqs::SqsEvent;
 use broker::App;
+use broker::metrics::emit_to_stdout;
 use graphql_api::runtime::{Error, start};
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -12,7 +13,10 @@ pub async fn run_stream(app: impl App) -> Result<(), Error> {
     let broker = start(&app).await?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<StreamEvent>| {
         let broker = broker.clone();
-        async move { Ok::<_, Error>(crate::stream::handle(&broker, event.payload).await) }
+        async move {
+            let handled = crate::stream::handle(&broker, event.payload);
+            Ok::<_, Error>(emit_to_stdout("StreamPublisherFunction", handled).await)
+        }
     }))
     .await
 }
@@ -22,7 +26,10 @@ pub async fn run_fanout(app: impl App) -> Result<(), Error> {
     let broker = start(&app).await?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| {
         let broker = broker.clone();
-        async move { Ok::<_, Error>(crate::fanout::handle(&broker, event.payload).await) }
+        async move {
+            let handled = crate::fanout::handle(&broker, event.payload);
+            Ok::<_, Error>(emit_to_stdout("FanoutWorkerFunction", handled).await)
+        }
     }))
     .await
 }

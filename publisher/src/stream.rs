@@ -10,6 +10,9 @@ use futures_util::stream;
 /// Topics of one batch delivered at once, at most.
 const TOPIC_CONCURRENCY: usize = 16;
 
+/// A record's index in its batch, its event, and when the item was written (milliseconds).
+type Pending = (usize, Event, Option<u64>);
+
 /// Handles one stream batch.
 ///
 /// Events of one topic must reach subscribers in the order they were published, so each
@@ -21,7 +24,7 @@ const TOPIC_CONCURRENCY: usize = 16;
 pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventResponse {
     let mut failed: Vec<(usize, String)> = Vec::new();
     // Each topic's records in batch order, keyed by topic in order of first appearance.
-    let mut topics: Vec<(Topic, Vec<(usize, Event)>)> = Vec::new();
+    let mut topics: Vec<(Topic, Vec<Pending>)> = Vec::new();
     for (index, record) in batch.records.iter().enumerate() {
         // INSERT only: MODIFY is our own `delivered` mark, REMOVE is TTL expiry.
         if record.event_name != "INSERT" {
@@ -29,23 +32,33 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
         }
         match event_from_image(record.change.new_image.clone()) {
             Err(e) => failed.push((index, format!("undecodable event: {e}"))),
-            Ok(event) => match topics.iter_mut().find(|(t, _)| *t == event.topic) {
-                Some((_, events)) => events.push((index, event)),
-                None => topics.push((event.topic.clone(), vec![(index, event)])),
-            },
+            Ok(event) => {
+                // The age at delivery counts from when the item was written to the table.
+                let created_at_ms = record
+                    .change
+                    .approximate_creation_date_time
+                    .timestamp_millis()
+                    .try_into()
+                    .ok();
+                let entry = (index, event, created_at_ms);
+                match topics.iter_mut().find(|(t, _)| *t == entry.1.topic) {
+                    Some((_, events)) => events.push(entry),
+                    None => topics.push((entry.1.topic.clone(), vec![entry])),
+                }
+            }
         }
     }
     let per_topic: Vec<Vec<(usize, String)>> = stream::iter(topics)
         .map(|(topic, events)| async move {
             let mut failed = Vec::new();
             let mut blocked = false;
-            for (index, event) in events {
+            for (index, event, created_at_ms) in events {
                 if blocked {
                     failed.push((
                         index,
                         format!("held back behind an earlier failure on {topic}"),
                     ));
-                } else if let Err(reason) = deliver(broker, event).await {
+                } else if let Err(reason) = deliver(broker, event, created_at_ms).await {
                     blocked = true;
                     failed.push((index, reason));
                 }
@@ -73,12 +86,13 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
     response
 }
 
-async fn deliver(broker: &Broker, event: Event) -> Result<(), String> {
+async fn deliver(broker: &Broker, event: Event, created_at_ms: Option<u64>) -> Result<(), String> {
     let id = event.id.clone();
     let report = broker
         .deliver_event(event)
         .await
         .map_err(|e| e.to_string())?;
+    broker::metrics::record(&report, created_at_ms);
     tracing::info!(event = %id, ?report, "event delivered");
     if report.is_complete() {
         Ok(())
