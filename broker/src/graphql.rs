@@ -61,12 +61,21 @@ pub(crate) struct Delivery(pub Arc<Event>);
 
 /// The body of every broker-served subscription resolver: declare the topic, get the stream.
 ///
-/// ```ignore
+/// ```
+/// # use async_graphql::{Context, ID, Result, SimpleObject, Subscription};
+/// # use broker::{EventStream, Topic, listen, principal};
+/// # #[derive(Clone, serde::Deserialize, SimpleObject)]
+/// # struct Card { title: String }
+/// # struct SubscriptionRoot;
+/// # async fn ensure_owner(_: &Context<'_>, _: &broker::UserId, _: &ID) -> Result<()> { Ok(()) }
+/// # #[Subscription]
+/// # impl SubscriptionRoot {
 /// async fn card_added(&self, ctx: &Context<'_>, board_id: ID) -> Result<EventStream<Card>> {
 ///     let user = principal(ctx)?;
 ///     ensure_owner(ctx, user, &board_id).await?;          // authorization, at subscribe
 ///     listen(ctx, Topic::new(format!("board/{}/cardAdded", *board_id)))   // and at delivery
 /// }
+/// # }
 /// ```
 pub fn listen<T>(ctx: &Context<'_>, topic: Topic) -> async_graphql::Result<EventStream<T>>
 where
