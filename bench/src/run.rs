@@ -189,6 +189,7 @@ fn local_options(config: &Config, mode: Mode) -> Options {
         // The emulator modes switch it when they start.
         backend: Backend::Embedded,
         web: local_gateway::WebOptions::default(),
+        limits: Default::default(),
     }
 }
 

@@ -1,10 +1,22 @@
-//! JWT authentication. Tokens are issued by the app's backend and signed with a shared HS256
-//! secret; `sub` is the user id. RFC 8725: one allowed algorithm, `exp` required, `iss` and
-//! `aud` checked whenever they are configured.
+//! JWT authentication behind one seam, [`TokenVerifier`]. The default verifier checks HS256
+//! tokens signed with a shared secret ([`AuthConfig`]); an app supplies its own (for example
+//! [`jwks::JwksVerifier`] for RS256 tokens of Cognito or Auth0) with
+//! [`Authenticator::with_verifier`]. `sub` is the user id.
+//!
+//! Every verifier applies the same RFC 8725 rules through [`verify_jwt`]: one allowed
+//! algorithm per key, `exp` required, no `crit` header (no extension is understood), claims
+//! of the registered names must have their registered types (`iss` a string, `exp`/`nbf`/`iat`
+//! non-negative integers), `iss` and `aud` checked whenever configured, and a `sub` that is a
+//! printable id of at most [`MAX_SUBJECT_BYTES`]. Clients only ever learn "invalid token" or
+//! "token expired"; the reason goes to the log.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::domain::{UserId, now_secs};
 
@@ -12,12 +24,57 @@ use crate::domain::{UserId, now_secs};
 /// template requires a secret of its own.
 pub const DEVELOPMENT_SECRET: &str = "local-development-secret-change-me-0123456789";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// The longest user id a token may carry: user ids become parts of storage keys.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Seconds of clock skew tolerated between the token's issuer and the broker.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused. `Display` is all a client sees; [`AuthError::detail`] is for the
+/// log.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing token")]
     MissingToken,
-    #[error("invalid token: {0}")]
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
     InvalidToken(String),
+}
+
+impl AuthError {
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::InvalidToken(detail.into())
+    }
+
+    /// What went wrong, for the log only.
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::MissingToken => "missing token",
+            Self::Expired => "token expired",
+            Self::InvalidToken(detail) => detail,
+        }
+    }
+}
+
+/// Who a verified token speaks for, the roles its `roles` claim grants, and until when
+/// (`exp`, seconds since the epoch): the connection that presented it loses its authority at
+/// that second.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: UserId,
+    pub roles: Vec<String>,
+    pub expires_at: u64,
+}
+
+/// Verifies one bearer token. Implement it to bring your own identity provider; use
+/// [`verify_jwt`] inside so the RFC 8725 rules hold for your keys too.
+#[async_trait]
+pub trait TokenVerifier: Send + Sync + 'static {
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError>;
 }
 
 #[derive(Clone, Debug)]
@@ -34,12 +91,157 @@ impl AuthConfig {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let secret = var("JWT_SECRET")
             .or_else(|| fallback_secret.map(str::to_owned))
-            .ok_or_else(|| AuthError::InvalidToken("JWT_SECRET is not set".into()))?;
+            .ok_or_else(|| AuthError::invalid("JWT_SECRET is not set"))?;
         Ok(Self {
             secret,
             issuer: var("JWT_ISSUER"),
             audience: var("JWT_AUDIENCE"),
         })
+    }
+
+    /// The validation every verifier starts from: `alg` pinned, `exp` and `sub` required,
+    /// `nbf` checked, a configured `iss` or `aud` required and compared.
+    pub fn validation(&self, algorithm: Algorithm) -> Validation {
+        validation(algorithm, self.issuer.as_deref(), self.audience.as_deref())
+    }
+}
+
+/// A [`Validation`] for one algorithm, with an optional required issuer and audience.
+pub fn validation(
+    algorithm: Algorithm,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_nbf = true;
+    // A configured `iss` or `aud` must also be present: jsonwebtoken only compares the
+    // claims a token carries unless they are required.
+    let mut required = vec!["exp", "sub"];
+    if let Some(iss) = issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// Verifies `token` with `key` under `validation`, then applies the rules jsonwebtoken leaves
+/// to its caller (RFC 8725): no `crit`, registered claims of their registered types, a
+/// printable bounded `sub`.
+pub fn verify_jwt(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Identity, AuthError> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| AuthError::invalid(format!("header: {e}")))?;
+    check_header(&header)?;
+    let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::invalid(e.to_string()),
+        })?
+        .claims;
+    check_claims(&claims)
+}
+
+/// Header rules that hold whatever the key: an unknown critical extension must be refused
+/// (RFC 7515 §4.1.11), and the broker understands none.
+pub fn check_header(header: &Header) -> Result<(), AuthError> {
+    if header.crit.is_some() {
+        return Err(AuthError::invalid("crit header present"));
+    }
+    Ok(())
+}
+
+/// Claim rules that hold whatever the key, run after the signature and `exp`/`nbf`/`iss`/
+/// `aud` were checked by jsonwebtoken (which reads an ill-typed claim as an absent one).
+pub fn check_claims(claims: &Map<String, Value>) -> Result<Identity, AuthError> {
+    let numeric = |name: &str| -> Result<Option<u64>, AuthError> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| AuthError::invalid(format!("{name} is not a NumericDate"))),
+        }
+    };
+    let expires_at = numeric("exp")?.ok_or_else(|| AuthError::invalid("exp is missing"))?;
+    numeric("nbf")?;
+    numeric("iat")?;
+    if let Some(iss) = claims.get("iss")
+        && !iss.is_string()
+    {
+        return Err(AuthError::invalid("iss is not a string"));
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err(AuthError::invalid("aud is not a string or list of strings")),
+    }
+    let sub = match claims.get("sub") {
+        Some(Value::String(sub)) => sub,
+        Some(_) => return Err(AuthError::invalid("sub is not a string")),
+        None => return Err(AuthError::invalid("sub is missing")),
+    };
+    if sub.trim().is_empty() {
+        return Err(AuthError::invalid("sub is blank"));
+    }
+    if sub.len() > MAX_SUBJECT_BYTES {
+        return Err(AuthError::invalid(format!(
+            "sub has {} bytes, more than {MAX_SUBJECT_BYTES}",
+            sub.len()
+        )));
+    }
+    if sub.chars().any(char::is_control) {
+        return Err(AuthError::invalid("sub contains a control character"));
+    }
+    // The roles the issuer grants (`"roles": ["backend"]`); a claim of another shape makes
+    // the token invalid rather than role-less.
+    let roles = match claims.get("roles") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|r| r.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| AuthError::invalid("roles is not a list of strings"))?,
+        Some(_) => return Err(AuthError::invalid("roles is not a list of strings")),
+    };
+    Ok(Identity {
+        user: UserId::new(sub.clone()),
+        roles,
+        expires_at,
+    })
+}
+
+/// The default verifier: HS256 with a shared secret.
+pub struct Hs256Verifier {
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Hs256Verifier {
+    pub fn new(config: &AuthConfig) -> Self {
+        Self {
+            decoding: DecodingKey::from_secret(config.secret.as_bytes()),
+            validation: config.validation(Algorithm::HS256),
+        }
+    }
+}
+
+#[async_trait]
+impl TokenVerifier for Hs256Verifier {
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        verify_jwt(token, &self.decoding, &self.validation)
     }
 }
 
@@ -56,122 +258,121 @@ struct Claims {
     roles: Vec<String>,
 }
 
-/// What is read from a verified token. `iss` and `aud` are checked by the validation and not
-/// read here, so an `aud` list (allowed by RFC 7519) decodes as well as a single string.
-#[derive(Debug, Deserialize)]
-struct Subject {
-    sub: String,
-    /// The roles the issuer grants (`"roles": ["backend"]`); a claim of another shape makes
-    /// the token invalid rather than role-less.
-    #[serde(default)]
-    roles: Vec<String>,
-}
-
-/// Who a verified token speaks for, and the roles its `roles` claim grants.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub user: UserId,
-    pub roles: Vec<String>,
-}
-
-/// Verifies tokens. Cheap to clone.
+/// Verifies tokens through its [`TokenVerifier`], logs why one was refused. Cheap to clone.
 #[derive(Clone)]
 pub struct Authenticator {
-    config: AuthConfig,
-    decoding: DecodingKey,
-    validation: Validation,
+    verifier: Arc<dyn TokenVerifier>,
+    /// The HS256 configuration, when this is the default verifier: what [`Self::mint`] signs
+    /// with.
+    signing: Option<AuthConfig>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let signing = self.signing.as_ref();
         f.debug_struct("Authenticator")
-            .field("issuer", &self.config.issuer)
-            .field("audience", &self.config.audience)
+            .field("issuer", &signing.map(|c| &c.issuer))
+            .field("audience", &signing.map(|c| &c.audience))
             .finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
+    /// The default: HS256 tokens signed with `config.secret`.
     pub fn new(config: AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = 30;
-        validation.validate_nbf = true;
-        // A configured `iss` or `aud` must also be present: jsonwebtoken only compares the
-        // claims a token carries unless they are required.
-        let mut required = vec!["exp", "sub"];
-        if let Some(iss) = &config.issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        match &config.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
         Self {
-            decoding: DecodingKey::from_secret(config.secret.as_bytes()),
-            config,
-            validation,
+            verifier: Arc::new(Hs256Verifier::new(&config)),
+            signing: Some(config),
         }
     }
 
-    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        self.identify(token).map(|identity| identity.user)
+    /// An app's own verifier (RS256 with a JWKS, an opaque-token lookup, ...).
+    pub fn with_verifier(verifier: impl TokenVerifier) -> Self {
+        Self {
+            verifier: Arc::new(verifier),
+            signing: None,
+        }
     }
 
-    /// Like [`Authenticator::verify`], with the token's roles.
-    pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// Verifies a token: who it speaks for and until when.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
-        let data = jsonwebtoken::decode::<Subject>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::InvalidToken("empty subject".into()));
+        let result = if token.len() > MAX_TOKEN_BYTES {
+            Err(AuthError::invalid(format!(
+                "token has {} bytes, more than {MAX_TOKEN_BYTES}",
+                token.len()
+            )))
+        } else {
+            self.verifier.verify(token).await
+        };
+        if let Err(e) = &result {
+            tracing::info!(reason = e.detail(), "token refused");
         }
-        Ok(Identity {
-            user: UserId::new(data.claims.sub),
-            roles: data.claims.roles,
-        })
+        result
+    }
+
+    /// [`Self::authenticate`]: the same, under the name HTTP handlers know it by.
+    pub async fn identify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.authenticate(token).await
+    }
+
+    /// [`Self::authenticate_bearer`], under the name HTTP handlers know it by.
+    pub async fn identify_bearer(&self, header: Option<&str>) -> Result<Identity, AuthError> {
+        self.authenticate_bearer(header).await
+    }
+
+    /// Verifies a token and returns only its user.
+    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.authenticate(token).await.map(|identity| identity.user)
     }
 
     /// Verifies an `Authorization` header value (`Bearer <jwt>`).
-    pub fn verify_bearer(&self, header: Option<&str>) -> Result<UserId, AuthError> {
-        self.identify_bearer(header).map(|identity| identity.user)
-    }
-
-    /// Like [`Authenticator::verify_bearer`], with the token's roles.
-    pub fn identify_bearer(&self, header: Option<&str>) -> Result<Identity, AuthError> {
+    pub async fn authenticate_bearer(&self, header: Option<&str>) -> Result<Identity, AuthError> {
         let header = header.ok_or(AuthError::MissingToken)?;
         let token = strip_bearer(header)
-            .ok_or_else(|| AuthError::InvalidToken("expected \"Bearer <token>\"".into()))?;
-        self.identify(token)
+            .ok_or_else(|| AuthError::invalid("expected \"Bearer <token>\""))?;
+        self.authenticate(token).await
+    }
+
+    /// [`Self::authenticate_bearer`], the user only.
+    pub async fn verify_bearer(&self, header: Option<&str>) -> Result<UserId, AuthError> {
+        self.authenticate_bearer(header)
+            .await
+            .map(|identity| identity.user)
     }
 
     /// Mints a token for `user`, valid for `ttl_secs`, with the configured issuer and
     /// audience. For development and tests: production tokens come from the app's backend.
+    ///
+    /// # Panics
+    /// On an authenticator made [`Self::with_verifier`]: it holds no key to sign with.
     pub fn mint(&self, user: &str, ttl_secs: u64) -> String {
         self.mint_with_roles(user, ttl_secs, &[])
     }
 
     /// [`Authenticator::mint`] with a `roles` claim.
+    ///
+    /// # Panics
+    /// As [`Self::mint`].
     pub fn mint_with_roles(&self, user: &str, ttl_secs: u64, roles: &[&str]) -> String {
+        let config = self
+            .signing
+            .as_ref()
+            .expect("only the HS256 authenticator can mint tokens");
         let claims = Claims {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             sub: user.to_owned(),
             exp: now_secs() + ttl_secs,
-            iss: self.config.issuer.clone(),
-            aud: self.config.audience.clone(),
+            iss: config.issuer.clone(),
+            aud: config.audience.clone(),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(self.config.secret.as_bytes()),
+            &EncodingKey::from_secret(config.secret.as_bytes()),
         )
         .expect("HS256 signing of plain claims cannot fail")
     }
@@ -208,102 +409,231 @@ mod tests {
         })
     }
 
-    #[test]
-    fn a_minted_token_verifies_to_its_subject() {
-        let a = auth(Some("app"), Some("broker"));
-        assert_eq!(a.verify(&a.mint("user-a", 60)), Ok(UserId::new("user-a")));
-        assert_eq!(
-            a.verify_bearer(Some(&format!("Bearer {}", a.mint("u", 60)))),
-            Ok(UserId::new("u"))
-        );
-    }
-
-    #[test]
-    fn the_roles_claim_is_read_and_must_be_a_list_of_strings() {
-        let a = auth(None, None);
-        let backend = a
-            .identify(&a.mint_with_roles("svc", 60, &["backend"]))
-            .unwrap();
-        assert_eq!(backend.roles, vec!["backend".to_owned()]);
-        assert_eq!(
-            a.identify(&a.mint("u", 60)).unwrap().roles,
-            Vec::<String>::new()
-        );
-        let malformed = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &json!({"sub": "u", "exp": now_secs() + 60, "roles": "backend"}),
-            &EncodingKey::from_secret("s".repeat(32).as_bytes()),
-        )
-        .unwrap();
-        assert!(matches!(
-            a.identify(&malformed),
-            Err(AuthError::InvalidToken(_))
-        ));
-    }
-
-    #[test]
-    fn wrong_secret_issuer_audience_expiry_and_alg_none_are_rejected() {
-        let a = auth(Some("app"), Some("broker"));
-        let other_secret = Authenticator::new(AuthConfig {
-            secret: "x".repeat(32),
-            issuer: Some("app".into()),
-            audience: Some("broker".into()),
-        });
-        assert!(a.verify(&other_secret.mint("u", 60)).is_err());
-        assert!(
-            a.verify(&auth(Some("evil"), Some("broker")).mint("u", 60))
-                .is_err()
-        );
-        assert!(
-            a.verify(&auth(Some("app"), Some("other")).mint("u", 60))
-                .is_err()
-        );
-        // Configured claims must be present, not only equal when present.
-        assert!(a.verify(&auth(Some("app"), None).mint("u", 60)).is_err());
-        assert!(a.verify(&auth(None, Some("broker")).mint("u", 60)).is_err());
-
-        let expired = Claims {
-            sub: "u".into(),
-            exp: now_secs() - 3600,
-            iss: Some("app".into()),
-            aud: Some("broker".into()),
-            roles: Vec::new(),
-        };
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &expired,
-            &EncodingKey::from_secret("s".repeat(32).as_bytes()),
-        )
-        .unwrap();
-        assert!(a.verify(&token).is_err());
-
-        // {"alg":"none"} with the same claims and no signature.
-        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
-        assert!(auth(None, None).verify(none).is_err());
-        assert_eq!(a.verify(""), Err(AuthError::MissingToken));
-        assert_eq!(a.verify_bearer(None), Err(AuthError::MissingToken));
-        assert!(a.verify_bearer(Some("Basic abc")).is_err());
-    }
-
-    fn sign(claims: Value) -> String {
+    fn sign_with(header: Header, claims: Value) -> String {
         jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
+            &header,
             &claims,
             &EncodingKey::from_secret("s".repeat(32).as_bytes()),
         )
         .unwrap()
     }
 
-    #[test]
-    fn an_audience_list_is_accepted_and_a_future_nbf_is_not() {
+    fn sign(claims: Value) -> String {
+        sign_with(Header::new(Algorithm::HS256), claims)
+    }
+
+    fn exp() -> u64 {
+        now_secs() + 60
+    }
+
+    /// The client-facing text of a refusal: one of three fixed phrases.
+    async fn refusal(a: &Authenticator, token: &str) -> String {
+        let e = a.authenticate(token).await.unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            ["invalid token", "token expired", "missing token"].contains(&shown.as_str()),
+            "{shown}"
+        );
+        shown
+    }
+
+    #[tokio::test]
+    async fn a_minted_token_verifies_to_its_subject_and_expiry() {
+        let a = auth(Some("app"), Some("broker"));
+        let identity = a.authenticate(&a.mint("user-a", 60)).await.unwrap();
+        assert_eq!(identity.user, UserId::new("user-a"));
+        assert!((now_secs() + 59..=now_secs() + 60).contains(&identity.expires_at));
+        assert_eq!(
+            a.verify_bearer(Some(&format!("Bearer {}", a.mint("u", 60))))
+                .await,
+            Ok(UserId::new("u"))
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_issuer_audience_expiry_and_alg_none_are_rejected() {
+        let a = auth(Some("app"), Some("broker"));
+        let other_secret = Authenticator::new(AuthConfig {
+            secret: "x".repeat(32),
+            issuer: Some("app".into()),
+            audience: Some("broker".into()),
+        });
+        assert_eq!(
+            refusal(&a, &other_secret.mint("u", 60)).await,
+            "invalid token"
+        );
+        let evil = auth(Some("evil"), Some("broker")).mint("u", 60);
+        assert_eq!(refusal(&a, &evil).await, "invalid token");
+        let other_aud = auth(Some("app"), Some("other")).mint("u", 60);
+        assert_eq!(refusal(&a, &other_aud).await, "invalid token");
+        // Configured claims must be present, not only equal when present.
+        assert!(
+            a.verify(&auth(Some("app"), None).mint("u", 60))
+                .await
+                .is_err()
+        );
+        assert!(
+            a.verify(&auth(None, Some("broker")).mint("u", 60))
+                .await
+                .is_err()
+        );
+
+        let expired =
+            sign(json!({"sub": "u", "exp": now_secs() - 3600, "iss": "app", "aud": "broker"}));
+        assert_eq!(refusal(&a, &expired).await, "token expired");
+        assert_eq!(a.authenticate(&expired).await, Err(AuthError::Expired));
+
+        // {"alg":"none"} with the same claims and no signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
+        assert_eq!(refusal(&auth(None, None), none).await, "invalid token");
+        assert_eq!(a.verify("").await, Err(AuthError::MissingToken));
+        assert_eq!(a.verify_bearer(None).await, Err(AuthError::MissingToken));
+        assert!(a.verify_bearer(Some("Basic abc")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_audience_list_is_accepted_and_a_future_nbf_is_not() {
         let a = auth(None, Some("broker"));
-        let exp = now_secs() + 60;
+        let exp = exp();
         let listed = sign(json!({"sub": "u", "exp": exp, "aud": ["other", "broker"]}));
-        assert_eq!(a.verify(&listed), Ok(UserId::new("u")));
+        assert_eq!(a.verify(&listed).await, Ok(UserId::new("u")));
         let elsewhere = sign(json!({"sub": "u", "exp": exp, "aud": ["other"]}));
-        assert!(a.verify(&elsewhere).is_err());
+        assert!(a.verify(&elsewhere).await.is_err());
         let early = sign(json!({"sub": "u", "exp": exp, "aud": "broker", "nbf": exp}));
-        assert!(a.verify(&early).is_err());
+        assert!(a.verify(&early).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_crit_header_is_rejected() {
+        let a = auth(None, None);
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        let token = sign_with(header, json!({"sub": "u", "exp": exp()}));
+        assert_eq!(refusal(&a, &token).await, "invalid token");
+        assert!(
+            a.authenticate(&token)
+                .await
+                .unwrap_err()
+                .detail()
+                .contains("crit")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_issuer_list_is_rejected_even_when_it_names_the_issuer() {
+        let a = auth(Some("app"), None);
+        let listed = sign(json!({"sub": "u", "exp": exp(), "iss": ["evil", "app"]}));
+        assert_eq!(refusal(&a, &listed).await, "invalid token");
+        let number = sign(json!({"sub": "u", "exp": exp(), "iss": 7}));
+        assert_eq!(refusal(&auth(None, None), &number).await, "invalid token");
+        let plain = sign(json!({"sub": "u", "exp": exp(), "iss": "app"}));
+        assert_eq!(a.verify(&plain).await, Ok(UserId::new("u")));
+    }
+
+    #[tokio::test]
+    async fn blank_control_character_and_oversized_subjects_are_rejected() {
+        let a = auth(None, None);
+        for sub in [
+            json!(" "),
+            json!(""),
+            json!("\t\n"),
+            json!("a\u{0}b"),
+            json!("a\nb"),
+            json!("a\u{7f}"),
+            json!("x".repeat(MAX_SUBJECT_BYTES + 1)),
+            json!(12),
+            json!(["u"]),
+        ] {
+            let token = sign(json!({"sub": sub, "exp": exp()}));
+            assert_eq!(refusal(&a, &token).await, "invalid token", "sub {sub}");
+        }
+        let longest = "é".repeat(MAX_SUBJECT_BYTES / 2);
+        let token = sign(json!({"sub": longest, "exp": exp()}));
+        assert_eq!(a.verify(&token).await, Ok(UserId::new(longest)));
+    }
+
+    #[tokio::test]
+    async fn ill_typed_exp_nbf_and_iat_are_rejected() {
+        let a = auth(None, None);
+        let later = exp();
+        for claims in [
+            json!({"sub": "u", "exp": later.to_string()}),
+            json!({"sub": "u", "exp": -5}),
+            json!({"sub": "u", "exp": null}),
+            json!({"sub": "u", "exp": true}),
+            json!({"sub": "u", "exp": [later]}),
+            json!({"sub": "u"}),
+            json!({"sub": "u", "exp": later, "nbf": "0"}),
+            json!({"sub": "u", "exp": later, "nbf": -1}),
+            json!({"sub": "u", "exp": later, "iat": "now"}),
+        ] {
+            let token = sign(claims.clone());
+            assert_eq!(refusal(&a, &token).await, "invalid token", "{claims}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_tokens_say_only_invalid_token() {
+        let a = auth(Some("app"), None);
+        // A payload that is a JSON array: jsonwebtoken's message names its internal types.
+        let array = format!(
+            "eyJhbGciOiJIUzI1NiJ9.{}.c2ln",
+            "WzEsMl0" // [1,2]
+        );
+        for token in [
+            "garbage",
+            "a.b.c",
+            array.as_str(),
+            "eyJhbGciOiJSUzUxMiJ9.e30.c2ln",
+        ] {
+            assert_eq!(refusal(&a, token).await, "invalid token", "{token}");
+        }
+        let huge = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert_eq!(refusal(&a, &huge).await, "invalid token");
+    }
+
+    #[tokio::test]
+    async fn an_app_verifier_replaces_the_default() {
+        struct Fixed;
+        #[async_trait]
+        impl TokenVerifier for Fixed {
+            async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+                match token {
+                    "let-me-in" => Ok(Identity {
+                        user: UserId::new("fixed"),
+                        roles: Vec::new(),
+                        expires_at: u64::MAX,
+                    }),
+                    _ => Err(AuthError::invalid("not the fixed token")),
+                }
+            }
+        }
+        let a = Authenticator::with_verifier(Fixed);
+        assert_eq!(a.verify("let-me-in").await, Ok(UserId::new("fixed")));
+        assert_eq!(refusal(&a, "other").await, "invalid token");
+        // A token of the default HS256 verifier means nothing to it.
+        assert!(a.verify(&auth(None, None).mint("u", 60)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_roles_claim_is_read_and_must_be_a_list_of_strings() {
+        let a = auth(None, None);
+        let backend = a
+            .identify(&a.mint_with_roles("svc", 60, &["backend"]))
+            .await
+            .unwrap();
+        assert_eq!(backend.roles, vec!["backend".to_owned()]);
+        assert_eq!(
+            a.identify(&a.mint("u", 60)).await.unwrap().roles,
+            Vec::<String>::new()
+        );
+        for roles in [json!("backend"), json!([1]), json!({"a": "b"})] {
+            let malformed = sign(json!({"sub": "u", "exp": exp(), "roles": roles}));
+            assert!(matches!(
+                a.identify(&malformed).await,
+                Err(AuthError::InvalidToken(_))
+            ));
+        }
     }
 
     #[test]

@@ -85,6 +85,17 @@ pub struct Connection {
     pub connected_at_ms: u64,
     /// Seconds since the Unix epoch after which the record is dead (DynamoDB TTL).
     pub expires_at: u64,
+    /// The `exp` of the token the principal was verified with: from that second on the
+    /// connection speaks for nobody and is closed with 4403.
+    #[serde(default)]
+    pub authorized_until: Option<u64>,
+}
+
+impl Connection {
+    /// Whether the token this connection was authenticated with has expired.
+    pub fn authority_expired(&self, now_secs: u64) -> bool {
+        self.authorized_until.is_some_and(|exp| exp <= now_secs)
+    }
 }
 
 /// Identifies one subscription: the connection and the client-chosen operation id.

@@ -39,12 +39,18 @@ impl ConnectionStore for MemoryConnectionStore {
             .cloned())
     }
 
-    async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError> {
+    async fn mark_initialised(
+        &self,
+        id: &ConnectionId,
+        user: &UserId,
+        authorized_until: u64,
+    ) -> Result<(), StoreError> {
         let mut connections = lock(&self.connections);
         match connections.get_mut(id) {
             Some(c) if !c.initialised => {
                 c.initialised = true;
                 c.principal = Some(user.clone());
+                c.authorized_until = Some(authorized_until);
                 Ok(())
             }
             Some(_) => Err(StoreError::Conflict(format!("{id} is already initialised"))),

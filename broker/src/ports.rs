@@ -69,7 +69,13 @@ pub trait ConnectionStore: Send + Sync {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
     /// Records an accepted `connection_init`. [`StoreError::Conflict`] when the connection was
     /// already initialised (a second init, even a concurrent one) or does not exist.
-    async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError>;
+    /// `authorized_until` is the `exp` of the token that named `user`.
+    async fn mark_initialised(
+        &self,
+        id: &ConnectionId,
+        user: &UserId,
+        authorized_until: u64,
+    ) -> Result<(), StoreError>;
     async fn delete(&self, id: &ConnectionId) -> Result<(), StoreError>;
     /// Every live connection of one user: a backend pushing to all of a user's frontends.
     async fn by_user(&self, user: &UserId) -> Result<Vec<Connection>, StoreError>;

@@ -6,10 +6,10 @@ use async_graphql::http::ClientMessage;
 use async_graphql::parser::types::OperationType;
 
 use crate::Broker;
-use crate::auth::{AuthError, token_from_init_payload};
+use crate::auth::{AuthError, Identity, token_from_init_payload};
 use crate::domain::{
-    CONNECTION_LIFETIME_SECS, Connection, ConnectionId, Subscription, SubscriptionKey, UserId,
-    now_ms,
+    CONNECTION_LIFETIME_SECS, Connection, ConnectionId, Subscription, SubscriptionKey, now_ms,
+    now_secs,
 };
 use crate::graphql::{self, errors_json};
 use crate::hooks::Ending;
@@ -58,8 +58,12 @@ impl Broker {
                 });
             }
         };
-        let principal = match token.map(|t| self.authenticator().verify(t)).transpose() {
-            Ok(user) => user,
+        let identity = match token {
+            Some(token) => self.authenticator().authenticate(token).await.map(Some),
+            None => Ok(None),
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
             Err(e) => {
                 return Ok(ConnectOutcome::Rejected {
                     status: 401,
@@ -71,10 +75,11 @@ impl Broker {
         let connection = Connection {
             id,
             protocol: offered.unwrap_or(Protocol::GraphqlTransportWs),
-            principal,
+            principal: identity.as_ref().map(|i| i.user.clone()),
             initialised: false,
             connected_at_ms,
             expires_at: connected_at_ms / 1000 + CONNECTION_LIFETIME_SECS,
+            authorized_until: identity.map(|i| i.expires_at),
         };
         if let Err(refusal) = self.hooks().on_connect(&connection).await {
             return Ok(ConnectOutcome::Rejected {
@@ -120,6 +125,9 @@ impl Broker {
                 .close(id, CloseCode::BadRequest, "unknown connection")
                 .await;
         };
+        if connection.authority_expired(now_secs()) {
+            return self.close_expired(id).await;
+        }
         let message = match parse_client_message(text) {
             Ok(m) => m,
             Err(reason) => return self.close(id, CloseCode::BadRequest, &reason).await,
@@ -174,19 +182,30 @@ impl Broker {
                 )
                 .await;
         }
-        let user = match self.init_user(connection, payload.as_ref()) {
-            Ok(user) => user,
+        let identity = match self.init_identity(connection, payload.as_ref()).await {
+            Ok(identity) if identity.expires_at <= now_secs() => {
+                // Within the verifier's clock-skew leeway, but past `exp`.
+                return self.close_expired(id).await;
+            }
+            Ok(identity) => identity,
             Err(e) => {
                 if let Some(frame) = connection.protocol.connection_error(&e.to_string()) {
                     self.post(id, &frame).await?;
                 }
-                return self
-                    .close(id, CloseCode::Unauthorized, "Unauthorized")
-                    .await;
+                // 4403 for an expired token: stock clients reconnect with a fresh one, while
+                // they give up on 4401.
+                return match e {
+                    AuthError::Expired => self.close_expired(id).await,
+                    _ => {
+                        self.close(id, CloseCode::Unauthorized, "Unauthorized")
+                            .await
+                    }
+                };
             }
         };
         let accepted = Connection {
-            principal: Some(user.clone()),
+            principal: Some(identity.user.clone()),
+            authorized_until: Some(identity.expires_at),
             ..connection.clone()
         };
         if let Err(refusal) = self.hooks().on_init(&accepted, payload.as_ref()).await {
@@ -194,7 +213,12 @@ impl Broker {
                 .close(id, CloseCode::Forbidden, &refusal.to_string())
                 .await;
         }
-        match self.ports().connections.mark_initialised(id, &user).await {
+        let marked = self
+            .ports()
+            .connections
+            .mark_initialised(id, &identity.user, identity.expires_at)
+            .await;
+        match marked {
             Ok(()) => {}
             // Two inits raced and the other one won.
             Err(StoreError::Conflict(_)) => {
@@ -211,25 +235,60 @@ impl Broker {
         self.post(id, &connection.protocol.ack()).await
     }
 
-    /// The user a `connection_init` makes the connection speak for: its payload's token, or
-    /// the token verified at `$connect`. When both are given they must name the same user.
-    fn init_user(
+    /// The user a `connection_init` makes the connection speak for, and until when: its
+    /// payload's token, or the token verified at `$connect`. When both are given they must
+    /// name the same user.
+    async fn init_identity(
         &self,
         connection: &Connection,
         payload: Option<&serde_json::Value>,
-    ) -> Result<UserId, AuthError> {
+    ) -> Result<Identity, AuthError> {
         match (token_from_init_payload(payload), &connection.principal) {
             (Some(token), at_connect) => {
-                let user = self.authenticator().verify(token)?;
+                let identity = self.authenticator().authenticate(token).await?;
                 match at_connect {
-                    Some(other) if *other != user => Err(AuthError::InvalidToken(
-                        "the init token names another user than the connect token".into(),
+                    Some(other) if *other != identity.user => Err(AuthError::invalid(
+                        "the init token names another user than the connect token",
                     )),
-                    _ => Ok(user),
+                    _ => Ok(identity),
                 }
             }
-            (None, Some(user)) => Ok(user.clone()),
+            (None, Some(user)) => Ok(Identity {
+                user: user.clone(),
+                // Roles reach HTTP resolvers only; a connection does not keep them.
+                roles: Vec::new(),
+                // Set with the principal at `$connect`.
+                expires_at: connection.authorized_until.unwrap_or(0),
+            }),
             (None, None) => Err(AuthError::MissingToken),
+        }
+    }
+
+    /// Closes a connection whose token has expired with 4403, which stock clients answer by
+    /// reconnecting with a fresh token (`graphql-ws` re-reads `connectionParams`).
+    pub async fn close_expired(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        self.close(id, CloseCode::Forbidden, "token expired").await
+    }
+
+    /// The second at which this connection's authority ends, if it has a principal yet; a
+    /// gateway that can keep timers (the local one) closes the socket then with
+    /// [`Self::enforce_token_expiry`].
+    pub async fn authority_deadline(&self, id: &ConnectionId) -> Result<Option<u64>, SessionError> {
+        Ok(self
+            .ports()
+            .connections
+            .get(id)
+            .await?
+            .and_then(|c| c.authorized_until))
+    }
+
+    /// Closes the connection with 4403 if its token has expired.
+    pub async fn enforce_token_expiry(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        match self.ports().connections.get(id).await? {
+            Some(connection) if connection.authority_expired(now_secs()) => {
+                self.close_expired(id).await
+            }
+            _ => Ok(()),
         }
     }
 
@@ -326,7 +385,11 @@ impl Broker {
             document,
             operation_name,
             variables,
-            expires_at: connection.expires_at,
+            // No event reaches it once the token has expired: the stores hide expired
+            // subscriptions from delivery.
+            expires_at: connection
+                .authorized_until
+                .map_or(connection.expires_at, |exp| exp.min(connection.expires_at)),
             starts_at_ms: 0,
         };
         if let Err(refusal) = self.hooks().on_subscribe(&subscription).await {

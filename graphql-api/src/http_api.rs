@@ -14,7 +14,7 @@ pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatew
         .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let identity = match broker.authenticator().identify_bearer(authorization) {
+    let identity = match broker.authenticator().identify_bearer(authorization).await {
         Ok(identity) => identity,
         Err(e) => {
             let mut response = error(401, &e.to_string());

@@ -58,6 +58,8 @@ pub struct Options {
     pub backend: Backend,
     /// The web app and the development sign-in.
     pub web: WebOptions,
+    /// Timeouts, queue and connection limits of the gateway.
+    pub limits: server::Limits,
 }
 
 /// Where state lives.
@@ -100,6 +102,7 @@ impl Options {
             poll_interval,
             backend: Backend::Embedded,
             web,
+            limits: server::Limits::from_env().map_err(anyhow::Error::msg)?,
         })
     }
 }
@@ -164,13 +167,14 @@ impl LocalGateway {
         let app = server::router(AppState {
             broker: broker.clone(),
             sockets: sockets.clone(),
+            limits: options.limits.clone(),
         })
         .merge(web::router(&options.web, broker.authenticator().clone()));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "server stopped");
-            }
-        }));
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            app,
+            options.limits.clone(),
+        )));
         Ok(Self {
             addr,
             broker,
@@ -206,6 +210,11 @@ impl LocalGateway {
     }
 
     /// Open sockets right now.
+    /// Sockets closed because their outbox overflowed (clients reading too slowly).
+    pub fn sockets_closed_too_slow(&self) -> u64 {
+        self.sockets.closed_too_slow()
+    }
+
     pub fn open_sockets(&self) -> usize {
         self.sockets.len()
     }

@@ -15,8 +15,12 @@ use axum::routing::{get, post};
 use broker::aws::{CLOSE_CODE_HEADER, CLOSE_REASON_HEADER};
 use broker::{Broker, ConnectionId};
 use futures_util::{SinkExt, StreamExt};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::events;
 use crate::sockets::{Socket, Sockets};
@@ -30,6 +34,111 @@ const MAX_MESSAGE_BYTES: usize = 128 * 1024;
 pub struct AppState {
     pub broker: Broker,
     pub sockets: Arc<Sockets>,
+    pub limits: Limits,
+}
+
+/// What one client may hold of the local gateway. The defaults are API Gateway's where it has
+/// one; every value can be set from the environment (`Limits::from_env`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A socket without a frame from its client for this long is closed with 1001
+    /// (`SOCKET_IDLE_TIMEOUT_SECS`, API Gateway: 10 minutes).
+    pub idle_timeout: Duration,
+    /// Every socket is closed with 1001 after this long (`SOCKET_MAX_DURATION_SECS`, API
+    /// Gateway: 2 hours).
+    pub max_duration: Duration,
+    /// Frames queued for one socket; a socket whose queue is full is closed with 1013
+    /// (`SOCKET_OUTBOX_FRAMES`).
+    pub outbox_frames: usize,
+    /// Open TCP connections (HTTP and WebSocket); more are refused at once
+    /// (`MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// An HTTP request whose headers have not all arrived after this long is dropped
+    /// (`HTTP_HEADER_TIMEOUT_SECS`).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(10 * 60),
+            max_duration: Duration::from_secs(2 * 60 * 60),
+            outbox_frames: 64,
+            max_connections: 20_000,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, overridden by the environment variables named on each field.
+    pub fn from_env() -> Result<Self, String> {
+        fn var(name: &str) -> Result<Option<u64>, String> {
+            match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(|n| Some(n.max(1)))
+                    .map_err(|e| format!("{name}={v:?}: {e}")),
+                _ => Ok(None),
+            }
+        }
+        let mut limits = Self::default();
+        if let Some(secs) = var("SOCKET_IDLE_TIMEOUT_SECS")? {
+            limits.idle_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = var("SOCKET_MAX_DURATION_SECS")? {
+            limits.max_duration = Duration::from_secs(secs);
+        }
+        if let Some(n) = var("SOCKET_OUTBOX_FRAMES")? {
+            limits.outbox_frames = n as usize;
+        }
+        if let Some(n) = var("MAX_CONNECTIONS")? {
+            limits.max_connections = n as usize;
+        }
+        if let Some(secs) = var("HTTP_HEADER_TIMEOUT_SECS")? {
+            limits.header_read_timeout = Duration::from_secs(secs);
+        }
+        Ok(limits)
+    }
+}
+
+/// Serves `app` on `listener`: HTTP/1.1 with upgrades, at most `limits.max_connections` open
+/// connections (one over the limit is closed as soon as it is accepted), and a deadline for
+/// each request's headers, so half-sent requests cannot hold file descriptors.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be given back.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        tokio::spawn(async move {
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -104,6 +213,9 @@ async fn connect(
     query: Option<&str>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if state.sockets.len() >= state.limits.max_connections {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    }
     let id = new_connection_id();
     let connected_at_ms = broker::domain::now_ms();
     let query: QueryMap = query.and_then(|q| q.parse().ok()).unwrap_or_default();
@@ -136,14 +248,19 @@ async fn connect(
 }
 
 /// One socket's life: a writer task drains its outbox (frames posted through the Management
-/// API); this task reads frames and runs `$default` for each, one at a time and in order.
+/// API); this task reads frames and runs `$default` for each, one at a time and in order, and
+/// keeps the socket's timers (API Gateway's idle timeout and maximum duration, the token's
+/// expiry).
 async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let (outbox, mut pending) = mpsc::unbounded_channel::<Message>();
+    let limits = state.limits.clone();
+    let (outbox, mut pending) = mpsc::channel::<Message>(limits.outbox_frames);
+    let overflow = Arc::new(tokio::sync::Notify::new());
     state.sockets.insert(
         id.clone(),
         Socket {
             outbox,
+            overflow: overflow.clone(),
             connected_at_ms,
             last_active_ms: connected_at_ms,
         },
@@ -162,22 +279,67 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
 
     let (closed_tx, mut closed) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(async move {
-        while let Some(message) = pending.recv().await {
+        loop {
+            let message = tokio::select! {
+                message = pending.recv() => message,
+                // The outbox overflowed: the client reads too slowly. Its queued frames
+                // are dropped; it gets a close frame if it reads at all.
+                () = overflow.notified() => Some(close_frame(1013, "client too slow")),
+            };
+            let Some(message) = message else { break };
             let is_close = matches!(message, Message::Close(_));
-            if sink.send(message).await.is_err() || is_close {
+            let sent = if is_close {
+                // A client that stopped reading cannot hold the close back for long.
+                tokio::time::timeout(CLOSE_GRACE, sink.send(message))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            } else {
+                sink.send(message).await.is_ok()
+            };
+            if !sent || is_close {
                 break;
             }
         }
         let _ = closed_tx.send(true);
     });
 
+    let started = tokio::time::Instant::now();
+    let max_duration = tokio::time::sleep(limits.max_duration);
+    tokio::pin!(max_duration);
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    // The token's expiry, once the connection has a principal (at `$connect` or after
+    // `connection_init`); it cannot change afterwards.
+    let mut authority: Option<tokio::time::Instant> = authority_deadline(&state.broker, &id).await;
+    let expiry = tokio::time::sleep_until(authority.unwrap_or(started + limits.max_duration));
+    tokio::pin!(expiry);
+
     loop {
         let frame = tokio::select! {
             frame = stream.next() => frame,
             // The server closed the socket: give the client a moment to answer the close.
             _ = closed.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.next()).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, stream.next()).await;
                 break;
+            }
+            () = &mut idle => {
+                state.sockets.send(&id, close_frame(1001, "Going away: idle timeout"));
+                continue_until_closed(&mut closed, &mut stream).await;
+                break;
+            }
+            () = &mut max_duration => {
+                state.sockets.send(&id, close_frame(1001, "Going away: maximum connection duration"));
+                continue_until_closed(&mut closed, &mut stream).await;
+                break;
+            }
+            () = &mut expiry, if authority.is_some() => {
+                if let Err(e) = state.broker.enforce_token_expiry(&id).await {
+                    tracing::warn!(connection = %id, error = %e, "token expiry check failed");
+                }
+                // The close (if any) arrives through the outbox; re-arm in case the clock
+                // of the store disagreed by a fraction of a second.
+                expiry.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(250));
+                continue;
             }
         };
         let body = match frame {
@@ -198,9 +360,27 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
                 continue;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(Message::Close(frame))) => {
+                // Answer the client's close with the same code, as RFC 6455 asks; without
+                // an answer the client reports 1006.
+                let echo = frame.map_or(Message::Close(None), |f| close_frame(f.code, ""));
+                state.sockets.send(&id, echo);
+                continue_until_closed(&mut closed, &mut stream).await;
+                break;
+            }
+            Some(Err(e)) => {
+                if let Some((code, reason)) = close_for_read_error(&e) {
+                    tracing::info!(connection = %id, code, error = %e, "closing on a bad frame");
+                    state.sockets.send(&id, close_frame(code, reason));
+                    continue_until_closed(&mut closed, &mut stream).await;
+                }
+                break;
+            }
+            None => break,
         };
         state.sockets.touch(&id);
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + limits.idle_timeout);
         let event = events::websocket(
             "$default",
             &id,
@@ -210,10 +390,18 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
             Some(body),
         );
         run_default(&state, &id, event).await;
+        if authority.is_none() {
+            authority = authority_deadline(&state.broker, &id).await;
+            if let Some(at) = authority {
+                expiry.as_mut().reset(at);
+            }
+        }
     }
 
     state.sockets.remove(&id);
     init_timer.abort();
+    // Let a queued close reach the client before the socket is dropped.
+    let _ = tokio::time::timeout(CLOSE_GRACE, closed.wait_for(|c| *c)).await;
     writer.abort();
     let event = events::websocket(
         "$disconnect",
@@ -226,6 +414,61 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
     if let Err(e) = graphql_api::websocket::handle(&state.broker, event).await {
         tracing::error!(connection = %id, error = %e, "$disconnect failed");
     }
+}
+
+/// How long a closing socket waits for the other side.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }))
+}
+
+/// After a close was queued: wait for the writer to send it, reading (and dropping) what the
+/// client still sends, for at most [`CLOSE_GRACE`].
+async fn continue_until_closed(
+    closed: &mut tokio::sync::watch::Receiver<bool>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+) {
+    let drain = async {
+        loop {
+            tokio::select! {
+                _ = closed.wait_for(|c| *c) => break,
+                frame = stream.next() => if frame.is_none() { break },
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+}
+
+/// The close code API Gateway answers a bad frame with: 1009 for a frame or message over
+/// its limits, 1007 for text that is not UTF-8. Other read errors end the socket silently
+/// (the connection is already broken).
+fn close_for_read_error(error: &axum::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::error::{CapacityError, Error};
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        match e.downcast_ref::<Error>() {
+            Some(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+                return Some((1009, "Message too big"));
+            }
+            Some(Error::Capacity(_)) => return Some((1009, "Frame too big")),
+            Some(Error::Utf8(_)) => return Some((1007, "Invalid UTF-8")),
+            Some(_) => return None,
+            None => source = e.source(),
+        }
+    }
+    None
+}
+
+/// When the connection's token expires, as an instant of the tokio clock.
+async fn authority_deadline(broker: &Broker, id: &ConnectionId) -> Option<tokio::time::Instant> {
+    let now = tokio::time::Instant::now();
+    let exp_secs = broker.authority_deadline(id).await.ok().flatten()?;
+    let left_ms = (exp_secs * 1000).saturating_sub(broker::domain::now_ms());
+    Some(now + Duration::from_millis(left_ms))
 }
 
 async fn run_default(

@@ -1,23 +1,29 @@
 //! The live sockets, by connection id: what the Management API posts to and closes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Message;
 use broker::ConnectionId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-/// A frame (or a close) on its way to one socket's writer task.
-pub type Outbox = mpsc::UnboundedSender<Message>;
+/// A frame (or a close) on its way to one socket's writer task. Bounded: see
+/// [`Sockets::send`].
+pub type Outbox = mpsc::Sender<Message>;
 
 #[derive(Default)]
 pub struct Sockets {
     open: Mutex<HashMap<ConnectionId, Socket>>,
+    too_slow: AtomicU64,
 }
 
 #[derive(Clone)]
 pub struct Socket {
     pub outbox: Outbox,
+    /// Told when the outbox overflowed: the writer then closes the socket.
+    pub overflow: Arc<Notify>,
     pub connected_at_ms: u64,
     pub last_active_ms: u64,
 }
@@ -46,10 +52,32 @@ impl Sockets {
     }
 
     /// Queues a message for the socket; `false` when it is gone (API Gateway's 410).
+    ///
+    /// A socket whose outbox is full reads slower than it is written to: it is closed (1013)
+    /// and forgotten here, so the frame is refused as for a gone connection and the broker
+    /// drops its subscriptions. Memory per socket stays bounded and one slow client never
+    /// holds back another.
     pub fn send(&self, id: &ConnectionId, message: Message) -> bool {
-        self.lock()
-            .get(id)
-            .is_some_and(|socket| socket.outbox.send(message).is_ok())
+        let mut open = self.lock();
+        let Some(socket) = open.get(id) else {
+            return false;
+        };
+        match socket.outbox.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                socket.overflow.notify_one();
+                open.remove(id);
+                self.too_slow.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(connection = %id, "closing a socket that reads too slowly");
+                false
+            }
+        }
+    }
+
+    /// How many sockets were closed because they could not keep up.
+    pub fn closed_too_slow(&self) -> u64 {
+        self.too_slow.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -30,6 +30,7 @@ pub fn connection(id: &str, principal: Option<&str>) -> Connection {
         initialised: false,
         connected_at_ms: now_ms(),
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+        authorized_until: principal.map(|_| now_secs() + 3600),
     }
 }
 
@@ -154,20 +155,26 @@ pub async fn mark_initialised_succeeds_once_then_conflicts(stores: Stores) {
     connections.put(&anonymous).await.unwrap();
     let alice = UserId::new("alice");
 
+    let token_exp = now_secs() + 600;
     connections
-        .mark_initialised(&anonymous.id, &alice)
+        .mark_initialised(&anonymous.id, &alice, token_exp)
         .await
         .unwrap();
     let stored = connections.get(&anonymous.id).await.unwrap().unwrap();
     assert!(stored.initialised);
     assert_eq!(stored.principal, Some(alice.clone()));
+    assert_eq!(stored.authorized_until, Some(token_exp));
 
     assert!(is_conflict(
-        connections.mark_initialised(&anonymous.id, &alice).await
+        connections
+            .mark_initialised(&anonymous.id, &alice, token_exp)
+            .await
     ));
     let unknown = ConnectionId::new("unknown");
     assert!(is_conflict(
-        connections.mark_initialised(&unknown, &alice).await
+        connections
+            .mark_initialised(&unknown, &alice, token_exp)
+            .await
     ));
     // The failed update created nothing.
     assert_eq!(connections.get(&unknown).await.unwrap(), None);
@@ -193,7 +200,7 @@ pub async fn by_user_finds_every_connection_of_one_user(stores: Stores) {
     let late = ConnectionId::new("late");
     connections.put(&connection("late", None)).await.unwrap();
     connections
-        .mark_initialised(&late, &UserId::new("alice"))
+        .mark_initialised(&late, &UserId::new("alice"), now_secs() + 600)
         .await
         .unwrap();
     alices.push(connections.get(&late).await.unwrap().unwrap());

@@ -38,6 +38,7 @@ pub fn options(mode: DeliveryMode) -> Options {
         poll_interval: Duration::ZERO,
         backend: local_gateway::Backend::Embedded,
         web: local_gateway::WebOptions::default(),
+        limits: Default::default(),
     }
 }
 
@@ -211,6 +212,11 @@ impl WsClient {
             json!({"id": id, "type": kind, "payload": {"query": query, "variables": variables}}),
         )
         .await;
+    }
+
+    /// The underlying socket, for frames the JSON helpers cannot express.
+    pub fn socket_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.socket
     }
 
     /// Drops the TCP connection without a close handshake.

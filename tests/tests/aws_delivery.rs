@@ -106,6 +106,7 @@ async fn a_gone_connection_is_removed_when_delivery_meets_410() {
         initialised: true,
         connected_at_ms: 0,
         expires_at: u64::MAX / 2,
+        authorized_until: Some(u64::MAX / 2),
     };
     gateway
         .broker()

@@ -64,7 +64,12 @@ impl ConnectionStore for DynamoDbConnectionStore {
         Ok((record.ttl > now_secs()).then(|| record.into()))
     }
 
-    async fn mark_initialised(&self, id: &ConnectionId, user: &UserId) -> Result<(), StoreError> {
+    async fn mark_initialised(
+        &self,
+        id: &ConnectionId,
+        user: &UserId,
+        authorized_until: u64,
+    ) -> Result<(), StoreError> {
         // One conditional write: of two concurrent `connection_init`s exactly one succeeds.
         // The write carries a nonce: when the SDK retries an attempt whose answer was lost
         // but which was applied, the condition fails on our own write, and the nonce tells.
@@ -74,15 +79,19 @@ impl ConnectionStore for DynamoDbConnectionStore {
             .update_item()
             .table_name(&self.table)
             .key("connectionId", string(id.as_str()))
-            .update_expression("SET #initialised = :true, #principal = :principal, #init = :init")
+            .update_expression(
+                "SET #initialised = :true, #principal = :principal, #until = :until, #init = :init",
+            )
             .condition_expression("attribute_exists(#id) AND #initialised = :false")
             .expression_attribute_names("#id", "connectionId")
             .expression_attribute_names("#initialised", "initialised")
             .expression_attribute_names("#principal", "principal")
+            .expression_attribute_names("#until", "authorizedUntil")
             .expression_attribute_names("#init", "initNonce")
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":principal", string(user.as_str()))
+            .expression_attribute_values(":until", AttributeValue::N(authorized_until.to_string()))
             .expression_attribute_values(":init", string(&nonce))
             .send()
             .await;

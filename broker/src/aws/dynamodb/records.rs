@@ -28,6 +28,9 @@ pub(super) struct ConnectionItem {
     pub initialised: bool,
     pub connected_at: u64,
     pub ttl: u64,
+    /// The verified token's `exp`, once there is a principal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_until: Option<u64>,
 }
 
 impl From<&Connection> for ConnectionItem {
@@ -39,6 +42,7 @@ impl From<&Connection> for ConnectionItem {
             initialised: c.initialised,
             connected_at: c.connected_at_ms,
             ttl: c.expires_at,
+            authorized_until: c.authorized_until,
         }
     }
 }
@@ -52,6 +56,7 @@ impl From<ConnectionItem> for Connection {
             initialised: item.initialised,
             connected_at_ms: item.connected_at,
             expires_at: item.ttl,
+            authorized_until: item.authorized_until,
         }
     }
 }
