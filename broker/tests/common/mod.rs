@@ -139,6 +139,7 @@ pub async fn connected(broker: &Broker, id: &str, user: &str, protocol: Protocol
         initialised: true,
         connected_at_ms: now_ms(),
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
+        authorized_until: Some(now_secs() + 3600),
     };
     broker.ports().connections.put(&connection).await.unwrap();
 }
