@@ -1,0 +1,127 @@
+//! CPU of one hostile request, with and without the broker's cost limits: the documents
+//! that stalled the service (nested fragment spreads, hundreds of thousands of fields,
+//! directives or operations, a 5 MB string literal).
+//!
+//! "without" runs the example app's schema directly, as every request ran before the limits
+//! (async-graphql's own depth and complexity limits only); "broker" runs the same document
+//! through `Broker::execute` (sockets and HTTP after the body limit); "HTTP" sends it as a
+//! POST body through the HTTP handler, body limit included. Everything runs on one thread,
+//! so its CPU clock is the request's cost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Executor, Request};
+use broker::memory::{
+    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+};
+use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports, UserId};
+use graphql_api::app::{MemoryBoardStore, build_schema};
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+fn fragment_bomb(levels: usize) -> String {
+    let mut doc = String::from("{ ...F0 }\n");
+    for i in 0..levels {
+        doc.push_str(&format!(
+            "fragment F{i} on Query {{ ...F{} ...F{} }}\n",
+            i + 1,
+            i + 1
+        ));
+    }
+    doc.push_str(&format!("fragment F{levels} on Query {{ __typename }}\n"));
+    doc
+}
+
+fn attacks() -> Vec<(String, String)> {
+    vec![
+        ("fragment spreads, 14 levels".into(), fragment_bomb(14)),
+        ("fragment spreads, 20 levels".into(), fragment_bomb(20)),
+        (
+            "400k fields".into(),
+            format!("{{ {} }}", "__typename ".repeat(400_000)),
+        ),
+        (
+            "100k directives".into(),
+            format!("{{ __typename {} }}", "@skip(if: false) ".repeat(100_000)),
+        ),
+        (
+            "100k operations".into(),
+            (0..100_000)
+                .map(|i| format!("query Q{i} {{ __typename }}\n"))
+                .collect(),
+        ),
+        (
+            "5 MB string literal".into(),
+            format!("{{ boards(x: \"{}\") {{ id }} }}", "x".repeat(5 << 20)),
+        ),
+    ]
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let schema = build_schema(Arc::new(MemoryBoardStore::default()));
+        let auth = Authenticator::new(AuthConfig {
+            secret: "publisher-bench-secret-0123456789-0123".into(),
+            issuer: None,
+            audience: None,
+        });
+        let token = auth.mint("attacker", 600);
+        let ports = Ports {
+            connections: Arc::new(MemoryConnectionStore::default()),
+            subscriptions: Arc::new(MemorySubscriptionStore::default()),
+            events: Arc::new(MemoryEventLog::default()),
+            gateway: Arc::new(RecordingGateway::default()),
+            fanout: None,
+        };
+        let broker = Broker::new(schema.clone(), ports, auth, BrokerConfig::default());
+        println!("| document | bytes | without limits | broker | HTTP handler |\n|---|---:|---:|---:|---:|");
+        for (name, document) in attacks() {
+            let start = thread_cpu();
+            let before = Executor::execute(&schema, Request::new(document.clone())).await;
+            let without = thread_cpu() - start;
+            assert!(!before.errors.is_empty() || before.data != async_graphql::Value::Null);
+
+            let start = thread_cpu();
+            let response = broker
+                .execute(UserId::from("attacker"), Request::new(document.clone()))
+                .await;
+            let through_broker = thread_cpu() - start;
+            anyhow::ensure!(!response.errors.is_empty(), "{name}: not refused");
+
+            let body = serde_json::json!({ "query": document }).to_string();
+            let mut event = aws_lambda_events::apigw::ApiGatewayV2httpRequest::default();
+            event.request_context.http.method = http::Method::POST;
+            event
+                .headers
+                .insert("authorization", format!("Bearer {token}").parse()?);
+            event.body = Some(body);
+            let start = thread_cpu();
+            let reply = graphql_api::http_api::handle(&broker, event).await;
+            let through_http = thread_cpu() - start;
+            let answer = match &reply.body {
+                Some(aws_lambda_events::encodings::Body::Text(t)) => t.clone(),
+                _ => String::new(),
+            };
+            anyhow::ensure!(
+                reply.status_code != 200 || answer.contains("errors"),
+                "{name}: HTTP did not refuse it"
+            );
+            println!(
+                "| {name} | {} | {:.1} ms | {:.3} ms | {:.3} ms ({}) |",
+                document.len(),
+                without.as_secs_f64() * 1e3,
+                through_broker.as_secs_f64() * 1e3,
+                through_http.as_secs_f64() * 1e3,
+                reply.status_code,
+            );
+        }
+        anyhow::Ok(())
+    })
+}
