@@ -341,6 +341,9 @@ impl BoardStore for CountingBoards {
         self.reads.0.fetch_add(1, Ordering::Relaxed);
         self.inner.cards_of(board_id).await
     }
+    async fn delete_board(&self, id: &str) -> Result<bool, broker::StoreError> {
+        self.inner.delete_board(id).await
+    }
 }
 
 async fn publisher_case(
