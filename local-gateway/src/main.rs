@@ -6,7 +6,10 @@ use std::sync::Arc;
 use local_gateway::cli::AppChoice;
 
 /// The apps `broker-local` is built with; adding one is one line (and a dependency).
-const APPS: &[AppChoice] = &[("boards", || Arc::new(boards::Boards))];
+const APPS: &[AppChoice] = &[
+    ("boards", || Arc::new(boards::Boards)),
+    ("prices", || Arc::new(prices::Prices)),
+];
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
