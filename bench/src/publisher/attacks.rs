@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{Executor, Request};
+use boards::{MemoryBoardStore, build_schema};
 use broker::memory::{
     MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
 };
 use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports, UserId};
-use graphql_api::app::{MemoryBoardStore, build_schema};
 
 fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord};
+use boards::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use broker::aws::{
     ApiGatewayConnectionGateway, DynamoDbConnectionStore, DynamoDbEventLog,
     DynamoDbSubscriptionStore, TableNames, event_to_image, provision,
@@ -31,7 +32,6 @@ use broker::{
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
-use graphql_api::app::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -331,13 +331,10 @@ impl BoardStore for CountingBoards {
         self.reads.0.fetch_add(1, Ordering::Relaxed);
         self.inner.boards_of(owner).await
     }
-    async fn add_card(&self, card: &graphql_api::app::Card) -> Result<(), broker::StoreError> {
+    async fn add_card(&self, card: &boards::Card) -> Result<(), broker::StoreError> {
         self.inner.add_card(card).await
     }
-    async fn cards_of(
-        &self,
-        board_id: &str,
-    ) -> Result<Vec<graphql_api::app::Card>, broker::StoreError> {
+    async fn cards_of(&self, board_id: &str) -> Result<Vec<boards::Card>, broker::StoreError> {
         self.reads.0.fetch_add(1, Ordering::Relaxed);
         self.inner.cards_of(board_id).await
     }
@@ -403,7 +400,17 @@ async fn publisher_case(
                 format!("pb-{tag}-events"),
             );
             let app_table = format!("pb-{tag}-app");
-            provision::create_tables(&dynamodb, &tables, Some(&app_table)).await?;
+            provision::create_tables(&dynamodb, &tables).await?;
+            let app_tables = broker::aws::AppTables::new(
+                dynamodb.clone(),
+                std::collections::HashMap::from([(boards::TABLE.to_owned(), app_table.clone())]),
+            );
+            provision::create_app_tables(
+                &dynamodb,
+                &broker::App::tables(&boards::Boards),
+                &app_tables,
+            )
+            .await?;
             let ports = Ports {
                 connections: Arc::new(DynamoDbConnectionStore::new(
                     dynamodb.clone(),
@@ -417,8 +424,7 @@ async fn publisher_case(
                 gateway,
                 fanout: None,
             };
-            let boards =
-                graphql_api::app::dynamodb::DynamoDbBoardStore::new(dynamodb.clone(), &app_table);
+            let boards = boards::dynamodb::DynamoDbBoardStore::new(dynamodb.clone(), &app_table);
             boards.create_board(&board).await?;
             let schema = build_schema(Arc::new(boards));
             (Broker::new(schema, ports.clone(), auth, config), ports)
@@ -440,6 +446,7 @@ async fn publisher_case(
                     initialised: true,
                     connected_at_ms: broker::domain::now_ms(),
                     expires_at: broker::domain::now_secs() + 3600,
+                    authorized_until: Some(broker::domain::now_secs() + 3600),
                 };
                 ports.connections.put(&connection).await?;
                 let document = match documents {
@@ -466,6 +473,8 @@ async fn publisher_case(
                         operation_name: Some("OnCard".into()),
                         variables: json!({ "board": BOARD }),
                         expires_at: broker::domain::now_secs() + 3600,
+                        // Every event of the run comes after the subscription.
+                        starts_at_ms: 0,
                     })
                     .await?;
                 anyhow::Ok(())
