@@ -1,6 +1,6 @@
 //! JWT authentication behind one seam, [`TokenVerifier`]. The default verifier checks HS256
 //! tokens signed with a shared secret ([`AuthConfig`]); an app supplies its own (for example
-//! [`jwks::JwksVerifier`] for RS256 tokens of Cognito or Auth0) with
+//! one that checks RS256 tokens of Cognito or Auth0 against their published keys) with
 //! [`Authenticator::with_verifier`]. `sub` is the user id.
 //!
 //! Every verifier applies the same RFC 8725 rules through [`verify_jwt`]: one allowed
