@@ -17,6 +17,7 @@ use crate::Broker;
 use crate::delivery::PublishError;
 use crate::domain::{Audience, Event, Topic};
 use crate::graphql::GraphqlExecutor;
+use crate::hooks::Hooks;
 
 /// An app's schema, as the broker runs it: any `async_graphql::Schema` converts into one
 /// (`schema.into()`).
@@ -63,6 +64,12 @@ pub trait App: Send + Sync + 'static {
     /// start, a local gateway); an app that cannot keep its data there says so with
     /// [`ConfigError::UnsupportedStorage`].
     fn schema(&self, storage: &Storage) -> Result<AppSchema, ConfigError>;
+
+    /// The app's lifecycle hooks (connect, init, subscribe, complete, disconnect), none by
+    /// default. Every process that runs the app installs them ([`Broker::with_app_hooks`]).
+    fn hooks(&self) -> Option<Arc<dyn Hooks>> {
+        None
+    }
 }
 
 /// Where an app's stores keep their data, as chosen by the process that runs the app.

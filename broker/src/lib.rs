@@ -363,6 +363,14 @@ impl Broker {
         }
     }
 
+    /// [`Broker::with_hooks`] with `app`'s own hooks ([`App::hooks`]), if it has any.
+    pub fn with_app_hooks(self, app: &dyn App) -> Self {
+        match app.hooks() {
+            Some(hooks) => self.with_hooks(hooks),
+            None => self,
+        }
+    }
+
     /// The same broker with the app's lifecycle hooks. Call it where the broker is built,
     /// before it is cloned: the clones made earlier keep the hooks they had.
     pub fn with_hooks(self, hooks: Arc<dyn Hooks>) -> Self {

@@ -133,7 +133,8 @@ impl LocalGateway {
                     fanout: Some(Arc::new(queue)),
                 };
                 let schema = options.app.schema(&Storage::Memory)?;
-                let broker = Broker::new(schema, ports, auth, options.broker.clone());
+                let broker = Broker::new(schema, ports, auth, options.broker.clone())
+                    .with_app_hooks(options.app.as_ref());
                 let tasks = vec![
                     tokio::spawn(stream::feed_embedded(
                         broker.clone(),
@@ -146,7 +147,8 @@ impl LocalGateway {
             }
             Backend::Aws(backend) => {
                 let parts = aws::connect(backend, options.app.as_ref(), gateway).await?;
-                let broker = Broker::new(parts.schema, parts.ports, auth, options.broker.clone());
+                let broker = Broker::new(parts.schema, parts.ports, auth, options.broker.clone())
+                    .with_app_hooks(options.app.as_ref());
                 let mut tasks = vec![tokio::spawn(aws::poll_stream(
                     broker.clone(),
                     parts.streams,

@@ -113,5 +113,6 @@ pub async fn broker_from_env(app: &dyn App) -> Result<Broker, ConfigError> {
         ports,
         Authenticator::new(AuthConfig::from_env(None)?),
         BrokerConfig::from_env()?,
-    ))
+    )
+    .with_app_hooks(app))
 }
