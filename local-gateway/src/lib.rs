@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::server::AppState;
 use crate::sockets::Sockets;
-pub use crate::web::WebOptions;
+pub use crate::web::{CorsOrigins, WebOptions};
 
 /// Lambda polls a stream shard four times a second.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -94,6 +94,7 @@ impl Options {
                 _ => WebOptions::source_tree_dir(),
             }),
             dev_tokens: auth.secret == broker::auth::DEVELOPMENT_SECRET,
+            cors_origins: web::CorsOrigins::from_env().map_err(anyhow::Error::msg)?,
         };
         Ok(Self {
             app,
@@ -166,11 +167,14 @@ impl LocalGateway {
             }
         };
         let sockets = Arc::new(Sockets::default());
-        let app = server::router(AppState {
-            broker: broker.clone(),
-            sockets: sockets.clone(),
-            limits: options.limits.clone(),
-        })
+        let app = server::router(
+            AppState {
+                broker: broker.clone(),
+                sockets: sockets.clone(),
+                limits: options.limits.clone(),
+            },
+            options.web.cors_origins.layer(),
+        )
         .merge(web::router(&options.web, broker.authenticator().clone()));
         tasks.push(tokio::spawn(server::serve(
             listener,

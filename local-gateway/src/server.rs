@@ -21,6 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
+use tower_http::cors::CorsLayer;
 
 use crate::events;
 use crate::sockets::{Socket, Sockets};
@@ -141,9 +142,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, cors: CorsLayer) -> Router {
     Router::new()
-        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql", get(graphql_get).post(graphql_post).layer(cors))
         .route(
             "/@connections/{id}",
             post(post_to_connection)

@@ -15,12 +15,13 @@ use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, post};
 use broker::Authenticator;
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::cors::{self, AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
 /// Lifetime of a development token: a day, as `broker-local token` mints.
@@ -34,6 +35,63 @@ pub struct WebOptions {
     pub dir: Option<PathBuf>,
     /// Serve `POST /dev/token`.
     pub dev_tokens: bool,
+    /// Which other origins' pages may call `/graphql` from a browser.
+    pub cors_origins: CorsOrigins,
+}
+
+/// The origins whose pages may call `/graphql` from a browser (CORS), as the template's
+/// `CorsAllowedOrigins` parameter sets on the HTTP API: any origin by default, or a list
+/// (`CORS_ALLOWED_ORIGINS=https://app.example.com,http://localhost:5173`). Methods GET, POST
+/// and OPTIONS and the headers `authorization` and `content-type`, as on AWS. Browsers apply
+/// no CORS to WebSockets; the development sign-in never answers another origin.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    #[default]
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl CorsOrigins {
+    /// From `CORS_ALLOWED_ORIGINS`: unset, empty or `*` is any origin; otherwise a
+    /// comma-separated list of origins such as `https://app.example.com`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("CORS_ALLOWED_ORIGINS") {
+            Ok(value) => Self::parse(&value),
+            Err(_) => Ok(Self::Any),
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let origins: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.is_empty() || origins == ["*"] {
+            return Ok(Self::Any);
+        }
+        origins
+            .into_iter()
+            .map(|origin| match HeaderValue::from_str(origin) {
+                Ok(value) if origin.contains("://") && origin != "*" => Ok(value),
+                _ => Err(format!(
+                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port]) or a lone *"
+                )),
+            })
+            .collect::<Result<_, _>>()
+            .map(Self::List)
+    }
+
+    /// The layer that answers preflights and marks the responses of `/graphql`.
+    pub fn layer(&self) -> CorsLayer {
+        let layer = CorsLayer::new()
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+        match self {
+            Self::Any => layer.allow_origin(cors::Any),
+            Self::List(origins) => layer.allow_origin(AllowOrigin::list(origins.iter().cloned())),
+        }
+    }
 }
 
 impl WebOptions {

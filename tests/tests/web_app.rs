@@ -61,6 +61,7 @@ async fn two_tabs_of_one_user_stay_in_sync_in_chromium_and_another_user_sees_not
     let gateway = start_with_web(WebOptions {
         dir: Some(built_app()),
         dev_tokens: true,
+        ..WebOptions::default()
     })
     .await;
     let screenshot = std::env::var_os("WEB_SCREENSHOT")
@@ -204,6 +205,7 @@ async fn a_build_for_a_deployed_stack_has_its_urls_built_in_and_signs_in_with_a_
     options.web = WebOptions {
         dir: Some(out.clone()),
         dev_tokens: false,
+        ..WebOptions::default()
     };
     let gateway = local_gateway::LocalGateway::start(listener, options)
         .await
@@ -262,6 +264,7 @@ async fn the_development_sign_in_mints_a_working_token_and_refuses_odd_names() {
     let gateway = start_with_web(WebOptions {
         dir: None,
         dev_tokens: true,
+        ..WebOptions::default()
     })
     .await;
     let response = mint(&gateway, json!({"user": "alice"})).await;
@@ -309,6 +312,7 @@ async fn the_app_is_served_at_the_root_and_graphql_stays_at_its_path() {
     let gateway = start_with_web(WebOptions {
         dir: Some(dir.clone()),
         dev_tokens: false,
+        ..WebOptions::default()
     })
     .await;
     let get = |path: &str| {
