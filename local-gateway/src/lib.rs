@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use broker::aws::ApiGatewayConnectionGateway;
+use broker::aws::{ApiGatewayConnectionGateway, PostClient};
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
@@ -120,7 +120,7 @@ impl LocalGateway {
     /// Starts serving on `listener`.
     pub async fn start(listener: TcpListener, options: Options) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let gateway = Arc::new(management_gateway(addr).await);
+        let gateway = Arc::new(management_gateway(addr).await?);
         let auth = Authenticator::new(options.auth.clone());
         let (broker, mut tasks) = match &options.backend {
             Backend::Embedded => {
@@ -235,9 +235,10 @@ impl LocalGateway {
     }
 }
 
-/// The real Management API client, pointed at this process. Requests are signed as on AWS,
-/// with fixed local credentials (the local gateway does not check signatures).
-async fn management_gateway(addr: SocketAddr) -> ApiGatewayConnectionGateway {
+/// The real Management API gateway, pointed at this process, posting as `MANAGEMENT_POST`
+/// chooses (as on AWS). Requests are signed as on AWS, with fixed local credentials (the
+/// local gateway does not check signatures).
+async fn management_gateway(addr: SocketAddr) -> anyhow::Result<ApiGatewayConnectionGateway> {
     let credentials = aws_sdk_apigatewaymanagement::config::Credentials::new(
         "local", "local", None, None, "local",
     );
@@ -245,5 +246,9 @@ async fn management_gateway(addr: SocketAddr) -> ApiGatewayConnectionGateway {
         .credentials_provider(credentials)
         .load()
         .await;
-    ApiGatewayConnectionGateway::new(aws_sdk_apigatewaymanagement::Client::new(&config))
+    Ok(ApiGatewayConnectionGateway::from_config_with(
+        &config,
+        &format!("http://{addr}"),
+        PostClient::from_env()?,
+    ))
 }

@@ -250,3 +250,68 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Se
         body,
     })
 }
+
+/// The `Authorization` header AWS computes for `request` (SigV4, service `execute-api`),
+/// from what arrived: its method, `Host`, path, body, its other headers and its
+/// `x-amz-date`.
+pub fn sigv4_authorization(
+    request: &SeenRequest,
+    access_key: &str,
+    secret: &str,
+    region: &str,
+) -> String {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let date = request.header("x-amz-date").expect("x-amz-date");
+    let host = request.header("host").expect("host");
+    let identity = Credentials::new(access_key, secret, None, None, "tests").into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("execute-api")
+        .time(parse_amz_date(date))
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing parameters")
+        .into();
+    let url = format!("http://{host}{}", request.path);
+    let headers = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "authorization" && name != "x-amz-date")
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    let signable = SignableRequest::new(
+        &request.method,
+        &url,
+        headers,
+        SignableBody::Bytes(&request.body),
+    )
+    .expect("a signable request");
+    let (instructions, _) = sign(signable, &params)
+        .expect("signing succeeds")
+        .into_parts();
+    instructions
+        .headers()
+        .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        .map(|(_, value)| value.to_owned())
+        .expect("an authorization header")
+}
+
+/// `20261124T023000Z` as a time.
+fn parse_amz_date(date: &str) -> std::time::SystemTime {
+    let number = |range: std::ops::Range<usize>| -> i64 {
+        date.get(range)
+            .and_then(|s| s.parse().ok())
+            .expect("an x-amz-date")
+    };
+    let (y, m, d) = (number(0..4), number(4..6), number(6..8));
+    let seconds_of_day = number(9..11) * 3600 + number(11..13) * 60 + number(13..15);
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = u64::try_from(days * 86_400 + seconds_of_day).expect("after 1970");
+    std::time::UNIX_EPOCH + Duration::from_secs(seconds)
+}

@@ -11,7 +11,7 @@ use broker::App;
 use broker::aws::AppTables;
 use broker::aws::{
     ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, DynamoDbEventLog,
-    RetryPolicy, event_from_image, provision,
+    PostClient, RetryPolicy, event_from_image, provision,
 };
 use broker::domain::now_secs;
 use broker::{
@@ -19,7 +19,8 @@ use broker::{
     StoreError, Topic, UserId,
 };
 use broker_tests::aws::{
-    FreshTables, Reply, ScriptedServer, base64, fresh_tables, moto_endpoint, sdk_config_for, unique,
+    FreshTables, Reply, ScriptedServer, SeenRequest, base64, fresh_tables, moto_endpoint,
+    sdk_config_for, unique,
 };
 use serde_json::json;
 
@@ -235,14 +236,25 @@ async fn create_tables_twice_is_fine() {
 
 // --- the Management API ------------------------------------------------------------------
 
-/// A gateway with the SDK's own retries off, so a test counts exactly the adapter's.
-async fn gateway_at(endpoint: &str, retry: RetryPolicy) -> ApiGatewayConnectionGateway {
-    let config = sdk_config_for(endpoint).await;
-    let config = aws_sdk_apigatewaymanagement::config::Builder::from(&config)
+/// Both ways of posting: every test of a post runs on each against the same stand-in.
+const POST_CLIENTS: [PostClient; 2] = [PostClient::Sdk, PostClient::Signed];
+
+/// A gateway posting with `post`, with the SDK's own retries off, so a test counts exactly
+/// the adapter's.
+async fn gateway_at(
+    endpoint: &str,
+    retry: RetryPolicy,
+    post: PostClient,
+) -> ApiGatewayConnectionGateway {
+    let config = sdk_config_for(endpoint)
+        .await
+        .into_builder()
         .retry_config(aws_config::retry::RetryConfig::disabled())
         .build();
-    ApiGatewayConnectionGateway::new(aws_sdk_apigatewaymanagement::Client::from_conf(config))
-        .with_retry_policy(retry)
+    let gateway = ApiGatewayConnectionGateway::from_config_with(&config, endpoint, post)
+        .with_retry_policy(retry);
+    assert_eq!(gateway.post_client(), post);
+    gateway
 }
 
 fn quick_retries(retries: u32) -> RetryPolicy {
@@ -261,22 +273,28 @@ async fn the_gateway_posts_and_closes_through_moto() {
             .post(format!("{moto}/moto-api/recorder/{action}"))
             .send()
     };
+    let ids: Vec<ConnectionId> = POST_CLIENTS
+        .iter()
+        .map(|_| ConnectionId::new(unique("conn")))
+        .collect();
+    let frame = json!({"type": "next", "id": "1", "payload": {"data": {"n": 1}}}).to_string();
     recorder("start-recording")
         .await
         .unwrap()
         .error_for_status()
         .unwrap();
-    let gateway = broker::aws::ApiGatewayConnectionGateway::from_config(
-        &broker_tests::aws::moto_config().await,
-        &moto,
-    );
-    let id = ConnectionId::new(unique("conn"));
-    let frame = json!({"type": "next", "id": "1", "payload": {"data": {"n": 1}}}).to_string();
-    gateway.post(&id, &frame).await.unwrap();
-    gateway
-        .close(&id, CloseCode::Forbidden, "Forbidden")
-        .await
-        .unwrap();
+    for (post, id) in POST_CLIENTS.into_iter().zip(&ids) {
+        let gateway = broker::aws::ApiGatewayConnectionGateway::from_config_with(
+            &broker_tests::aws::moto_config().await,
+            &moto,
+            post,
+        );
+        gateway.post(id, &frame).await.unwrap();
+        gateway
+            .close(id, CloseCode::Forbidden, "Forbidden")
+            .await
+            .unwrap();
+    }
     // The recorder logs every request moto serves (tests run in parallel): keep the window
     // short and leave the log empty.
     recorder("stop-recording").await.unwrap();
@@ -288,60 +306,168 @@ async fn the_gateway_posts_and_closes_through_moto() {
         .unwrap();
     recorder("reset-recording").await.unwrap();
 
-    let ours: Vec<serde_json::Value> = recording
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|r| {
-            r["url"]
-                .as_str()
-                .is_some_and(|u| u.ends_with(&format!("/@connections/{id}")))
-        })
-        .collect();
-    let post = ours
-        .iter()
-        .find(|r| r["method"] == "POST")
-        .expect("the post was recorded");
-    assert_eq!(post["body"], base64(frame.as_bytes()));
-    assert!(
-        ours.iter().any(|r| r["method"] == "DELETE"),
-        "the close was recorded"
+    for (post, id) in POST_CLIENTS.into_iter().zip(&ids) {
+        let ours: Vec<serde_json::Value> = recording
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|r| {
+                r["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&format!("/@connections/{id}")))
+            })
+            .collect();
+        let recorded = ours
+            .iter()
+            .find(|r| r["method"] == "POST")
+            .unwrap_or_else(|| panic!("{post:?}: the post was recorded"));
+        assert_eq!(recorded["body"], base64(frame.as_bytes()), "{post:?}");
+        assert!(
+            ours.iter().any(|r| r["method"] == "DELETE"),
+            "{post:?}: the close was recorded"
+        );
+    }
+}
+
+/// What a post came to, for comparing the two ways of posting.
+fn outcome(result: &Result<(), GatewayError>) -> &'static str {
+    match result {
+        Ok(()) => "delivered",
+        Err(GatewayError::Gone) => "gone",
+        Err(GatewayError::Rejected { .. }) => "rejected",
+        Err(GatewayError::Backend { .. }) => "failed",
+    }
+}
+
+/// Posts once with each client to a fresh stand-in answering `replies`; asserts that both
+/// came to the same outcome after the same number of requests, and returns it with the
+/// requests of the signed post and its error.
+async fn post_with_both(
+    replies: Vec<Reply>,
+    retries: u32,
+    id: &str,
+    frame: &str,
+) -> (&'static str, Vec<SeenRequest>, Option<String>) {
+    let mut seen = Vec::new();
+    for post in POST_CLIENTS {
+        let server = ScriptedServer::start(replies.clone()).await;
+        let gateway = gateway_at(&server.endpoint, quick_retries(retries), post).await;
+        let result = gateway.post(&ConnectionId::new(id), frame).await;
+        let error = result.as_ref().err().map(|e| match e {
+            GatewayError::Rejected { source } | GatewayError::Backend { source } => {
+                source.to_string()
+            }
+            GatewayError::Gone => "gone".to_owned(),
+        });
+        seen.push((post, outcome(&result), server.requests(), error));
+    }
+    let (sdk, signed) = (&seen[0], &seen[1]);
+    assert_eq!(
+        sdk.1, signed.1,
+        "the SDK and the signed post disagree: {seen:?}"
     );
+    assert_eq!(
+        sdk.2.len(),
+        signed.2.len(),
+        "the SDK and the signed post sent different numbers of requests"
+    );
+    for (a, b) in sdk.2.iter().zip(&signed.2) {
+        assert_eq!((&a.method, &a.path, &a.body), (&b.method, &b.path, &b.body));
+        assert_eq!(a.header("content-type"), b.header("content-type"));
+    }
+    let (_, outcome, requests, error) = seen.pop().expect("two posts");
+    (outcome, requests, error)
 }
 
 #[tokio::test]
 async fn a_410_from_the_gateway_is_gone() {
-    let server = ScriptedServer::start(vec![
-        Reply::new(410, r#"{"message": null}"#).header("x-amzn-ErrorType", "GoneException"),
-    ])
+    let gone = Reply::new(410, r#"{"message": null}"#).header("x-amzn-ErrorType", "GoneException");
+    // Gone is final: one request, no retries.
+    let (outcome, requests, _) = post_with_both(
+        vec![gone.clone()],
+        3,
+        "L0SM9cOFvHcCIhw=",
+        r#"{"type":"next"}"#,
+    )
     .await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
-    let id = ConnectionId::new("L0SM9cOFvHcCIhw=");
-
-    let result = gateway.post(&id, r#"{"type":"next"}"#).await;
-    assert!(matches!(result, Err(GatewayError::Gone)), "{result:?}");
-    let result = gateway.close(&id, CloseCode::Normal, "bye").await;
-    assert!(matches!(result, Err(GatewayError::Gone)), "{result:?}");
-
-    // Gone is final: one request each, no retries.
-    let requests = server.requests();
-    assert_eq!(requests.len(), 2);
+    assert_eq!(outcome, "gone");
+    assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].method, "POST");
     assert_eq!(requests[0].path, "/@connections/L0SM9cOFvHcCIhw%3D");
     assert_eq!(requests[0].body, br#"{"type":"next"}"#);
+
+    let server = ScriptedServer::start(vec![gone]).await;
+    let gateway = gateway_at(&server.endpoint, quick_retries(3), PostClient::Signed).await;
+    let id = ConnectionId::new("L0SM9cOFvHcCIhw=");
+    let result = gateway.close(&id, CloseCode::Normal, "bye").await;
+    assert!(matches!(result, Err(GatewayError::Gone)), "{result:?}");
+    assert_eq!(server.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn a_bare_410_without_an_error_type_is_gone_too() {
-    let server = ScriptedServer::start(vec![Reply::new(410, "")]).await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
-    let result = gateway.post(&ConnectionId::new("c"), "{}").await;
-    assert!(matches!(result, Err(GatewayError::Gone)), "{result:?}");
+    let (outcome, _, _) = post_with_both(vec![Reply::new(410, "")], 3, "c", "{}").await;
+    assert_eq!(outcome, "gone");
+}
+
+#[tokio::test]
+async fn a_post_answered_200_is_delivered_once() {
+    let (outcome, requests, _) = post_with_both(vec![Reply::new(200, "")], 3, "c1", "{}").await;
+    assert_eq!(outcome, "delivered");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].header("content-type"),
+        Some("application/octet-stream")
+    );
+}
+
+#[tokio::test]
+async fn the_signed_post_is_signed_for_execute_api_in_the_region() {
+    let server = ScriptedServer::start(vec![Reply::new(200, "")]).await;
+    let config = broker::aws::config_loader(Some(&server.endpoint))
+        .region(aws_config::Region::new("eu-west-3"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "AKIDPOST",
+            "post-secret",
+            None,
+            None,
+            "tests",
+        ))
+        .load()
+        .await;
+    // The endpoint as API Gateway gives it: a stage in the path.
+    let endpoint = format!("{}/prod", server.endpoint);
+    let gateway = ApiGatewayConnectionGateway::from_config(&config, &endpoint);
+    assert_eq!(gateway.post_client(), PostClient::Signed);
+    let frame = r#"{"type":"next","id":"1"}"#;
+    gateway
+        .post(&ConnectionId::new("L0SM9cOFvHcCIhw="), frame)
+        .await
+        .unwrap();
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/prod/@connections/L0SM9cOFvHcCIhw%3D");
+    assert_eq!(request.body, frame.as_bytes());
+    let date = request.header("x-amz-date").expect("x-amz-date");
+    let authorization = request.header("authorization").expect("authorization");
+    let scope = format!("AKIDPOST/{}/eu-west-3/execute-api/aws4_request", &date[..8]);
+    assert!(
+        authorization.starts_with(&format!("AWS4-HMAC-SHA256 Credential={scope}, ")),
+        "{authorization}"
+    );
+    // The signature is the one AWS computes from what arrived.
+    assert_eq!(
+        authorization,
+        broker_tests::aws::sigv4_authorization(request, "AKIDPOST", "post-secret", "eu-west-3"),
+    );
 }
 
 #[tokio::test]
 async fn the_close_code_and_reason_travel_as_headers() {
     let server = ScriptedServer::start(vec![Reply::new(204, "")]).await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(0)).await;
+    let gateway = gateway_at(&server.endpoint, quick_retries(0), PostClient::Signed).await;
     gateway
         .close(
             &ConnectionId::new("c1"),
@@ -365,68 +491,57 @@ async fn the_close_code_and_reason_travel_as_headers() {
 async fn throttled_posts_are_retried_until_they_pass() {
     let throttled = Reply::new(429, r#"{"message": "Too Many Requests"}"#)
         .header("x-amzn-ErrorType", "LimitExceededException");
-    let server = ScriptedServer::start(vec![
+    let replies = vec![
         throttled.clone(),
         Reply::new(503, r#"{"message": "Service Unavailable"}"#),
+        Reply::new(500, r#"{"message": "Internal server error"}"#)
+            .header("x-amzn-ErrorType", "InternalServerErrorException"),
         throttled,
         Reply::new(200, ""),
-    ])
-    .await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(5)).await;
-    gateway.post(&ConnectionId::new("c1"), "{}").await.unwrap();
-    assert_eq!(server.requests().len(), 4);
+    ];
+    let (outcome, requests, _) = post_with_both(replies, 5, "c1", "{}").await;
+    assert_eq!(outcome, "delivered");
+    assert_eq!(requests.len(), 5);
 }
 
 #[tokio::test]
 async fn throttling_retries_are_bounded() {
-    let server = ScriptedServer::start(vec![
+    let replies = vec![
         Reply::new(429, r#"{"message": "Too Many Requests"}"#)
             .header("x-amzn-ErrorType", "LimitExceededException"),
-    ])
-    .await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
-    let result = gateway.post(&ConnectionId::new("c1"), "{}").await;
-    let Err(GatewayError::Backend { source }) = result else {
-        panic!("expected a backend error, got {result:?}");
-    };
-    assert!(
-        source.to_string().contains("LimitExceededException"),
-        "{source}"
-    );
-    assert_eq!(server.requests().len(), 4);
+    ];
+    let (outcome, requests, error) = post_with_both(replies, 3, "c1", "{}").await;
+    assert_eq!(outcome, "failed");
+    let error = error.expect("an error");
+    assert!(error.contains("LimitExceededException"), "{error}");
+    assert_eq!(requests.len(), 4);
 }
 
 #[tokio::test]
 async fn a_payload_too_large_is_rejected_without_a_retry() {
-    let server = ScriptedServer::start(vec![
+    let replies = vec![
         Reply::new(413, r#"{"message": "Request Entity Too Large"}"#)
             .header("x-amzn-ErrorType", "PayloadTooLargeException"),
-    ])
-    .await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
-    let result = gateway
-        .post(&ConnectionId::new("c1"), &"x".repeat(1000))
-        .await;
-    let Err(GatewayError::Rejected { source }) = result else {
-        panic!("expected a rejection, got {result:?}");
-    };
-    assert!(source.to_string().contains("PostToConnection"), "{source}");
-    assert_eq!(server.requests().len(), 1);
+    ];
+    let (outcome, requests, error) = post_with_both(replies, 3, "c1", &"x".repeat(1000)).await;
+    assert_eq!(outcome, "rejected");
+    let error = error.expect("an error");
+    assert!(error.contains("PostToConnection"), "{error}");
+    assert!(error.contains("PayloadTooLargeException"), "{error}");
+    assert_eq!(requests.len(), 1);
 }
 
 #[tokio::test]
 async fn other_client_errors_are_rejections_and_not_retried() {
     for (status, error_type) in [(403, "ForbiddenException"), (400, "BadRequestException")] {
-        let server = ScriptedServer::start(vec![
-            Reply::new(status, r#"{"message": "no"}"#).header("x-amzn-ErrorType", error_type),
-        ])
-        .await;
-        let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
-        let result = gateway.post(&ConnectionId::new("c1"), "{}").await;
-        assert!(
-            matches!(result, Err(GatewayError::Rejected { .. })),
-            "{status}: {result:?}"
-        );
+        let reply =
+            Reply::new(status, r#"{"message": "no"}"#).header("x-amzn-ErrorType", error_type);
+        let (outcome, requests, _) = post_with_both(vec![reply.clone()], 3, "c1", "{}").await;
+        assert_eq!(outcome, "rejected", "{status}");
+        assert_eq!(requests.len(), 1);
+
+        let server = ScriptedServer::start(vec![reply]).await;
+        let gateway = gateway_at(&server.endpoint, quick_retries(3), PostClient::Signed).await;
         let result = gateway
             .close(&ConnectionId::new("c1"), CloseCode::Normal, "bye")
             .await;
@@ -434,28 +549,56 @@ async fn other_client_errors_are_rejections_and_not_retried() {
             matches!(result, Err(GatewayError::Rejected { .. })),
             "{status}: {result:?}"
         );
-        assert_eq!(server.requests().len(), 2);
+        assert_eq!(server.requests().len(), 1);
     }
 }
 
 #[tokio::test]
 async fn refused_credentials_are_a_backend_failure_not_a_rejection() {
     // Every post would fail alike: the event must be retried, not dropped per connection.
-    let server = ScriptedServer::start(vec![
-        Reply::new(
-            403,
-            r#"{"message": "User is not authorized to perform: execute-api:ManageConnections"}"#,
-        )
-        .header("x-amzn-ErrorType", "AccessDeniedException"),
-    ])
-    .await;
-    let gateway = gateway_at(&server.endpoint, quick_retries(3)).await;
-    let result = gateway.post(&ConnectionId::new("c1"), "{}").await;
-    assert!(
-        matches!(result, Err(GatewayError::Backend { .. })),
-        "{result:?}"
+    for (error_type, message) in [
+        (
+            "AccessDeniedException",
+            "User is not authorized to perform: execute-api:ManageConnections",
+        ),
+        (
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided.",
+        ),
+    ] {
+        let reply = Reply::new(403, &json!({ "message": message }).to_string())
+            .header("x-amzn-ErrorType", error_type);
+        let (outcome, requests, _) = post_with_both(vec![reply], 3, "c1", "{}").await;
+        assert_eq!(outcome, "failed", "{error_type}");
+        assert_eq!(requests.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_error_type_in_the_body_alone_is_read_too() {
+    // restJson1 also carries the error type as the body's `__type`, with a namespace.
+    let reply = Reply::new(
+        400,
+        r#"{"__type": "com.amazonaws.apigatewaymanagementapi#LimitExceededException", "message": "slow down"}"#,
     );
-    assert_eq!(server.requests().len(), 1);
+    let (outcome, requests, _) = post_with_both(vec![reply], 2, "c1", "{}").await;
+    assert_eq!(outcome, "failed");
+    assert_eq!(requests.len(), 3);
+}
+
+#[tokio::test]
+async fn a_post_to_a_closed_port_fails_as_a_backend_error() {
+    // Nothing listens there: no answer, for either client.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for post in POST_CLIENTS {
+        let gateway = gateway_at(&endpoint, quick_retries(3), post).await;
+        let result = gateway.post(&ConnectionId::new("c1"), "{}").await;
+        assert_eq!(outcome(&result), "failed", "{post:?}: {result:?}");
+    }
 }
 
 // --- the example app's table -------------------------------------------------------------

@@ -12,9 +12,9 @@ use crate::ConfigError;
 const FALLBACK_REGION: &str = "us-east-1";
 
 /// Longest wait for a TCP and TLS connection to an AWS endpoint.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for one attempt of a call, from sending the request to reading the answer.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for a whole call, the SDK's retries included: well inside the 30 s of the
 /// publisher and the fan-out worker, so a stuck call fails its record instead of stalling
 /// the batch until Lambda kills the function.

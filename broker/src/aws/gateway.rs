@@ -2,6 +2,7 @@
 //! serves the same API).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -10,8 +11,11 @@ use aws_sdk_apigatewaymanagement::config::http::HttpResponse;
 use aws_sdk_apigatewaymanagement::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 
+use super::config::optional_var;
 use super::error::AwsCallError;
 use super::retry::RetryPolicy;
+use super::signed_post::SignedPoster;
+use crate::ConfigError;
 use crate::domain::ConnectionId;
 use crate::ports::{ConnectionGateway, GatewayError};
 use crate::protocol::CloseCode;
@@ -31,15 +35,51 @@ pub fn management_endpoint(domain_name: &str, stage: &str) -> String {
     format!("https://{domain_name}/{stage}")
 }
 
+/// How frames are posted to connections (`PostToConnection`); every other call goes through
+/// the SDK client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PostClient {
+    /// A SigV4-signed HTTP POST on a pooled connection: the SDK's signer, HTTP connector
+    /// and credentials, without its per-operation machinery, which costs several times
+    /// more CPU than the post itself.
+    #[default]
+    Signed,
+    /// The `aws-sdk-apigatewaymanagement` client.
+    Sdk,
+}
+
+impl PostClient {
+    /// The environment variable that chooses: `signed` (the default) or `sdk`.
+    pub const ENV_VAR: &str = "MANAGEMENT_POST";
+
+    /// From [`Self::ENV_VAR`]; unset or blank is [`PostClient::Signed`].
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match optional_var(Self::ENV_VAR) {
+            None => Ok(Self::default()),
+            Some(value) => match value.to_ascii_lowercase().as_str() {
+                "signed" => Ok(Self::Signed),
+                "sdk" => Ok(Self::Sdk),
+                _ => Err(ConfigError::Invalid {
+                    name: Self::ENV_VAR.to_owned(),
+                    value,
+                    reason: "expected signed or sdk".to_owned(),
+                }),
+            },
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ApiGatewayConnectionGateway {
     client: Client,
     retry: RetryPolicy,
+    /// Posts without the SDK client, when chosen.
+    signed: Option<Arc<SignedPoster>>,
 }
 
 /// How a failed call is handled.
 #[derive(Debug, PartialEq, Eq)]
-enum Failure {
+pub(super) enum Failure {
     Gone,
     /// Throttled or a server error: worth another try after a pause.
     Transient,
@@ -64,20 +104,40 @@ const CALLER_ERRORS: &[&str] = &[
 ];
 
 impl ApiGatewayConnectionGateway {
+    /// A gateway on `client` alone: it posts through the SDK client too.
     pub fn new(client: Client) -> Self {
         Self {
             client,
             retry: RetryPolicy::default(),
+            signed: None,
         }
     }
 
-    /// A client for the Management API at `endpoint_url` (see [`management_endpoint`]; for
-    /// the local gateway, its HTTP address).
+    /// A gateway for the Management API at `endpoint_url` (see [`management_endpoint`]; for
+    /// the local gateway, its HTTP address), posting with [`PostClient::Signed`].
     pub fn from_config(config: &SdkConfig, endpoint_url: &str) -> Self {
-        let config = aws_sdk_apigatewaymanagement::config::Builder::from(config)
+        Self::from_config_with(config, endpoint_url, PostClient::default())
+    }
+
+    /// As [`Self::from_config`], posting with `post`.
+    pub fn from_config_with(config: &SdkConfig, endpoint_url: &str, post: PostClient) -> Self {
+        let sdk_config = aws_sdk_apigatewaymanagement::config::Builder::from(config)
             .endpoint_url(endpoint_url)
             .build();
-        Self::new(Client::from_conf(config))
+        let mut gateway = Self::new(Client::from_conf(sdk_config));
+        if post == PostClient::Signed {
+            gateway.signed = Some(Arc::new(SignedPoster::new(config, endpoint_url)));
+        }
+        gateway
+    }
+
+    /// How frames are posted.
+    pub fn post_client(&self) -> PostClient {
+        if self.signed.is_some() {
+            PostClient::Signed
+        } else {
+            PostClient::Sdk
+        }
     }
 
     /// How throttled calls are retried once the SDK's own retries gave up. Under a burst
@@ -133,7 +193,7 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failu
 /// Sorts a failure by the HTTP status of the answer (none when the call got none) and the
 /// error code. The status alone decides where a gateway answers without API Gateway's
 /// error type.
-fn classify_answer(status: Option<u16>, code: Option<&str>) -> Failure {
+pub(super) fn classify_answer(status: Option<u16>, code: Option<&str>) -> Failure {
     if status == Some(410) || code == Some("GoneException") {
         Failure::Gone
     } else if matches!(status, Some(408 | 429))
@@ -172,6 +232,9 @@ fn header_safe_reason(reason: &str) -> String {
 #[async_trait]
 impl ConnectionGateway for ApiGatewayConnectionGateway {
     async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), GatewayError> {
+        if let Some(signed) = &self.signed {
+            return signed.post(id, frame, &self.retry).await;
+        }
         let data = Blob::new(frame.as_bytes());
         self.call("PostToConnection", || {
             self.client

@@ -25,6 +25,7 @@ mod error;
 mod gateway;
 pub mod provision;
 mod retry;
+mod signed_post;
 mod sqs;
 mod wiring;
 
@@ -35,7 +36,8 @@ pub use dynamodb::{
 };
 pub use error::AwsCallError;
 pub use gateway::{
-    ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, management_endpoint,
+    ApiGatewayConnectionGateway, CLOSE_CODE_HEADER, CLOSE_REASON_HEADER, PostClient,
+    management_endpoint,
 };
 pub use retry::RetryPolicy;
 pub use sqs::SqsFanoutQueue;

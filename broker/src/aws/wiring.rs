@@ -8,7 +8,7 @@ use aws_config::SdkConfig;
 
 use super::config::{TableNames, optional_var, required_var, sdk_config};
 use super::dynamodb::{DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore};
-use super::gateway::ApiGatewayConnectionGateway;
+use super::gateway::{ApiGatewayConnectionGateway, PostClient};
 use super::sqs::SqsFanoutQueue;
 use crate::{
     App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, ConnectionGateway,
@@ -94,12 +94,15 @@ impl AppTables {
 /// The broker a Lambda function runs, serving `app`, configured from the environment the
 /// SAM template sets: `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE`, `EVENTS_TABLE`, one
 /// `{NAME}_TABLE` per table of the app, `MANAGEMENT_ENDPOINT`, `JWT_SECRET` (`JWT_ISSUER`,
-/// `JWT_AUDIENCE`), `DELIVERY_MODE`, `FANOUT_*`, `POST_CONCURRENCY`, and `FANOUT_QUEUE_URL`
+/// `JWT_AUDIENCE`), `MANAGEMENT_POST`, `DELIVERY_MODE`, `FANOUT_*`, `POST_CONCURRENCY`, and `FANOUT_QUEUE_URL`
 /// for the functions that split large fan-outs. Built once per cold start.
 pub async fn broker_from_env(app: &dyn App) -> Result<Broker, ConfigError> {
     let sdk = sdk_config(None).await;
-    let gateway =
-        ApiGatewayConnectionGateway::from_config(&sdk, &required_var("MANAGEMENT_ENDPOINT")?);
+    let gateway = ApiGatewayConnectionGateway::from_config_with(
+        &sdk,
+        &required_var("MANAGEMENT_ENDPOINT")?,
+        PostClient::from_env()?,
+    );
     let ports = ports(
         &sdk,
         &TableNames::from_env()?,
