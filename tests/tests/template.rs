@@ -1,0 +1,234 @@
+//! What `template.yaml` promises beside its lint (`scripts/lint-template`): the alarms on
+//! the delivery metrics read what the functions write (the namespace they are given, the
+//! metric names of `broker::metrics`, the `Function` names each runtime passes), every
+//! function has its errors alarm, and only the HTTP and WebSocket functions join the VPC,
+//! with the ENI permissions only then.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_norway::Value;
+use serde_norway::value::TaggedValue;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_owned()
+}
+
+fn template() -> Value {
+    let text = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    serde_norway::from_str(&text).expect("template.yaml is YAML")
+}
+
+/// `!Tag value` (CloudFormation's short form), or None for anything else.
+fn tagged<'a>(value: &'a Value, tag: &str) -> Option<&'a Value> {
+    match value {
+        Value::Tagged(t) if t.tag == tag => Some(&t.value),
+        _ => None,
+    }
+}
+
+fn tag(tag: &str, value: Value) -> Value {
+    Value::Tagged(Box::new(TaggedValue {
+        tag: serde_norway::value::Tag::new(tag),
+        value,
+    }))
+}
+
+fn string(s: &str) -> Value {
+    Value::String(s.to_owned())
+}
+
+fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
+    template["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some(kind))
+        .map(|(name, r)| (name.as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+/// The `Function` dimension values the Lambda mains pass to `emit_to_stdout`.
+fn function_names_in_runtimes() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for file in ["graphql-api/src/runtime.rs", "publisher/src/runtime.rs"] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        for piece in text.split("emit_to_stdout(\"").skip(1) {
+            names.insert(piece.split('"').next().unwrap().to_owned());
+        }
+    }
+    names
+}
+
+/// The metric names `broker::metrics` writes.
+fn emitted_metric_names() -> BTreeSet<String> {
+    let emf = broker::metrics::InvocationMetrics::default().to_emf("ns", "f", 0);
+    emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn delivery_alarms_read_the_namespace_metrics_and_functions_the_code_writes() {
+    let template = template();
+    let namespace =
+        &template["Globals"]["Function"]["Environment"]["Variables"]["METRICS_NAMESPACE"];
+    assert_eq!(
+        namespace,
+        &tag("Sub", string("RealtimeGraphQL/${AWS::StackName}")),
+        "the functions' metrics go to one namespace per stack"
+    );
+    let functions: BTreeSet<String> = resources_of_type(&template, "AWS::Serverless::Function")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let runtimes = function_names_in_runtimes();
+    assert_eq!(
+        runtimes, functions,
+        "each function's metrics carry its name in the template"
+    );
+    let emitted = emitted_metric_names();
+
+    let mut alarmed = BTreeSet::new();
+    for (name, alarm) in resources_of_type(&template, "AWS::CloudWatch::Alarm") {
+        let Some(queries) = alarm["Properties"]["Metrics"].as_sequence() else {
+            continue;
+        };
+        let mut summed = BTreeSet::new();
+        for query in queries {
+            let stat = &query["MetricStat"];
+            if stat.is_null() {
+                continue;
+            }
+            let metric = &stat["Metric"];
+            assert_eq!(
+                &metric["Namespace"], namespace,
+                "{name} reads another namespace"
+            );
+            let metric_name = metric["MetricName"].as_str().unwrap();
+            assert!(
+                emitted.contains(metric_name),
+                "{name}: no metric {metric_name} is written"
+            );
+            alarmed.insert(metric_name.to_owned());
+            let dimensions = metric["Dimensions"].as_sequence().unwrap();
+            assert_eq!(
+                dimensions.len(),
+                1,
+                "{name}: the metrics have one dimension"
+            );
+            assert_eq!(dimensions[0]["Name"].as_str(), Some("Function"));
+            summed.insert(dimensions[0]["Value"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(summed, runtimes, "{name} sums the metric of every function");
+    }
+    let wanted: BTreeSet<String> = ["Failed", "Dropped"].map(String::from).into();
+    assert_eq!(alarmed, wanted, "posts lost or failed raise an alarm");
+}
+
+#[test]
+fn every_function_has_an_errors_alarm_and_the_queues_and_stream_theirs() {
+    let template = template();
+    let alarms = resources_of_type(&template, "AWS::CloudWatch::Alarm");
+    let on = |namespace: &str, metric: &str| -> Vec<&Value> {
+        alarms
+            .iter()
+            .map(|(_, a)| &a["Properties"])
+            .filter(|p| {
+                p["Namespace"].as_str() == Some(namespace)
+                    && p["MetricName"].as_str() == Some(metric)
+            })
+            .map(|p| &p["Dimensions"][0]["Value"])
+            .collect()
+    };
+    let errors = on("AWS/Lambda", "Errors");
+    for (function, _) in resources_of_type(&template, "AWS::Serverless::Function") {
+        assert!(
+            errors.contains(&&tag("Ref", string(&function))),
+            "{function} has no errors alarm"
+        );
+    }
+    assert_eq!(
+        on("AWS/Lambda", "IteratorAge"),
+        [&tag("Ref", string("StreamPublisherFunction"))]
+    );
+    let queues = on("AWS/SQS", "ApproximateNumberOfMessagesVisible");
+    for queue in ["StreamFailureQueue", "FanoutDeadLetterQueue"] {
+        assert!(
+            queues.contains(&&tag("GetAtt", string(&format!("{queue}.QueueName")))),
+            "{queue} has no alarm"
+        );
+    }
+    for (name, alarm) in &alarms {
+        let actions = &alarm["Properties"]["AlarmActions"];
+        let branches = tagged(actions, "If").and_then(Value::as_sequence);
+        assert_eq!(
+            branches.map(|b| &b[0]),
+            Some(&string("HasAlarmTopic")),
+            "{name} notifies only when a topic is given"
+        );
+    }
+}
+
+#[test]
+fn only_the_http_and_websocket_functions_join_the_vpc_and_get_eni_rights_only_then() {
+    let template = template();
+    let in_vpc: BTreeSet<&str> = ["HttpFunction", "WebSocketFunction"].into();
+    for (name, function) in resources_of_type(&template, "AWS::Serverless::Function") {
+        let properties = &function["Properties"];
+        let vpc = &properties["VpcConfig"];
+        if !in_vpc.contains(name.as_str()) {
+            assert!(vpc.is_null(), "{name} stays outside the VPC");
+            continue;
+        }
+        let branches = tagged(vpc, "If").and_then(Value::as_sequence).unwrap();
+        assert_eq!(branches[0], string("InVpc"));
+        assert_eq!(branches[1]["SubnetIds"], tag("Ref", string("VpcSubnetIds")));
+        assert_eq!(
+            branches[1]["SecurityGroupIds"],
+            tag("Ref", string("VpcSecurityGroupIds"))
+        );
+        assert_eq!(branches[2], tag("Ref", string("AWS::NoValue")));
+        // SAM adds AWSLambdaVPCAccessExecutionRole to a role it generates whenever VpcConfig
+        // is present, an `!If` included: these functions bring their own role.
+        assert!(
+            properties["Policies"].is_null(),
+            "{name} has a SAM-generated role"
+        );
+        let role_name = format!("{name}Role");
+        assert_eq!(
+            properties["Role"],
+            tag("GetAtt", string(&format!("{role_name}.Arn")))
+        );
+        let managed = template["Resources"][role_name.as_str()]["Properties"]["ManagedPolicyArns"]
+            .as_sequence()
+            .unwrap();
+        let vpc_policy = managed
+            .iter()
+            .find_map(|arn| {
+                let branches = tagged(arn, "If")?.as_sequence()?;
+                let policy = tagged(&branches[1], "Sub")?.as_str()?;
+                policy
+                    .ends_with("AWSLambdaVPCAccessExecutionRole")
+                    .then_some(branches)
+            })
+            .unwrap_or_else(|| panic!("{name}'s role has no conditional VPC policy"));
+        assert_eq!(vpc_policy[0], string("InVpc"));
+        assert!(
+            managed
+                .iter()
+                .filter_map(|a| tagged(a, "Sub")?.as_str())
+                .all(|arn| !arn.contains("VPC")),
+            "{name}'s role has the VPC policy unconditionally"
+        );
+    }
+    let endpoint = &template["Resources"]["DynamoDbEndpoint"];
+    assert_eq!(endpoint["Condition"], string("CreateDynamoDbEndpoint"));
+    assert_eq!(endpoint["Properties"]["VpcEndpointType"], string("Gateway"));
+}
