@@ -9,6 +9,12 @@ use crate::protocol::Protocol;
 /// WebSocket after two hours, so nothing of a connection needs to outlive that by much.
 pub const CONNECTION_LIFETIME_SECS: u64 = 2 * 60 * 60 + 5 * 60;
 
+/// How long a tombstone lasts: a `complete` handled before its `subscribe`, or a connection
+/// closed before its last `subscribe` was handled, makes that `subscribe` store nothing if it
+/// is handled within this time: far longer than API Gateway waits for a route's integration
+/// (29 seconds).
+pub const TOMBSTONE_SECS: u64 = 10 * 60;
+
 /// How long an event stays in the event log by default: the window within which a
 /// subscriber can resume from it (`BrokerConfig::event_retention`), after which DynamoDB's
 /// TTL removes it.

@@ -160,7 +160,7 @@ pub use graphql::{
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{
-    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
+    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, Inserted,
     StoreError, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};

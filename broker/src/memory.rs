@@ -14,7 +14,7 @@ use crate::domain::{
     UserId, now_secs,
 };
 use crate::ports::{
-    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError,
+    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, Inserted,
     StoreError, SubscriptionStore,
 };
 use crate::protocol::CloseCode;
@@ -84,6 +84,47 @@ struct SubscriptionIndex {
     /// The topic of each key: operation ids are unique per connection across topics.
     topic_of: HashMap<SubscriptionKey, Topic>,
     by_connection: HashMap<ConnectionId, HashSet<SubscriptionKey>>,
+    /// Operations completed before they were stored, until when.
+    tombstones: Expiring<SubscriptionKey>,
+    /// Connections closed, until when.
+    closed: Expiring<ConnectionId>,
+}
+
+/// Keys with an expiry, pruned of expired ones as they grow: bounded by what the expiry
+/// window holds.
+struct Expiring<K> {
+    until: HashMap<K, u64>,
+    /// Prune when this many are held.
+    prune_at: usize,
+}
+
+impl<K> Default for Expiring<K> {
+    fn default() -> Self {
+        Self {
+            until: HashMap::new(),
+            prune_at: 1024,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Expiring<K> {
+    fn insert(&mut self, key: K, until: u64) {
+        if self.until.len() >= self.prune_at {
+            let now = now_secs();
+            self.until.retain(|_, until| *until > now);
+            self.prune_at = (self.until.len() * 2).max(1024);
+        }
+        self.until.insert(key, until);
+    }
+
+    /// Whether `key` is held and unexpired.
+    fn holds(&self, key: &K, now: u64) -> bool {
+        self.until.get(key).is_some_and(|until| *until > now)
+    }
+
+    fn remove(&mut self, key: &K) -> bool {
+        self.until.remove(key).is_some()
+    }
 }
 
 impl SubscriptionIndex {
@@ -120,14 +161,23 @@ impl MemorySubscriptionStore {
 
 #[async_trait]
 impl SubscriptionStore for MemorySubscriptionStore {
-    async fn insert(&self, subscription: &Subscription) -> Result<(), StoreError> {
+    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
         let mut index = lock(&self.inner);
         let key = &subscription.key;
+        let now = now_secs();
         if index.topic_of.contains_key(key) {
             return Err(StoreError::Conflict(format!(
                 "subscription {} already exists",
                 key.encode()
             )));
+        }
+        if index.closed.holds(&key.connection_id, now) {
+            return Ok(Inserted::ConnectionClosed);
+        }
+        let tombstone = index.tombstones.holds(key, now);
+        index.tombstones.remove(key);
+        if tombstone {
+            return Ok(Inserted::Completed);
         }
         index
             .topic_of
@@ -142,7 +192,38 @@ impl SubscriptionStore for MemorySubscriptionStore {
             .entry(subscription.topic.clone())
             .or_default()
             .insert(key.clone(), subscription.clone());
-        Ok(())
+        Ok(Inserted::Stored)
+    }
+
+    async fn complete(
+        &self,
+        key: &SubscriptionKey,
+        tombstone_until: u64,
+    ) -> Result<bool, StoreError> {
+        let mut index = lock(&self.inner);
+        if index.remove(key) {
+            return Ok(true);
+        }
+        index.tombstones.insert(key.clone(), tombstone_until);
+        Ok(false)
+    }
+
+    async fn close_connection(
+        &self,
+        id: &ConnectionId,
+        closed_until: u64,
+    ) -> Result<usize, StoreError> {
+        let mut index = lock(&self.inner);
+        index.closed.insert(id.clone(), closed_until);
+        index
+            .tombstones
+            .until
+            .retain(|key, _| key.connection_id != *id);
+        let keys = index.by_connection.remove(id).unwrap_or_default();
+        for key in &keys {
+            index.remove(key);
+        }
+        Ok(keys.len())
     }
 
     async fn contains(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
@@ -211,6 +292,10 @@ impl SubscriptionStore for MemorySubscriptionStore {
 
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
         let mut index = lock(&self.inner);
+        index
+            .tombstones
+            .until
+            .retain(|key, _| key.connection_id != *id);
         let keys = index.by_connection.remove(id).unwrap_or_default();
         for key in &keys {
             index.remove(key);

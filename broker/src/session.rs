@@ -8,12 +8,12 @@ use async_graphql::parser::types::OperationType;
 use crate::Broker;
 use crate::auth::{AuthError, Identity, token_from_init_payload};
 use crate::domain::{
-    CONNECTION_LIFETIME_SECS, Connection, ConnectionId, Subscription, SubscriptionKey, now_ms,
-    now_secs,
+    CONNECTION_LIFETIME_SECS, Connection, ConnectionId, Subscription, SubscriptionKey,
+    TOMBSTONE_SECS, now_ms, now_secs,
 };
 use crate::graphql::{self, errors_json};
 use crate::hooks::Ending;
-use crate::ports::{GatewayError, StoreError};
+use crate::ports::{GatewayError, Inserted, StoreError};
 use crate::protocol::{CloseCode, Protocol, parse_client_message};
 
 /// Operation ids are chosen by clients and become part of storage keys and queue messages:
@@ -145,7 +145,10 @@ impl Broker {
                     connection_id: id.clone(),
                     operation_id: op,
                 };
-                if self.ports().subscriptions.delete(&key).await? {
+                // Before its `subscribe` was handled (API Gateway keeps no order), this
+                // leaves a tombstone that the `subscribe` respects.
+                let until = now_secs() + TOMBSTONE_SECS;
+                if self.ports().subscriptions.complete(&key, until).await? {
                     self.hooks().on_complete(&key, Ending::Client).await;
                 }
                 Ok(())
@@ -404,10 +407,20 @@ impl Broker {
         // Stamped when stored: live delivery starts here, the replay covers what came before.
         subscription.starts_at_ms = now_ms();
         match self.ports().subscriptions.insert(&subscription).await {
-            Ok(()) => match replay {
+            Ok(Inserted::Stored) => match replay {
                 Some(replay) => self.replay_finish(&subscription, replay, now_ms()).await,
                 None => Ok(()),
             },
+            // The client completed it before this `subscribe` was handled: it is over, and
+            // the client expects nothing more of it.
+            Ok(Inserted::Completed) => {
+                self.hooks()
+                    .on_complete(&subscription.key, Ending::Client)
+                    .await;
+                Ok(())
+            }
+            // `$disconnect` was handled first: there is nobody to tell.
+            Ok(Inserted::ConnectionClosed) => Ok(()),
             Err(StoreError::Conflict(_)) => self.reject_duplicate(id, &operation_id).await,
             Err(e) => Err(e.into()),
         }
@@ -448,7 +461,12 @@ impl Broker {
     }
 
     pub(crate) async fn forget_connection(&self, id: &ConnectionId) -> Result<(), SessionError> {
-        self.ports().subscriptions.delete_by_connection(id).await?;
+        // A `subscribe` of this connection still being handled stores nothing after this.
+        let until = now_secs() + TOMBSTONE_SECS;
+        self.ports()
+            .subscriptions
+            .close_connection(id, until)
+            .await?;
         self.ports().connections.delete(id).await?;
         Ok(())
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::{
     Audience, Connection, ConnectionId, ConnectionStore, Event, EventLog, EventRef, FanoutPage,
-    FanoutQueue, Protocol, StoreError, Subscription, SubscriptionKey, SubscriptionStore, Topic,
-    UserId,
+    FanoutQueue, Inserted, Protocol, StoreError, Subscription, SubscriptionKey, SubscriptionStore,
+    Topic, UserId,
 };
 use serde_json::json;
 
@@ -670,6 +670,238 @@ pub async fn by_connection_lists_the_live_subscriptions_of_one_connection(stores
     assert_eq!(
         subscriptions
             .by_connection(&ConnectionId::new("nobody"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+}
+
+// --- the races API Gateway allows --------------------------------------------------------
+
+fn key(connection: &str, operation: &str) -> SubscriptionKey {
+    SubscriptionKey {
+        connection_id: ConnectionId::new(connection),
+        operation_id: operation.to_owned(),
+    }
+}
+
+pub async fn a_complete_before_its_subscribe_leaves_a_tombstone_the_insert_respects(
+    stores: Stores,
+) {
+    let subscriptions = stores.subscriptions;
+    let early = subscription("c1", "op", "topic/a");
+    let until = now_secs() + 600;
+
+    // Nothing stored yet: a tombstone, which no read counts as a subscription.
+    assert!(!subscriptions.complete(&early.key, until).await.unwrap());
+    assert!(!subscriptions.contains(&early.key).await.unwrap());
+    assert_eq!(
+        subscriptions
+            .count_by_connection(&early.key.connection_id)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        subscriptions
+            .by_connection(&early.key.connection_id)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert!(!subscriptions.delete(&early.key).await.unwrap());
+
+    // The subscribe handled after it stores nothing, and uses the tombstone up.
+    assert_eq!(
+        subscriptions.insert(&early).await.unwrap(),
+        Inserted::Completed
+    );
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/a"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert!(!subscriptions.contains(&early.key).await.unwrap());
+    // So the operation id can be used again.
+    assert_eq!(
+        subscriptions.insert(&early).await.unwrap(),
+        Inserted::Stored
+    );
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/a"))
+            .await
+            .unwrap(),
+        vec![early.clone()]
+    );
+
+    // A complete that finds its subscription removes it and leaves no tombstone.
+    assert!(subscriptions.complete(&early.key, until).await.unwrap());
+    assert!(!subscriptions.contains(&early.key).await.unwrap());
+    assert_eq!(
+        subscriptions.insert(&early).await.unwrap(),
+        Inserted::Stored
+    );
+
+    // A tombstone is for its own key only.
+    assert!(
+        !subscriptions
+            .complete(&key("c1", "other"), until)
+            .await
+            .unwrap()
+    );
+    let neighbour = subscription("c2", "other", "topic/a");
+    assert_eq!(
+        subscriptions.insert(&neighbour).await.unwrap(),
+        Inserted::Stored
+    );
+    // And a second complete of the same operation keeps it.
+    assert!(
+        !subscriptions
+            .complete(&key("c1", "other"), until)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        subscriptions
+            .insert(&subscription("c1", "other", "topic/b"))
+            .await
+            .unwrap(),
+        Inserted::Completed
+    );
+}
+
+pub async fn an_expired_tombstone_is_ignored(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let late = subscription("c1", "op", "topic/a");
+    assert!(
+        !subscriptions
+            .complete(&late.key, now_secs() - 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(subscriptions.insert(&late).await.unwrap(), Inserted::Stored);
+    assert!(subscriptions.contains(&late.key).await.unwrap());
+}
+
+pub async fn a_closed_connection_stores_no_subscription(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let until = now_secs() + 600;
+    subscriptions
+        .insert(&subscription("closing", "1", "topic/a"))
+        .await
+        .unwrap();
+    // A tombstone of the connection goes with it, and is not counted.
+    assert!(
+        !subscriptions
+            .complete(&key("closing", "2"), until)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        subscriptions
+            .close_connection(&ConnectionId::new("closing"), until)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/a"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+
+    // A subscribe handled after the connection closed stores nothing, whatever its id.
+    for operation in ["1", "2", "3"] {
+        assert_eq!(
+            subscriptions
+                .insert(&subscription("closing", operation, "topic/a"))
+                .await
+                .unwrap(),
+            Inserted::ConnectionClosed
+        );
+    }
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/a"))
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        subscriptions
+            .count_by_connection(&ConnectionId::new("closing"))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Other connections are not affected, and the mark expires.
+    let other = subscription("other", "1", "topic/a");
+    assert_eq!(
+        subscriptions.insert(&other).await.unwrap(),
+        Inserted::Stored
+    );
+    assert_eq!(
+        subscriptions
+            .close_connection(&ConnectionId::new("brief"), now_secs() - 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        subscriptions
+            .insert(&subscription("brief", "1", "topic/a"))
+            .await
+            .unwrap(),
+        Inserted::Stored
+    );
+}
+
+/// A `complete` racing its `subscribe`, and a close racing a `subscribe`, many times over:
+/// whatever the interleaving, no subscription is left.
+pub async fn racing_completes_and_closes_leave_no_subscription(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let until = now_secs() + 600;
+    for round in 0..12 {
+        let s = subscription(&format!("race-{round}"), "op", "topic/race");
+        let (inserted, completed) = tokio::join!(
+            subscriptions.insert(&s),
+            subscriptions.complete(&s.key, until)
+        );
+        let (inserted, completed) = (inserted.unwrap(), completed.unwrap());
+        // Either order, never a subscription left behind.
+        assert!(
+            matches!(
+                (inserted, completed),
+                (Inserted::Stored, true) | (Inserted::Completed, false)
+            ),
+            "round {round}: {inserted:?}, {completed}"
+        );
+        assert!(!subscriptions.contains(&s.key).await.unwrap());
+
+        let s = subscription(&format!("closing-{round}"), "op", "topic/race");
+        let (inserted, closed) = tokio::join!(
+            subscriptions.insert(&s),
+            subscriptions.close_connection(&s.key.connection_id, until)
+        );
+        let (inserted, closed) = (inserted.unwrap(), closed.unwrap());
+        assert!(
+            matches!(
+                (inserted, closed),
+                (Inserted::Stored, 1) | (Inserted::ConnectionClosed, 0)
+            ),
+            "round {round}: {inserted:?}, {closed}"
+        );
+        assert!(!subscriptions.contains(&s.key).await.unwrap());
+    }
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("topic/race"))
             .await
             .unwrap(),
         vec![]

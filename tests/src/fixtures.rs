@@ -9,7 +9,7 @@ use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
     RecordingGateway,
 };
-use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports};
+use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports, SubscriptionStore};
 use serde::de::DeserializeOwned;
 
 /// The user the fixtures' tokens stand for, and the board they use.
@@ -26,12 +26,17 @@ pub struct Harness {
 
 /// A broker on memory adapters where `user-a` owns board `b1`.
 pub async fn harness() -> Harness {
+    harness_with(Arc::new(MemorySubscriptionStore::default())).await
+}
+
+/// [`harness`] on the subscription store given.
+pub async fn harness_with(subscriptions: Arc<dyn SubscriptionStore>) -> Harness {
     let gateway = Arc::new(RecordingGateway::default());
     let events = Arc::new(MemoryEventLog::default());
     let (queue, _pages) = ChannelFanoutQueue::new();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        subscriptions,
         events: events.clone(),
         gateway: gateway.clone(),
         fanout: Some(Arc::new(queue)),

@@ -80,6 +80,10 @@ store_contract!(
     events_after_a_cursor_come_in_id_order,
     delivery_marks_are_read_back,
     by_connection_lists_the_live_subscriptions_of_one_connection,
+    a_complete_before_its_subscribe_leaves_a_tombstone_the_insert_respects,
+    an_expired_tombstone_is_ignored,
+    a_closed_connection_stores_no_subscription,
+    racing_completes_and_closes_leave_no_subscription,
 );
 
 #[tokio::test]

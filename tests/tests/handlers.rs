@@ -5,7 +5,7 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayWebsocketProxy
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::SqsEvent;
-use broker::{ConnectionId, Subscription, SubscriptionKey, Topic, UserId};
+use broker::{ConnectionId, Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId};
 use broker_tests::fixtures::*;
 use graphql_api::{http_api, websocket};
 use serde_json::{Value, json};
@@ -386,4 +386,175 @@ async fn a_failed_event_holds_back_later_events_of_its_topic_only() {
     let frames = h.gateway.take(&"reachable".into());
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "card");
+}
+
+// --- the races API Gateway allows --------------------------------------------------------
+
+fn subscriptions_of_board(h: &Harness) -> impl std::future::Future<Output = Vec<Subscription>> {
+    let store = h.broker.ports().subscriptions.clone();
+    async move {
+        store
+            .by_topic(&Topic::from("board/b1/cardAdded"))
+            .await
+            .unwrap()
+    }
+}
+
+/// API Gateway does not keep one connection's messages in order: the `complete` of an
+/// operation can be handled before its `subscribe`.
+#[tokio::test]
+async fn a_complete_handled_before_its_subscribe_leaves_no_subscription() {
+    let h = harness().await;
+    let id = ConnectionId::from(CONNECTION);
+    for name in ["connect.json", "connection-init.json"] {
+        websocket::handle(&h.broker, ws(&h, name)).await.unwrap();
+    }
+    h.gateway.take(&id);
+
+    for name in ["complete.json", "subscribe.json"] {
+        let reply = websocket::handle(&h.broker, ws(&h, name)).await.unwrap();
+        assert_eq!(reply.status_code, 200, "{name}");
+    }
+    assert_eq!(subscriptions_of_board(&h).await, vec![]);
+    assert!(
+        h.gateway.take(&id).is_empty(),
+        "the client expects nothing more"
+    );
+    assert!(h.gateway.closed().is_empty(), "the socket stays open");
+
+    // An event for the board reaches nobody.
+    let mutation: ApiGatewayV2httpRequest = fixture("http-mutation.json", &h.token);
+    http_api::handle(&h.broker, mutation).await;
+    let (events, _) = h.events.read_from(0, 10);
+    assert_eq!(events.len(), 1);
+    let report = h.broker.deliver_event(events[0].clone()).await.unwrap();
+    assert_eq!(report.delivered, 0);
+    assert!(h.gateway.take(&id).is_empty());
+
+    // The operation id may be used again.
+    websocket::handle(&h.broker, ws(&h, "subscribe.json"))
+        .await
+        .unwrap();
+    assert_eq!(subscriptions_of_board(&h).await.len(), 1);
+}
+
+/// The legacy protocol's `stop` before its `start`: the same.
+#[tokio::test]
+async fn a_legacy_stop_handled_before_its_start_leaves_no_subscription() {
+    let h = harness().await;
+    let mut connect = ws(&h, "connect.json");
+    connect
+        .headers
+        .insert("sec-websocket-protocol", "graphql-ws".parse().unwrap());
+    websocket::handle(&h.broker, connect).await.unwrap();
+    websocket::handle(&h.broker, ws(&h, "connection-init.json"))
+        .await
+        .unwrap();
+    let mut stop = ws(&h, "complete.json");
+    stop.body = Some(r#"{"id":"1","type":"stop"}"#.to_owned());
+    websocket::handle(&h.broker, stop).await.unwrap();
+    let subscribe: Value =
+        serde_json::from_str(ws(&h, "subscribe.json").body.as_deref().unwrap()).unwrap();
+    let mut start = ws(&h, "subscribe.json");
+    start.body =
+        Some(json!({"id": "1", "type": "start", "payload": subscribe["payload"]}).to_string());
+    websocket::handle(&h.broker, start).await.unwrap();
+    assert_eq!(subscriptions_of_board(&h).await, vec![]);
+}
+
+/// A subscription store whose inserts wait until the test lets them go: a `subscribe` held
+/// right before its write, while other handlers run.
+#[derive(Default)]
+struct HeldInserts {
+    inner: broker::memory::MemorySubscriptionStore,
+    reached: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl broker::SubscriptionStore for HeldInserts {
+    async fn insert(&self, s: &Subscription) -> Result<broker::Inserted, broker::StoreError> {
+        self.reached.notify_one();
+        self.release.notified().await;
+        self.inner.insert(s).await
+    }
+    async fn complete(
+        &self,
+        key: &SubscriptionKey,
+        until: u64,
+    ) -> Result<bool, broker::StoreError> {
+        self.inner.complete(key, until).await
+    }
+    async fn close_connection(
+        &self,
+        id: &ConnectionId,
+        until: u64,
+    ) -> Result<usize, broker::StoreError> {
+        self.inner.close_connection(id, until).await
+    }
+    async fn contains(&self, key: &SubscriptionKey) -> Result<bool, broker::StoreError> {
+        self.inner.contains(key).await
+    }
+    async fn delete(&self, key: &SubscriptionKey) -> Result<bool, broker::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn by_topic(&self, topic: &Topic) -> Result<Vec<Subscription>, broker::StoreError> {
+        self.inner.by_topic(topic).await
+    }
+    async fn get_many(
+        &self,
+        topic: &Topic,
+        keys: &[SubscriptionKey],
+    ) -> Result<Vec<Subscription>, broker::StoreError> {
+        self.inner.get_many(topic, keys).await
+    }
+    async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, broker::StoreError> {
+        self.inner.count_by_connection(id).await
+    }
+    async fn by_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Vec<SubscriptionKey>, broker::StoreError> {
+        self.inner.by_connection(id).await
+    }
+    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, broker::StoreError> {
+        self.inner.delete_by_connection(id).await
+    }
+}
+
+/// `$disconnect` can be handled while the connection's last `subscribe` is: after the
+/// `subscribe` read the connection, before it stored its subscription.
+#[tokio::test]
+async fn a_subscribe_handled_after_disconnect_leaves_no_subscription() {
+    let store = std::sync::Arc::new(HeldInserts::default());
+    let h = harness_with(store.clone()).await;
+    for name in ["connect.json", "connection-init.json"] {
+        websocket::handle(&h.broker, ws(&h, name)).await.unwrap();
+    }
+    let subscribe = tokio::spawn({
+        let broker = h.broker.clone();
+        let event = ws(&h, "subscribe.json");
+        async move { websocket::handle(&broker, event).await.unwrap() }
+    });
+    store.reached.notified().await;
+
+    let reply = websocket::handle(&h.broker, ws(&h, "disconnect.json"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status_code, 200);
+    store.release.notify_one();
+    assert_eq!(subscribe.await.unwrap().status_code, 200);
+
+    assert_eq!(subscriptions_of_board(&h).await, vec![]);
+    let id = ConnectionId::from(CONNECTION);
+    assert_eq!(store.count_by_connection(&id).await.unwrap(), 0);
+    assert!(
+        h.broker
+            .ports()
+            .connections
+            .get(&id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

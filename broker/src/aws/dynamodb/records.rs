@@ -134,9 +134,27 @@ pub(super) struct ClaimItem {
     pub topic: String,
     /// The claimed subscription's key.
     pub subscription_key: String,
-    /// The topic the subscription is stored under.
+    /// The topic the subscription is stored under (none for a tombstone).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subscribed_topic: String,
+    /// A tombstone: the operation was completed before its `subscribe` was handled, and
+    /// an insert of this key until `ttl` stores nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub completed: bool,
     pub ttl: u64,
+}
+
+impl ClaimItem {
+    /// A claim of a subscription, not a tombstone.
+    pub fn is_subscription(&self) -> bool {
+        !self.completed
+    }
+}
+
+/// The partition of the item that marks a connection closed (see
+/// `SubscriptionStore::close_connection`); its sort key is the connection id.
+pub(super) fn closed_partition(connection: &ConnectionId) -> String {
+    format!("#closed/{connection}")
 }
 
 /// The `audience` of an event every subscriber may receive.

@@ -4,15 +4,15 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
 
-use super::records::{ClaimItem, SubscriptionItem, claim_partition};
+use super::records::{ClaimItem, SubscriptionItem, claim_partition, closed_partition};
 use super::{
     Item, backend, batch_delete, batch_get, decode_listing, from_item, query_all, string, to_item,
 };
 use crate::aws::retry::RetryPolicy;
 use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_secs};
-use crate::ports::{StoreError, SubscriptionStore};
+use crate::ports::{Inserted, StoreError, SubscriptionStore};
 
 /// [`SubscriptionStore`] on the subscriptions table.
 ///
@@ -24,6 +24,11 @@ use crate::ports::{StoreError, SubscriptionStore};
 /// secondary index would only be eventually consistent: a `complete` or a disconnect
 /// arriving right after a `subscribe` still finds it. The table has no index, so a
 /// subscription costs no write beyond its two items.
+///
+/// A `complete` that finds no subscription leaves a tombstone in the claim's place (a claim
+/// marked `completed`, with its expiry as `ttl`), and a closed connection an item in
+/// `#closed/{connectionId}`; the insert's transaction puts the claim only where no live
+/// tombstone is and checks that no live closed mark is, so whichever comes second wins.
 #[derive(Clone, Debug)]
 pub struct DynamoDbSubscriptionStore {
     client: Client,
@@ -124,6 +129,91 @@ impl DynamoDbSubscriptionStore {
     }
 }
 
+impl DynamoDbSubscriptionStore {
+    fn closed_key(&self, id: &ConnectionId) -> Item {
+        self.key(&closed_partition(id), id.as_str())
+    }
+
+    /// Whether the connection carries an unexpired closed mark (a consistent read).
+    async fn is_closed(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(self.closed_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        let ttl = output
+            .item
+            .as_ref()
+            .and_then(|item| item.get("ttl"))
+            .and_then(|ttl| ttl.as_n().ok())
+            .and_then(|ttl| ttl.parse::<u64>().ok());
+        Ok(ttl.is_some_and(|ttl| ttl > now_secs()))
+    }
+
+    /// Deletes a tombstone; `false` when it was no longer there.
+    async fn remove_tombstone(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(
+                self.key(&claim_partition(&key.connection_id), &key.encode()),
+            ))
+            .condition_expression("#completed = :yes")
+            .expression_attribute_names("#completed", "completed")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(backend("DeleteItem")(error)),
+        }
+    }
+
+    /// Deletes a subscription and its claim; `false` when another call deleted them first.
+    async fn delete_claimed(
+        &self,
+        key: &SubscriptionKey,
+        claim: &ClaimItem,
+    ) -> Result<bool, StoreError> {
+        let encoded = key.encode();
+        // The claim's condition makes one of two concurrent deletes the one that found it.
+        let delete_claim = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(
+                self.key(&claim_partition(&key.connection_id), &encoded),
+            ))
+            .condition_expression("attribute_exists(#key) AND attribute_not_exists(#completed)")
+            .expression_attribute_names("#key", "subscriptionKey")
+            .expression_attribute_names("#completed", "completed")
+            .build()
+            .map_err(backend("TransactWriteItems"))?;
+        let delete_subscription = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&claim.subscribed_topic, &encoded)))
+            .build()
+            .map_err(backend("TransactWriteItems"))?;
+        self.transact(vec![
+            TransactWriteItem::builder().delete(delete_claim).build(),
+            TransactWriteItem::builder()
+                .delete(delete_subscription)
+                .build(),
+        ])
+        .await
+    }
+}
+
 /// Sorts a failed transaction into a failed condition, contention, or anything else.
 fn classify(
     error: SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
@@ -154,65 +244,173 @@ fn classify(
 
 #[async_trait]
 impl SubscriptionStore for DynamoDbSubscriptionStore {
-    async fn insert(&self, subscription: &Subscription) -> Result<(), StoreError> {
+    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
         let key = subscription.key.encode();
+        let connection = &subscription.key.connection_id;
         let claim = ClaimItem {
-            topic: claim_partition(&subscription.key.connection_id),
+            topic: claim_partition(connection),
             subscription_key: key.clone(),
             subscribed_topic: subscription.topic.to_string(),
+            completed: false,
             ttl: subscription.expires_at,
         };
         let record = SubscriptionItem::try_from(subscription)?;
-        let put_new = |item: Item| -> Result<TransactWriteItem, StoreError> {
-            let put = Put::builder()
+        let mut attempt = 0;
+        loop {
+            let now = AttributeValue::N(now_secs().to_string());
+            // The claim goes where no claim is, or over a tombstone that has expired.
+            let put_claim = Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(item))
+                .set_item(Some(to_item(&claim)?))
+                .condition_expression(
+                    "attribute_not_exists(#key) OR (#completed = :yes AND #ttl <= :now)",
+                )
+                .expression_attribute_names("#key", "subscriptionKey")
+                .expression_attribute_names("#completed", "completed")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                .expression_attribute_values(":now", now.clone())
+                .build()
+                .map_err(backend("TransactWriteItems"))?;
+            let put_subscription = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(to_item(&record)?))
                 .condition_expression("attribute_not_exists(#key)")
                 .expression_attribute_names("#key", "subscriptionKey")
                 .build()
                 .map_err(backend("TransactWriteItems"))?;
-            Ok(TransactWriteItem::builder().put(put).build())
-        };
-        let items = vec![put_new(to_item(&claim)?)?, put_new(to_item(&record)?)?];
-        if self.transact(items).await? {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict(format!(
-                "subscription {key} already exists"
-            )))
+            let open = ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(self.closed_key(connection)))
+                .condition_expression("attribute_not_exists(#key) OR #ttl <= :now")
+                .expression_attribute_names("#key", "subscriptionKey")
+                .expression_attribute_names("#ttl", "ttl")
+                .expression_attribute_values(":now", now)
+                .build()
+                .map_err(backend("TransactWriteItems"))?;
+            let items = vec![
+                TransactWriteItem::builder().put(put_claim).build(),
+                TransactWriteItem::builder().put(put_subscription).build(),
+                TransactWriteItem::builder().condition_check(open).build(),
+            ];
+            if self.transact(items).await? {
+                return Ok(Inserted::Stored);
+            }
+            // Which condition failed: a closed connection, a tombstone, or a duplicate.
+            if self.is_closed(connection).await? {
+                return Ok(Inserted::ConnectionClosed);
+            }
+            let found = self.claim(&subscription.key).await?;
+            if found.as_ref().is_some_and(ClaimItem::is_subscription) {
+                return Err(StoreError::Conflict(format!(
+                    "subscription {key} already exists"
+                )));
+            }
+            // A live tombstone: this insert uses it up. Should another call take it first,
+            // or should it expire meanwhile, the next attempt sees what is left.
+            let tombstone = found.is_some_and(|claim| claim.ttl > now_secs());
+            if tombstone && self.remove_tombstone(&subscription.key).await? {
+                return Ok(Inserted::Completed);
+            }
+            if attempt >= self.retry.retries {
+                return Err(StoreError::backend(crate::aws::AwsCallError::message(
+                    "TransactWriteItems",
+                    "the subscription's claim kept changing under the insert",
+                )));
+            }
+            attempt += 1;
         }
     }
 
+    async fn complete(
+        &self,
+        key: &SubscriptionKey,
+        tombstone_until: u64,
+    ) -> Result<bool, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.claim(key).await? {
+                Some(claim) if claim.is_subscription() => {
+                    if self.delete_claimed(key, &claim).await? {
+                        return Ok(true);
+                    }
+                }
+                Some(claim) if claim.ttl >= tombstone_until => return Ok(false),
+                _ => {
+                    let tombstone = ClaimItem {
+                        topic: claim_partition(&key.connection_id),
+                        subscription_key: key.encode(),
+                        subscribed_topic: String::new(),
+                        completed: true,
+                        ttl: tombstone_until,
+                    };
+                    // Only where no subscription is: one stored meanwhile is deleted by
+                    // the next attempt instead.
+                    let result = self
+                        .client
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(to_item(&tombstone)?))
+                        .condition_expression("attribute_not_exists(#key) OR #completed = :yes")
+                        .expression_attribute_names("#key", "subscriptionKey")
+                        .expression_attribute_names("#completed", "completed")
+                        .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                        .send()
+                        .await;
+                    match result {
+                        Ok(_) => return Ok(false),
+                        Err(error)
+                            if error
+                                .as_service_error()
+                                .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                        Err(error) => return Err(backend("PutItem")(error)),
+                    }
+                }
+            }
+            if attempt >= self.retry.retries {
+                return Err(StoreError::backend(crate::aws::AwsCallError::message(
+                    "PutItem",
+                    "the subscription's claim kept changing under the complete",
+                )));
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn close_connection(
+        &self,
+        id: &ConnectionId,
+        closed_until: u64,
+    ) -> Result<usize, StoreError> {
+        // The mark first: an insert that commits before it is found and deleted below, one
+        // after it finds the mark.
+        let mut mark = self.closed_key(id);
+        mark.insert(
+            "ttl".to_owned(),
+            AttributeValue::N(closed_until.to_string()),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(mark))
+            .send()
+            .await
+            .map_err(backend("PutItem"))?;
+        self.delete_by_connection(id).await
+    }
+
     async fn contains(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
-        Ok(self.claim(key).await?.is_some())
+        Ok(self
+            .claim(key)
+            .await?
+            .is_some_and(|claim| claim.is_subscription()))
     }
 
     async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
-        let claim_partition = claim_partition(&key.connection_id);
-        let encoded = key.encode();
-        let Some(claim) = self.claim(key).await? else {
-            return Ok(false);
-        };
-        // The claim's condition makes one of two concurrent deletes the one that found it.
-        let delete_claim = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(self.key(&claim_partition, &encoded)))
-            .condition_expression("attribute_exists(#key)")
-            .expression_attribute_names("#key", "subscriptionKey")
-            .build()
-            .map_err(backend("TransactWriteItems"))?;
-        let delete_subscription = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(self.key(&claim.subscribed_topic, &encoded)))
-            .build()
-            .map_err(backend("TransactWriteItems"))?;
-        self.transact(vec![
-            TransactWriteItem::builder().delete(delete_claim).build(),
-            TransactWriteItem::builder()
-                .delete(delete_subscription)
-                .build(),
-        ])
-        .await
+        match self.claim(key).await? {
+            Some(claim) if claim.is_subscription() => self.delete_claimed(key, &claim).await,
+            _ => Ok(false),
+        }
     }
 
     async fn by_topic(&self, topic: &Topic) -> Result<Vec<Subscription>, StoreError> {
@@ -252,7 +450,12 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
 
     async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
         // One claim per subscription, in the connection's own partition.
-        Ok(self.claims(id).await?.len())
+        Ok(self
+            .claims(id)
+            .await?
+            .iter()
+            .filter(|claim| claim.is_subscription())
+            .count())
     }
 
     async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError> {
@@ -261,7 +464,7 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .claims(id)
             .await?
             .into_iter()
-            .filter(|claim| claim.ttl > now)
+            .filter(|claim| claim.is_subscription() && claim.ttl > now)
             .filter_map(|claim| SubscriptionKey::decode(&claim.subscription_key))
             .collect())
     }
@@ -273,13 +476,17 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
         // behind still lead a retry to whatever remains.
         let subscriptions = claims
             .iter()
+            .filter(|claim| claim.is_subscription())
             .map(|claim| self.key(&claim.subscribed_topic, &claim.subscription_key));
         let own_claims = claims
             .iter()
             .map(|claim| self.key(&partition, &claim.subscription_key));
         let keys = subscriptions.chain(own_claims).collect();
         batch_delete(&self.client, &self.table, keys, self.retry).await?;
-        Ok(claims.len())
+        Ok(claims
+            .iter()
+            .filter(|claim| claim.is_subscription())
+            .count())
     }
 }
 
