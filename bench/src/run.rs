@@ -184,6 +184,7 @@ fn local_options(config: &Config, mode: Mode) -> Options {
             issuer: None,
             audience: None,
         },
+        key_set: None,
         broker: broker_config(config, mode),
         poll_interval: config.poll_interval,
         // The emulator modes switch it when they start.

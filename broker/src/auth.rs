@@ -9,6 +9,12 @@
 //! non-negative integers), `iss` and `aud` checked whenever configured, and a `sub` that is a
 //! printable id of at most [`MAX_SUBJECT_BYTES`]. Clients only ever learn "invalid token" or
 //! "token expired"; the reason goes to the log.
+//!
+//! Tokens of an identity provider that signs with its private keys (Cognito, Auth0, Okta)
+//! are checked by [`jwks::JwksVerifier`] against the provider's published key set: set
+//! `JWT_JWKS_URL` and [`Authenticator::from_env`] chooses it.
+
+pub mod jwks;
 
 use std::sync::Arc;
 
@@ -284,6 +290,38 @@ impl Authenticator {
             verifier: Arc::new(Hs256Verifier::new(&config)),
             signing: Some(config),
         }
+    }
+
+    /// The verifier the environment asks for: the key set at `JWT_JWKS_URL` when it is set
+    /// (with the `jwks` feature), else HS256 with `JWT_SECRET`, or `fallback_secret` when
+    /// that is unset too (the local mode's development secret).
+    pub fn from_env(fallback_secret: Option<&str>) -> Result<Self, crate::ConfigError> {
+        match jwks::JwksConfig::from_env()? {
+            Some(config) => Self::from_key_set(config),
+            None => Ok(Self::new(AuthConfig::from_env(fallback_secret)?)),
+        }
+    }
+
+    /// Tokens signed by the keys published at `config.url`.
+    #[cfg(feature = "jwks")]
+    pub fn from_key_set(config: jwks::JwksConfig) -> Result<Self, crate::ConfigError> {
+        let source = jwks::HttpKeySetSource::new(&config.url)?;
+        Ok(Self::with_verifier(jwks::JwksVerifier::new(config, source)))
+    }
+
+    /// Without the `jwks` feature there is no HTTP client to fetch a key set with.
+    #[cfg(not(feature = "jwks"))]
+    pub fn from_key_set(config: jwks::JwksConfig) -> Result<Self, crate::ConfigError> {
+        Err(crate::ConfigError::Invalid {
+            name: "JWT_JWKS_URL".into(),
+            value: config.url,
+            reason: "this build has no key set client (the broker's `jwks` feature)".into(),
+        })
+    }
+
+    /// Whether tokens can be minted here: the HS256 default, not a key set's verifier.
+    pub fn can_mint(&self) -> bool {
+        self.signing.is_some()
     }
 
     /// An app's own verifier (RS256 with a JWKS, an opaque-token lookup, ...).

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use broker::auth::jwks::JwksConfig;
 use broker::aws::{ApiGatewayConnectionGateway, PostClient};
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
@@ -51,7 +52,10 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Options {
     /// The app served: its schema, and its tables on DynamoDB.
     pub app: Arc<dyn App>,
+    /// HS256 tokens with this secret, unless `key_set` is given.
     pub auth: AuthConfig,
+    /// Tokens of an identity provider, verified against its published key set (`JWT_JWKS_URL`).
+    pub key_set: Option<JwksConfig>,
     pub broker: BrokerConfig,
     /// Wait between two polls of an empty stream; zero waits for the next append instead.
     pub poll_interval: Duration,
@@ -72,13 +76,15 @@ pub enum Backend {
 }
 
 impl Options {
-    /// The configuration the Lambda functions read (`JWT_*`, `DELIVERY_MODE`, `FANOUT_*`),
+    /// The configuration the Lambda functions read (`JWT_*` including `JWT_JWKS_URL`,
+    /// `DELIVERY_MODE`, `FANOUT_*`),
     /// with the documented development secret when `JWT_SECRET` is unset, and
     /// `STREAM_POLL_INTERVAL_MS` (default 250), and the web app from `BROKER_WEB_DIR` (default:
     /// this source tree's `web/dist`); serving `app`. The development sign-in is on only
     /// while the development secret is in use.
     pub fn from_env(app: Arc<dyn App>) -> anyhow::Result<Self> {
         let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
+        let key_set = JwksConfig::from_env()?;
         let broker = BrokerConfig::from_env()?;
         let poll_interval = match std::env::var("STREAM_POLL_INTERVAL_MS") {
             Ok(ms) if !ms.trim().is_empty() => Duration::from_millis(
@@ -93,12 +99,13 @@ impl Options {
                 Some(dir) if !dir.is_empty() => dir.into(),
                 _ => WebOptions::source_tree_dir(),
             }),
-            dev_tokens: auth.secret == broker::auth::DEVELOPMENT_SECRET,
+            dev_tokens: key_set.is_none() && auth.secret == broker::auth::DEVELOPMENT_SECRET,
             cors_origins: web::CorsOrigins::from_env().map_err(anyhow::Error::msg)?,
         };
         Ok(Self {
             app,
             auth,
+            key_set,
             broker,
             poll_interval,
             backend: Backend::Embedded,
@@ -121,7 +128,10 @@ impl LocalGateway {
     pub async fn start(listener: TcpListener, options: Options) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let gateway = Arc::new(management_gateway(addr).await?);
-        let auth = Authenticator::new(options.auth.clone());
+        let auth = match &options.key_set {
+            Some(key_set) => Authenticator::from_key_set(key_set.clone())?,
+            None => Authenticator::new(options.auth.clone()),
+        };
         let (broker, mut tasks) = match &options.backend {
             Backend::Embedded => {
                 let events = Arc::new(MemoryEventLog::default());

@@ -30,6 +30,7 @@ pub fn options(mode: DeliveryMode) -> Options {
             issuer: None,
             audience: None,
         },
+        key_set: None,
         broker: BrokerConfig {
             delivery_mode: mode,
             ..BrokerConfig::default()

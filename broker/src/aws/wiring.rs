@@ -11,8 +11,8 @@ use super::dynamodb::{DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscri
 use super::gateway::{ApiGatewayConnectionGateway, PostClient};
 use super::sqs::SqsFanoutQueue;
 use crate::{
-    App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, ConnectionGateway,
-    FanoutQueue, Ports, Storage, TableSpec,
+    App, Authenticator, Broker, BrokerConfig, ConfigError, ConnectionGateway, FanoutQueue, Ports,
+    Storage, TableSpec,
 };
 
 /// The broker's ports on AWS: the three DynamoDB tables, `gateway` to post to connections,
@@ -93,8 +93,9 @@ impl AppTables {
 
 /// The broker a Lambda function runs, serving `app`, configured from the environment the
 /// SAM template sets: `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE`, `EVENTS_TABLE`, one
-/// `{NAME}_TABLE` per table of the app, `MANAGEMENT_ENDPOINT`, `JWT_SECRET` (`JWT_ISSUER`,
-/// `JWT_AUDIENCE`), `MANAGEMENT_POST`, `DELIVERY_MODE`, `FANOUT_*`, `POST_CONCURRENCY`, and `FANOUT_QUEUE_URL`
+/// `{NAME}_TABLE` per table of the app, `MANAGEMENT_ENDPOINT`, `JWT_SECRET` or `JWT_JWKS_URL`
+/// (with `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_ALGORITHMS`), `MANAGEMENT_POST`, `DELIVERY_MODE`,
+/// `FANOUT_*`, `POST_CONCURRENCY`, and `FANOUT_QUEUE_URL`
 /// for the functions that split large fan-outs. Built once per cold start.
 pub async fn broker_from_env(app: &dyn App) -> Result<Broker, ConfigError> {
     let sdk = sdk_config(None).await;
@@ -114,7 +115,7 @@ pub async fn broker_from_env(app: &dyn App) -> Result<Broker, ConfigError> {
     Ok(Broker::new(
         schema,
         ports,
-        Authenticator::new(AuthConfig::from_env(None)?),
+        Authenticator::from_env(None)?,
         BrokerConfig::from_env()?,
     )
     .with_app_hooks(app))

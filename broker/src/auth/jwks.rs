@@ -1,0 +1,738 @@
+//! Tokens signed by an identity provider's private keys (Cognito, Auth0, Okta, your own),
+//! verified against the public keys it publishes as a JSON Web Key Set.
+//!
+//! [`JwksVerifier`] keeps the keys in memory and asks its [`KeySetSource`] again only when a
+//! token names a key it does not know (the provider rotated its keys) or the set is older than
+//! [`JwksConfig::max_age`]; refreshes for unknown keys are at most one per
+//! [`JwksConfig::min_refresh_interval`], so tokens with made-up `kid`s cannot make it fetch on
+//! every request. What a token may use is decided by the verifier, never by the token:
+//! - the algorithm must be one of [`JwksConfig::algorithms`] (RS256 by default) and never a
+//!   symmetric one, so a public key can never be used as an HMAC secret;
+//! - the token must name its key (`kid`), and that key must be a public key of a matching type
+//!   whose own `alg`, `use` and `key_ops`, when present, allow verifying that algorithm;
+//! - then [`verify_jwt`] applies the RFC 8725 rules every verifier shares.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+use tokio::sync::{Mutex, RwLock};
+
+use super::{AuthError, Identity, TokenVerifier, check_header, validation, verify_jwt};
+use crate::ConfigError;
+
+/// The largest key set accepted from a source: providers publish a handful of keys.
+pub const MAX_KEY_SET_BYTES: usize = 64 * 1024;
+
+/// The most keys kept from one key set.
+pub const MAX_KEYS: usize = 32;
+
+/// How soon a failed or stale key set is fetched again.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest `kid` looked up.
+const MAX_KID_BYTES: usize = 256;
+
+/// Where a key set comes from: an HTTPS endpoint on AWS ([`HttpKeySetSource`] with the `jwks`
+/// feature), anything else in tests or for providers with another distribution.
+#[async_trait]
+pub trait KeySetSource: Send + Sync + 'static {
+    /// The key set document (`{"keys": [...]}`), at most [`MAX_KEY_SET_BYTES`] long. The error
+    /// is for the log.
+    async fn fetch(&self) -> Result<Vec<u8>, String>;
+}
+
+/// What a [`JwksVerifier`] accepts.
+#[derive(Clone, Debug)]
+pub struct JwksConfig {
+    /// The key set's address (`https://cognito-idp.{region}.amazonaws.com/{pool}/.well-known/jwks.json`).
+    pub url: String,
+    /// The `iss` every token must carry, when set (strongly advised with a shared provider).
+    pub issuer: Option<String>,
+    /// The `aud` every token must carry, when set.
+    pub audience: Option<String>,
+    /// The algorithms accepted; asymmetric ones only.
+    pub algorithms: Vec<Algorithm>,
+    /// Keys older than this are fetched again before use.
+    pub max_age: Duration,
+    /// At most one refresh for an unknown `kid` per this interval.
+    pub min_refresh_interval: Duration,
+}
+
+impl JwksConfig {
+    /// A configuration for `url` with the defaults: RS256, keys kept an hour, a refresh for an
+    /// unknown key at most every 30 seconds.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            issuer: None,
+            audience: None,
+            algorithms: vec![Algorithm::RS256],
+            max_age: Duration::from_secs(3600),
+            min_refresh_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// Reads `JWT_JWKS_URL` (`None` when unset: the HS256 secret is used), `JWT_ISSUER`,
+    /// `JWT_AUDIENCE` and `JWT_ALGORITHMS` (a comma-separated list, default `RS256`).
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let Some(url) = var("JWT_JWKS_URL") else {
+            return Ok(None);
+        };
+        let mut config = Self::new(url.trim());
+        config.issuer = var("JWT_ISSUER");
+        config.audience = var("JWT_AUDIENCE");
+        if let Some(list) = var("JWT_ALGORITHMS") {
+            config.algorithms = parse_algorithms(&list).map_err(|reason| ConfigError::Invalid {
+                name: "JWT_ALGORITHMS".into(),
+                value: list.clone(),
+                reason,
+            })?;
+        }
+        Ok(Some(config))
+    }
+}
+
+/// Parses a comma-separated list of asymmetric JWS algorithms.
+fn parse_algorithms(list: &str) -> Result<Vec<Algorithm>, String> {
+    let algorithms = list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let algorithm: Algorithm = name
+                .parse()
+                .map_err(|_| format!("{name} is not a JWS algorithm"))?;
+            if is_symmetric(algorithm) {
+                return Err(format!("{name} is symmetric: a key set holds public keys"));
+            }
+            Ok(algorithm)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if algorithms.is_empty() {
+        return Err("no algorithm given".into());
+    }
+    Ok(algorithms)
+}
+
+fn is_symmetric(algorithm: Algorithm) -> bool {
+    matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    )
+}
+
+/// A usable verification key and the one algorithm it verifies, if its JWK names one.
+struct Key {
+    decoding: DecodingKey,
+    algorithm: Option<Algorithm>,
+    parameters: KeyType,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyType {
+    Rsa,
+    Ec,
+    Okp,
+}
+
+struct KeySet {
+    keys: HashMap<String, Key>,
+    fetched_at: Instant,
+}
+
+/// Verifies tokens against a published key set; see the [module](self) for the rules.
+pub struct JwksVerifier {
+    config: JwksConfig,
+    source: Box<dyn KeySetSource>,
+    keys: RwLock<Option<KeySet>>,
+    /// Held while fetching, so concurrent misses make one request; remembers the last attempt.
+    refresh: Mutex<Option<Instant>>,
+}
+
+impl JwksVerifier {
+    /// A verifier fetching from `source`; no request is made until the first token.
+    pub fn new(config: JwksConfig, source: impl KeySetSource) -> Self {
+        Self {
+            config,
+            source: Box::new(source),
+            keys: RwLock::new(None),
+            refresh: Mutex::new(None),
+        }
+    }
+
+    /// Looks `kid` up for `algorithm`, fetching the key set when it is missing, stale, or
+    /// does not know `kid` (within the refresh limit).
+    async fn key_for<T>(
+        &self,
+        kid: &str,
+        algorithm: Algorithm,
+        use_key: impl Fn(&Key) -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        let fresh = |set: &KeySet| set.fetched_at.elapsed() < self.config.max_age;
+        {
+            let keys = self.keys.read().await;
+            if let Some(set) = keys.as_ref().filter(|set| fresh(set))
+                && let Some(key) = set.keys.get(kid)
+            {
+                return check_key(key, algorithm).and_then(|()| use_key(key));
+            }
+        }
+        self.refresh(|set| set.is_some_and(|s| fresh(s) && s.keys.contains_key(kid)))
+            .await;
+        let keys = self.keys.read().await;
+        let set = keys
+            .as_ref()
+            .ok_or_else(|| AuthError::invalid("the key set could not be fetched"))?;
+        let key = set
+            .keys
+            .get(kid)
+            .ok_or_else(|| AuthError::invalid(format!("no key {kid:?} in the key set")))?;
+        check_key(key, algorithm).and_then(|()| use_key(key))
+    }
+
+    /// Fetches the key set unless `satisfied` already holds (another caller fetched it while
+    /// this one waited) or the last attempt was less than the minimum interval ago while a
+    /// fresh set is held. A failed fetch keeps the keys held.
+    async fn refresh(&self, satisfied: impl Fn(Option<&KeySet>) -> bool) {
+        let mut last_attempt = self.refresh.lock().await;
+        let has_fresh_set = {
+            let keys = self.keys.read().await;
+            if satisfied(keys.as_ref()) {
+                return;
+            }
+            keys.as_ref()
+                .is_some_and(|set| set.fetched_at.elapsed() < self.config.max_age)
+        };
+        // With fresh keys held, a miss is a rotation or a made-up `kid`: refresh rarely. Without
+        // them (never fetched, failed, or stale), retry sooner, but still not per request.
+        let interval = if has_fresh_set {
+            self.config.min_refresh_interval
+        } else {
+            self.config.min_refresh_interval.min(RETRY_INTERVAL)
+        };
+        if last_attempt.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        *last_attempt = Some(Instant::now());
+        match self
+            .source
+            .fetch()
+            .await
+            .and_then(|body| parse_key_set(&body))
+        {
+            Ok(keys) => {
+                tracing::info!(url = %self.config.url, keys = keys.len(), "key set fetched");
+                *self.keys.write().await = Some(KeySet {
+                    keys,
+                    fetched_at: Instant::now(),
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(url = %self.config.url, reason, "key set fetch failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl TokenVerifier for JwksVerifier {
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::invalid(format!("header: {e}")))?;
+        check_header(&header)?;
+        if !self.config.algorithms.contains(&header.alg) {
+            return Err(AuthError::invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| AuthError::invalid("the token names no key (kid)"))?;
+        if kid.len() > MAX_KID_BYTES {
+            return Err(AuthError::invalid("kid is too long"));
+        }
+        let validation = validation(
+            header.alg,
+            self.config.issuer.as_deref(),
+            self.config.audience.as_deref(),
+        );
+        self.key_for(kid, header.alg, |key| {
+            verify_jwt(token, &key.decoding, &validation)
+        })
+        .await
+    }
+}
+
+/// Whether `key` may verify `algorithm`: its type fits, and its own `alg` names it if set.
+fn check_key(key: &Key, algorithm: Algorithm) -> Result<(), AuthError> {
+    let fits = match algorithm {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => key.parameters == KeyType::Rsa,
+        Algorithm::ES256 | Algorithm::ES384 => key.parameters == KeyType::Ec,
+        Algorithm::EdDSA => key.parameters == KeyType::Okp,
+        // Symmetric algorithms, and any algorithm a later jsonwebtoken adds: no key fits.
+        _ => false,
+    };
+    if !fits || key.algorithm.is_some_and(|a| a != algorithm) {
+        return Err(AuthError::invalid(format!(
+            "the key does not verify {algorithm:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The usable keys of a key set document: public verification keys with a `kid`. Keys of
+/// other kinds (encryption keys, symmetric keys, unknown types) are left out one by one, so a
+/// provider adding a key of a new kind does not stop the others from working.
+fn parse_key_set(body: &[u8]) -> Result<HashMap<String, Key>, String> {
+    if body.len() > MAX_KEY_SET_BYTES {
+        return Err(format!(
+            "the key set has {} bytes, more than {MAX_KEY_SET_BYTES}",
+            body.len()
+        ));
+    }
+    let document: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the key set is not JSON: {e}"))?;
+    let entries = document
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("the key set has no \"keys\" list")?;
+    let mut keys = HashMap::new();
+    for entry in entries {
+        if keys.len() == MAX_KEYS {
+            tracing::warn!("the key set has more than {MAX_KEYS} keys; the rest are ignored");
+            break;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(entry.clone()) else {
+            continue;
+        };
+        if let Some((kid, key)) = usable_key(&jwk) {
+            keys.insert(kid, key);
+        }
+    }
+    Ok(keys)
+}
+
+fn usable_key(jwk: &Jwk) -> Option<(String, Key)> {
+    let common = &jwk.common;
+    let kid = common.key_id.clone()?;
+    if common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
+        return None;
+    }
+    if common
+        .key_operations
+        .as_ref()
+        .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+    {
+        return None;
+    }
+    let parameters = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => KeyType::Rsa,
+        AlgorithmParameters::EllipticCurve(_) => KeyType::Ec,
+        AlgorithmParameters::OctetKeyPair(_) => KeyType::Okp,
+        // A symmetric key published in a key set is a secret gone public: never use it; nor a
+        // key of a type this code does not know.
+        _ => return None,
+    };
+    let algorithm = match common.key_algorithm {
+        None => None,
+        Some(alg) => Some(key_algorithm(alg)?),
+    };
+    let decoding = DecodingKey::from_jwk(jwk).ok()?;
+    Some((
+        kid,
+        Key {
+            decoding,
+            algorithm,
+            parameters,
+        },
+    ))
+}
+
+/// The signature algorithm a JWK's `alg` names; `None` for encryption algorithms.
+fn key_algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    alg.to_string().parse().ok()
+}
+
+#[cfg(feature = "jwks")]
+pub use http::HttpKeySetSource;
+
+#[cfg(feature = "jwks")]
+mod http {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper::body::Bytes;
+    use hyper_rustls::HttpsConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    use super::{KeySetSource, MAX_KEY_SET_BYTES};
+    use crate::ConfigError;
+
+    /// How long one fetch of the key set may take, connection included.
+    const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A key set fetched with a GET over HTTPS (plain HTTP only for loopback addresses, for
+    /// tests and the local mode).
+    pub struct HttpKeySetSource {
+        uri: hyper::Uri,
+        client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    }
+
+    impl HttpKeySetSource {
+        pub fn new(url: &str) -> Result<Self, ConfigError> {
+            let invalid = |reason: &str| ConfigError::Invalid {
+                name: "JWT_JWKS_URL".into(),
+                value: url.into(),
+                reason: reason.into(),
+            };
+            let uri: hyper::Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+            let loopback = matches!(uri.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
+            match uri.scheme_str() {
+                Some("https") => {}
+                Some("http") if loopback => {}
+                _ => return Err(invalid("the key set must be fetched over https")),
+            }
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+                .map_err(|e| invalid(&format!("no TLS root certificates: {e}")))?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            let client = Client::builder(TokioExecutor::new()).build(connector);
+            Ok(Self { uri, client })
+        }
+    }
+
+    #[async_trait]
+    impl KeySetSource for HttpKeySetSource {
+        async fn fetch(&self) -> Result<Vec<u8>, String> {
+            let fetch = async {
+                let response = self
+                    .client
+                    .get(self.uri.clone())
+                    .await
+                    .map_err(|e| format!("GET failed: {e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("GET answered {}", response.status()));
+                }
+                let body = Limited::new(response.into_body(), MAX_KEY_SET_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the key set: {e}"))?;
+                Ok(body.to_bytes().to_vec())
+            };
+            tokio::time::timeout(FETCH_TIMEOUT, fetch)
+                .await
+                .map_err(|_| format!("no key set within {FETCH_TIMEOUT:?}"))?
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::now_secs;
+
+    const KEY_A: &[u8] = include_bytes!("../../../tests/fixtures/jwks/rsa-a.der");
+    const KEY_B: &[u8] = include_bytes!("../../../tests/fixtures/jwks/rsa-b.der");
+
+    /// A source serving whatever set the test put there, counting fetches.
+    #[derive(Clone, Default)]
+    struct Published {
+        body: Arc<std::sync::Mutex<Vec<u8>>>,
+        fetches: Arc<AtomicUsize>,
+    }
+
+    impl Published {
+        fn set(&self, keys: Value) {
+            *self.body.lock().unwrap() = serde_json::to_vec(&keys).unwrap();
+        }
+        fn fetches(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl KeySetSource for Published {
+        async fn fetch(&self) -> Result<Vec<u8>, String> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            Ok(self.body.lock().unwrap().clone())
+        }
+    }
+
+    fn jwk(pem: &[u8], kid: &str) -> Value {
+        let key = EncodingKey::from_rsa_der(pem);
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        jwk
+    }
+
+    fn sign(pem: &[u8], kid: Option<&str>, claims: Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(Into::into);
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_der(pem)).unwrap()
+    }
+
+    fn claims(sub: &str) -> Value {
+        json!({ "sub": sub, "exp": now_secs() + 60, "iss": "https://issuer.example" })
+    }
+
+    fn verifier(published: &Published) -> JwksVerifier {
+        let mut config = JwksConfig::new("https://issuer.example/jwks.json");
+        config.issuer = Some("https://issuer.example".into());
+        config.min_refresh_interval = Duration::from_secs(3600);
+        JwksVerifier::new(config, published.clone())
+    }
+
+    #[tokio::test]
+    async fn a_token_signed_by_a_published_key_verifies_to_its_subject() {
+        let published = Published::default();
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let verifier = verifier(&published);
+        let identity = verifier
+            .verify(&sign(KEY_A, Some("a"), claims("alice")))
+            .await
+            .unwrap();
+        assert_eq!(identity.user.as_str(), "alice");
+        // The keys are kept: a second token costs no fetch.
+        verifier
+            .verify(&sign(KEY_A, Some("a"), claims("bob")))
+            .await
+            .unwrap();
+        assert_eq!(published.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_token_signed_by_another_key_under_a_known_kid_is_refused() {
+        let published = Published::default();
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let verifier = verifier(&published);
+        let forged = sign(KEY_B, Some("a"), claims("alice"));
+        assert!(matches!(
+            verifier.verify(&forged).await,
+            Err(AuthError::InvalidToken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_public_key_used_as_an_hmac_secret_is_refused() {
+        let published = Published::default();
+        let public = jwk(KEY_A, "a");
+        published.set(json!({ "keys": [public.clone()] }));
+        let verifier = verifier(&published);
+        // The classic confusion: sign HS256 with the public modulus the attacker can read.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("a".into());
+        let secret = public["n"].as_str().unwrap().as_bytes();
+        let token =
+            jsonwebtoken::encode(&header, &claims("alice"), &EncodingKey::from_secret(secret))
+                .unwrap();
+        let refused = verifier.verify(&token).await.unwrap_err();
+        assert!(refused.detail().contains("not accepted"), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_symmetric_key_in_the_set_is_never_used() {
+        let published = Published::default();
+        published.set(json!({ "keys": [{ "kty": "oct", "kid": "s", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA" }] }));
+        let mut config = JwksConfig::new("https://issuer.example/jwks.json");
+        // Even when an operator lists HS256, a key set's secret is not one to trust.
+        config.algorithms = vec![Algorithm::RS256, Algorithm::HS256];
+        let verifier = JwksVerifier::new(config, published.clone());
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("s".into());
+        let token = jsonwebtoken::encode(
+            &header,
+            &json!({ "sub": "alice", "exp": now_secs() + 60 }),
+            &EncodingKey::from_secret(b"secret-secret-secret-secret-secret"),
+        )
+        .unwrap();
+        assert!(verifier.verify(&token).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_token_without_kid_or_with_another_algorithm_is_refused_without_a_fetch() {
+        let published = Published::default();
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let verifier = verifier(&published);
+        assert!(
+            verifier
+                .verify(&sign(KEY_A, None, claims("alice")))
+                .await
+                .unwrap_err()
+                .detail()
+                .contains("kid")
+        );
+        let mut header = Header::new(Algorithm::RS384);
+        header.kid = Some("a".into());
+        let rs384 =
+            jsonwebtoken::encode(&header, &claims("alice"), &EncodingKey::from_rsa_der(KEY_A))
+                .unwrap();
+        assert!(verifier.verify(&rs384).await.is_err());
+        assert_eq!(published.fetches(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_own_alg_or_use_forbids_it_is_not_used() {
+        let published = Published::default();
+        let mut encryption = jwk(KEY_A, "enc");
+        encryption["use"] = json!("enc");
+        let mut other_alg = jwk(KEY_B, "ps");
+        other_alg["alg"] = json!("PS256");
+        published.set(json!({ "keys": [encryption, other_alg] }));
+        let verifier = verifier(&published);
+        assert!(
+            verifier
+                .verify(&sign(KEY_A, Some("enc"), claims("alice")))
+                .await
+                .is_err()
+        );
+        assert!(
+            verifier
+                .verify(&sign(KEY_B, Some("ps"), claims("alice")))
+                .await
+                .unwrap_err()
+                .detail()
+                .contains("does not verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_is_fetched_once_and_made_up_kids_do_not_cause_fetches() {
+        let published = Published::default();
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let verifier = verifier(&published);
+        verifier
+            .verify(&sign(KEY_A, Some("a"), claims("alice")))
+            .await
+            .unwrap();
+        // The provider rotates: key b joins the set. The first token signed by it triggers a
+        // refresh, but only once per interval, so an attacker's random kids cost nothing.
+        published.set(json!({ "keys": [jwk(KEY_A, "a"), jwk(KEY_B, "b")] }));
+        let mut config = verifier.config.clone();
+        config.min_refresh_interval = Duration::ZERO;
+        let rotating = JwksVerifier::new(config, published.clone());
+        rotating
+            .verify(&sign(KEY_A, Some("a"), claims("alice")))
+            .await
+            .unwrap();
+        rotating
+            .verify(&sign(KEY_B, Some("b"), claims("alice")))
+            .await
+            .unwrap();
+        let before = published.fetches();
+        for i in 0..10 {
+            let token = sign(KEY_B, Some(&format!("made-up-{i}")), claims("mallory"));
+            assert!(verifier.verify(&token).await.is_err());
+        }
+        // The limited verifier, holding fresh keys, fetched nothing for ten unknown kids.
+        assert_eq!(published.fetches(), before);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_tokens_make_one_fetch() {
+        let published = Published::default();
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let verifier = Arc::new(verifier(&published));
+        let token = sign(KEY_A, Some("a"), claims("alice"));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (verifier, token) = (verifier.clone(), token.clone());
+                tokio::spawn(async move { verifier.verify(&token).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(published.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn rfc_8725_rules_hold_for_key_set_tokens() {
+        let published = Published::default();
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let verifier = verifier(&published);
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("a".into());
+        header.crit = Some(vec!["exp".into()]);
+        let crit =
+            jsonwebtoken::encode(&header, &claims("alice"), &EncodingKey::from_rsa_der(KEY_A))
+                .unwrap();
+        assert!(verifier.verify(&crit).await.is_err());
+        let blank_sub = sign(KEY_A, Some("a"), claims(" "));
+        assert!(verifier.verify(&blank_sub).await.is_err());
+        let other_issuer = sign(
+            KEY_A,
+            Some("a"),
+            json!({ "sub": "alice", "exp": now_secs() + 60, "iss": "https://evil.example" }),
+        );
+        assert!(verifier.verify(&other_issuer).await.is_err());
+        let expired = sign(
+            KEY_A,
+            Some("a"),
+            json!({ "sub": "alice", "exp": now_secs() - 3600, "iss": "https://issuer.example" }),
+        );
+        assert_eq!(
+            verifier.verify(&expired).await.unwrap_err(),
+            AuthError::Expired
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_key_set_refuses_tokens_and_a_failed_refresh_keeps_old_keys() {
+        let published = Published::default();
+        published.set(json!({ "nothing": [] }));
+        let token = sign(KEY_A, Some("a"), claims("alice"));
+        assert!(verifier(&published).verify(&token).await.is_err());
+        assert!(parse_key_set(&vec![b' '; MAX_KEY_SET_BYTES + 1]).is_err());
+
+        // Keys that are always stale: every token asks for a refresh.
+        published.set(json!({ "keys": [jwk(KEY_A, "a")] }));
+        let mut config = JwksConfig::new("https://issuer.example/jwks.json");
+        config.max_age = Duration::ZERO;
+        config.min_refresh_interval = Duration::ZERO;
+        let stale = JwksVerifier::new(config, published.clone());
+        stale.verify(&token).await.unwrap();
+        published.set(json!("the provider is down"));
+        stale.verify(&token).await.unwrap();
+        assert_eq!(published.fetches(), 3);
+    }
+
+    #[test]
+    fn the_algorithm_list_takes_asymmetric_algorithms_only() {
+        assert_eq!(
+            parse_algorithms("RS256, ES256").unwrap(),
+            vec![Algorithm::RS256, Algorithm::ES256]
+        );
+        assert!(parse_algorithms("HS256").is_err());
+        assert!(parse_algorithms("none").is_err());
+        assert!(parse_algorithms(" , ").is_err());
+    }
+}
