@@ -188,7 +188,7 @@ fn local_options(config: &Config, mode: Mode) -> Options {
         broker: broker_config(config, mode),
         poll_interval: config.poll_interval,
         // The emulator modes switch it when they start.
-        backend: Backend::Embedded,
+        backend: Backend::Memory,
         web: local_gateway::WebOptions::default(),
         limits: Default::default(),
     }

@@ -75,8 +75,12 @@ pub trait App: Send + Sync + 'static {
 /// Where an app's stores keep their data, as chosen by the process that runs the app.
 #[non_exhaustive]
 pub enum Storage {
-    /// This process's memory: the embedded local mode and unit tests.
+    /// This process's memory: the local mode's `--store memory` and unit tests.
     Memory,
+    /// One database file on this machine: the local mode's default. An app's tables are
+    /// [`crate::file::Table`]s (`store.table("orders")`).
+    #[cfg(feature = "file")]
+    File(crate::file::FileStore),
     /// DynamoDB: a client and the deployed names of the app's [`App::tables`].
     #[cfg(feature = "aws")]
     DynamoDb(crate::aws::AppTables),
@@ -87,6 +91,8 @@ impl Storage {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Memory => "memory",
+            #[cfg(feature = "file")]
+            Self::File(_) => "a file",
             #[cfg(feature = "aws")]
             Self::DynamoDb(_) => "DynamoDB",
         }

@@ -109,7 +109,9 @@
 //! - [`auth`]: JWT verification (and minting, for development).
 //! - [`ports`]: the storage, queue and gateway interfaces the broker is written against.
 //! - [`memory`]: in-memory adapters; `aws` (feature `aws`): DynamoDB, SQS, API Gateway, the
-//!   tables' provisioning, and the broker built from the environment the template sets.
+//!   tables' provisioning, and the broker built from the environment the template sets;
+//!   `file` (feature `file`): the ports and the apps' tables in one redb database file, the
+//!   local mode's durable store.
 //! - [`cost`]: what one GraphQL document may cost, checked before any resolver runs.
 //! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
 //! - [`hooks`]: lifecycle hooks an app may implement (connect, init, subscribe, complete,
@@ -130,6 +132,8 @@ pub mod aws;
 pub mod cost;
 pub mod delivery;
 pub mod domain;
+#[cfg(feature = "file")]
+pub mod file;
 pub mod graphql;
 pub mod hooks;
 pub mod memory;

@@ -3,6 +3,7 @@
 //! binary of its own by calling [`main`] with itself.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -23,18 +24,48 @@ struct Cli {
     /// The app to serve (default: the first the binary was built with).
     #[arg(long, env = "BROKER_APP", global = true)]
     app: Option<String>,
+    /// Where state lives: `file:PATH` (a database file, created when missing; state
+    /// survives restarts) or `memory` (gone at exit). Default: `file:DATA_DIR/APP.redb`.
+    /// Ignored with --dynamodb-endpoint.
+    #[arg(long, env = "BROKER_STORE", global = true, value_parser = parse_store)]
+    store: Option<Store>,
+    /// The folder of the default database file.
+    #[arg(long, env = "BROKER_DATA_DIR", global = true, default_value = ".broker-local")]
+    data_dir: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
-/// The app named `name`, or the first of `apps` when no name is given.
-fn choose(apps: &[AppChoice], name: Option<&str>) -> anyhow::Result<Arc<dyn App>> {
+/// `--store`: where the local mode keeps its state.
+#[derive(Clone, Debug)]
+enum Store {
+    Memory,
+    File(PathBuf),
+}
+
+fn parse_store(value: &str) -> Result<Store, String> {
+    match value {
+        "memory" => Ok(Store::Memory),
+        _ => match value.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(Store::File(path.into())),
+            _ => Err(format!(
+                "{value:?}: expected `memory` or `file:PATH` (e.g. file:.broker-local/boards.redb)"
+            )),
+        },
+    }
+}
+
+/// The app named `name`, or the first of `apps` when no name is given, with its name.
+fn choose(
+    apps: &[AppChoice],
+    name: Option<&str>,
+) -> anyhow::Result<(&'static str, Arc<dyn App>)> {
     let found = match name {
         None => apps.first(),
         Some(name) => apps.iter().find(|(n, _)| *n == name),
     };
     match found {
-        Some((_, make)) => Ok(make()),
+        Some((name, make)) => Ok((name, make())),
         None => {
             let known: Vec<&str> = apps.iter().map(|(n, _)| *n).collect();
             bail!(
@@ -85,7 +116,13 @@ pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let options = Options::from_env(choose(apps, cli.app.as_deref())?)?;
+    let (app_name, app) = choose(apps, cli.app.as_deref())?;
+    let mut options = Options::from_env(app)?;
+    options.backend = match cli.store {
+        Some(Store::Memory) => crate::Backend::Memory,
+        Some(Store::File(path)) => crate::Backend::File(path),
+        None => crate::Backend::File(cli.data_dir.join(format!("{app_name}.redb"))),
+    };
     match cli.command {
         Some(Command::Token { user_id, ttl }) => {
             let auth = broker::Authenticator::new(options.auth);
@@ -98,7 +135,6 @@ pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
             create_tables,
             fanout_queue,
         }) => {
-            let mut options = options;
             if let Some(endpoint) = dynamodb_endpoint {
                 options.backend =
                     aws_backend(&options, endpoint, create_tables, fanout_queue).await?;
@@ -138,6 +174,11 @@ async fn serve(listen: SocketAddr, options: Options) -> anyhow::Result<()> {
         websocket = %gateway.websocket_url(),
         management = %gateway.management_endpoint(),
         mode = ?options.broker.delivery_mode,
+        store = %match &options.backend {
+            crate::Backend::Memory => "memory".to_owned(),
+            crate::Backend::File(path) => format!("file:{}", path.display()),
+            crate::Backend::Aws(_) => "DynamoDB".to_owned(),
+        },
         "broker-local is serving"
     );
     tokio::signal::ctrl_c().await?;

@@ -27,12 +27,14 @@ pub mod stream;
 pub mod web;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use broker::auth::jwks::JwksConfig;
 use broker::aws::{ApiGatewayConnectionGateway, PostClient};
+use broker::file::FileStore;
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
@@ -69,9 +71,13 @@ pub struct Options {
 /// Where state lives.
 #[derive(Clone, Debug, Default)]
 pub enum Backend {
-    /// In this process's memory: nothing to install, gone at exit.
+    /// In this process's memory: nothing to install, gone at exit (tests).
     #[default]
-    Embedded,
+    Memory,
+    /// In one database file (redb): the events, their delivery, the app's data survive a
+    /// restart, even a `kill -9`. Connections and subscriptions of an earlier process are
+    /// removed at start: their sockets died with it.
+    File(PathBuf),
     Aws(aws::AwsBackend),
 }
 
@@ -108,7 +114,7 @@ impl Options {
             key_set,
             broker,
             poll_interval,
-            backend: Backend::Embedded,
+            backend: Backend::Memory,
             web,
             limits: server::Limits::from_env().map_err(anyhow::Error::msg)?,
         })
@@ -133,7 +139,7 @@ impl LocalGateway {
             None => Authenticator::new(options.auth.clone()),
         };
         let (broker, mut tasks) = match &options.backend {
-            Backend::Embedded => {
+            Backend::Memory => {
                 let events = Arc::new(MemoryEventLog::default());
                 let (queue, pages) = ChannelFanoutQueue::new();
                 let ports = Ports {
@@ -148,6 +154,41 @@ impl LocalGateway {
                     .with_app_hooks(options.app.as_ref());
                 let tasks = vec![
                     tokio::spawn(stream::feed_embedded(
+                        broker.clone(),
+                        events,
+                        options.poll_interval,
+                    )),
+                    tokio::spawn(fanout::work_embedded(broker.clone(), pages)),
+                ];
+                (broker, tasks)
+            }
+            Backend::File(path) => {
+                let store = FileStore::open(path)
+                    .with_context(|| format!("cannot open the database file {}", path.display()))?;
+                let (connections, subscriptions) = store.forget_connections()?;
+                tracing::info!(
+                    file = %path.display(),
+                    connections,
+                    subscriptions,
+                    "database file opened; connections of an earlier process removed"
+                );
+                let events = Arc::new(store.events());
+                // The fan-out queue stays in memory: every page names subscriptions of
+                // this process's sockets, which a restart removes anyway. What a lost page
+                // would have delivered is in the log, for those who resume.
+                let (queue, pages) = ChannelFanoutQueue::new();
+                let ports = Ports {
+                    connections: Arc::new(store.connections()),
+                    subscriptions: Arc::new(store.subscriptions()),
+                    events: events.clone(),
+                    gateway,
+                    fanout: Some(Arc::new(queue)),
+                };
+                let schema = options.app.schema(&Storage::File(store))?;
+                let broker = Broker::new(schema, ports, auth, options.broker.clone())
+                    .with_app_hooks(options.app.as_ref());
+                let tasks = vec![
+                    tokio::spawn(stream::feed_file(
                         broker.clone(),
                         events,
                         options.poll_interval,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord, StreamViewType};
+use broker::file::FileEventLog;
 use broker::memory::MemoryEventLog;
 use broker::{Broker, Event};
 
@@ -98,5 +99,58 @@ pub async fn feed_embedded(broker: Broker, log: Arc<MemoryEventLog>, poll_interv
             .collect();
         drive(&broker, records).await;
         position = next;
+    }
+}
+
+/// How often the database file's expired events are removed, as DynamoDB's TTL does.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The database file's stream: as [`feed_embedded`], but from the position the previous
+/// process saved, saving it after each batch. Events accepted before a restart (even a
+/// `kill -9` mid-delivery) that the publisher had not finished are handed to it again after
+/// the restart; it skips those marked delivered. Expired events are purged at start and
+/// every minute.
+pub async fn feed_file(broker: Broker, log: Arc<FileEventLog>, poll_interval: Duration) {
+    let mut position = log.stream_position().await.unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot read the saved stream position; reading from the start");
+        0
+    });
+    let mut last_purge: Option<std::time::Instant> = None;
+    loop {
+        if last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
+            match log.purge_expired().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired events removed"),
+                Err(error) => tracing::warn!(%error, "cannot remove expired events"),
+            }
+            last_purge = Some(std::time::Instant::now());
+        }
+        let (events, next) = match log.read_from(position, BATCH_SIZE).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the event stream");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if next == position {
+            if poll_interval.is_zero() {
+                let _ = tokio::time::timeout(PURGE_INTERVAL, log.appended()).await;
+            } else {
+                tokio::time::sleep(poll_interval).await;
+            }
+            continue;
+        }
+        let first = usize::try_from(position).unwrap_or_default();
+        let records = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| insert_record(e, first + i))
+            .collect();
+        drive(&broker, records).await;
+        position = next;
+        if let Err(error) = log.save_stream_position(position).await {
+            tracing::warn!(%error, "cannot save the stream position");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! store the process chose. The binaries in `src/bin` are its four Lambda functions.
 
 pub mod dynamodb;
+pub mod file;
 pub mod schema;
 pub mod store;
 
@@ -18,6 +19,7 @@ pub use schema::{Board, BoardsSchema, Card, build_schema, card_topic};
 pub use store::{BoardStore, MemoryBoardStore};
 
 use crate::dynamodb::DynamoDbBoardStore;
+use crate::file::FileBoardStore;
 
 /// The app's one table (`BOARDS_TABLE` names it on AWS).
 pub const TABLE: &str = "boards";
@@ -42,6 +44,7 @@ impl App for Boards {
     fn schema(&self, storage: &Storage) -> Result<AppSchema, ConfigError> {
         let store: Arc<dyn BoardStore> = match storage {
             Storage::Memory => Arc::new(MemoryBoardStore::default()),
+            Storage::File(store) => Arc::new(FileBoardStore::new(store)),
             Storage::DynamoDb(tables) => Arc::new(DynamoDbBoardStore::new(
                 tables.client().clone(),
                 tables.name(TABLE)?,
