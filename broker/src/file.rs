@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -354,10 +354,7 @@ impl ConnectionStore for FileConnectionStore {
                 let table = tx.open_table(CONNECTIONS).map_err(backend)?;
                 let now = now_secs();
                 let mut found = Vec::new();
-                for entry in index
-                    .range((user.as_str(), "")..)
-                    .map_err(backend)?
-                {
+                for entry in index.range((user.as_str(), "")..).map_err(backend)? {
                     let (key, _) = entry.map_err(backend)?;
                     let (owner, id) = key.value();
                     if owner != user.as_str() {
@@ -409,10 +406,7 @@ fn operations_of(
     connection: &ConnectionId,
 ) -> Result<Vec<(SubscriptionKey, String)>, StoreError> {
     let mut found = Vec::new();
-    for entry in table
-        .range((connection.as_str(), "")..)
-        .map_err(backend)?
-    {
+    for entry in table.range((connection.as_str(), "")..).map_err(backend)? {
         let (key, topic) = entry.map_err(backend)?;
         let (id, operation) = key.value();
         if id != connection.as_str() {

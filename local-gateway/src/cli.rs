@@ -30,7 +30,12 @@ struct Cli {
     #[arg(long, env = "BROKER_STORE", global = true, value_parser = parse_store)]
     store: Option<Store>,
     /// The folder of the default database file.
-    #[arg(long, env = "BROKER_DATA_DIR", global = true, default_value = ".broker-local")]
+    #[arg(
+        long,
+        env = "BROKER_DATA_DIR",
+        global = true,
+        default_value = ".broker-local"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
@@ -49,17 +54,14 @@ fn parse_store(value: &str) -> Result<Store, String> {
         _ => match value.strip_prefix("file:") {
             Some(path) if !path.is_empty() => Ok(Store::File(path.into())),
             _ => Err(format!(
-                "{value:?}: expected `memory` or `file:PATH` (e.g. file:.broker-local/boards.redb)"
+                "{value:?}: expected `memory` or `file:PATH` (e.g. file:state.redb)"
             )),
         },
     }
 }
 
 /// The app named `name`, or the first of `apps` when no name is given, with its name.
-fn choose(
-    apps: &[AppChoice],
-    name: Option<&str>,
-) -> anyhow::Result<(&'static str, Arc<dyn App>)> {
+fn choose(apps: &[AppChoice], name: Option<&str>) -> anyhow::Result<(&'static str, Arc<dyn App>)> {
     let found = match name {
         None => apps.first(),
         Some(name) => apps.iter().find(|(n, _)| *n == name),

@@ -1,5 +1,5 @@
 //! The ports' contract (`broker_tests::contract`) run against each backend: the in-memory
-//! adapters, and the DynamoDB and SQS adapters on moto.
+//! adapters, the database file's (redb), and the DynamoDB and SQS adapters on moto.
 
 use std::sync::Arc;
 
@@ -18,6 +18,19 @@ fn memory() -> Stores {
         connections: Arc::new(MemoryConnectionStore::default()),
         subscriptions: Arc::new(MemorySubscriptionStore::default()),
         events: Arc::new(MemoryEventLog::default()),
+    }
+}
+
+/// A new database file. It is unlinked at once: the open store keeps using it, and nothing
+/// is left behind.
+fn file() -> Stores {
+    let path = std::env::temp_dir().join(format!("broker-contract-{}.redb", ulid::Ulid::new()));
+    let store = broker::file::FileStore::open(&path).expect("a new database file");
+    std::fs::remove_file(&path).expect("unlink the database file");
+    Stores {
+        connections: Arc::new(store.connections()),
+        subscriptions: Arc::new(store.subscriptions()),
+        events: Arc::new(store.events()),
     }
 }
 
@@ -45,6 +58,14 @@ macro_rules! store_contract {
                 #[tokio::test]
                 async fn $check() {
                     super::contract::$check(super::memory()).await;
+                }
+            )*
+        }
+        mod file {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    super::contract::$check(super::file()).await;
                 }
             )*
         }

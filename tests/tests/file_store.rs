@@ -1,0 +1,170 @@
+//! What the database file (`broker::file`) keeps across a reopen and what it drops: the
+//! rules the ports' contract does not cover because memory and DynamoDB have no restart.
+
+use std::path::PathBuf;
+
+use broker::file::FileStore;
+use broker::{Audience, ConnectionStore, Event, EventLog, EventRef, SubscriptionStore, Topic};
+use broker_tests::contract::{connection, subscription};
+use serde_json::json;
+
+fn new_path() -> PathBuf {
+    std::env::temp_dir().join(format!("broker-file-{}", ulid::Ulid::new()))
+}
+
+#[tokio::test]
+async fn a_reopened_file_has_its_events_marks_stream_position_and_app_tables() {
+    let dir = new_path();
+    let path = dir.join("state.redb");
+    let topic = Topic::new("board/b1/cardAdded");
+    let events: Vec<Event> = (0..5)
+        .map(|n| Event::new(topic.clone(), json!({"n": n}), Audience::Everyone))
+        .collect();
+    {
+        let store = FileStore::open(&path).unwrap();
+        let log = store.events();
+        for event in &events {
+            log.append(event).await.unwrap();
+        }
+        let first = EventRef {
+            topic: topic.clone(),
+            event_id: events[0].id.clone(),
+        };
+        log.mark_delivered(&first).await.unwrap();
+        log.save_stream_position(2).await.unwrap();
+        store
+            .table::<String>("notes")
+            .put_new("alice", "1", &"kept".to_owned())
+            .await
+            .unwrap();
+    }
+
+    let store = FileStore::open(&path).unwrap();
+    let log = store.events();
+    assert_eq!(log.after(&topic, "", 10).await.unwrap(), events);
+    let first = EventRef {
+        topic: topic.clone(),
+        event_id: events[0].id.clone(),
+    };
+    assert!(log.is_delivered(&first).await.unwrap());
+    // The stream goes on where the previous reader stopped, in append order.
+    assert_eq!(log.stream_position().await.unwrap(), 2);
+    assert_eq!(
+        log.read_from(2, 100).await.unwrap(),
+        (events[2..].to_vec(), 5)
+    );
+    // A new append continues the stream after the old ones.
+    let later = Event::new(topic.clone(), json!("later"), Audience::Everyone);
+    log.append(&later).await.unwrap();
+    assert_eq!(log.read_from(5, 100).await.unwrap(), (vec![later], 6));
+    let notes = store.table::<String>("notes");
+    assert_eq!(
+        notes.get("alice", "1").await.unwrap(),
+        Some("kept".to_owned())
+    );
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn forget_connections_drops_connections_and_subscriptions_and_keeps_the_rest() {
+    let dir = new_path();
+    let store = FileStore::open(dir.join("state.redb")).unwrap();
+    let alice = connection("c1", Some("alice"));
+    store.connections().put(&alice).await.unwrap();
+    let sub = subscription("c1", "1", "topic/a");
+    store.subscriptions().insert(&sub).await.unwrap();
+    let event = Event::new(Topic::new("topic/a"), json!(1), Audience::Everyone);
+    store.events().append(&event).await.unwrap();
+
+    assert_eq!(store.forget_connections().unwrap(), (1, 1));
+
+    assert_eq!(store.connections().get(&alice.id).await.unwrap(), None);
+    assert!(
+        store
+            .connections()
+            .by_user(&"alice".into())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.subscriptions().contains(&sub.key).await.unwrap());
+    assert!(
+        store
+            .subscriptions()
+            .by_topic(&sub.topic)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The operation id is free again, and the events are still there.
+    store.subscriptions().insert(&sub).await.unwrap();
+    assert_eq!(
+        store.events().after(&event.topic, "", 10).await.unwrap(),
+        vec![event]
+    );
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn expired_events_are_purged_from_the_log_and_its_stream() {
+    let dir = new_path();
+    let store = FileStore::open(dir.join("state.redb")).unwrap();
+    let log = store.events();
+    let topic = Topic::new("t");
+    let mut stale = Event::new(topic.clone(), json!("stale"), Audience::Everyone);
+    stale.expires_at = broker::domain::now_secs() - 1;
+    let live = Event::new(topic.clone(), json!("live"), Audience::Everyone);
+    log.append(&stale).await.unwrap();
+    log.append(&live).await.unwrap();
+
+    assert_eq!(log.purge_expired().await.unwrap(), 1);
+    assert_eq!(log.purge_expired().await.unwrap(), 0);
+    let stale_ref = EventRef {
+        topic: topic.clone(),
+        event_id: stale.id.clone(),
+    };
+    assert_eq!(log.get(&stale_ref).await.unwrap(), None);
+    assert_eq!(log.read_from(0, 10).await.unwrap(), (vec![live.clone()], 2));
+    assert_eq!(log.after(&topic, "", 10).await.unwrap(), vec![live]);
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn app_tables_keep_partitions_in_sort_order_and_refuse_a_taken_key() {
+    let dir = new_path();
+    let store = FileStore::open(dir.join("state.redb")).unwrap();
+    let cards = store.table::<u32>("cards");
+    for (sort, n) in [("b", 2), ("a", 1), ("c", 3)] {
+        cards.put_new("board-1", sort, &n).await.unwrap();
+    }
+    cards.put_new("board-2", "a", &9).await.unwrap();
+    assert!(matches!(
+        cards.put_new("board-1", "a", &7).await,
+        Err(broker::StoreError::Conflict(_))
+    ));
+    cards.put("board-1", "a", &10).await.unwrap();
+    let values: Vec<(String, u32)> = cards.partition("board-1").await.unwrap();
+    assert_eq!(
+        values,
+        [("a", 10), ("b", 2), ("c", 3)].map(|(k, v)| (k.to_owned(), v))
+    );
+    // Another app table of the same file is another namespace.
+    assert_eq!(
+        store
+            .table::<u32>("boards")
+            .get("board-1", "a")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(cards.delete("board-1", "b").await.unwrap());
+    assert!(!cards.delete("board-1", "b").await.unwrap());
+    assert_eq!(cards.delete_partition("board-1").await.unwrap(), 2);
+    assert!(cards.partition("board-1").await.unwrap().is_empty());
+    assert_eq!(cards.get("board-2", "a").await.unwrap(), Some(9));
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
