@@ -32,7 +32,7 @@ use crate::domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic,
     UserId, now_secs,
 };
-use crate::ports::{ConnectionStore, EventLog, StoreError, SubscriptionStore};
+use crate::ports::{ConnectionStore, EventLog, Inserted, StoreError, SubscriptionStore};
 
 /// Connection id → JSON [`Connection`].
 const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
@@ -45,6 +45,13 @@ const SUBSCRIPTIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new
 /// uniqueness of operation ids.
 const SUBSCRIPTION_TOPICS: TableDefinition<(&str, &str), &str> =
     TableDefinition::new("subscription_topics");
+/// (connection id, operation id) → until when: a `complete` that came before its
+/// `subscribe` (see [`SubscriptionStore::complete`]).
+const TOMBSTONES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tombstones");
+/// Connection id → until when: a closed connection stores no subscription.
+const CLOSED: TableDefinition<&str, u64> = TableDefinition::new("closed_connections");
+/// Tombstones and closed connections are pruned of expired ones when this many are held.
+const PRUNE_AT: u64 = 1024;
 /// (topic, event id) → JSON [`Event`]: a topic's events in id order.
 const EVENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("events");
 /// (topic, event id) of the events delivered in full.
@@ -119,6 +126,8 @@ impl FileStore {
             tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
             tx.open_table(SUBSCRIPTIONS).map_err(backend)?;
             tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
+            tx.open_table(TOMBSTONES).map_err(backend)?;
+            tx.open_table(CLOSED).map_err(backend)?;
             tx.open_table(EVENTS).map_err(backend)?;
             tx.open_table(DELIVERED).map_err(backend)?;
             tx.open_table(STREAM).map_err(backend)?;
@@ -157,7 +166,8 @@ impl FileStore {
         }
     }
 
-    /// Removes every connection and subscription: a new process calls it at start, since
+    /// Removes every connection and subscription (and their tombstones): a new process
+    /// calls it at start, since
     /// the sockets they stood for died with the process that stored them. Returns how many
     /// connections and subscriptions there were.
     pub fn forget_connections(&self) -> Result<(u64, u64), StoreError> {
@@ -176,10 +186,14 @@ impl FileStore {
             tx.delete_table(CONNECTIONS_BY_USER).map_err(backend)?;
             tx.delete_table(SUBSCRIPTIONS).map_err(backend)?;
             tx.delete_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
+            tx.delete_table(TOMBSTONES).map_err(backend)?;
+            tx.delete_table(CLOSED).map_err(backend)?;
             tx.open_table(CONNECTIONS).map_err(backend)?;
             tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
             tx.open_table(SUBSCRIPTIONS).map_err(backend)?;
             tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
+            tx.open_table(TOMBSTONES).map_err(backend)?;
+            tx.open_table(CLOSED).map_err(backend)?;
             Ok((connections, subscriptions))
         })
     }
@@ -400,6 +414,46 @@ fn remove_subscription(tx: &WriteTransaction, key: &SubscriptionKey) -> Result<b
     Ok(true)
 }
 
+/// Removes the tombstones of one connection's operations.
+fn remove_tombstones_of(
+    tx: &WriteTransaction,
+    connection: &ConnectionId,
+) -> Result<(), StoreError> {
+    let mut tombstones = tx.open_table(TOMBSTONES).map_err(backend)?;
+    let mut operations = Vec::new();
+    for entry in tombstones
+        .range((connection.as_str(), "")..)
+        .map_err(backend)?
+    {
+        let (key, _) = entry.map_err(backend)?;
+        let (id, operation) = key.value();
+        if id != connection.as_str() {
+            break;
+        }
+        operations.push(operation.to_owned());
+    }
+    for operation in &operations {
+        tombstones
+            .remove((connection.as_str(), operation.as_str()))
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Drops the expired tombstones and closed connections once they are many: what is held is
+/// bounded by what the tombstones' window holds.
+fn prune_expired(tx: &WriteTransaction, now: u64) -> Result<(), StoreError> {
+    let mut tombstones = tx.open_table(TOMBSTONES).map_err(backend)?;
+    if tombstones.len().map_err(backend)? >= PRUNE_AT {
+        tombstones.retain(|_, until| until > now).map_err(backend)?;
+    }
+    let mut closed = tx.open_table(CLOSED).map_err(backend)?;
+    if closed.len().map_err(backend)? >= PRUNE_AT {
+        closed.retain(|_, until| until > now).map_err(backend)?;
+    }
+    Ok(())
+}
+
 /// The operation ids of one connection's subscriptions, with their topics.
 fn operations_of(
     table: &impl ReadableTable<(&'static str, &'static str), &'static str>,
@@ -425,12 +479,13 @@ fn operations_of(
 
 #[async_trait]
 impl SubscriptionStore for FileSubscriptionStore {
-    async fn insert(&self, subscription: &Subscription) -> Result<(), StoreError> {
+    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
         let subscription = subscription.clone();
         self.store
             .run(move |store| {
                 store.write(Commit::Light, |tx| {
                     let key = &subscription.key;
+                    let now = now_secs();
                     let mut topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
                     let id = (key.connection_id.as_str(), key.operation_id.as_str());
                     if topics.get(id).map_err(backend)?.is_some() {
@@ -438,6 +493,24 @@ impl SubscriptionStore for FileSubscriptionStore {
                             "subscription {} already exists",
                             key.encode()
                         )));
+                    }
+                    let closed = tx
+                        .open_table(CLOSED)
+                        .map_err(backend)?
+                        .get(key.connection_id.as_str())
+                        .map_err(backend)?
+                        .is_some_and(|until| until.value() > now);
+                    if closed {
+                        return Ok(Inserted::ConnectionClosed);
+                    }
+                    let tombstone = tx
+                        .open_table(TOMBSTONES)
+                        .map_err(backend)?
+                        .remove(id)
+                        .map_err(backend)?
+                        .is_some_and(|until| until.value() > now);
+                    if tombstone {
+                        return Ok(Inserted::Completed);
                     }
                     topics
                         .insert(id, subscription.topic.as_str())
@@ -449,7 +522,61 @@ impl SubscriptionStore for FileSubscriptionStore {
                             to_json(&subscription)?.as_slice(),
                         )
                         .map_err(backend)?;
-                    Ok(())
+                    Ok(Inserted::Stored)
+                })
+            })
+            .await
+    }
+
+    async fn complete(
+        &self,
+        key: &SubscriptionKey,
+        tombstone_until: u64,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.store
+            .run(move |store| {
+                store.write(Commit::Light, |tx| {
+                    if remove_subscription(tx, &key)? {
+                        return Ok(true);
+                    }
+                    prune_expired(tx, now_secs())?;
+                    tx.open_table(TOMBSTONES)
+                        .map_err(backend)?
+                        .insert(
+                            (key.connection_id.as_str(), key.operation_id.as_str()),
+                            tombstone_until,
+                        )
+                        .map_err(backend)?;
+                    Ok(false)
+                })
+            })
+            .await
+    }
+
+    async fn close_connection(
+        &self,
+        id: &ConnectionId,
+        closed_until: u64,
+    ) -> Result<usize, StoreError> {
+        let id = id.clone();
+        self.store
+            .run(move |store| {
+                store.write(Commit::Light, |tx| {
+                    prune_expired(tx, now_secs())?;
+                    tx.open_table(CLOSED)
+                        .map_err(backend)?
+                        .insert(id.as_str(), closed_until)
+                        .map_err(backend)?;
+                    remove_tombstones_of(tx, &id)?;
+                    let keys = {
+                        let topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
+                        operations_of(&topics, &id)?
+                    };
+                    for (key, _) in &keys {
+                        remove_subscription(tx, key)?;
+                    }
+                    Ok(keys.len())
                 })
             })
             .await
@@ -560,6 +687,7 @@ impl SubscriptionStore for FileSubscriptionStore {
         self.store
             .run(move |store| {
                 store.write(Commit::Light, |tx| {
+                    remove_tombstones_of(tx, &id)?;
                     let keys = {
                         let topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
                         operations_of(&topics, &id)?

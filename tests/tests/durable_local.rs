@@ -96,7 +96,7 @@ impl Local {
         token: &str,
         board: &str,
         resume_from: Option<&str>,
-        seen: Arc<Mutex<Vec<(String, String)>>>,
+        seen: Seen,
     ) -> tokio::task::JoinHandle<()> {
         let mut request = format!("ws://{}/graphql", self.addr)
             .into_client_request()
@@ -150,6 +150,9 @@ impl Local {
         })
     }
 }
+
+/// What one subscriber received: (event id, card id) of each `next`.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
 fn record(seen: &Mutex<Vec<(String, String)>>, message: &Value) {
     let event = message["payload"]["extensions"]["eventId"]
@@ -270,14 +273,14 @@ async fn a_kill_mid_fan_out_loses_no_saved_change_and_no_accepted_event() {
     // highest id) receives every card it missed, in order, each with the event id it was
     // published with.
     // All at once: each resume is answered after its last read of the log.
-    let after: Vec<Arc<Mutex<Vec<(String, String)>>>> =
-        before.iter().map(|_| Arc::default()).collect();
+    let after: Vec<Seen> = before.iter().map(|_| Arc::default()).collect();
     futures_util::future::join_all(before.iter().zip(&after).map(|(got, log)| {
         let cursor = got.iter().map(|(event, _)| event.clone()).max();
         let (local, token, board, log) = (&local, &token, &board, log.clone());
         async move {
             let cursor = cursor.expect("every subscriber had the first card");
-            local.subscriber(token, board, Some(&cursor), log).await
+            // The reader task runs on its own; its handle is not needed.
+            drop(local.subscriber(token, board, Some(&cursor), log).await);
         }
     }))
     .await;
