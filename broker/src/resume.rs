@@ -38,6 +38,10 @@ pub const RESUME_EXPIRED: &str = "RESUME_EXPIRED";
 /// Events read from the log per request.
 const PAGE: usize = 500;
 
+/// Reads that catch up with the log before a resuming subscription is stored, each after
+/// the posts of the one before.
+const CATCH_UP_READS: usize = 4;
+
 /// A resume in progress: what the first read sent.
 pub(crate) struct Replay {
     /// The client has this one: never sent again.
@@ -45,6 +49,20 @@ pub(crate) struct Replay {
     /// Every later read starts here: a ULID stamped `resume_settle` before the first read.
     floor: String,
     sent: HashSet<String>,
+    /// The latest publication time (ms) among the events sent.
+    latest_ms: u64,
+}
+
+impl Replay {
+    /// The earliest time a live subscription may start at: after every event sent, so
+    /// none of them reaches it live again (one of the same millisecond would).
+    pub(crate) fn live_from_ms(&self) -> u64 {
+        if self.sent.is_empty() {
+            0
+        } else {
+            self.latest_ms + 1
+        }
+    }
 }
 
 /// The lowest id a replay from `cursor` reads: `settle` before the cursor's time.
@@ -124,9 +142,25 @@ impl Broker {
             floor: floor.max(last_before(&cursor, settle)),
             cursor,
             sent: HashSet::new(),
+            latest_ms: 0,
         };
         self.replay_send(subscription, &mut replay, events, u64::MAX)
             .await?;
+        // Catch up with what was published while those were posted, before the subscription
+        // is stored: live delivery starts then, and may overtake what the reads after it
+        // find. What is left for them is what was published in the instant between the last
+        // of these reads and the store.
+        for _ in 0..CATCH_UP_READS {
+            let page = self
+                .ports()
+                .events
+                .after(&subscription.topic, &last, PAGE)
+                .await?;
+            let Some(end) = page.last() else { break };
+            last = end.id.clone();
+            self.replay_send(subscription, &mut replay, page, u64::MAX)
+                .await?;
+        }
         Ok(Some(replay))
     }
 
@@ -206,6 +240,7 @@ impl Broker {
                 continue;
             }
             let id = event.id.clone();
+            replay.latest_ms = replay.latest_ms.max(event.published_ms());
             let report = self.deliver_to(Arc::new(event), vec![target.clone()]).await;
             if report.gone > 0 {
                 return Ok(());

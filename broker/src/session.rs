@@ -405,10 +405,13 @@ impl Broker {
             None => None,
         };
         // Stamped when stored: live delivery starts here, the replay covers what came before.
-        subscription.starts_at_ms = now_ms();
+        subscription.starts_at_ms = now_ms().max(replay.as_ref().map_or(0, |r| r.live_from_ms()));
         match self.ports().subscriptions.insert(&subscription).await {
             Ok(Inserted::Stored) => match replay {
-                Some(replay) => self.replay_finish(&subscription, replay, now_ms()).await,
+                Some(replay) => {
+                    let stored = now_ms().max(subscription.starts_at_ms);
+                    self.replay_finish(&subscription, replay, stored).await
+                }
                 None => Ok(()),
             },
             // The client completed it before this `subscribe` was handled: it is over, and

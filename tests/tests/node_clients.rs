@@ -65,3 +65,83 @@ async fn the_subscriptions_transport_ws_client_subscribes_and_receives() {
         assert_delivered(&run_client("legacy-client.mjs", mode).await);
     }
 }
+
+/// Cards a reconnect script publishes while its socket is dropped again and again.
+const RECONNECT_CARDS: usize = 50;
+
+/// Runs `script` against a local mode that closes every socket 1.5 s after it opened (API
+/// Gateway does after 2 hours), while the script publishes cards; returns its result.
+async fn run_reconnect(script: &str, mode: DeliveryMode) -> Value {
+    let mut options = options(mode);
+    options.limits.max_duration = std::time::Duration::from_millis(1500);
+    // The client's pings keep a socket open past the idle timeout.
+    options.limits.idle_timeout = std::time::Duration::from_secs(1);
+    options.broker.resume_settle = std::time::Duration::from_millis(200);
+    let gateway = start(options).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "reconnects").await;
+    let output = tokio::process::Command::new("node")
+        .arg(node_dir().join(script))
+        .args([
+            "--url",
+            &gateway.websocket_url(),
+            "--http",
+            &gateway.graphql_url(),
+        ])
+        .args(["--token", &alice, "--board", &board])
+        .args(["--count", &RECONNECT_CARDS.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("node runs");
+    gateway.shutdown().await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let result: Value = serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "{script} printed no result: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(output.status.success(), "{script} ({mode:?}): {result}");
+    result
+}
+
+/// Every card once, in the order published, across the reconnects.
+fn assert_every_card_once_in_order(result: &Value) {
+    let titles: Vec<&str> = result["received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|card| card["title"].as_str().unwrap())
+        .collect();
+    let cards: Vec<&str> = titles
+        .iter()
+        .copied()
+        .filter(|t| t.starts_with("card-"))
+        .collect();
+    let expected: Vec<String> = (0..RECONNECT_CARDS).map(|i| format!("card-{i}")).collect();
+    assert_eq!(cards, expected, "{result}");
+    // Warm-up cards too: none twice.
+    let unique: std::collections::HashSet<&str> = titles.iter().copied().collect();
+    assert_eq!(unique.len(), titles.len(), "{result}");
+    // The socket was dropped while cards were published.
+    let connections = result["connections"].as_u64().unwrap();
+    assert!(connections >= 3, "only {connections} connections: {result}");
+}
+
+#[tokio::test]
+async fn the_graphql_ws_client_resumes_through_forced_disconnects() {
+    for mode in [DeliveryMode::Stream, DeliveryMode::Direct] {
+        let result = run_reconnect("reconnect-graphql-ws.mjs", mode).await;
+        assert_every_card_once_in_order(&result);
+    }
+}
+
+#[tokio::test]
+async fn apollo_graphql_ws_link_resumes_through_forced_disconnects() {
+    for mode in [DeliveryMode::Stream, DeliveryMode::Direct] {
+        let result = run_reconnect("reconnect-apollo.mjs", mode).await;
+        assert_every_card_once_in_order(&result);
+    }
+}
