@@ -8,6 +8,12 @@ use anyhow::bail;
 use broker_bench::{Config, Emulator, Mode, Outcome, Remote, Target};
 use clap::{Parser, ValueEnum};
 
+/// The allocator is a build option (`--features mimalloc`), to price it against the
+/// system's in the same benchmark.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Measures the latency trade-off between stream delivery (the mutation appends an event, a
 /// stream-triggered publisher delivers) and direct delivery (the resolver delivers before the
 /// mutation returns): mutation latency and delivery latency against fan-out.

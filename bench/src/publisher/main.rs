@@ -23,7 +23,7 @@ use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord};
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use broker::aws::{
     ApiGatewayConnectionGateway, DynamoDbConnectionStore, DynamoDbEventLog,
-    DynamoDbSubscriptionStore, TableNames, event_to_image, provision,
+    DynamoDbSubscriptionStore, PostClient, TableNames, event_to_image, provision,
 };
 use broker::memory::{MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore};
 use broker::{
@@ -54,6 +54,25 @@ struct Cli {
     /// The DynamoDB emulator's endpoint.
     #[arg(long, env = "MOTO_ENDPOINT")]
     moto: Option<String>,
+    /// How the publisher posts, comma-separated: signed (a SigV4-signed POST on a pooled
+    /// connection, the default on AWS), sdk (the Management API client).
+    #[arg(long, value_delimiter = ',', default_value = "signed")]
+    post: Vec<Post>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Post {
+    Signed,
+    Sdk,
+}
+
+impl Post {
+    fn client(self) -> PostClient {
+        match self {
+            Self::Signed => PostClient::Signed,
+            Self::Sdk => PostClient::Sdk,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,6 +94,12 @@ enum Documents {
     Shared,
     Distinct,
 }
+
+/// The allocator is a build option (`--features mimalloc`), to price it against the
+/// system's in the same benchmark.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USER: &str = "bench-user";
 const BOARD: &str = "bench-board";
@@ -111,11 +136,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let posts = cli.subscribers.iter().max().copied().unwrap_or(1000) * cli.events;
     rows.push(floor_plain(&sink, posts).await?);
     rows.push(floor_signed(&sink, posts).await?);
-    rows.push(floor_sdk(&sink, posts).await?);
+    rows.push(floor_gateway(&sink, posts, PostClient::Sdk).await?);
+    rows.push(floor_gateway(&sink, posts, PostClient::Signed).await?);
     for store in &cli.stores {
         for &n in &cli.subscribers {
             for documents in [Documents::Shared, Documents::Distinct] {
-                rows.push(publisher_case(&cli, &sink, *store, n, documents).await?);
+                for &post in &cli.post {
+                    rows.push(publisher_case(&cli, &sink, *store, n, documents, post).await?);
+                }
             }
         }
     }
@@ -174,8 +202,7 @@ async fn floor_signed(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     let client = reqwest::Client::new();
     let frame = frame_like();
-    let identity =
-        aws_credential_types::Credentials::new("AKIDBENCH", "secret", None, None, "bench").into();
+    let identity = bench_credentials().into();
     let post = |i: usize| {
         let url = format!("{}/@connections/floor-{i}", sink.url);
         let mut request = http::Request::post(&url)
@@ -224,12 +251,26 @@ async fn floor_signed(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
     })
 }
 
-/// The Management API client the publisher posts with, alone: what a post costs through
-/// the SDK before any rendering or store access.
-async fn floor_sdk(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
+/// Static credentials for the sink and the emulator, which check no signature: the SDK's
+/// credential chain is not asked (it would look for an instance profile).
+fn bench_credentials() -> aws_credential_types::Credentials {
+    aws_credential_types::Credentials::new("AKIDBENCH", "bench-secret", None, None, "bench")
+}
+
+/// The SDK configuration of the benchmark's clients, sent to `endpoint`.
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    broker::aws::config_loader(Some(endpoint))
+        .credentials_provider(bench_credentials())
+        .load()
+        .await
+}
+
+/// The broker's Management API gateway alone, posting with `post`: what a post costs
+/// before any rendering or store access.
+async fn floor_gateway(sink: &sink::Sink, posts: usize, client: PostClient) -> anyhow::Result<Row> {
     use broker::ConnectionGateway as _;
-    let sdk = broker::aws::sdk_config(Some(&sink.url)).await;
-    let gateway = ApiGatewayConnectionGateway::from_config(&sdk, &sink.url);
+    let sdk = sdk_config(&sink.url).await;
+    let gateway = ApiGatewayConnectionGateway::from_config_with(&sdk, &sink.url, client);
     let frame = frame_like();
     let post = |i: usize| {
         let (gateway, frame) = (&gateway, &frame);
@@ -252,7 +293,10 @@ async fn floor_sdk(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
     run(concurrency()).await?;
     let (cpu, wall) = measure(run(posts)).await?;
     Ok(Row {
-        label: "Management API client post (aws-sdk-apigatewaymanagement)".into(),
+        label: match client {
+            PostClient::Sdk => "gateway post, SDK client (aws-sdk-apigatewaymanagement)".into(),
+            PostClient::Signed => "gateway post, signed POST (the default)".into(),
+        },
         cpu_per_message: cpu / posts as u32,
         per_second: posts as f64 / wall.as_secs_f64(),
         store_requests_per_event: None,
@@ -349,9 +393,14 @@ async fn publisher_case(
     store: Store,
     n: usize,
     documents: Documents,
+    post: Post,
 ) -> anyhow::Result<Row> {
-    let sdk = broker::aws::sdk_config(Some(&sink.url)).await;
-    let gateway = Arc::new(ApiGatewayConnectionGateway::from_config(&sdk, &sink.url));
+    let sdk = sdk_config(&sink.url).await;
+    let gateway = Arc::new(ApiGatewayConnectionGateway::from_config_with(
+        &sdk,
+        &sink.url,
+        post.client(),
+    ));
     let counter = Arc::new(RequestCounter::default());
     let auth = Authenticator::new(AuthConfig {
         secret: "publisher-bench-secret-0123456789-0123".into(),
@@ -368,7 +417,8 @@ async fn publisher_case(
         fanout_threshold: usize::MAX,
         ..Default::default()
     };
-    let (broker, ports) = match store {
+    // On the emulator: its client and the subscriptions table.
+    let (broker, ports, emulator) = match store {
         Store::Embedded => {
             let ports = Ports {
                 connections: Arc::new(MemoryConnectionStore::default()),
@@ -383,11 +433,15 @@ async fn publisher_case(
             };
             boards.create_board(&board).await?;
             let schema = build_schema(Arc::new(boards));
-            (Broker::new(schema, ports.clone(), auth, config), ports)
+            (
+                Broker::new(schema, ports.clone(), auth, config),
+                ports,
+                None,
+            )
         }
         Store::Moto => {
             let endpoint = cli.moto.as_deref().context("--moto or MOTO_ENDPOINT")?;
-            let moto = broker::aws::sdk_config(Some(endpoint)).await;
+            let moto = sdk_config(endpoint).await;
             let dynamodb = aws_sdk_dynamodb::Client::from_conf(
                 aws_sdk_dynamodb::config::Builder::from(&moto)
                     .interceptor(CountRequests(counter.clone()))
@@ -427,64 +481,69 @@ async fn publisher_case(
             let boards = boards::dynamodb::DynamoDbBoardStore::new(dynamodb.clone(), &app_table);
             boards.create_board(&board).await?;
             let schema = build_schema(Arc::new(boards));
-            (Broker::new(schema, ports.clone(), auth, config), ports)
+            (
+                Broker::new(schema, ports.clone(), auth, config),
+                ports,
+                Some((dynamodb, tables.subscriptions)),
+            )
         }
     };
 
     // N subscribers of one board, one connection each, stored as `subscribe` stores them.
     let user = UserId::from(USER);
-    futures_util::stream::iter(0..n)
-        .map(|i| {
-            let ports = &ports;
-            let user = user.clone();
-            async move {
-                let id = ConnectionId::new(format!("conn-{i}"));
-                let connection = Connection {
-                    id: id.clone(),
-                    protocol: Protocol::GraphqlTransportWs,
-                    principal: Some(user.clone()),
-                    initialised: true,
-                    connected_at_ms: broker::domain::now_ms(),
-                    expires_at: broker::domain::now_secs() + 3600,
-                    authorized_until: Some(broker::domain::now_secs() + 3600),
-                };
-                ports.connections.put(&connection).await?;
-                let document = match documents {
-                    Documents::Shared => {
-                        "subscription OnCard($board: ID!) { cardAdded(boardId: $board) { id title } }"
-                            .to_owned()
-                    }
-                    // Each subscriber's own aliases: no two documents alike.
-                    Documents::Distinct => format!(
-                        "subscription OnCard($board: ID!) {{ c{i}: cardAdded(boardId: $board) {{ id t{i}: title }} }}"
-                    ),
-                };
-                ports
-                    .subscriptions
-                    .insert(&Subscription {
-                        key: SubscriptionKey {
-                            connection_id: id,
-                            operation_id: "s".into(),
-                        },
-                        topic: card_topic(BOARD),
-                        protocol: Protocol::GraphqlTransportWs,
-                        principal: user,
-                        document,
-                        operation_name: Some("OnCard".into()),
-                        variables: json!({ "board": BOARD }),
-                        expires_at: broker::domain::now_secs() + 3600,
-                        // Every event of the run comes after the subscription.
-                        starts_at_ms: 0,
-                    })
-                    .await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
+    let expires_at = broker::domain::now_secs() + 3600;
+    let document = |i: usize| match documents {
+        Documents::Shared => {
+            "subscription OnCard($board: ID!) { cardAdded(boardId: $board) { id title } }"
+                .to_owned()
+        }
+        // Each subscriber's own aliases: no two documents alike.
+        Documents::Distinct => format!(
+            "subscription OnCard($board: ID!) {{ c{i}: cardAdded(boardId: $board) {{ id t{i}: title }} }}"
+        ),
+    };
+    let subscription = |i: usize| Subscription {
+        key: SubscriptionKey {
+            connection_id: ConnectionId::new(format!("conn-{i}")),
+            operation_id: "s".into(),
+        },
+        topic: card_topic(BOARD),
+        protocol: Protocol::GraphqlTransportWs,
+        principal: user.clone(),
+        document: document(i),
+        operation_name: Some("OnCard".into()),
+        variables: json!({ "board": BOARD }),
+        expires_at,
+        // Every event of the run comes after the subscription.
+        starts_at_ms: 0,
+    };
+    let connections = (0..n).map(|i| Connection {
+        id: ConnectionId::new(format!("conn-{i}")),
+        protocol: Protocol::GraphqlTransportWs,
+        principal: Some(user.clone()),
+        initialised: true,
+        connected_at_ms: broker::domain::now_ms(),
+        expires_at,
+        authorized_until: Some(expires_at),
+    });
+    try_all(connections.map(|connection| {
+        let ports = &ports;
+        async move { Ok(ports.connections.put(&connection).await?) }
+    }))
+    .await?;
+    match &emulator {
+        None => {
+            try_all((0..n).map(|i| {
+                let (ports, subscription) = (&ports, subscription(i));
+                async move { Ok(ports.subscriptions.insert(&subscription).await?) }
+            }))
+            .await?
+        }
+        Some((dynamodb, table)) => {
+            ports.subscriptions.insert(&subscription(0)).await?;
+            copy_first_subscriber(dynamodb, table, n, document).await?;
+        }
+    }
 
     let mut cpu = Duration::ZERO;
     let mut wall = Duration::ZERO;
@@ -527,7 +586,7 @@ async fn publisher_case(
         }
     }
     let label = format!(
-        "{} N={n} {} documents",
+        "{} N={n} {} documents{}",
         match store {
             Store::Embedded => "embedded",
             Store::Moto => "DynamoDB (moto)",
@@ -535,6 +594,11 @@ async fn publisher_case(
         match documents {
             Documents::Shared => "shared",
             Documents::Distinct => "distinct",
+        },
+        if cli.post.len() > 1 {
+            format!(", {post:?} post").to_lowercase()
+        } else {
+            String::new()
         }
     );
     eprintln!("{label}: done");
@@ -544,6 +608,85 @@ async fn publisher_case(
         per_second: delivered as f64 / wall.as_secs_f64(),
         store_requests_per_event: Some(requests as f64 / (cli.batches * cli.events) as f64),
     })
+}
+
+/// Runs `calls`, 16 at a time; the first error stops it.
+async fn try_all(
+    calls: impl Iterator<Item = impl Future<Output = anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    futures_util::stream::iter(calls)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Stores subscribers 1 to `n - 1` on the emulator as copies of subscriber 0's items (the
+/// subscription and its claim, as the store wrote them), each with its own connection id
+/// and `document`, written in batches.
+///
+/// The store writes each subscription in a `TransactWriteItems`, and moto (5.2) copies the
+/// whole table at every transaction to roll it back on failure: storing N subscribers costs
+/// O(N²) there, and a copy taken while another request writes to the same table fails with a
+/// 500 (`RuntimeError: dictionary changed size during iteration`), which is what stopped
+/// the setup at 16 transactions in flight.
+async fn copy_first_subscriber(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    n: usize,
+    document: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+    let first = dynamodb
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .send()
+        .await?
+        .items
+        .unwrap_or_default();
+    anyhow::ensure!(
+        first.len() == 2,
+        "expected a subscription and its claim, found {} items",
+        first.len()
+    );
+    let mut requests = Vec::with_capacity(2 * n);
+    for i in 1..n {
+        let id = format!("conn-{i}");
+        for template in &first {
+            let item = template
+                .iter()
+                .map(|(name, value)| {
+                    let value = match (name.as_str(), value) {
+                        ("document", AttributeValue::S(_)) => AttributeValue::S(document(i)),
+                        (_, AttributeValue::S(text)) => {
+                            AttributeValue::S(text.replace("conn-0", &id))
+                        }
+                        (_, value) => value.clone(),
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            let put = PutRequest::builder().set_item(Some(item)).build()?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+    }
+    for chunk in requests.chunks(25) {
+        let mut pending = chunk.to_vec();
+        while !pending.is_empty() {
+            let output = dynamodb
+                .batch_write_item()
+                .request_items(table, pending)
+                .send()
+                .await?;
+            pending = output
+                .unprocessed_items
+                .and_then(|mut left| left.remove(table))
+                .unwrap_or_default();
+        }
+    }
+    Ok(())
 }
 
 /// Stream records (INSERT, NEW_IMAGE) of `events`, as Lambda hands them to the publisher.
