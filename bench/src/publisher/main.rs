@@ -535,12 +535,12 @@ async fn publisher_case(
         None => {
             try_all((0..n).map(|i| {
                 let (ports, subscription) = (&ports, subscription(i));
-                async move { Ok(ports.subscriptions.insert(&subscription).await?) }
+                async move { stored(ports.subscriptions.insert(&subscription).await?) }
             }))
             .await?
         }
         Some((dynamodb, table)) => {
-            ports.subscriptions.insert(&subscription(0)).await?;
+            stored(ports.subscriptions.insert(&subscription(0)).await?)?;
             copy_first_subscriber(dynamodb, table, n, document).await?;
         }
     }
@@ -608,6 +608,14 @@ async fn publisher_case(
         per_second: delivered as f64 / wall.as_secs_f64(),
         store_requests_per_event: Some(requests as f64 / (cli.batches * cli.events) as f64),
     })
+}
+
+fn stored(inserted: broker::Inserted) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        inserted == broker::Inserted::Stored,
+        "a subscription was not stored: {inserted:?}"
+    );
+    Ok(())
 }
 
 /// Runs `calls`, 16 at a time; the first error stops it.
