@@ -447,6 +447,10 @@ mod tests {
         })
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers build the value in the call"
+    )]
     fn sign_with(header: Header, claims: Value) -> String {
         jsonwebtoken::encode(
             &header,

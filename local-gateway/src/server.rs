@@ -178,9 +178,8 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
 /// GraphQL over HTTP: the HTTP API event, the same handler as on Lambda.
 async fn http_request(state: AppState, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, 6 * 1024 * 1024).await {
-        Ok(bytes) => bytes,
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response(),
+    let Ok(body) = axum::body::to_bytes(body, 6 * 1024 * 1024).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
     };
     let body = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
     let event = events::http(

@@ -150,7 +150,8 @@ fn valid_user(user: &str) -> Result<(), String> {
     }
 }
 
-fn refuse(reason: String) -> Response {
+fn refuse(reason: impl Into<String>) -> Response {
+    let reason = reason.into();
     (StatusCode::BAD_REQUEST, Json(json!({"error": reason}))).into_response()
 }
 

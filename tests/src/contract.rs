@@ -56,6 +56,10 @@ fn expired<T>(mut value: T, set: impl FnOnce(&mut T, u64)) -> T {
     value
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers build the value in the call"
+)]
 fn is_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
     matches!(result, Err(StoreError::Conflict(_)))
 }

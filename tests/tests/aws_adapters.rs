@@ -28,6 +28,10 @@ fn event_log(tables: &FreshTables) -> DynamoDbEventLog {
     DynamoDbEventLog::new(tables.dynamodb.clone(), &tables.names.events)
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers build the value in the call"
+)]
 fn is_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
     matches!(result, Err(StoreError::Conflict(_)))
 }

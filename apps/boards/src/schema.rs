@@ -84,7 +84,7 @@ pub struct Mutation;
 impl Mutation {
     async fn create_board(&self, ctx: &Context<'_>, title: String) -> Result<Board> {
         let user = principal(ctx)?;
-        let title = valid_title(title)?;
+        let title = valid_title(&title)?;
         let board = Board {
             id: ID(ulid::Ulid::new().to_string()),
             title,
@@ -107,7 +107,7 @@ impl Mutation {
 
     async fn add_card(&self, ctx: &Context<'_>, board_id: ID, title: String) -> Result<Card> {
         let user = principal(ctx)?;
-        let title = valid_title(title)?;
+        let title = valid_title(&title)?;
         let board = owned_board(ctx, user, &board_id).await?;
         let card = Card {
             id: ID(ulid::Ulid::new().to_string()),
@@ -140,7 +140,7 @@ impl Mutation {
     }
 }
 
-fn valid_title(title: String) -> Result<String> {
+fn valid_title(title: &str) -> Result<String> {
     let title = title.trim().to_owned();
     match title.chars().count() {
         0 => Err("title must not be empty".into()),

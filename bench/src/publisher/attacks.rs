@@ -61,7 +61,7 @@ fn attacks() -> Vec<(String, String)> {
     ]
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

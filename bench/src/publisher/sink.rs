@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 
-pub struct Sink {
+pub(crate) struct Sink {
     pub url: String,
     child: Child,
     client: reqwest::Client,
@@ -20,7 +20,7 @@ pub struct Sink {
 
 impl Sink {
     /// Starts this program again as `sink` and waits for its address.
-    pub fn spawn() -> anyhow::Result<Self> {
+    pub(crate) fn spawn() -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .arg("sink")
             .stdout(Stdio::piped())
@@ -38,7 +38,7 @@ impl Sink {
         })
     }
 
-    pub async fn count(&self) -> anyhow::Result<u64> {
+    pub(crate) async fn count(&self) -> anyhow::Result<u64> {
         let text = self
             .client
             .get(format!("{}/count", self.url))
@@ -58,7 +58,7 @@ impl Drop for Sink {
 }
 
 /// The sink's own main: serves until killed.
-pub fn serve() -> anyhow::Result<()> {
+pub(crate) fn serve() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

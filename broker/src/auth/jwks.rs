@@ -469,6 +469,10 @@ mod tests {
     }
 
     impl Published {
+        #[expect(
+            clippy::needless_pass_by_value,
+            reason = "callers build the value in the call"
+        )]
         fn set(&self, keys: Value) {
             *self.body.lock().unwrap() = serde_json::to_vec(&keys).unwrap();
         }
@@ -494,6 +498,10 @@ mod tests {
         jwk
     }
 
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "callers build the value in the call"
+    )]
     fn sign(pem: &[u8], kid: Option<&str>, claims: Value) -> String {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = kid.map(Into::into);

@@ -146,7 +146,7 @@ pub(super) struct ClaimItem {
 
 impl ClaimItem {
     /// A claim of a subscription, not a tombstone.
-    pub fn is_subscription(&self) -> bool {
+    pub(super) fn is_subscription(&self) -> bool {
         !self.completed
     }
 }
