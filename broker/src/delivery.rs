@@ -34,6 +34,14 @@ const POST_RETRY_PAUSES: [std::time::Duration; 2] = [
     std::time::Duration::from_millis(400),
 ];
 
+/// API Gateway's limit on one message posted to a connection: 128 KB.
+pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+
+/// The `extensions.code` of the GraphQL error a subscriber gets in place of an event whose
+/// frame would be over [`MAX_FRAME_BYTES`]; `extensions.eventId` names the event, so the
+/// client can re-query what it changed. The subscription goes on.
+pub const EVENT_TOO_LARGE: &str = "EVENT_TOO_LARGE";
+
 /// What happened to one event (or one fan-out page).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
@@ -45,8 +53,11 @@ pub struct DeliveryReport {
     pub refused: usize,
     /// Connections found gone (410) and cleaned up.
     pub gone: usize,
-    /// Frames the gateway refused for good (too large, say): retrying cannot help.
+    /// Frames the gateway refused for good: retrying cannot help.
     pub dropped: usize,
+    /// Subscribers whose frame would have been over [`MAX_FRAME_BYTES`] and who were posted
+    /// an [`EVENT_TOO_LARGE`] error in its place (not counted in `delivered`).
+    pub too_large: usize,
     /// Posts that failed otherwise: the event must be retried.
     pub failed: usize,
     /// Fan-out pages handed to the queue instead of delivering here.
@@ -66,10 +77,46 @@ impl DeliveryReport {
         self.refused += other.refused;
         self.gone += other.gone;
         self.dropped += other.dropped;
+        self.too_large += other.too_large;
         self.failed += other.failed;
         self.pages_enqueued += other.pages_enqueued;
         self.failed_keys.extend(other.failed_keys);
     }
+}
+
+/// One frame to post, and to whom.
+struct Frame {
+    connection: ConnectionId,
+    /// The subscription it is for (none for a frame to a connection as a whole).
+    key: Option<SubscriptionKey>,
+    text: String,
+    /// An [`EVENT_TOO_LARGE`] error in place of the event's frame.
+    too_large: bool,
+}
+
+impl Frame {
+    fn new(connection: ConnectionId, key: Option<SubscriptionKey>, text: String) -> Self {
+        Self {
+            connection,
+            key,
+            text,
+            too_large: false,
+        }
+    }
+}
+
+/// The payload a subscriber gets in place of an event whose frame would be `bytes` long.
+fn too_large_payload(event_id: &str, bytes: usize) -> String {
+    serde_json::json!({
+        "errors": [{
+            "message": format!(
+                "event {event_id} is too large to deliver ({bytes} bytes; the limit is {MAX_FRAME_BYTES}); re-query what it changed"
+            ),
+            "extensions": {"code": EVENT_TOO_LARGE, "eventId": event_id},
+        }],
+        "extensions": {"eventId": event_id},
+    })
+    .to_string()
 }
 
 impl Broker {
@@ -173,7 +220,7 @@ impl Broker {
         // When nothing was posted the page can be retried as it is (by the queue, then its
         // dead-letter queue) without a duplicate. Otherwise only the subscriptions that
         // failed go on, in a smaller page, and this one is done.
-        if report.delivered == 0 {
+        if report.delivered + report.too_large == 0 {
             return Ok(report);
         }
         Ok(self.requeue_failures(&event, report).await)
@@ -276,14 +323,32 @@ impl Broker {
                 .buffer_unordered(self.config().render_concurrency.max(1))
                 .collect()
                 .await;
-        let mut frames: Vec<(ConnectionId, Option<SubscriptionKey>, String)> =
-            Vec::with_capacity(admitted.len());
+        let mut frames: Vec<Frame> = Vec::with_capacity(admitted.len());
         for (members, rendered) in renderings {
             let members: Vec<&Subscription> = members.iter().map(|&i| &admitted[i]).collect();
             match rendered {
                 Ok(Some(payload)) => frames.extend(members.iter().map(|s| {
                     let frame = s.protocol.next(&s.key.operation_id, &payload);
-                    (s.key.connection_id.clone(), Some(s.key.clone()), frame)
+                    if frame.len() <= MAX_FRAME_BYTES {
+                        return Frame::new(s.key.connection_id.clone(), Some(s.key.clone()), frame);
+                    }
+                    // The gateway would refuse it: say so instead of dropping it in silence.
+                    tracing::warn!(
+                        event = %event.id,
+                        subscription = %s.key.encode(),
+                        bytes = frame.len(),
+                        limit = MAX_FRAME_BYTES,
+                        "event too large for its subscriber; sent EVENT_TOO_LARGE instead"
+                    );
+                    let error = too_large_payload(&event.id, frame.len());
+                    Frame {
+                        too_large: true,
+                        ..Frame::new(
+                            s.key.connection_id.clone(),
+                            Some(s.key.clone()),
+                            s.protocol.next(&s.key.operation_id, &error),
+                        )
+                    }
                 })),
                 Ok(None) => report.filtered += members.len(),
                 Err(_) => {
@@ -303,30 +368,28 @@ impl Broker {
 
     /// Posts frames concurrently, cleaning up connections that are gone. A post that fails
     /// for a reason retrying may fix is retried here, for its subscriber alone.
-    async fn post_all(
-        &self,
-        frames: Vec<(ConnectionId, Option<SubscriptionKey>, String)>,
-    ) -> DeliveryReport {
+    async fn post_all(&self, frames: Vec<Frame>) -> DeliveryReport {
         let gateway = &self.ports().gateway;
         let outcomes: Vec<_> = stream::iter(frames)
-            .map(|(connection, key, frame)| async move {
-                let mut outcome = gateway.post(&connection, &frame).await;
+            .map(|frame| async move {
+                let mut outcome = gateway.post(&frame.connection, &frame.text).await;
                 for pause in POST_RETRY_PAUSES {
                     if !matches!(outcome, Err(GatewayError::Backend { .. })) {
                         break;
                     }
                     tokio::time::sleep(pause).await;
-                    outcome = gateway.post(&connection, &frame).await;
+                    outcome = gateway.post(&frame.connection, &frame.text).await;
                 }
-                (connection, key, outcome)
+                (frame.connection, frame.key, frame.too_large, outcome)
             })
             .buffer_unordered(self.config().post_concurrency)
             .collect()
             .await;
         let mut report = DeliveryReport::default();
         let mut forgotten = HashSet::new();
-        for (connection, key, outcome) in outcomes {
+        for (connection, key, too_large, outcome) in outcomes {
             match outcome {
+                Ok(()) if too_large => report.too_large += 1,
                 Ok(()) => report.delivered += 1,
                 Err(GatewayError::Gone) => {
                     report.gone += 1;
@@ -359,7 +422,7 @@ impl Broker {
         let frames = connections
             .into_iter()
             .filter(|c| c.initialised)
-            .map(|c| (c.id, None, frame.to_owned()))
+            .map(|c| Frame::new(c.id, None, frame.to_owned()))
             .collect();
         Ok(self.post_all(frames).await.delivered)
     }

@@ -36,6 +36,7 @@ pub struct InvocationMetrics {
     pub refused: usize,
     pub gone: usize,
     pub dropped: usize,
+    pub too_large: usize,
     pub failed: usize,
     pub pages_enqueued: usize,
     /// Milliseconds from an event's creation to its delivery, one value per delivered event.
@@ -52,6 +53,7 @@ impl InvocationMetrics {
         self.refused += report.refused;
         self.gone += report.gone;
         self.dropped += report.dropped;
+        self.too_large += report.too_large;
         self.failed += report.failed;
         self.pages_enqueued += report.pages_enqueued;
         if let Some(created) = created_at_ms
@@ -80,6 +82,7 @@ impl InvocationMetrics {
                         count("Refused"),
                         count("Gone"),
                         count("Dropped"),
+                        count("TooLarge"),
                         count("Failed"),
                         count("FanoutPages"),
                         MetricDefinition {
@@ -95,6 +98,7 @@ impl InvocationMetrics {
             refused: self.refused,
             gone: self.gone,
             dropped: self.dropped,
+            too_large: self.too_large,
             failed: self.failed,
             fanout_pages: self.pages_enqueued,
             event_age: &self.event_age_ms,
@@ -135,6 +139,8 @@ struct EmfDocument<'a> {
     gone: usize,
     #[serde(rename = "Dropped")]
     dropped: usize,
+    #[serde(rename = "TooLarge")]
+    too_large: usize,
     #[serde(rename = "Failed")]
     failed: usize,
     #[serde(rename = "FanoutPages")]
