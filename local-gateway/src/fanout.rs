@@ -1,5 +1,8 @@
-//! The embedded fan-out queue's consumer: batches pages into SQS events for the fan-out
-//! worker handler, several batches at once, as Lambda scales the worker out.
+//! The fan-out queue's consumer: the embedded queue's pages batched into SQS events for the
+//! fan-out worker handler, several batches at once, as Lambda scales the worker out; a real
+//! SQS queue in [`sqs`].
+
+pub mod sqs;
 
 use std::sync::Arc;
 

@@ -6,10 +6,13 @@
 //!   Management API at `/@connections/{id}`. Socket events become the same API Gateway
 //!   events Lambda receives and go to the same handlers (`graphql_api::websocket`,
 //!   `graphql_api::http_api`).
-//! - [`stream`]: Lambda's stream polling, feeding `publisher::stream` with INSERT records.
-//! - [`fanout`]: Lambda's SQS polling, feeding `publisher::fanout` with pages.
-//! - [`aws`]: the same on DynamoDB (an emulator or an account): the events table's real
-//!   stream through `aws-sdk-dynamodbstreams`, and SQS for the fan-out worker.
+//! - [`stream`]: Lambda's stream polling, feeding `publisher::stream` with INSERT records:
+//!   from the embedded or file event log, or ([`stream::dynamodb`]) the events table's real
+//!   stream through `aws-sdk-dynamodbstreams`.
+//! - [`fanout`]: Lambda's SQS polling, feeding `publisher::fanout` with pages: from the
+//!   embedded queue, or ([`fanout::sqs`]) a real SQS queue.
+//! - [`aws`]: the state on DynamoDB (an emulator or an account): the tables, their
+//!   provisioning, and what the DynamoDB stream and SQS pollers read.
 //! - [`events`]: the API Gateway event shapes.
 //! - [`web`]: the web app at `/` and its development sign-in (local mode only).
 //! - [`cli`]: the `broker-local` command line, for the apps a binary is built with.
@@ -38,7 +41,7 @@ use broker::file::FileStore;
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
-use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, Ports, Storage};
+use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, Ports, Storage};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -88,16 +91,20 @@ impl Options {
     /// `STREAM_POLL_INTERVAL_MS` (default 250), and the web app from `BROKER_WEB_DIR` (default:
     /// this source tree's `web/dist`); serving `app`. The development sign-in is on only
     /// while the development secret is in use.
-    pub fn from_env(app: Arc<dyn App>) -> anyhow::Result<Self> {
+    pub fn from_env(app: Arc<dyn App>) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
         let key_set = JwksConfig::from_env()?;
         let broker = BrokerConfig::from_env()?;
         let poll_interval = match std::env::var("STREAM_POLL_INTERVAL_MS") {
-            Ok(ms) if !ms.trim().is_empty() => Duration::from_millis(
-                ms.trim()
-                    .parse()
-                    .with_context(|| format!("STREAM_POLL_INTERVAL_MS={ms:?}"))?,
-            ),
+            Ok(ms) if !ms.trim().is_empty() => {
+                Duration::from_millis(ms.trim().parse().map_err(|e: std::num::ParseIntError| {
+                    ConfigError::Invalid {
+                        name: "STREAM_POLL_INTERVAL_MS".into(),
+                        value: ms.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
             _ => DEFAULT_POLL_INTERVAL,
         };
         let web = WebOptions {
@@ -106,7 +113,7 @@ impl Options {
                 _ => WebOptions::source_tree_dir(),
             }),
             dev_tokens: key_set.is_none() && auth.secret == broker::auth::DEVELOPMENT_SECRET,
-            cors_origins: web::CorsOrigins::from_env().map_err(anyhow::Error::msg)?,
+            cors_origins: web::CorsOrigins::from_env()?,
         };
         Ok(Self {
             app,
@@ -116,7 +123,7 @@ impl Options {
             poll_interval,
             backend: Backend::Memory,
             web,
-            limits: server::Limits::from_env().map_err(anyhow::Error::msg)?,
+            limits: server::Limits::from_env()?,
         })
     }
 }
@@ -201,7 +208,7 @@ impl LocalGateway {
                 let parts = aws::connect(backend, options.app.as_ref(), gateway).await?;
                 let broker = Broker::new(parts.schema, parts.ports, auth, options.broker.clone())
                     .with_app_hooks(options.app.as_ref());
-                let mut tasks = vec![tokio::spawn(aws::poll_stream(
+                let mut tasks = vec![tokio::spawn(stream::dynamodb::poll(
                     broker.clone(),
                     parts.streams,
                     parts.stream_arn,
@@ -210,7 +217,7 @@ impl LocalGateway {
                 if let Some((sqs, url)) = parts.sqs {
                     // Lambda runs several workers at once; two pollers stand in for them.
                     for _ in 0..2 {
-                        let poller = aws::poll_queue(broker.clone(), sqs.clone(), url.clone());
+                        let poller = fanout::sqs::poll(broker.clone(), sqs.clone(), url.clone());
                         tasks.push(tokio::spawn(poller));
                     }
                 }

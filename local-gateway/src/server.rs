@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use broker::aws::{CLOSE_CODE_HEADER, CLOSE_REASON_HEADER};
-use broker::{Broker, ConnectionId};
+use broker::{Broker, ConfigError, ConnectionId};
 use futures_util::{SinkExt, StreamExt};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -73,14 +73,18 @@ impl Default for Limits {
 
 impl Limits {
     /// The defaults, overridden by the environment variables named on each field.
-    pub fn from_env() -> Result<Self, String> {
-        fn var(name: &str) -> Result<Option<u64>, String> {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        fn var(name: &str) -> Result<Option<u64>, ConfigError> {
             match std::env::var(name) {
                 Ok(v) if !v.trim().is_empty() => v
                     .trim()
                     .parse::<u64>()
                     .map(|n| Some(n.max(1)))
-                    .map_err(|e| format!("{name}={v:?}: {e}")),
+                    .map_err(|e| ConfigError::Invalid {
+                        name: name.into(),
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    }),
                 _ => Ok(None),
             }
         }

@@ -1,5 +1,9 @@
 //! Feeding the stream publisher as Lambda's DynamoDB Stream event source mapping does: poll
 //! the shard, hand the new records over in batches, retry from the first failed record.
+//! The embedded and file event logs are read here; the events table's real stream in
+//! [`dynamodb`].
+
+pub mod dynamodb;
 
 use std::sync::Arc;
 use std::time::Duration;

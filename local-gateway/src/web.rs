@@ -18,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, post};
-use broker::Authenticator;
+use broker::{Authenticator, ConfigError};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{self, AllowOrigin, CorsLayer};
@@ -54,9 +54,13 @@ pub enum CorsOrigins {
 impl CorsOrigins {
     /// From `CORS_ALLOWED_ORIGINS`: unset, empty or `*` is any origin; otherwise a
     /// comma-separated list of origins such as `https://app.example.com`.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         match std::env::var("CORS_ALLOWED_ORIGINS") {
-            Ok(value) => Self::parse(&value),
+            Ok(value) => Self::parse(&value).map_err(|reason| ConfigError::Invalid {
+                name: "CORS_ALLOWED_ORIGINS".into(),
+                value,
+                reason,
+            }),
             Err(_) => Ok(Self::Any),
         }
     }
@@ -75,7 +79,7 @@ impl CorsOrigins {
             .map(|origin| match HeaderValue::from_str(origin) {
                 Ok(value) if origin.contains("://") && origin != "*" => Ok(value),
                 _ => Err(format!(
-                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin (scheme://host[:port]) or a lone *"
+                    "{origin:?} is not an origin (scheme://host[:port]) or a lone *"
                 )),
             })
             .collect::<Result<_, _>>()

@@ -182,7 +182,7 @@ async fn an_event_item_without_an_audience_is_malformed_not_public() {
     let records: Vec<_> = stream_records(&tables)
         .await
         .iter()
-        .filter_map(local_gateway::aws::lambda_record)
+        .filter_map(local_gateway::stream::dynamodb::lambda_record)
         .collect();
     assert_eq!(records.len(), 4);
     let sequence = |id: &str| {

@@ -8,7 +8,8 @@ use broker::aws::DynamoDbSubscriptionStore;
 use broker::{DeliveryMode, Subscription, SubscriptionKey, SubscriptionStore, Topic};
 use broker_tests::aws::{FreshTables, fresh_queue, fresh_tables, moto_endpoint};
 use broker_tests::local::*;
-use local_gateway::aws::{AwsBackend, lambda_record};
+use local_gateway::aws::AwsBackend;
+use local_gateway::stream::dynamodb::lambda_record;
 use local_gateway::{Backend, LocalGateway};
 use serde_json::json;
 

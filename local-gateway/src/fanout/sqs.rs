@@ -1,0 +1,64 @@
+//! The SQS fan-out queue, polled as Lambda's SQS event source mapping does.
+
+use std::time::Duration;
+
+use aws_lambda_events::sqs::SqsMessage;
+use broker::Broker;
+
+/// The SQS event source mapping: receive pages, run the worker, delete what succeeded.
+/// Failed messages reappear after their visibility timeout and reach the dead-letter queue
+/// after the queue's maxReceiveCount.
+pub(crate) async fn poll(broker: Broker, sqs: aws_sdk_sqs::Client, queue_url: String) {
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await;
+        let messages = match received {
+            Ok(output) => output.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "receiving fan-out pages failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let batch: Vec<SqsMessage> = messages
+            .iter()
+            .map(|m| {
+                let mut message = SqsMessage::default();
+                message.message_id = m.message_id().map(str::to_owned);
+                message.receipt_handle = m.receipt_handle().map(str::to_owned);
+                message.body = m.body().map(str::to_owned);
+                message.event_source = Some("aws:sqs".to_owned());
+                message
+            })
+            .collect();
+        let failed = super::run_worker(&broker, batch).await;
+        for message in &messages {
+            if failed
+                .iter()
+                .any(|id| Some(id.as_str()) == message.message_id())
+            {
+                continue;
+            }
+            let Some(handle) = message.receipt_handle() else {
+                continue;
+            };
+            let deleted = sqs
+                .delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(handle)
+                .send()
+                .await;
+            if let Err(e) = deleted {
+                tracing::warn!(error = %e, "deleting a delivered page failed");
+            }
+        }
+    }
+}
