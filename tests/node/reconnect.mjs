@@ -1,6 +1,7 @@
 // Shared by the reconnect scripts: a subscription that lives through forced
 // disconnects while this script publishes cards over HTTP, and the one JSON
 // line the Rust test reads back.
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
 const TIMEOUT_MS = 40_000;
@@ -21,17 +22,27 @@ export function args() {
       token: { type: 'string' },
       board: { type: 'string' },
       count: { type: 'string' },
+      // After this many cards, ask for a restart of the server (a line
+      // `{"restart":true}`), wait for a line on stdin saying it is done, and go on.
+      'restart-after': { type: 'string' },
     },
   });
   for (const name of ['url', 'http', 'token', 'board', 'count']) {
     if (!values[name]) finish({ ok: false, error: `missing --${name}` });
   }
-  return { ...values, count: Number(values.count) };
+  const restartAfter = values['restart-after'];
+  return { ...values, count: Number(values.count), restartAfter: restartAfter && Number(restartAfter) };
 }
 
 export function finish(result) {
   process.stdout.write(JSON.stringify(result) + '\n');
   process.exit(result.ok ? 0 : 1);
+}
+
+// Resolves at the next line on stdin.
+function restarted() {
+  const lines = createInterface({ input: process.stdin });
+  return new Promise((resolve) => lines.once('line', () => { lines.close(); resolve(); }));
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -55,7 +66,7 @@ export function socketOptions({ url, token, onConnected }) {
 // what is published after it was stored), then `count` numbered cards, and
 // waits for all of them. `received` is filled by the client under test with
 // each card it passes on to the application: `{ title, eventId }`.
-export async function exercise({ http, token, board, count }, received, stats) {
+export async function exercise({ http, token, board, count, restartAfter }, received, stats) {
   const timer = setTimeout(
     () => finish({ ok: false, error: `timed out after ${TIMEOUT_MS} ms`, received, ...stats }),
     TIMEOUT_MS,
@@ -73,7 +84,25 @@ export async function exercise({ http, token, board, count }, received, stats) {
     await addCard(`warm-up-${i}`);
     await sleep(100);
   }
+  const answers = async () => {
+    try {
+      const response = await fetch(http, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ query: '{ boards { id } }' }),
+      });
+      return response.ok;
+    } catch {
+      return false;
+    }
+  };
   for (let i = 0; i < count; i++) {
+    if (i === restartAfter) {
+      process.stdout.write(JSON.stringify({ restart: true }) + '\n');
+      await restarted();
+      while (!(await answers())) await sleep(100);
+      stats.restarted = true;
+    }
     await addCard(`card-${i}`);
     await sleep(40);
   }

@@ -8,6 +8,8 @@ use std::process::Stdio;
 use broker::DeliveryMode;
 use broker_tests::local::*;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
 
 fn node_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
@@ -142,6 +144,130 @@ async fn the_graphql_ws_client_resumes_through_forced_disconnects() {
 async fn apollo_graphql_ws_link_resumes_through_forced_disconnects() {
     for mode in [DeliveryMode::Stream, DeliveryMode::Direct] {
         let result = run_reconnect("reconnect-apollo.mjs", mode).await;
+        assert_every_card_once_in_order(&result);
+    }
+}
+
+/// `broker-local` as a process of its own on the database file `file`, listening on `addr`,
+/// closing every socket 2 s after it opened; returns once it answers.
+async fn start_local(addr: &str, file: &std::path::Path, mode: DeliveryMode) -> Child {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_broker-local-under-test"))
+        .args(["serve", "--listen", addr])
+        .arg("--store")
+        .arg(format!("file:{}", file.display()))
+        .env("JWT_SECRET", SECRET)
+        .env(
+            "DELIVERY_MODE",
+            if mode == DeliveryMode::Direct {
+                "direct"
+            } else {
+                "stream"
+            },
+        )
+        .env("STREAM_POLL_INTERVAL_MS", "0")
+        .env("RESUME_SETTLE_MS", "200")
+        .env("SOCKET_MAX_DURATION_SECS", "2")
+        .env("SOCKET_IDLE_TIMEOUT_SECS", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start broker-local-under-test");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the local mode did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child
+}
+
+/// [`run_reconnect`] against `broker-local` on its file, killed (SIGKILL) and started again
+/// on the same address and file after 25 cards, when the script asks for it (and told on
+/// its stdin when it is back).
+async fn run_reconnect_with_restart(script: &str, mode: DeliveryMode) -> Value {
+    let dir = std::env::temp_dir().join(format!("broker-reconnect-{}", ulid::Ulid::new()));
+    let file = dir.join("state.redb");
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", probe.local_addr().unwrap().port())
+    };
+    let mut local = start_local(&addr, &file, mode).await;
+    let alice = broker::Authenticator::new(broker::AuthConfig {
+        secret: SECRET.to_owned(),
+        issuer: None,
+        audience: None,
+    })
+    .mint("alice", 3600);
+    let created: Value = reqwest::Client::new()
+        .post(format!("http://{addr}/graphql"))
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({"query": "mutation { createBoard(title: \"restarts\") { id } }"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let board = created["data"]["createBoard"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut node = tokio::process::Command::new("node")
+        .arg(node_dir().join(script))
+        .args(["--url", &format!("ws://{addr}/graphql")])
+        .args(["--http", &format!("http://{addr}/graphql")])
+        .args(["--token", &alice, "--board", &board])
+        .args([
+            "--count",
+            &RECONNECT_CARDS.to_string(),
+            "--restart-after",
+            "25",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut stdin = node.stdin.take().unwrap();
+    let mut last = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("\"restart\"") {
+            local.start_kill().expect("SIGKILL");
+            local.wait().await.expect("reaped");
+            local = start_local(&addr, &file, mode).await;
+            stdin.write_all(b"restarted\n").await.unwrap();
+        } else {
+            last = line;
+        }
+    }
+    let status = node.wait().await.unwrap();
+    local.start_kill().unwrap();
+    local.wait().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let result: Value =
+        serde_json::from_str(&last).unwrap_or_else(|_| panic!("{script} printed no result"));
+    assert!(status.success(), "{script} ({mode:?}): {result}");
+    assert_eq!(result["restarted"], true, "{result}");
+    result
+}
+
+#[tokio::test]
+async fn the_graphql_ws_client_resumes_through_a_restart_of_the_local_mode() {
+    for mode in [DeliveryMode::Stream, DeliveryMode::Direct] {
+        let result = run_reconnect_with_restart("reconnect-graphql-ws.mjs", mode).await;
+        assert_every_card_once_in_order(&result);
+    }
+}
+
+#[tokio::test]
+async fn apollo_graphql_ws_link_resumes_through_a_restart_of_the_local_mode() {
+    for mode in [DeliveryMode::Stream, DeliveryMode::Direct] {
+        let result = run_reconnect_with_restart("reconnect-apollo.mjs", mode).await;
         assert_every_card_once_in_order(&result);
     }
 }
