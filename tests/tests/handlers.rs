@@ -469,6 +469,8 @@ struct HeldInserts {
     inner: broker::memory::MemorySubscriptionStore,
     reached: tokio::sync::Notify,
     release: tokio::sync::Notify,
+    /// Until when each tombstone (`complete`) and closed mark was asked to last.
+    untils: std::sync::Mutex<Vec<u64>>,
 }
 
 #[async_trait::async_trait]
@@ -483,6 +485,7 @@ impl broker::SubscriptionStore for HeldInserts {
         key: &SubscriptionKey,
         until: u64,
     ) -> Result<bool, broker::StoreError> {
+        self.untils.lock().unwrap().push(until);
         self.inner.complete(key, until).await
     }
     async fn close_connection(
@@ -490,6 +493,7 @@ impl broker::SubscriptionStore for HeldInserts {
         id: &ConnectionId,
         until: u64,
     ) -> Result<usize, broker::StoreError> {
+        self.untils.lock().unwrap().push(until);
         self.inner.close_connection(id, until).await
     }
     async fn contains(&self, key: &SubscriptionKey) -> Result<bool, broker::StoreError> {
@@ -557,4 +561,17 @@ async fn a_subscribe_handled_after_disconnect_leaves_no_subscription() {
             .unwrap()
             .is_none()
     );
+
+    // Tombstones last 10 minutes: a `complete` before its `subscribe`, and the closed mark.
+    let h = harness_with(store.clone()).await;
+    for name in ["connect.json", "connection-init.json", "complete.json"] {
+        websocket::handle(&h.broker, ws(&h, name)).await.unwrap();
+    }
+    let now = broker::domain::now_secs();
+    let untils = store.untils.lock().unwrap().clone();
+    assert_eq!(untils.len(), 2, "{untils:?}");
+    for until in untils {
+        let lasts = until - now;
+        assert!((595..=600).contains(&lasts), "{lasts} s");
+    }
 }
