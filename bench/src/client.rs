@@ -100,6 +100,16 @@ impl Subscriber {
         Ok(subscriber)
     }
 
+    /// Closes the socket and waits (at most 5 s) for the server's answer.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if self.socket.close(None).await.is_ok() {
+                while let Some(Ok(_)) = self.socket.next().await {}
+            }
+        })
+        .await;
+    }
+
     async fn send(&mut self, message: Value) -> anyhow::Result<()> {
         self.socket
             .send(Message::Text(message.to_string().into()))

@@ -13,6 +13,7 @@
 //! - [`run`]: the cases: subscribers, mutations, deliveries, accounting.
 //! - [`client`]: the WebSocket subscriber and the HTTP mutation client.
 //! - [`echo`]: the floor, a raw WebSocket echo round trip on loopback.
+//! - [`idle`]: `--idle-sockets`, the local gateway's memory per idle subscribed socket.
 //! - [`report`]: the Markdown table, the CSV and the SVG plot.
 //! - [`backend`]: which store the in-process local mode runs on; the DynamoDB emulator.
 //! - [`limits`], [`cpu`], [`stats`], [`progress`]: machine limits, CPU time per thread
@@ -23,6 +24,7 @@ pub mod client;
 pub mod config;
 pub mod cpu;
 pub mod echo;
+pub mod idle;
 pub mod limits;
 pub mod progress;
 pub mod report;

@@ -9,8 +9,9 @@ use rlimit::Resource;
 /// clients and pools, the listener, the echo floor, stdio).
 const FD_MARGIN: u64 = 512;
 /// Memory one subscriber costs when the broker runs in this process, as a rough upper
-/// bound: the server side's WebSocket buffers (128 KiB read buffer allocated up front),
-/// the client's, both sides' tasks, and the broker's connection and subscription records.
+/// bound: the server side's socket (about 20 KiB idle, `--idle-sockets`; more while frames
+/// are in flight), the client's buffers, both sides' tasks, and the broker's connection and
+/// subscription records.
 const BYTES_PER_SUBSCRIBER_LOCAL: u64 = 512 * 1024;
 /// The same with the broker elsewhere: only the client side.
 const BYTES_PER_SUBSCRIBER_REMOTE: u64 = 64 * 1024;
@@ -88,7 +89,9 @@ fn fds_needed(subscribers: usize, local: bool) -> u64 {
     subscribers as u64 * per + FD_MARGIN
 }
 
-fn raise_open_files(wanted: u64) -> (u64, String) {
+/// Raises the soft `RLIMIT_NOFILE` towards `wanted` (as root, the hard limit too): the limit
+/// in force and where it came from.
+pub fn raise_open_files(wanted: u64) -> (u64, String) {
     let Ok((soft, hard)) = rlimit::getrlimit(Resource::NOFILE) else {
         return (u64::MAX, "unknown: getrlimit failed".to_owned());
     };
@@ -136,6 +139,11 @@ fn meminfo_kib(field: &str) -> Option<u64> {
 /// This process's resident memory right now (`VmRSS`).
 pub fn resident_bytes() -> Option<u64> {
     proc_field("/proc/self/status", "VmRSS").map(|kib| kib * 1024)
+}
+
+/// Resident memory of process `pid` right now (`VmRSS`).
+pub fn resident_bytes_of(pid: u32) -> Option<u64> {
+    proc_field(&format!("/proc/{pid}/status"), "VmRSS").map(|kib| kib * 1024)
 }
 
 /// A `Name:   1234 kB` line's number.

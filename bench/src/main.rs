@@ -117,6 +117,15 @@ struct Cli {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Instead of the latency cases: start `broker-local` (--gateway-bin) as a child process,
+    /// open this many subscribed sockets and leave them idle, and report the gateway's
+    /// resident memory before, with them open, after they closed and with them open again.
+    #[arg(long, value_name = "N")]
+    idle_sockets: Option<usize>,
+    /// The `broker-local` binary --idle-sockets starts [default: the one next to this
+    /// executable].
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -207,7 +216,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let config = Cli::parse().config()?;
+    let cli = Cli::parse();
+    if let Some(sockets) = cli.idle_sockets {
+        let config = broker_bench::idle::IdleConfig {
+            sockets,
+            gateway_bin: cli
+                .gateway_bin
+                .unwrap_or_else(broker_bench::idle::default_gateway_bin),
+            connect_concurrency: cli.connect_concurrency,
+        };
+        println!("{}", broker_bench::idle::run(&config)?.markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = cli.config()?;
     let report = broker_bench::run(&config)?;
     let written = report.write(&config.out_dir)?;
     println!("{}", report.markdown());
