@@ -185,6 +185,14 @@ impl DocumentCache {
         limits: &CostLimits,
         text: &str,
     ) -> Result<Arc<ExecutableDocument>, ServerError> {
+        // The length first: a document over the limit is not even hashed for the lookup.
+        if text.len() > limits.max_document_bytes {
+            return Err(crate::cost::CostError::DocumentTooLarge {
+                actual: text.len(),
+                limit: limits.max_document_bytes,
+            }
+            .into());
+        }
         if let Some(document) = self.lock().documents.get(text) {
             return Ok(document.clone());
         }
@@ -320,6 +328,19 @@ mod tests {
         // 50 documents of 10-11 bytes do not fit in 100 bytes.
         assert!(cache.len() <= 10, "{} documents kept", cache.len());
         assert!(cache.lock().bytes <= 100);
+    }
+
+    #[test]
+    fn the_cache_refuses_a_document_over_the_size_limit_by_its_length() {
+        let cache = DocumentCache::new(1 << 20);
+        let limits = CostLimits {
+            max_document_bytes: 10,
+            ..CostLimits::default()
+        };
+        let error = cache.get_or_parse(&limits, "{ a b c d e }").unwrap_err();
+        assert!(error.message.contains("13 bytes"), "{}", error.message);
+        assert!(cache.get_or_parse(&limits, "{ a }").is_ok());
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
