@@ -30,6 +30,13 @@ use crate::sockets::{Socket, Sockets};
 const MAX_FRAME_BYTES: usize = 32 * 1024;
 /// API Gateway's WebSocket message limit.
 const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+/// A socket's read buffer. tungstenite's default (128 KiB) is allocated and zeroed for every
+/// socket, idle or not; protocol messages are a few hundred bytes, and a larger frame is
+/// read in several chunks.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes a socket's writer may hold when the client is not taking them (the outbox holds the
+/// rest, bounded by frames): one message of the largest size, and then some.
+const MAX_WRITE_BUFFER_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -248,6 +255,10 @@ async fn connect(
     upgrade
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_MESSAGE_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Every frame is flushed as it is sent: nothing to gather in a write buffer.
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| run_socket(state, id, connected_at_ms, socket))
 }
 
