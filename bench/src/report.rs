@@ -131,6 +131,49 @@ impl Report {
     /// The Markdown report: the setting, the table, and the notes under it.
     pub fn markdown(&self) -> String {
         let mut md = String::new();
+        self.write_setting(&mut md);
+        md.push_str(
+            "| mode | subscribers | mutations/s | mutation p50 | p90 | p99 | max | quiet p50 (n) \
+             | delivery p50 | p90 | p99 \
+             | max | deliveries/s | broker CPU µs/delivery | delivered / expected | lost | \
+             duplicated | delivery p50 / echo p50 |\n",
+        );
+        md.push_str(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let mut notes = Vec::new();
+        for case in &self.cases {
+            let (mode, n) = (case.mode, case.subscribers);
+            match &case.outcome {
+                Outcome::Measured(m) => self.write_measured_row(&mut md, &mut notes, case, m),
+                Outcome::Skipped(reason) => {
+                    let _ = writeln!(md, "| {mode} | {n} | skipped{} |", " |".repeat(15));
+                    notes.push(format!("{mode} at {n} skipped: {reason}"));
+                }
+                Outcome::Failed(reason) => {
+                    let _ = writeln!(md, "| {mode} | {n} | failed{} |", " |".repeat(15));
+                    notes.push(format!("{mode} at {n} failed: {reason}"));
+                }
+            }
+        }
+        md.push_str(
+            "\nLatencies in ms, client clock. Mutation: request sent to response received; quiet: \
+             the mutations sent while no delivery of an earlier one was arriving, and how many. \
+             Delivery: mutation sent to `next` received, per subscriber. Broker CPU: the \
+             broker's threads only (its own runtime), over the phase from the first mutation \
+             to the last delivery, divided by the deliveries.\n",
+        );
+        if !notes.is_empty() {
+            md.push('\n');
+            for note in notes {
+                let _ = writeln!(md, "- {note}");
+            }
+        }
+        md
+    }
+
+    /// The report's opening: what ran, where, and the floor it is compared with.
+    fn write_setting(&self, md: &mut String) {
         let _ = writeln!(md, "# Delivery latency: stream against direct\n");
         let _ = writeln!(md, "- Target: {}", self.target);
         let _ = writeln!(md, "- Machine: {}", machine());
@@ -160,80 +203,52 @@ impl Report {
             "- Open files limit: {} ({})\n",
             self.limits.open_files, self.limits.open_files_note
         );
-        md.push_str(
-            "| mode | subscribers | mutations/s | mutation p50 | p90 | p99 | max | quiet p50 (n) \
-             | delivery p50 | p90 | p99 \
-             | max | deliveries/s | broker CPU µs/delivery | delivered / expected | lost | \
-             duplicated | delivery p50 / echo p50 |\n",
+    }
+
+    /// One measured case's row of the table, and a note when something went wrong in it.
+    fn write_measured_row(
+        &self,
+        md: &mut String,
+        notes: &mut Vec<String>,
+        case: &CaseResult,
+        m: &Measurement,
+    ) {
+        let (mode, n) = (case.mode, case.subscribers);
+        let (u, d) = (&m.mutation_latency, &m.delivery_latency);
+        let _ = writeln!(
+            md,
+            "| {mode} | {n} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} \
+             | {} | {} / {} | {} | {} | {} |",
+            rate(m.rate),
+            ms(u.p50),
+            ms(u.p90),
+            ms(u.p99),
+            ms(u.max),
+            ms(m.quiet_mutation_latency.p50),
+            m.quiet_mutation_latency.count,
+            ms(d.p50),
+            ms(d.p90),
+            ms(d.p99),
+            ms(d.max),
+            m.deliveries_per_second,
+            m.cpu_per_delivery_us()
+                .map_or("n/a".to_owned(), |us| format!("{us:.1}")),
+            m.delivered,
+            m.expected,
+            m.lost,
+            m.duplicated,
+            ratio(d.p50, self.echo.p50),
         );
-        md.push_str(
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        );
-        let mut notes = Vec::new();
-        for case in &self.cases {
-            let (mode, n) = (case.mode, case.subscribers);
-            match &case.outcome {
-                Outcome::Measured(m) => {
-                    let (u, d) = (&m.mutation_latency, &m.delivery_latency);
-                    let _ = writeln!(
-                        md,
-                        "| {mode} | {n} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.0} \
-                         | {} | {} / {} | {} | {} | {} |",
-                        rate(m.rate),
-                        ms(u.p50),
-                        ms(u.p90),
-                        ms(u.p99),
-                        ms(u.max),
-                        ms(m.quiet_mutation_latency.p50),
-                        m.quiet_mutation_latency.count,
-                        ms(d.p50),
-                        ms(d.p90),
-                        ms(d.p99),
-                        ms(d.max),
-                        m.deliveries_per_second,
-                        m.cpu_per_delivery_us()
-                            .map_or("n/a".to_owned(), |us| format!("{us:.1}")),
-                        m.delivered,
-                        m.expected,
-                        m.lost,
-                        m.duplicated,
-                        ratio(d.p50, self.echo.p50),
-                    );
-                    if m.mutation_errors > 0 || m.unexpected > 0 || m.subscriber_errors > 0 {
-                        notes.push(format!(
-                            "{mode} at {n}: {} mutation errors, {} unexpected frames, {} \
-                             subscriber errors; first: {}",
-                            m.mutation_errors,
-                            m.unexpected,
-                            m.subscriber_errors,
-                            m.first_error.as_deref().unwrap_or("none")
-                        ));
-                    }
-                }
-                Outcome::Skipped(reason) => {
-                    let _ = writeln!(md, "| {mode} | {n} | skipped{} |", " |".repeat(15));
-                    notes.push(format!("{mode} at {n} skipped: {reason}"));
-                }
-                Outcome::Failed(reason) => {
-                    let _ = writeln!(md, "| {mode} | {n} | failed{} |", " |".repeat(15));
-                    notes.push(format!("{mode} at {n} failed: {reason}"));
-                }
-            }
+        if m.mutation_errors > 0 || m.unexpected > 0 || m.subscriber_errors > 0 {
+            notes.push(format!(
+                "{mode} at {n}: {} mutation errors, {} unexpected frames, {} \
+                 subscriber errors; first: {}",
+                m.mutation_errors,
+                m.unexpected,
+                m.subscriber_errors,
+                m.first_error.as_deref().unwrap_or("none")
+            ));
         }
-        md.push_str(
-            "\nLatencies in ms, client clock. Mutation: request sent to response received; quiet: \
-             the mutations sent while no delivery of an earlier one was arriving, and how many. \
-             Delivery: mutation sent to `next` received, per subscriber. Broker CPU: the \
-             broker's threads only (its own runtime), over the phase from the first mutation \
-             to the last delivery, divided by the deliveries.\n",
-        );
-        if !notes.is_empty() {
-            md.push('\n');
-            for note in notes {
-                let _ = writeln!(md, "- {note}");
-            }
-        }
-        md
     }
 
     /// One row per case, every number unrounded.

@@ -282,57 +282,12 @@ async fn drive(
     let titles = Titles::new(tag);
     let clock = Instant::now();
 
-    // Subscribers: each task opens its connection, reports it ready, then listens.
     progress.phase(&label, "connecting", size as u64);
     let setup_started = Instant::now();
-    let counters = Arc::new(Counters::default());
-    let (stop, stopped) = watch::channel(false);
-    let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
-    let permits = Arc::new(Semaphore::new(config.connect_concurrency_for(mode)));
-    let mut listeners = Vec::with_capacity(size);
-    for _ in 0..size {
-        let (url, token, board) = (
-            endpoints.websocket.clone(),
-            endpoints.token.clone(),
-            board.clone(),
-        );
-        let (titles, stopped, counters) = (titles.clone(), stopped.clone(), counters.clone());
-        let (ready_tx, permits) = (ready_tx.clone(), permits.clone());
-        listeners.push(tokio::spawn(async move {
-            let opened = {
-                let _permit = permits.acquire_owned().await;
-                Subscriber::open(&url, &token, &board).await
-            };
-            match opened {
-                Ok(subscriber) => {
-                    let _ = ready_tx.send(Ok(()));
-                    Some(subscriber.listen(titles, clock, stopped, counters).await)
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(format!("{e:#}")));
-                    None
-                }
-            }
-        }));
-    }
-    drop(ready_tx);
-    let mut opened = 0;
-    while opened < size {
-        match ready.recv().await {
-            Some(Ok(())) => {
-                opened += 1;
-                progress.inc();
-            }
-            Some(Err(e)) => {
-                let _ = stop.send(true);
-                collect(listeners).await;
-                return Err(CaseError::CannotOpen(format!(
-                    "opened {opened} of {size} subscribers, then: {e}"
-                )));
-            }
-            None => break,
-        }
-    }
+    let subscribers = Subscribers::open(
+        config, mode, size, endpoints, &board, &titles, clock, progress,
+    )
+    .await?;
     let setup = setup_started.elapsed();
     let resident_bytes = limits::resident_bytes();
     let patience = config.drain_idle
@@ -351,126 +306,285 @@ async fn drive(
     }
     let warm_up_patience = patience.min(Duration::from_secs(10));
     wait_for(
-        &counters.warm_up,
+        &subscribers.counters.warm_up,
         (WARM_UP_MUTATIONS * size) as u64,
         warm_up_patience,
         progress,
     )
     .await;
 
-    // Mutations, paced, one in flight at a time.
-    let mutations = config.mutations;
-    progress.phase(&label, "mutating", mutations as u64);
+    progress.phase(&label, "mutating", config.mutations as u64);
     let cpu = endpoints.in_process.then(CpuMeter::start);
-    let interval = config.interval_at(mode, size);
-    let started = Instant::now();
-    let mut sent_us = vec![0u64; mutations];
-    let mut succeeded = vec![false; mutations];
-    let mut latency_us = vec![0u64; mutations];
-    let mut mutation_latency = Latencies::new();
-    let mut mutation_errors = 0usize;
-    let mut first_error = None;
-    let mut last_response_us = 0;
-    for seq in 0..mutations {
-        tokio::time::sleep_until((started + interval * seq as u32).into()).await;
-        let sent = Instant::now();
-        sent_us[seq] = micros(sent - clock);
-        let result = http.add_card(&board, &titles.title(seq)).await;
-        let latency = sent.elapsed();
-        last_response_us = micros(clock.elapsed());
-        match result {
-            Ok(()) => {
-                succeeded[seq] = true;
-                latency_us[seq] = micros(latency);
-                mutation_latency.record(latency);
-            }
-            Err(e) => {
-                mutation_errors += 1;
-                first_error.get_or_insert_with(|| format!("mutation {seq}: {e:#}"));
-            }
-        }
-        progress.inc();
-    }
+    let mut sent = Sent::new(config.mutations);
+    sent.send_paced(
+        &http,
+        &board,
+        &titles,
+        config.interval_at(mode, size),
+        clock,
+        progress,
+    )
+    .await;
 
     // Deliveries: wait for every expected one, or until none has come for a while.
-    let ok = succeeded.iter().filter(|ok| **ok).count();
-    let expected = (ok * size) as u64;
+    let expected = (sent.succeeded() * size) as u64;
     progress.phase(&label, "delivering", expected);
-    wait_for(&counters.received, expected, patience, progress).await;
+    wait_for(&subscribers.counters.received, expected, patience, progress).await;
     let broker_cpu = cpu.and_then(|meter| meter.stop());
     tokio::time::sleep(DUPLICATE_GRACE).await;
-    let _ = stop.send(true);
-    let listened = collect(listeners).await;
+    let listened = subscribers.stop().await;
 
-    // Accounting: every delivery matched to its mutation, per subscriber.
-    let mut delivery_latency = Latencies::new();
-    let (mut delivered, mut duplicated, mut unexpected) = (0u64, 0u64, 0u64);
-    let mut subscriber_errors = 0usize;
-    let mut last_delivery_us = 0;
-    let mut seen_here = vec![false; mutations];
-    // Per mutation, when its last delivery arrived.
-    let mut done_us = vec![0u64; mutations];
-    for outcome in &listened {
-        let Some(listened) = outcome else {
-            subscriber_errors += 1;
-            continue;
-        };
-        if let Some(e) = &listened.error {
-            subscriber_errors += 1;
-            first_error.get_or_insert_with(|| format!("subscriber: {e}"));
-        }
-        unexpected += listened.unexpected;
-        seen_here.fill(false);
-        for &(seq, at_us) in &listened.deliveries {
-            if !succeeded.get(seq).copied().unwrap_or(false) {
-                unexpected += 1;
-            } else if seen_here[seq] {
-                duplicated += 1;
-            } else {
-                seen_here[seq] = true;
-                delivered += 1;
-                delivery_latency.record_micros(at_us.saturating_sub(sent_us[seq]));
-                last_delivery_us = last_delivery_us.max(at_us);
-                done_us[seq] = done_us[seq].max(at_us);
-            }
-        }
-    }
-    // Mutations sent while no delivery of an earlier one was still arriving: what the API
-    // costs without the publisher competing for the same cores.
-    let mut quiet_latency = Latencies::new();
-    let mut busy_until = 0;
-    for seq in 0..mutations {
-        if succeeded[seq] && sent_us[seq] >= busy_until {
-            quiet_latency.record_micros(latency_us[seq]);
-        }
-        busy_until = busy_until.max(done_us[seq]);
-    }
-    let first_sent_us = sent_us.first().copied().unwrap_or_default();
-    let phase = Duration::from_micros(last_delivery_us.max(last_response_us) - first_sent_us);
+    let accounted = Accounting::of(&listened, &mut sent);
+    let quiet_latency = sent.quiet_latency(&accounted.done_us);
+    let first_sent_us = sent.sent_us.first().copied().unwrap_or_default();
+    let last_us = accounted.last_delivery_us.max(sent.last_response_us);
+    let phase = Duration::from_micros(last_us - first_sent_us);
     Ok(Measurement {
         rate: config.rate_at(mode, size),
-        mutations_sent: mutations,
-        mutation_errors,
-        mutation_latency: mutation_latency.summary(),
+        mutations_sent: config.mutations,
+        mutation_errors: sent.errors,
+        mutation_latency: sent.latency.summary(),
         quiet_mutation_latency: quiet_latency.summary(),
-        delivery_latency: delivery_latency.summary(),
+        delivery_latency: accounted.latency.summary(),
         expected,
-        delivered,
-        lost: expected.saturating_sub(delivered),
-        duplicated,
-        unexpected,
-        subscriber_errors,
+        delivered: accounted.delivered,
+        lost: expected.saturating_sub(accounted.delivered),
+        duplicated: accounted.duplicated,
+        unexpected: accounted.unexpected,
+        subscriber_errors: accounted.subscriber_errors,
         phase,
         deliveries_per_second: if phase.is_zero() {
             0.0
         } else {
-            delivered as f64 / phase.as_secs_f64()
+            accounted.delivered as f64 / phase.as_secs_f64()
         },
         broker_cpu,
         setup,
         resident_bytes,
-        first_error,
+        first_error: sent.first_error,
     })
+}
+
+/// The subscribers of one case, each a task listening on its own connection.
+struct Subscribers {
+    listeners: Vec<tokio::task::JoinHandle<Option<Listened>>>,
+    counters: Arc<Counters>,
+    stop: watch::Sender<bool>,
+}
+
+impl Subscribers {
+    /// Opens `size` subscribers to `board`, at most the mode's connect concurrency at once;
+    /// returns once all are ready, or fails with the first that could not open.
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        config: &Config,
+        mode: Mode,
+        size: usize,
+        endpoints: &Endpoints,
+        board: &str,
+        titles: &Titles,
+        clock: Instant,
+        progress: &Progress,
+    ) -> Result<Self, CaseError> {
+        let counters = Arc::new(Counters::default());
+        let (stop, stopped) = watch::channel(false);
+        let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
+        let permits = Arc::new(Semaphore::new(config.connect_concurrency_for(mode)));
+        let mut listeners = Vec::with_capacity(size);
+        for _ in 0..size {
+            let (url, token, board) = (
+                endpoints.websocket.clone(),
+                endpoints.token.clone(),
+                board.to_owned(),
+            );
+            let (titles, stopped, counters) = (titles.clone(), stopped.clone(), counters.clone());
+            let (ready_tx, permits) = (ready_tx.clone(), permits.clone());
+            listeners.push(tokio::spawn(async move {
+                let opened = {
+                    let _permit = permits.acquire_owned().await;
+                    Subscriber::open(&url, &token, &board).await
+                };
+                match opened {
+                    Ok(subscriber) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Some(subscriber.listen(titles, clock, stopped, counters).await)
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        None
+                    }
+                }
+            }));
+        }
+        drop(ready_tx);
+        let subscribers = Self {
+            listeners,
+            counters,
+            stop,
+        };
+        let mut opened = 0;
+        while opened < size {
+            match ready.recv().await {
+                Some(Ok(())) => {
+                    opened += 1;
+                    progress.inc();
+                }
+                Some(Err(e)) => {
+                    subscribers.stop().await;
+                    return Err(CaseError::CannotOpen(format!(
+                        "opened {opened} of {size} subscribers, then: {e}"
+                    )));
+                }
+                None => break,
+            }
+        }
+        Ok(subscribers)
+    }
+
+    /// Stops every subscriber and returns what each received.
+    async fn stop(self) -> Vec<Option<Listened>> {
+        let _ = self.stop.send(true);
+        collect(self.listeners).await
+    }
+}
+
+/// The measured mutations: when each was sent, whether and how fast it succeeded.
+struct Sent {
+    /// Per mutation, when it was sent (µs on the case's clock).
+    sent_us: Vec<u64>,
+    ok: Vec<bool>,
+    /// Per successful mutation, its response time (µs).
+    latency_us: Vec<u64>,
+    latency: Latencies,
+    errors: usize,
+    first_error: Option<String>,
+    last_response_us: u64,
+}
+
+impl Sent {
+    fn new(mutations: usize) -> Self {
+        Self {
+            sent_us: vec![0; mutations],
+            ok: vec![false; mutations],
+            latency_us: vec![0; mutations],
+            latency: Latencies::new(),
+            errors: 0,
+            first_error: None,
+            last_response_us: 0,
+        }
+    }
+
+    /// Sends the mutations one at a time, each at its slot of `interval`.
+    async fn send_paced(
+        &mut self,
+        http: &GraphqlHttp,
+        board: &str,
+        titles: &Titles,
+        interval: Duration,
+        clock: Instant,
+        progress: &Progress,
+    ) {
+        let started = Instant::now();
+        for seq in 0..self.sent_us.len() {
+            tokio::time::sleep_until((started + interval * seq as u32).into()).await;
+            let sent = Instant::now();
+            self.sent_us[seq] = micros(sent - clock);
+            let result = http.add_card(board, &titles.title(seq)).await;
+            let latency = sent.elapsed();
+            self.last_response_us = micros(clock.elapsed());
+            match result {
+                Ok(()) => {
+                    self.ok[seq] = true;
+                    self.latency_us[seq] = micros(latency);
+                    self.latency.record(latency);
+                }
+                Err(e) => {
+                    self.errors += 1;
+                    self.first_error
+                        .get_or_insert_with(|| format!("mutation {seq}: {e:#}"));
+                }
+            }
+            progress.inc();
+        }
+    }
+
+    fn succeeded(&self) -> usize {
+        self.ok.iter().filter(|ok| **ok).count()
+    }
+
+    /// The response times of mutations sent while no delivery of an earlier one was still
+    /// arriving: what the API costs without the publisher competing for the same cores.
+    fn quiet_latency(&self, done_us: &[u64]) -> Latencies {
+        let mut quiet = Latencies::new();
+        let mut busy_until = 0;
+        let mutations = self.sent_us.iter().zip(&self.ok).zip(&self.latency_us);
+        for (((&sent_us, &ok), &latency_us), &done_us) in mutations.zip(done_us) {
+            if ok && sent_us >= busy_until {
+                quiet.record_micros(latency_us);
+            }
+            busy_until = busy_until.max(done_us);
+        }
+        quiet
+    }
+}
+
+/// Every delivery matched to its mutation, per subscriber.
+struct Accounting {
+    latency: Latencies,
+    delivered: u64,
+    duplicated: u64,
+    unexpected: u64,
+    subscriber_errors: usize,
+    last_delivery_us: u64,
+    /// Per mutation, when its last delivery arrived.
+    done_us: Vec<u64>,
+}
+
+impl Accounting {
+    /// Counts what the subscribers received against what was sent; a subscriber's error
+    /// becomes the case's first error if it has none yet.
+    fn of(listened: &[Option<Listened>], sent: &mut Sent) -> Self {
+        let mutations = sent.sent_us.len();
+        let mut accounting = Self {
+            latency: Latencies::new(),
+            delivered: 0,
+            duplicated: 0,
+            unexpected: 0,
+            subscriber_errors: 0,
+            last_delivery_us: 0,
+            done_us: vec![0; mutations],
+        };
+        let mut seen_here = vec![false; mutations];
+        for outcome in listened {
+            let Some(listened) = outcome else {
+                accounting.subscriber_errors += 1;
+                continue;
+            };
+            if let Some(e) = &listened.error {
+                accounting.subscriber_errors += 1;
+                sent.first_error
+                    .get_or_insert_with(|| format!("subscriber: {e}"));
+            }
+            accounting.unexpected += listened.unexpected;
+            seen_here.fill(false);
+            for &(seq, at_us) in &listened.deliveries {
+                if !sent.ok.get(seq).copied().unwrap_or(false) {
+                    accounting.unexpected += 1;
+                } else if seen_here[seq] {
+                    accounting.duplicated += 1;
+                } else {
+                    seen_here[seq] = true;
+                    accounting.delivered += 1;
+                    accounting
+                        .latency
+                        .record_micros(at_us.saturating_sub(sent.sent_us[seq]));
+                    accounting.last_delivery_us = accounting.last_delivery_us.max(at_us);
+                    accounting.done_us[seq] = accounting.done_us[seq].max(at_us);
+                }
+            }
+        }
+        accounting
+    }
 }
 
 /// Waits until `counter` reaches `expected`, or has not moved for `patience`.
