@@ -189,8 +189,19 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
 /// GraphQL over HTTP: the HTTP API event, the same handler as on Lambda.
 async fn http_request(state: AppState, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 6 * 1024 * 1024).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    // The handler's request limit bounds what is read: a declared length over it is refused
+    // before any of the body is read, and a body without one stops being read there.
+    let limit = state.broker.config().max_request_bytes;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return body_too_large(limit);
+    }
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return body_too_large(limit);
     };
     let body = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
     let event = events::http(
@@ -205,6 +216,17 @@ async fn http_request(state: AppState, request: Request) -> Response {
     *response.status_mut() =
         StatusCode::from_u16(reply.status_code as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     *response.headers_mut() = reply.headers;
+    response
+}
+
+/// 413 with a GraphQL error, as the handler answers a body over the limit; the connection
+/// is closed after it, since the rest of the body is not read.
+fn body_too_large(limit: usize) -> Response {
+    let body = json!({"errors": [{"message": format!("the request body is over {limit} bytes")}]});
+    let mut response = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

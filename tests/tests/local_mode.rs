@@ -405,6 +405,7 @@ async fn http_requires_a_valid_bearer_token_and_get_refuses_mutations() {
     let garbage = client
         .post(gateway.graphql_url())
         .bearer_auth(&alice)
+        .header("content-type", "application/json")
         .body("{")
         .send()
         .await

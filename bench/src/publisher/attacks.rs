@@ -92,6 +92,9 @@ async fn with_limits(
     event
         .headers
         .insert("authorization", format!("Bearer {token}").parse()?);
+    event
+        .headers
+        .insert("content-type", "application/json".parse()?);
     event.body = Some(body);
     let start = thread_cpu();
     let reply = graphql_api::http_api::handle(broker, event).await;
