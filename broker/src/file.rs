@@ -479,7 +479,11 @@ fn operations_of(
 
 #[async_trait]
 impl SubscriptionStore for FileSubscriptionStore {
-    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
+    async fn insert_within(
+        &self,
+        subscription: &Subscription,
+        max_per_connection: usize,
+    ) -> Result<Inserted, StoreError> {
         let subscription = subscription.clone();
         self.store
             .run(move |store| {
@@ -511,6 +515,15 @@ impl SubscriptionStore for FileSubscriptionStore {
                         .is_some_and(|until| until.value() > now);
                     if tombstone {
                         return Ok(Inserted::Completed);
+                    }
+                    // Counted in the write transaction, which is the only one: the limit holds
+                    // whatever runs concurrently.
+                    let held = operations_of(&topics, &key.connection_id)?.len();
+                    if held >= max_per_connection {
+                        return Err(StoreError::LimitReached(format!(
+                            "{} holds {held} subscriptions",
+                            key.connection_id
+                        )));
                     }
                     topics
                         .insert(id, subscription.topic.as_str())

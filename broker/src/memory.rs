@@ -161,7 +161,11 @@ impl MemorySubscriptionStore {
 
 #[async_trait]
 impl SubscriptionStore for MemorySubscriptionStore {
-    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
+    async fn insert_within(
+        &self,
+        subscription: &Subscription,
+        max_per_connection: usize,
+    ) -> Result<Inserted, StoreError> {
         let mut index = lock(&self.inner);
         let key = &subscription.key;
         let now = now_secs();
@@ -178,6 +182,16 @@ impl SubscriptionStore for MemorySubscriptionStore {
         index.tombstones.remove(key);
         if tombstone {
             return Ok(Inserted::Completed);
+        }
+        let held = index
+            .by_connection
+            .get(&key.connection_id)
+            .map_or(0, HashSet::len);
+        if held >= max_per_connection {
+            return Err(StoreError::LimitReached(format!(
+                "{} holds {held} subscriptions",
+                key.connection_id
+            )));
         }
         index
             .topic_of

@@ -16,6 +16,9 @@ pub enum StoreError {
     /// A conditional write found the item already there (or missing, for an update).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A conditional write found a bound already reached (a connection's subscriptions).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
     /// The item exists but cannot be read back as the domain type.
     #[error("malformed item: {0}")]
     Malformed(String),
@@ -106,7 +109,17 @@ pub trait SubscriptionStore: Send + Sync {
     /// Stores a subscription unless a tombstone of its operation or of its connection is
     /// waiting (see [`Inserted`]). [`StoreError::Conflict`] when the connection already has
     /// a subscription with this operation id, whatever its topic.
-    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError>;
+    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
+        self.insert_within(subscription, usize::MAX).await
+    }
+    /// As [`Self::insert`], and [`StoreError::LimitReached`] when the connection already
+    /// holds `max_per_connection` subscriptions. The count is checked and changed in the same
+    /// atomic write as the insert, so concurrent inserts never exceed the limit.
+    async fn insert_within(
+        &self,
+        subscription: &Subscription,
+        max_per_connection: usize,
+    ) -> Result<Inserted, StoreError>;
     /// A client's `complete` (legacy `stop`): removes the subscription and returns `true`;
     /// when none is stored (its `subscribe` is still on its way) leaves a tombstone of the
     /// key until `tombstone_until` (epoch seconds), which makes the later insert of that key

@@ -134,7 +134,8 @@ impl Protocol {
         }
     }
 
-    /// Reply to a client `ping` (graphql-transport-ws only; the legacy protocol has none).
+    /// Reply to a client `ping` (graphql-transport-ws only; on the legacy protocol, which has
+    /// none, a `ping` is a bad message).
     pub fn pong(self, payload: Option<Value>) -> Option<String> {
         match self {
             Protocol::GraphqlTransportWs => Some(match payload {
@@ -156,14 +157,35 @@ impl Protocol {
     }
 }
 
-/// Parses one text frame. `Err` carries the reason for a 4400 close.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, String> {
+impl Protocol {
+    /// The message types this subprotocol's clients send. async-graphql's parser reads
+    /// both dialects alike; a message of the other one is a bad message here.
+    pub fn client_message_types(self) -> &'static [&'static str] {
+        match self {
+            Protocol::GraphqlTransportWs => {
+                &["connection_init", "ping", "pong", "subscribe", "complete"]
+            }
+            Protocol::GraphqlWs => &["connection_init", "start", "stop", "connection_terminate"],
+        }
+    }
+}
+
+/// Parses one text frame of a `protocol` connection. `Err` carries the reason for a 4400
+/// close: not JSON, no `type`, a type `protocol` does not have (the other subprotocol's
+/// included), or fields that do not fit the type.
+pub fn parse_client_message(protocol: Protocol, text: &str) -> Result<ClientMessage, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let kind = value
         .get("type")
         .and_then(Value::as_str)
         .ok_or("message has no \"type\"")?
         .to_owned();
+    if !protocol.client_message_types().contains(&kind.as_str()) {
+        return Err(format!(
+            "\"{kind}\" is not a message of {}",
+            protocol.name()
+        ));
+    }
     serde_json::from_value(value).map_err(|e| format!("invalid \"{kind}\" message: {e}"))
 }
 
@@ -200,11 +222,51 @@ mod tests {
 
     #[test]
     fn bad_messages_are_described() {
-        let reason = |text: &str| parse_client_message(text).err().unwrap_or_default();
+        use Protocol::*;
+        let reason = |text: &str| {
+            parse_client_message(GraphqlTransportWs, text)
+                .err()
+                .unwrap_or_default()
+        };
         assert!(reason("{").contains("invalid JSON"));
         assert!(reason("{}").contains("type"));
         assert!(reason(r#"{"type":"subscribe","id":"1"}"#).contains("subscribe"));
-        assert!(parse_client_message(r#"{"type":"bogus"}"#).is_err());
-        assert!(parse_client_message(r#"{"type":"ping"}"#).is_ok());
+        assert!(parse_client_message(GraphqlTransportWs, r#"{"type":"bogus"}"#).is_err());
+        assert!(parse_client_message(GraphqlTransportWs, r#"{"type":"ping"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_message_of_the_other_subprotocol_is_refused() {
+        use Protocol::*;
+        let query = r#""payload":{"query":"{ a }"}"#;
+        for other in [
+            format!(r#"{{"type":"start","id":"1",{query}}}"#),
+            r#"{"type":"stop","id":"1"}"#.to_owned(),
+            r#"{"type":"connection_terminate"}"#.to_owned(),
+        ] {
+            let reason = parse_client_message(GraphqlTransportWs, &other)
+                .err()
+                .unwrap_or_default();
+            assert!(
+                reason.contains("not a message of graphql-transport-ws"),
+                "{reason}"
+            );
+            assert!(parse_client_message(GraphqlWs, &other).is_ok(), "{other}");
+        }
+        for other in [
+            format!(r#"{{"type":"subscribe","id":"1",{query}}}"#),
+            r#"{"type":"complete","id":"1"}"#.to_owned(),
+            r#"{"type":"ping"}"#.to_owned(),
+            r#"{"type":"pong"}"#.to_owned(),
+        ] {
+            let reason = parse_client_message(GraphqlWs, &other)
+                .err()
+                .unwrap_or_default();
+            assert!(reason.contains("not a message of graphql-ws"), "{reason}");
+            assert!(
+                parse_client_message(GraphqlTransportWs, &other).is_ok(),
+                "{other}"
+            );
+        }
     }
 }

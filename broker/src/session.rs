@@ -128,7 +128,7 @@ impl Broker {
         if connection.authority_expired(now_secs()) {
             return self.close_expired(id).await;
         }
-        let message = match parse_client_message(text) {
+        let message = match parse_client_message(connection.protocol, text) {
             Ok(m) => m,
             Err(reason) => return self.close(id, CloseCode::BadRequest, &reason).await,
         };
@@ -148,10 +148,20 @@ impl Broker {
                 // Before its `subscribe` was handled (API Gateway keeps no order), this
                 // leaves a tombstone that the `subscribe` respects.
                 let until = now_secs() + TOMBSTONE_SECS;
-                if self.ports().subscriptions.complete(&key, until).await? {
-                    self.hooks().on_complete(&key, Ending::Client).await;
+                if !self.ports().subscriptions.complete(&key, until).await? {
+                    return Ok(());
                 }
-                Ok(())
+                self.hooks().on_complete(&key, Ending::Client).await;
+                // A legacy `stop` of a stored subscription is answered by `complete`, as
+                // subscriptions-transport-ws servers do; after a `graphql-transport-ws`
+                // client's `complete` the server sends nothing more for the id.
+                match connection.protocol {
+                    Protocol::GraphqlWs => {
+                        let complete = connection.protocol.complete(&key.operation_id);
+                        self.post(id, &complete).await
+                    }
+                    Protocol::GraphqlTransportWs => Ok(()),
+                }
             }
             ClientMessage::ConnectionTerminate => {
                 self.close(id, CloseCode::Normal, "terminated by the client")
@@ -347,14 +357,10 @@ impl Broker {
             }
         };
 
+        // A cheap early refusal; the insert below checks the limit again, atomically.
         let limit = self.config().max_subscriptions_per_connection;
         if self.ports().subscriptions.count_by_connection(id).await? >= limit {
-            let error = async_graphql::ServerError::new(
-                format!("a connection may hold at most {limit} subscriptions"),
-                None,
-            );
-            let frame = protocol.error(&operation_id, errors_json(&[error]));
-            return self.post(id, &frame).await;
+            return self.refuse_over_limit(id, protocol, &operation_id).await;
         }
 
         let resume_from = match crate::resume::cursor(&request) {
@@ -406,7 +412,12 @@ impl Broker {
         };
         // Stamped when stored: live delivery starts here, the replay covers what came before.
         subscription.starts_at_ms = now_ms().max(replay.as_ref().map_or(0, |r| r.live_from_ms()));
-        match self.ports().subscriptions.insert(&subscription).await {
+        let stored = self
+            .ports()
+            .subscriptions
+            .insert_within(&subscription, limit)
+            .await;
+        match stored {
             Ok(Inserted::Stored) => match replay {
                 Some(replay) => {
                     let stored = now_ms().max(subscription.starts_at_ms);
@@ -425,8 +436,27 @@ impl Broker {
             // `$disconnect` was handled first: there is nobody to tell.
             Ok(Inserted::ConnectionClosed) => Ok(()),
             Err(StoreError::Conflict(_)) => self.reject_duplicate(id, &operation_id).await,
+            Err(StoreError::LimitReached(_)) => {
+                self.refuse_over_limit(id, protocol, &operation_id).await
+            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The `error` for a subscribe over the connection's limit; the connection stays open.
+    async fn refuse_over_limit(
+        &self,
+        id: &ConnectionId,
+        protocol: Protocol,
+        operation_id: &str,
+    ) -> Result<(), SessionError> {
+        let limit = self.config().max_subscriptions_per_connection;
+        let error = async_graphql::ServerError::new(
+            format!("a connection may hold at most {limit} subscriptions"),
+            None,
+        );
+        self.post(id, &protocol.error(operation_id, errors_json(&[error])))
+            .await
     }
 
     async fn reject_duplicate(

@@ -70,7 +70,12 @@ impl FreshTables {
 
 /// Creates the broker's tables and the boards app's table under unique names.
 pub async fn fresh_tables() -> FreshTables {
-    let config = moto_config().await;
+    fresh_tables_at(&moto_endpoint()).await
+}
+
+/// [`fresh_tables`] on the moto at `endpoint`.
+pub async fn fresh_tables_at(endpoint: &str) -> FreshTables {
+    let config = sdk_config_for(endpoint).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let suffix = unique("t");
     let names = TableNames::new(
@@ -92,6 +97,60 @@ pub async fn fresh_tables() -> FreshTables {
         .await
         .expect("the app's tables are created on moto");
     tables
+}
+
+/// A moto server of the test's own that handles one request at a time, as DynamoDB runs
+/// each transaction in isolation. The shared moto serves requests on many threads and runs
+/// concurrent transactions interleaved (a cancelled one can roll back another's writes), so
+/// a test of what concurrent transactions may store needs this one. Stopped when dropped.
+pub struct SerialMoto {
+    _server: tokio::process::Child,
+    pub endpoint: String,
+}
+
+/// moto's WSGI application, served without threads.
+const SERIAL_MOTO: &str = r#"
+import os, sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app)
+os.environ["MOTO_PORT"] = sys.argv[1]
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)
+"#;
+
+impl SerialMoto {
+    /// Starts it with the Python of `.tools/venv` (which `scripts/test-deps` installs) and
+    /// waits until it answers.
+    pub async fn start() -> Self {
+        let python =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port")
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = tokio::process::Command::new(&python)
+            .args(["-c", SERIAL_MOTO, &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/test-deps)", python.display()));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // A cold Python start takes a few seconds.
+        for _ in 0..600 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Self {
+                    _server: server,
+                    endpoint,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the serial moto did not start on {endpoint}");
+    }
 }
 
 /// A fresh fan-out queue (with its dead-letter queue) on moto: the client and queue URL.

@@ -394,6 +394,86 @@ pub async fn count_by_connection_counts_one_connections_subscriptions(stores: St
     );
 }
 
+/// The per-connection limit holds under concurrent inserts on one connection: exactly the
+/// limit is stored, every other insert is refused as over the limit, a delete makes room
+/// for exactly one more, and other connections are not counted.
+pub async fn the_per_connection_limit_holds_under_concurrent_inserts(stores: Stores) {
+    const LIMIT: usize = 5;
+    const ATTEMPTS: usize = 24;
+    let subscriptions = stores.subscriptions;
+    let mut inserts = tokio::task::JoinSet::new();
+    for i in 0..ATTEMPTS {
+        let subscriptions = subscriptions.clone();
+        inserts.spawn(async move {
+            let s = subscription("limited", &i.to_string(), &format!("topic/{}", i % 3));
+            subscriptions.insert_within(&s, LIMIT).await
+        });
+    }
+    let (mut stored, mut refused) = (0, 0);
+    while let Some(result) = inserts.join_next().await {
+        match result.unwrap() {
+            Ok(Inserted::Stored) => stored += 1,
+            Err(StoreError::LimitReached(_)) => refused += 1,
+            Ok(other) => panic!("an insert stored nothing: {other:?}"),
+            Err(e) => panic!("an insert failed otherwise: {e}"),
+        }
+    }
+    assert_eq!((stored, refused), (LIMIT, ATTEMPTS - LIMIT));
+    let limited = ConnectionId::new("limited");
+    assert_eq!(
+        subscriptions.count_by_connection(&limited).await.unwrap(),
+        LIMIT
+    );
+    let mut held = Vec::new();
+    for topic in 0..3 {
+        for s in subscriptions
+            .by_topic(&Topic::new(format!("topic/{topic}")))
+            .await
+            .unwrap()
+        {
+            held.push(s.key);
+        }
+    }
+    assert_eq!(held.len(), LIMIT, "{held:?}");
+
+    // At the limit, a duplicate id is still a duplicate.
+    let again = Subscription {
+        key: held[0].clone(),
+        ..subscription("limited", "", "topic/0")
+    };
+    assert!(is_conflict(
+        subscriptions.insert_within(&again, LIMIT).await
+    ));
+    // Another connection has a limit of its own.
+    subscriptions
+        .insert_within(&subscription("elsewhere", "0", "topic/0"), LIMIT)
+        .await
+        .unwrap();
+    // A delete makes room for one.
+    assert!(subscriptions.delete(&held[0]).await.unwrap());
+    subscriptions
+        .insert_within(&subscription("limited", "new", "topic/1"), LIMIT)
+        .await
+        .unwrap();
+    assert!(matches!(
+        subscriptions
+            .insert_within(&subscription("limited", "newer", "topic/1"), LIMIT)
+            .await,
+        Err(StoreError::LimitReached(_))
+    ));
+    // Once the connection's subscriptions are all gone, it may hold the limit again.
+    assert_eq!(
+        subscriptions.delete_by_connection(&limited).await.unwrap(),
+        LIMIT
+    );
+    for i in 0..LIMIT {
+        subscriptions
+            .insert_within(&subscription("limited", &format!("r{i}"), "topic/2"), LIMIT)
+            .await
+            .unwrap();
+    }
+}
+
 pub async fn delete_by_connection_removes_all_of_one_connection(stores: Stores) {
     let subscriptions = stores.subscriptions;
     // 30 subscriptions over three topics: more than one DynamoDB batch.

@@ -10,7 +10,7 @@ use broker::aws::{
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
-use broker_tests::aws::{fresh_queue, fresh_tables};
+use broker_tests::aws::{FreshTables, SerialMoto, fresh_queue, fresh_tables, fresh_tables_at};
 use broker_tests::contract::{self, Stores};
 
 fn memory() -> Stores {
@@ -35,7 +35,10 @@ fn file() -> Stores {
 }
 
 async fn dynamodb() -> Stores {
-    let tables = fresh_tables().await;
+    dynamodb_on(&fresh_tables().await)
+}
+
+fn dynamodb_on(tables: &FreshTables) -> Stores {
     let client = tables.dynamodb.clone();
     Stores {
         connections: Arc::new(DynamoDbConnectionStore::new(
@@ -106,21 +109,47 @@ store_contract!(
     a_closed_connection_stores_no_subscription,
 );
 
-/// Concurrent `complete`s and closes against inserts. Not on moto: it does not serialise a
-/// conditional write against concurrent requests as DynamoDB does (this check failed there
-/// with an outcome DynamoDB's atomic conditions rule out); there the contract's other
-/// checks take each order one by one.
-mod racing {
-    #[tokio::test]
-    async fn memory() {
-        super::contract::racing_completes_and_closes_leave_no_subscription(super::memory()).await;
-    }
-
-    #[tokio::test]
-    async fn file() {
-        super::contract::racing_completes_and_closes_leave_no_subscription(super::file()).await;
-    }
+/// The checks of concurrent calls, one test per backend. On DynamoDB they run on a moto of
+/// their own that handles one request at a time, as DynamoDB isolates each request: the
+/// shared moto runs concurrent transactions interleaved, so a concurrent reader can see one
+/// half-applied, or rolled back over another's writes.
+macro_rules! concurrency_contract {
+    ($($check:ident),* $(,)?) => {
+        mod concurrent {
+            mod memory {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $check() {
+                        crate::contract::$check(crate::memory()).await;
+                    }
+                )*
+            }
+            mod file {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $check() {
+                        crate::contract::$check(crate::file()).await;
+                    }
+                )*
+            }
+            mod dynamodb {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $check() {
+                        let moto = crate::SerialMoto::start().await;
+                        let tables = crate::fresh_tables_at(&moto.endpoint).await;
+                        crate::contract::$check(crate::dynamodb_on(&tables)).await;
+                    }
+                )*
+            }
+        }
+    };
 }
+
+concurrency_contract!(
+    racing_completes_and_closes_leave_no_subscription,
+    the_per_connection_limit_holds_under_concurrent_inserts,
+);
 
 #[tokio::test]
 async fn memory_fanout_pages_come_back_whole() {

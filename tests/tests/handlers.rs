@@ -475,10 +475,14 @@ struct HeldInserts {
 
 #[async_trait::async_trait]
 impl broker::SubscriptionStore for HeldInserts {
-    async fn insert(&self, s: &Subscription) -> Result<broker::Inserted, broker::StoreError> {
+    async fn insert_within(
+        &self,
+        s: &Subscription,
+        max: usize,
+    ) -> Result<broker::Inserted, broker::StoreError> {
         self.reached.notify_one();
         self.release.notified().await;
-        self.inner.insert(s).await
+        self.inner.insert_within(s, max).await
     }
     async fn complete(
         &self,

@@ -127,6 +127,13 @@ async fn complete_stops_delivery() {
                 "complete"
             };
             tab.send(json!({"id": "cards", "type": stop})).await;
+            if protocol == "graphql-ws" {
+                // A legacy `stop` is answered by `complete`.
+                assert_eq!(
+                    tab.recv().await.unwrap(),
+                    json!({"id": "cards", "type": "complete"})
+                );
+            }
             tab.sync().await;
 
             add_card(&gateway, &alice, &board, "unseen").await;

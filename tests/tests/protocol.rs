@@ -269,3 +269,80 @@ async fn a_connection_that_never_initialises_closes_with_4408() {
     }
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_of_the_other_subprotocol_closes_with_4400() {
+    let gateway = start(options(DeliveryMode::Stream)).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "b").await;
+    let query = json!({"query": "{ boards { id } }"});
+    let cases = [
+        (
+            "graphql-transport-ws",
+            json!({"id": "1", "type": "start", "payload": query}),
+        ),
+        ("graphql-transport-ws", json!({"id": "s", "type": "stop"})),
+        (
+            "graphql-transport-ws",
+            json!({"type": "connection_terminate"}),
+        ),
+        (
+            "graphql-ws",
+            json!({"id": "1", "type": "subscribe", "payload": query}),
+        ),
+        ("graphql-ws", json!({"id": "s", "type": "complete"})),
+        ("graphql-ws", json!({"type": "ping"})),
+        ("graphql-ws", json!({"type": "pong"})),
+    ];
+    for (protocol, frame) in cases {
+        let mut client = WsClient::ready(&gateway, protocol, &alice).await;
+        client.subscribe("s", CARD_ADDED, json!({"b": board})).await;
+        client.sync().await;
+        client.send(frame.clone()).await;
+        assert_eq!(client.closed().await.unwrap(), 4400, "{protocol}: {frame}");
+    }
+    // The refused sockets' subscriptions went with them.
+    let store = gateway.broker().ports().subscriptions.clone();
+    assert!(
+        eventually(async || store
+            .by_topic(&boards::card_topic(&board))
+            .await
+            .unwrap()
+            .is_empty())
+        .await
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_legacy_stop_is_answered_by_complete_and_a_complete_by_nothing() {
+    let gateway = start(options(DeliveryMode::Stream)).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "b").await;
+
+    let mut legacy = WsClient::ready(&gateway, "graphql-ws", &alice).await;
+    legacy
+        .subscribe("cards", CARD_ADDED, json!({"b": board}))
+        .await;
+    legacy.sync().await;
+    legacy.send(json!({"id": "cards", "type": "stop"})).await;
+    assert_eq!(
+        legacy.recv().await.unwrap(),
+        json!({"id": "cards", "type": "complete"})
+    );
+    // A second stop of the same id has nothing left to end: no answer.
+    legacy.send(json!({"id": "cards", "type": "stop"})).await;
+    legacy.sync().await;
+
+    // graphql-transport-ws: the server sends nothing for an id the client completed.
+    let mut modern = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
+    modern
+        .subscribe("cards", CARD_ADDED, json!({"b": board}))
+        .await;
+    modern.sync().await;
+    modern
+        .send(json!({"id": "cards", "type": "complete"}))
+        .await;
+    modern.sync().await;
+    gateway.shutdown().await;
+}

@@ -16,6 +16,17 @@ pub(super) fn claim_partition(connection: &ConnectionId) -> String {
     format!("#claims/{connection}")
 }
 
+/// The partition of one connection's subscription counter: a single item (sort key
+/// [`COUNTER_KEY`]) whose `subscriptions` attribute every insert and delete of that
+/// connection's subscriptions changes in the same transaction, so the per-connection limit
+/// is a condition on it.
+pub(super) fn counter_partition(connection: &ConnectionId) -> String {
+    format!("#count/{connection}")
+}
+
+/// The sort key of the counter item in its [`counter_partition`].
+pub(super) const COUNTER_KEY: &str = "#count";
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ConnectionItem {

@@ -4,9 +4,13 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
+};
 
-use super::records::{ClaimItem, SubscriptionItem, claim_partition, closed_partition};
+use super::records::{
+    COUNTER_KEY, ClaimItem, SubscriptionItem, claim_partition, closed_partition, counter_partition,
+};
 use super::{
     Item, backend, batch_delete, batch_get, decode_listing, from_item, query_all, string, to_item,
 };
@@ -23,7 +27,8 @@ use crate::ports::{Inserted, StoreError, SubscriptionStore};
 /// `delete_by_connection` read one partition, strongly consistently, where a global
 /// secondary index would only be eventually consistent: a `complete` or a disconnect
 /// arriving right after a `subscribe` still finds it. The table has no index, so a
-/// subscription costs no write beyond its two items.
+/// subscription costs no write beyond its two items and its connection's counter (see
+/// [`counter_partition`]), which makes the per-connection limit one conditional write.
 ///
 /// A `complete` that finds no subscription leaves a tombstone in the claim's place (a claim
 /// marked `completed`, with its expiry as `ttl`), and a closed connection an item in
@@ -38,8 +43,9 @@ pub struct DynamoDbSubscriptionStore {
 
 /// What a transaction came to, beyond success.
 enum Cancelled {
-    /// A condition failed: the decision the caller asked for.
-    Condition,
+    /// A condition failed: the decision the caller asked for. The positions of the items
+    /// whose condition failed.
+    Condition(Vec<usize>),
     /// Another transaction held one of the items; worth trying again.
     Contention,
 }
@@ -73,6 +79,14 @@ impl DynamoDbSubscriptionStore {
     /// Runs a transaction, retrying it while it only collides with concurrent ones.
     /// `Ok(false)` when one of its conditions failed.
     async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
+        Ok(self.transact_conditions(items).await?.is_ok())
+    }
+
+    /// As [`Self::transact`], telling which items' conditions failed.
+    async fn transact_conditions(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Result<(), Vec<usize>>, StoreError> {
         let mut attempt = 0;
         loop {
             let result = self
@@ -82,8 +96,8 @@ impl DynamoDbSubscriptionStore {
                 .send()
                 .await;
             match result.map_err(classify) {
-                Ok(_) => return Ok(true),
-                Err(Ok(Cancelled::Condition)) => return Ok(false),
+                Ok(_) => return Ok(Ok(())),
+                Err(Ok(Cancelled::Condition(failed))) => return Ok(Err(failed)),
                 Err(Ok(Cancelled::Contention)) if attempt < self.retry.retries => {
                     self.retry.sleep(attempt).await;
                     attempt += 1;
@@ -99,7 +113,26 @@ impl DynamoDbSubscriptionStore {
         }
     }
 
-    /// The claims of one connection.
+    /// Adds `by` to the connection's subscription counter (creating it at 0, never taking
+    /// it below 0 from a missing counter), expiring with its subscriptions at `ttl`.
+    fn count_change(
+        &self,
+        connection: &ConnectionId,
+        by: i64,
+        ttl: u64,
+    ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        let start = if by < 0 { -by } else { 0 };
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&counter_partition(connection), COUNTER_KEY)))
+            .update_expression("SET #n = if_not_exists(#n, :start) + :by, #ttl = :ttl")
+            .expression_attribute_names("#n", "subscriptions")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":start", number(start))
+            .expression_attribute_values(":by", number(by))
+            .expression_attribute_values(":ttl", number(ttl as i64))
+    }
+
     /// The claim of one operation id, read consistently.
     async fn claim(&self, key: &SubscriptionKey) -> Result<Option<ClaimItem>, StoreError> {
         let output = self
@@ -204,11 +237,16 @@ impl DynamoDbSubscriptionStore {
             .set_key(Some(self.key(&claim.subscribed_topic, &encoded)))
             .build()
             .map_err(backend("TransactWriteItems"))?;
+        let count = self
+            .count_change(&key.connection_id, -1, claim.ttl)
+            .build()
+            .map_err(backend("TransactWriteItems"))?;
         self.transact(vec![
             TransactWriteItem::builder().delete(delete_claim).build(),
             TransactWriteItem::builder()
                 .delete(delete_subscription)
                 .build(),
+            TransactWriteItem::builder().update(count).build(),
         ])
         .await
     }
@@ -224,10 +262,13 @@ fn classify(
         let codes: Vec<&str> = cancelled
             .cancellation_reasons()
             .iter()
-            .filter_map(|reason| reason.code())
+            .map(|reason| reason.code().unwrap_or("None"))
             .collect();
         if codes.contains(&"ConditionalCheckFailed") {
-            return Ok(Cancelled::Condition);
+            let failed = (0..codes.len())
+                .filter(|&i| codes[i] == "ConditionalCheckFailed")
+                .collect();
+            return Ok(Cancelled::Condition(failed));
         }
         if codes.contains(&"TransactionConflict") {
             return Ok(Cancelled::Contention);
@@ -244,7 +285,11 @@ fn classify(
 
 #[async_trait]
 impl SubscriptionStore for DynamoDbSubscriptionStore {
-    async fn insert(&self, subscription: &Subscription) -> Result<Inserted, StoreError> {
+    async fn insert_within(
+        &self,
+        subscription: &Subscription,
+        max_per_connection: usize,
+    ) -> Result<Inserted, StoreError> {
         let key = subscription.key.encode();
         let connection = &subscription.key.connection_id;
         let claim = ClaimItem {
@@ -288,15 +333,28 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
                 .expression_attribute_values(":now", now)
                 .build()
                 .map_err(backend("TransactWriteItems"))?;
+            // The connection's counter, below the limit.
+            let count = self.count_change(connection, 1, subscription.expires_at);
+            let count = if max_per_connection == usize::MAX {
+                count
+            } else {
+                count
+                    .condition_expression("attribute_not_exists(#n) OR #n < :max")
+                    .expression_attribute_values(":max", number(max_per_connection as i64))
+            };
+            let count = count.build().map_err(backend("TransactWriteItems"))?;
             let items = vec![
                 TransactWriteItem::builder().put(put_claim).build(),
                 TransactWriteItem::builder().put(put_subscription).build(),
                 TransactWriteItem::builder().condition_check(open).build(),
+                TransactWriteItem::builder().update(count).build(),
             ];
-            if self.transact(items).await? {
-                return Ok(Inserted::Stored);
-            }
-            // Which condition failed: a closed connection, a tombstone, or a duplicate.
+            let failed = match self.transact_conditions(items).await? {
+                Ok(()) => return Ok(Inserted::Stored),
+                Err(failed) => failed,
+            };
+            // Which condition failed: a closed connection, a tombstone, a duplicate, or the
+            // limit.
             if self.is_closed(connection).await? {
                 return Ok(Inserted::ConnectionClosed);
             }
@@ -311,6 +369,11 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             let tombstone = found.is_some_and(|claim| claim.ttl > now_secs());
             if tombstone && self.remove_tombstone(&subscription.key).await? {
                 return Ok(Inserted::Completed);
+            }
+            if failed.contains(&3) {
+                return Err(StoreError::LimitReached(format!(
+                    "{connection} holds {max_per_connection} subscriptions"
+                )));
             }
             if attempt >= self.retry.retries {
                 return Err(StoreError::backend(crate::aws::AwsCallError::message(
@@ -483,11 +546,23 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .map(|claim| self.key(&partition, &claim.subscription_key));
         let keys = subscriptions.chain(own_claims).collect();
         batch_delete(&self.client, &self.table, keys, self.retry).await?;
+        // The counter last, once nothing it counts is left.
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&counter_partition(id), COUNTER_KEY)))
+            .send()
+            .await
+            .map_err(backend("DeleteItem"))?;
         Ok(claims
             .iter()
             .filter(|claim| claim.is_subscription())
             .count())
     }
+}
+
+fn number(n: i64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
 }
 
 /// The subscriptions among `items` that have not expired.
