@@ -9,7 +9,7 @@ use rlimit::Resource;
 /// clients and pools, the listener, the echo floor, stdio).
 const FD_MARGIN: u64 = 512;
 /// Memory one subscriber costs when the broker runs in this process, as a rough upper
-/// bound: the server side's socket (about 20 KiB idle, `--idle-sockets`; more while frames
+/// bound: the server side's socket (about 23 KiB idle, `--idle-sockets`; more while frames
 /// are in flight), the client's buffers, both sides' tasks, and the broker's connection and
 /// subscription records.
 const BYTES_PER_SUBSCRIBER_LOCAL: u64 = 512 * 1024;
