@@ -4,4 +4,5 @@
 pub mod aws;
 pub mod contract;
 pub mod fixtures;
+pub mod lambda;
 pub mod local;
