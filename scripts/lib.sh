@@ -5,7 +5,8 @@
 #   ROOT, TOOLS, VENV          repository root, .tools/ and the tools venv
 #   die MESSAGE                print to stderr and exit 1
 #   quietly LABEL CMD...       run CMD with its output kept in a log, shown only on failure
-#   moto_start / moto_stop     a moto_server on a free loopback port (MOTO_ENDPOINT, MOTO_PID)
+#   moto_start [HOST] / moto_stop  a moto_server on a free port of HOST (default the
+#                              loopback; MOTO_ENDPOINT, MOTO_PID)
 #   export_test_env            the environment the Rust tests expect
 #   npm_ci DIR                 `npm ci` in DIR unless node_modules matches its lockfile
 #   stamp_of FILE...           a digest of the files' contents
@@ -32,29 +33,30 @@ quietly() {
 }
 
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' \
+    "${1:-127.0.0.1}"
 }
 
-# Starts moto_server on 127.0.0.1 and waits until it answers. Exports
+# Starts moto_server on HOST (default 127.0.0.1) and waits until it answers. Exports
 # MOTO_ENDPOINT and MOTO_PID and sets an EXIT trap that stops the server, so
 # a failing caller does not leave it behind. The port is picked free and then
 # bound by moto, so another process can take it in between: retry then.
 moto_start() {
-  local attempt port log="$TOOLS/logs/moto.log"
+  local attempt port host=${1:-127.0.0.1} log="$TOOLS/logs/moto.log"
   [[ -x "$VENV/bin/moto_server" ]] || die "moto_server is missing: run scripts/test-deps"
   mkdir -p "$TOOLS/logs"
   trap moto_stop EXIT
   for attempt in 1 2 3; do
-    port=$(free_port)
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+    port=$(free_port "$host")
+    "$VENV/bin/moto_server" -H "$host" -p "$port" >"$log" 2>&1 &
     MOTO_PID=$!
     # Cold start of the Python server takes about two seconds here.
     for _ in $(seq 1 150); do
       if ! kill -0 "$MOTO_PID" 2>/dev/null; then
         break
       fi
-      if curl -sf -o /dev/null "http://127.0.0.1:$port/moto-api/data.json"; then
-        export MOTO_ENDPOINT="http://127.0.0.1:$port" MOTO_PID
+      if curl -sf -o /dev/null "http://$host:$port/moto-api/data.json"; then
+        export MOTO_ENDPOINT="http://$host:$port" MOTO_PID
         return 0
       fi
       sleep 0.1

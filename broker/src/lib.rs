@@ -253,7 +253,7 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `POST_CONCURRENCY`,
-    /// `MAX_REQUEST_BYTES`, `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`,
+    /// `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`, `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`,
     /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
     /// `RESUME_SETTLE_MS`, `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
     /// malformed ones are an error.
@@ -303,6 +303,9 @@ impl BrokerConfig {
         }
         if let Some(n) = var("MAX_SUBSCRIPTIONS_PER_CONNECTION")? {
             config.max_subscriptions_per_connection = n;
+        }
+        if let Some(secs) = var::<u64>("INIT_TIMEOUT_SECS")? {
+            config.init_timeout = Duration::from_secs(secs.max(1));
         }
         if let Some(ms) = var::<u64>("RENDER_TIMEOUT_MS")? {
             config.render_timeout = Duration::from_millis(ms.max(1));
