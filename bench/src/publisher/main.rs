@@ -660,12 +660,13 @@ async fn copy_first_subscriber(
         .await?
         .items
         .unwrap_or_default();
+    // The subscription, its claim, and its connection's subscription count.
     anyhow::ensure!(
-        first.len() == 2,
-        "expected a subscription and its claim, found {} items",
+        first.len() == 3,
+        "expected a subscription, its claim and its connection's count, found {} items",
         first.len()
     );
-    let mut requests = Vec::with_capacity(2 * n);
+    let mut requests = Vec::with_capacity(first.len() * n);
     for i in 1..n {
         let id = format!("conn-{i}");
         for template in &first {
