@@ -388,7 +388,8 @@ impl Subscribers {
     ) -> Result<Self, CaseError> {
         let counters = Arc::new(Counters::default());
         let (stop, stopped) = watch::channel(false);
-        let (ready_tx, mut ready) = mpsc::unbounded_channel::<Result<(), String>>();
+        // One message per subscriber: room for all of them, so no task ever waits to report.
+        let (ready_tx, mut ready) = mpsc::channel::<Result<(), String>>(size.max(1));
         let permits = Arc::new(Semaphore::new(config.connect_concurrency_for(mode)));
         let mut listeners = Vec::with_capacity(size);
         for _ in 0..size {
@@ -406,11 +407,11 @@ impl Subscribers {
                 };
                 match opened {
                     Ok(subscriber) => {
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send(Ok(())).await;
                         Some(subscriber.listen(titles, clock, stopped, counters).await)
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        let _ = ready_tx.send(Err(format!("{e:#}"))).await;
                         None
                     }
                 }
