@@ -11,8 +11,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
+};
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
-use async_graphql::{Context, Executor, Request, Response, ServerError, Variables};
+use async_graphql::{
+    Context, Executor, Request, Response, ServerError, ServerResult, ValidationResult, Variables,
+};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
@@ -157,26 +162,58 @@ pub(crate) fn selected_operation(
 /// more). Enough for thousands of distinct subscription documents.
 pub(crate) const DOCUMENT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Parsed, cost-checked documents, keyed by their text: a document is parsed and priced
-/// once per process, however many requests, subscribers and events use it. Bounded by the
-/// bytes of text it holds; when full, arbitrary entries make room (a document evicted is
-/// only parsed again, never wrong). Refused documents are not kept.
-pub(crate) struct DocumentCache {
-    entries: Mutex<CacheEntries>,
+/// A map bounded by the bytes of its keys; when full, arbitrary entries make room (an entry
+/// evicted is only computed again, never wrong).
+struct Bounded<V> {
+    entries: HashMap<Arc<str>, V>,
+    bytes: usize,
     max_bytes: usize,
 }
 
-#[derive(Default)]
-struct CacheEntries {
-    documents: HashMap<Arc<str>, Arc<ExecutableDocument>>,
-    bytes: usize,
+impl<V: Clone> Bounded<V> {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        self.entries.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: &str, value: V) {
+        while self.bytes + key.len() > self.max_bytes {
+            let Some(victim) = self.entries.keys().next().cloned() else {
+                break;
+            };
+            self.entries.remove(&victim);
+            self.bytes -= victim.len();
+        }
+        if self.entries.insert(Arc::from(key), value).is_none() {
+            self.bytes += key.len();
+        }
+    }
+}
+
+/// Parsed, cost-checked documents, keyed by their text: a document is parsed and priced
+/// once per process, however many requests, subscribers and events use it. Bounded by the
+/// bytes of text it holds. Refused documents are not kept.
+///
+/// Beside them, what the schema's validation said of a stored subscription rendered with
+/// its operation and variables ([`Prevalidation`]): delivery validates each once per
+/// process, not once per event.
+pub(crate) struct DocumentCache {
+    documents: Mutex<Bounded<Arc<ExecutableDocument>>>,
+    validations: Mutex<Bounded<ValidationResult>>,
 }
 
 impl DocumentCache {
     pub(crate) fn new(max_bytes: usize) -> Self {
         Self {
-            entries: Mutex::default(),
-            max_bytes,
+            documents: Mutex::new(Bounded::new(max_bytes)),
+            validations: Mutex::new(Bounded::new(max_bytes)),
         }
     }
 
@@ -193,36 +230,91 @@ impl DocumentCache {
             }
             .into());
         }
-        if let Some(document) = self.lock().documents.get(text) {
-            return Ok(document.clone());
+        if let Some(document) = lock(&self.documents).get(text) {
+            return Ok(document);
         }
         // Parsed outside the lock: other requests go on meanwhile.
         let document = Arc::new(limits.parse(text)?);
-        let mut entries = self.lock();
-        while entries.bytes + text.len() > self.max_bytes {
-            let Some(victim) = entries.documents.keys().next().cloned() else {
-                break;
-            };
-            entries.documents.remove(&victim);
-            entries.bytes -= victim.len();
-        }
-        if entries
-            .documents
-            .insert(Arc::from(text), document.clone())
-            .is_none()
-        {
-            entries.bytes += text.len();
-        }
+        lock(&self.documents).insert(text, document.clone());
         Ok(document)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().documents.len()
+        lock(&self.documents).entries.len()
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        lock(&self.documents).bytes
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The broker's async-graphql extension. Add it to the schema builder
+/// (`Schema::build(..).extension(broker::Prevalidation)`) and delivery renders a stored
+/// subscription without parsing or validating its document again for every event: the
+/// schema's validation runs once per process for each distinct (document, operation,
+/// variables), and its outcome is reused. Without it every rendering validates in full;
+/// the results are the same.
+///
+/// It acts only on the broker's own renderings; queries, mutations and subscribes are
+/// parsed and validated as usual.
+pub struct Prevalidation;
+
+impl ExtensionFactory for Prevalidation {
+    fn create(&self) -> Arc<dyn Extension> {
+        static HOOKS: std::sync::LazyLock<Arc<PrevalidationHooks>> =
+            std::sync::LazyLock::new(|| Arc::new(PrevalidationHooks));
+        HOOKS.clone()
+    }
+}
+
+struct PrevalidationHooks;
+
+/// Request data of a rendering whose document this process validated before, with the same
+/// operation and variables, against the same schema.
+struct Validated {
+    document: Arc<ExecutableDocument>,
+    result: ValidationResult,
+}
+
+/// Request data of a rendering validated in full: where the validation's outcome is left.
+#[derive(Default)]
+struct ValidationSlot(Mutex<Option<ValidationResult>>);
+
+#[async_trait]
+impl Extension for PrevalidationHooks {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        match ctx.data_opt::<Validated>() {
+            // Checked at `subscribe` and by the cost limits when it was cached.
+            Some(validated) => Ok(validated.document.as_ref().clone()),
+            None => next.run(ctx, query, variables).await,
+        }
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        if let Some(validated) = ctx.data_opt::<Validated>() {
+            return Ok(validated.result);
+        }
+        let result = next.run(ctx).await;
+        if let (Ok(outcome), Some(slot)) = (&result, ctx.data_opt::<Arc<ValidationSlot>>()) {
+            *lock(&slot.0) = Some(*outcome);
+        }
+        result
     }
 }
 
@@ -285,8 +377,33 @@ pub(crate) async fn render(
             if let Some(name) = &subscription.operation_name {
                 request = request.operation_name(name.clone());
             }
-            request.set_parsed_query(document.as_ref().clone());
-            executor.execute_stream(extra(request)).next().await?
+            // Validation depends on the document, the operation and the variables. Neither
+            // an operation name nor JSON text holds a line break: the key is unambiguous.
+            let key = format!(
+                "{}\n{}\n{}",
+                subscription.operation_name.as_deref().unwrap_or_default(),
+                subscription.variables,
+                subscription.document
+            );
+            let validated = lock(&documents.validations).get(&key);
+            let slot = match validated {
+                Some(result) => {
+                    request = request.data(Validated { document, result });
+                    None
+                }
+                None => {
+                    let slot = Arc::new(ValidationSlot::default());
+                    request.set_parsed_query(document.as_ref().clone());
+                    request = request.data(slot.clone());
+                    Some(slot)
+                }
+            };
+            let response = executor.execute_stream(extra(request)).next().await?;
+            // Left there by the extension, when the schema has it and validation passed.
+            if let Some(result) = slot.and_then(|slot| lock(&slot.0).take()) {
+                lock(&documents.validations).insert(&key, result);
+            }
+            response
         }
         Err(error) => Response::from_errors(vec![error]),
     };
@@ -327,7 +444,7 @@ mod tests {
         }
         // 50 documents of 10-11 bytes do not fit in 100 bytes.
         assert!(cache.len() <= 10, "{} documents kept", cache.len());
-        assert!(cache.lock().bytes <= 100);
+        assert!(cache.bytes() <= 100);
     }
 
     #[test]
@@ -350,5 +467,172 @@ mod tests {
         assert!(cache.get_or_parse(&CostLimits::default(), &bomb).is_err());
         assert!(cache.get_or_parse(&CostLimits::default(), "{ a(").is_err());
         assert_eq!(cache.len(), 0);
+    }
+}
+
+#[cfg(test)]
+mod prevalidation_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_graphql::{Object, Schema, SimpleObject, Subscription as GqlSubscription};
+
+    use super::*;
+    use crate::domain::{Audience, ConnectionId, SubscriptionKey};
+    use crate::protocol::Protocol;
+
+    #[derive(Clone, serde::Deserialize, SimpleObject)]
+    struct Note {
+        text: String,
+        length: i32,
+    }
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn ok(&self) -> bool {
+            true
+        }
+    }
+
+    struct Notes;
+
+    #[GqlSubscription]
+    impl Notes {
+        async fn note(
+            &self,
+            ctx: &Context<'_>,
+            channel: String,
+        ) -> async_graphql::Result<EventStream<Note>> {
+            listen(ctx, Topic::new(channel))
+        }
+    }
+
+    /// Counts the validations that reach async-graphql's own rules: it comes after
+    /// [`Prevalidation`] in the chain, so a validation skipped there never reaches it.
+    #[derive(Clone, Default)]
+    struct CountValidations(Arc<AtomicUsize>);
+
+    impl ExtensionFactory for CountValidations {
+        fn create(&self) -> Arc<dyn Extension> {
+            Arc::new(self.clone())
+        }
+    }
+
+    #[async_trait]
+    impl Extension for CountValidations {
+        async fn validation(
+            &self,
+            ctx: &ExtensionContext<'_>,
+            next: NextValidation<'_>,
+        ) -> Result<ValidationResult, Vec<ServerError>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            next.run(ctx).await
+        }
+    }
+
+    fn subscription(document: &str, variables: serde_json::Value) -> Subscription {
+        Subscription {
+            key: SubscriptionKey {
+                connection_id: ConnectionId::new("c"),
+                operation_id: "1".into(),
+            },
+            topic: Topic::new("notes"),
+            protocol: Protocol::GraphqlTransportWs,
+            principal: UserId::new("alice"),
+            document: document.into(),
+            operation_name: None,
+            variables,
+            expires_at: u64::MAX,
+            starts_at_ms: 0,
+        }
+    }
+
+    fn event(text: &str) -> Arc<Event> {
+        Arc::new(Event::new(
+            Topic::new("notes"),
+            serde_json::json!({"text": text, "length": text.len()}),
+            Audience::Everyone,
+        ))
+    }
+
+    async fn render_all(
+        schema: &dyn GraphqlExecutor,
+        documents: &DocumentCache,
+        subscription: &Subscription,
+        texts: &[&str],
+    ) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for text in texts {
+            let event = event(text);
+            let rendered = render(
+                schema,
+                documents,
+                &CostLimits::default(),
+                subscription,
+                &event,
+                |r| r,
+            )
+            .await
+            .expect("the subscription renders the event");
+            let mut value: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+            // The event id differs per event by design.
+            value["extensions"].take();
+            out.push(value);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_stored_document_is_validated_once_per_process_and_renders_the_same() {
+        let counted = CountValidations::default();
+        let fast = Schema::build(Query, async_graphql::EmptyMutation, Notes)
+            .extension(Prevalidation)
+            .extension(counted.clone())
+            .finish();
+        let plain = Schema::new(Query, async_graphql::EmptyMutation, Notes);
+        let document = r#"subscription($c: String!) { n: note(channel: $c) { t: text length } }"#;
+        let stored = subscription(document, serde_json::json!({"c": "notes"}));
+        let texts = ["a", "bb", "ccc", "dddd"];
+
+        let cache = DocumentCache::new(1 << 20);
+        let rendered = render_all(&fast, &cache, &stored, &texts).await;
+        assert_eq!(
+            counted.0.load(Ordering::Relaxed),
+            1,
+            "four events, one validation"
+        );
+        let reference = render_all(&plain, &DocumentCache::new(1 << 20), &stored, &texts).await;
+        assert_eq!(rendered, reference);
+        assert_eq!(
+            rendered[2],
+            serde_json::json!({"data": {"n": {"t": "ccc", "length": 3}}, "extensions": null})
+        );
+
+        // Other variables are validated on their own.
+        let other = subscription(document, serde_json::json!({"c": "notes", "x": 1}));
+        render_all(&fast, &cache, &other, &texts).await;
+        assert_eq!(counted.0.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_document_that_fails_validation_is_never_taken_as_validated() {
+        let counted = CountValidations::default();
+        let fast = Schema::build(Query, async_graphql::EmptyMutation, Notes)
+            .extension(Prevalidation)
+            .extension(counted.clone())
+            .finish();
+        // A variable of the wrong type: validation refuses it at every event.
+        let stored = subscription(
+            r#"subscription($c: String!) { note(channel: $c) { text } }"#,
+            serde_json::json!({"c": 42}),
+        );
+        let cache = DocumentCache::new(1 << 20);
+        let rendered = render_all(&fast, &cache, &stored, &["a", "b"]).await;
+        for response in &rendered {
+            assert!(response["errors"].is_array(), "{response}");
+            assert!(response["data"].is_null(), "{response}");
+        }
+        assert_eq!(counted.0.load(Ordering::Relaxed), 2);
     }
 }

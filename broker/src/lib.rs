@@ -160,7 +160,8 @@ pub use domain::{
     Topic, UserId,
 };
 pub use graphql::{
-    EventStream, GraphqlExecutor, Roles, has_role, internal_error, listen, principal, registering,
+    EventStream, GraphqlExecutor, Prevalidation, Roles, has_role, internal_error, listen,
+    principal, registering,
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{

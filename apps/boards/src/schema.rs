@@ -33,6 +33,8 @@ pub type BoardsSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
 pub fn build_schema(store: Arc<dyn BoardStore>) -> BoardsSchema {
     Schema::build(Query, Mutation, SubscriptionRoot)
+        // Delivery renders each stored subscription without validating it again per event.
+        .extension(broker::Prevalidation)
         .data(store)
         .limit_depth(16)
         .limit_complexity(500)

@@ -34,6 +34,8 @@ pub type PricesSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
 pub fn build_schema() -> PricesSchema {
     Schema::build(Query, Mutation, SubscriptionRoot)
+        // Delivery renders each stored subscription without validating it again per event.
+        .extension(broker::Prevalidation)
         .limit_depth(8)
         .limit_complexity(100)
         .finish()

@@ -45,8 +45,8 @@ struct Cli {
     /// Events per stream batch.
     #[arg(long, default_value_t = 10)]
     events: usize,
-    /// Batches measured per case (after one warm-up batch).
-    #[arg(long, default_value_t = 5)]
+    /// Batches measured per case (after one warm-up batch), each beside a floor run.
+    #[arg(long, default_value_t = 9)]
     batches: usize,
     /// Stores to run on, comma-separated: embedded, moto (needs --moto or MOTO_ENDPOINT).
     #[arg(long, value_delimiter = ',', default_value = "embedded,moto")]
@@ -134,6 +134,32 @@ struct Row {
     cpu_per_message: Duration,
     per_second: f64,
     store_requests_per_event: Option<f64>,
+    /// Against the signed-POST floor run just before each measured batch, with as many
+    /// posts: the CPU and rate ratios of every batch.
+    paired: Option<Paired>,
+}
+
+/// Ratios of a case to the floor measured beside each of its batches.
+#[derive(Default)]
+struct Paired {
+    cpu: Vec<f64>,
+    rate: Vec<f64>,
+}
+
+/// The median, minimum and maximum of `values`.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    };
+    (
+        median,
+        sorted.first().copied().unwrap_or(f64::NAN),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    )
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -166,8 +192,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_or("-".to_owned(), |r| format!("{r:.1}")),
         );
     }
+    println!(
+        "\npaired with the signed-POST floor (a floor run of as many posts just before each \
+         measured batch; median [min-max] of the batches):"
+    );
+    for row in &rows {
+        if let Some(paired) = &row.paired {
+            let (cpu, cpu_min, cpu_max) = spread(&paired.cpu);
+            let (rate, rate_min, rate_max) = spread(&paired.rate);
+            println!(
+                "  {}: CPU {cpu:.2}x [{cpu_min:.2}-{cpu_max:.2}], rate {:.0}% [{:.0}-{:.0}%]",
+                row.label,
+                100.0 * rate,
+                100.0 * rate_min,
+                100.0 * rate_max
+            );
+        }
+    }
     let signed = &rows[1];
-    println!("\nratios to the signed-POST floor (same run):");
+    println!("\nratios to the signed-POST floor measured once at the start:");
     for row in &rows[2..] {
         println!(
             "  {}: CPU {:.2}x, rate {:.0}%",
@@ -201,22 +244,41 @@ async fn floor_plain(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
         cpu_per_message: cpu / posts as u32,
         per_second: posts as f64 / wall.as_secs_f64(),
         store_requests_per_event: None,
+        paired: None,
     })
 }
 
-async fn floor_signed(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-    let client = reqwest::Client::new();
-    let frame = frame_like();
-    let identity = bench_credentials().into();
-    let post = |i: usize| {
-        let url = format!("{}/@connections/floor-{i}", sink.url);
+/// The signed-POST floor: a frame-sized body, signed with SigV4 for `execute-api`, POSTed on
+/// a pooled connection, as many at once as the broker posts.
+struct SignedFloor {
+    client: reqwest::Client,
+    base: String,
+    frame: String,
+    identity: aws_smithy_runtime_api::client::identity::Identity,
+}
+
+impl SignedFloor {
+    /// A floor on its own connection pool, warmed.
+    async fn new(sink: &sink::Sink) -> anyhow::Result<Self> {
+        let floor = Self {
+            client: reqwest::Client::new(),
+            base: format!("{}/@connections", sink.url),
+            frame: frame_like(),
+            identity: bench_credentials().into(),
+        };
+        floor.run(concurrency()).await?;
+        Ok(floor)
+    }
+
+    fn request(&self, i: usize) -> reqwest::Request {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let url = format!("{}/floor-{i}", self.base);
         let mut request = http::Request::post(&url)
             .header("content-type", "application/json")
-            .body(frame.clone())
+            .body(self.frame.clone())
             .expect("a valid request");
         let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
+            .identity(&self.identity)
             .region("us-east-1")
             .name("execute-api")
             .time(SystemTime::now())
@@ -231,29 +293,39 @@ async fn floor_signed(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
                 .headers()
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or_default())),
-            SignableBody::Bytes(frame.as_bytes()),
+            SignableBody::Bytes(self.frame.as_bytes()),
         )
         .expect("a signable request");
         let (instructions, _) = sign(signable, &params)
             .expect("signing succeeds")
             .into_parts();
         instructions.apply_to_request_http1x(&mut request);
-        let request = reqwest::Request::try_from(request).expect("an http request converts");
-        let client = &client;
-        async move {
-            client
-                .execute(request)
-                .await
-                .map(|r| r.status().is_success())
-        }
-    };
-    run_posts(&post, concurrency()).await?;
-    let (cpu, wall) = measure(run_posts(&post, posts)).await?;
+        reqwest::Request::try_from(request).expect("an http request converts")
+    }
+
+    async fn run(&self, posts: usize) -> anyhow::Result<()> {
+        let post = |i: usize| {
+            let request = self.request(i);
+            async move {
+                self.client
+                    .execute(request)
+                    .await
+                    .map(|r| r.status().is_success())
+            }
+        };
+        run_posts(&post, posts).await
+    }
+}
+
+async fn floor_signed(sink: &sink::Sink, posts: usize) -> anyhow::Result<Row> {
+    let floor = SignedFloor::new(sink).await?;
+    let (cpu, wall) = measure(floor.run(posts)).await?;
     Ok(Row {
         label: "floor: SigV4-signed POST".into(),
         cpu_per_message: cpu / posts as u32,
         per_second: posts as f64 / wall.as_secs_f64(),
         store_requests_per_event: None,
+        paired: None,
     })
 }
 
@@ -306,6 +378,7 @@ async fn floor_gateway(sink: &sink::Sink, posts: usize, client: PostClient) -> a
         cpu_per_message: cpu / posts as u32,
         per_second: posts as f64 / wall.as_secs_f64(),
         store_requests_per_event: None,
+        paired: None,
     })
 }
 
@@ -551,11 +624,15 @@ async fn publisher_case(
         }
     }
 
+    let floor = SignedFloor::new(sink).await?;
+    let mut paired = Paired::default();
     let mut cpu = Duration::ZERO;
     let mut wall = Duration::ZERO;
     let mut requests = 0;
     let mut delivered = 0;
     for batch_index in 0..=cli.batches {
+        // The floor beside this batch: the machine's speed at this moment.
+        let (floor_cpu, floor_wall) = measure(floor.run(n * cli.events)).await?;
         let events: Vec<Event> = (0..cli.events)
             .map(|k| {
                 let card = json!({"id": format!("card-{batch_index}-{k}"), "boardId": BOARD, "title": "A card"});
@@ -589,6 +666,12 @@ async fn publisher_case(
             wall += took;
             requests += used;
             delivered += posted;
+            paired
+                .cpu
+                .push(spent.as_secs_f64() / floor_cpu.as_secs_f64());
+            paired
+                .rate
+                .push(floor_wall.as_secs_f64() / took.as_secs_f64());
         }
     }
     let label = format!(
@@ -613,6 +696,7 @@ async fn publisher_case(
         cpu_per_message: cpu / delivered.max(1) as u32,
         per_second: delivered as f64 / wall.as_secs_f64(),
         store_requests_per_event: Some(requests as f64 / (cli.batches * cli.events) as f64),
+        paired: Some(paired),
     })
 }
 
