@@ -101,7 +101,8 @@ async fn receive(
 
 #[tokio::test]
 async fn above_the_threshold_an_event_goes_out_as_sqs_pages_that_the_worker_delivers() {
-    // GIVEN five subscribers in DynamoDB, a threshold of 2 and pages of 2
+    // GIVEN five subscribers in DynamoDB, a threshold of 2 and pages of 2 (one group, so the
+    // pages are the plain chunks)
     let tables = fresh_tables().await;
     let (sqs, url) = fresh_queue().await;
     let client = tables.dynamodb.clone();
@@ -122,6 +123,7 @@ async fn above_the_threshold_an_event_goes_out_as_sqs_pages_that_the_worker_deli
     let config = BrokerConfig {
         fanout_threshold: 2,
         fanout_page_size: 2,
+        fanout_groups: 1,
         ..BrokerConfig::default()
     };
     let broker = broker_on(ports, config).await;
@@ -208,6 +210,7 @@ fn pages(count: usize) -> Vec<FanoutPage> {
         .map(|i| FanoutPage {
             topic: Topic::new("board/b1/cardAdded"),
             event_id: format!("event-{i}"),
+            group: format!("board/b1/cardAdded#{i}"),
             subscription_keys: vec![format!("conn-{i}#1")],
         })
         .collect()
@@ -323,6 +326,7 @@ async fn a_page_that_keeps_failing_is_redriven_to_the_dead_letter_queue() {
     let page = |s: &Subscription| FanoutPage {
         topic: event.topic.clone(),
         event_id: event.id.clone(),
+        group: broker::fanout::group_name(&event.topic, 0),
         subscription_keys: vec![s.key.encode()],
     };
     let (doomed, fine) = (page(&failing), page(&working));

@@ -3,17 +3,24 @@
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use broker::Broker;
 
 /// The SQS event source mapping: receive pages, run the worker, delete what succeeded.
 /// Failed messages reappear after their visibility timeout and reach the dead-letter queue
 /// after the queue's maxReceiveCount.
+///
+/// On a FIFO queue SQS returns a group's messages in order and none of a group while an
+/// earlier message of it is in flight (received, neither deleted nor visible again), so
+/// several pollers never hold one group at once; each message's `MessageGroupId` is passed
+/// on to the worker, which handles a group's messages of the batch one after another.
 pub(crate) async fn poll(broker: Broker, sqs: aws_sdk_sqs::Client, queue_url: String) {
     loop {
         let received = sqs
             .receive_message()
             .queue_url(&queue_url)
             .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .wait_time_seconds(1)
             .send()
             .await;
@@ -36,6 +43,12 @@ pub(crate) async fn poll(broker: Broker, sqs: aws_sdk_sqs::Client, queue_url: St
                 message.receipt_handle = m.receipt_handle().map(str::to_owned);
                 message.body = m.body().map(str::to_owned);
                 message.event_source = Some("aws:sqs".to_owned());
+                if let Some(attributes) = m.attributes() {
+                    message.attributes = attributes
+                        .iter()
+                        .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                        .collect();
+                }
                 message
             })
             .collect();
