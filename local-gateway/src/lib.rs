@@ -216,8 +216,14 @@ impl LocalGateway {
                 ))];
                 if let Some((sqs, url)) = parts.sqs {
                     // Lambda runs several workers at once; two pollers stand in for them.
+                    let receiving = fanout::sqs::Receiving::default();
                     for _ in 0..2 {
-                        let poller = fanout::sqs::poll(broker.clone(), sqs.clone(), url.clone());
+                        let poller = fanout::sqs::poll(
+                            broker.clone(),
+                            sqs.clone(),
+                            url.clone(),
+                            receiving.clone(),
+                        );
                         tasks.push(tokio::spawn(poller));
                     }
                 }
