@@ -92,6 +92,22 @@ mod tests {
     }
 
     #[test]
+    fn a_page_serializes_its_group_and_one_from_before_groups_still_reads() {
+        let page = &pages(&Topic::new("t"), "e", [key("c", "1")], 4, 10)[0];
+        let json = serde_json::to_value(page).unwrap();
+        assert_eq!(
+            json["group"],
+            group_name(&Topic::new("t"), bucket_of(&ConnectionId::new("c"), 4))
+        );
+        let old: FanoutPage =
+            serde_json::from_str(r#"{"topic":"t","eventId":"e","subscriptionKeys":["c#1"]}"#)
+                .unwrap();
+        assert_eq!(old.group, "");
+        assert_eq!(old.ordering_group(), "t");
+        assert_eq!(page.ordering_group(), page.group);
+    }
+
+    #[test]
     fn buckets_are_stable_values() {
         // Pinned: a change here would send a live connection's pages to another group
         // while older pages of it are still queued in the old one.
@@ -126,7 +142,7 @@ mod tests {
                 .collect()
         };
         let first = pages(&topic, "event-1", keys.clone(), 8, 7);
-        let mut reversed = keys.clone();
+        let mut reversed = keys;
         reversed.reverse();
         let second = pages(&topic, "event-2", reversed, 8, 7);
         assert_eq!(group_of(&first), group_of(&second));
