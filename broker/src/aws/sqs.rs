@@ -62,6 +62,11 @@ impl SqsFanoutQueue {
     /// Sends up to ten pages. Entries SQS failed through no fault of the request are sent
     /// again; any other failed entry fails the call, since a page left behind is a set of
     /// subscribers who never get the event.
+    ///
+    /// On a FIFO queue an entry sent again lands after entries of its group that passed the
+    /// first time. That is harmless: one call carries the pages of one event, and two pages
+    /// of one event never share a subscription, so no subscriber sees two of its events
+    /// swapped; the next event's pages are sent only once this call has returned.
     async fn send_batch(&self, pages: &[FanoutPage]) -> Result<(), StoreError> {
         // Entry ids are positions in `pages`, so a failed entry leads back to its page.
         let mut pending: Vec<usize> = (0..pages.len()).collect();

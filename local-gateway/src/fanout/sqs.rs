@@ -24,6 +24,9 @@ pub(crate) struct Receiving(Arc<Mutex<()>>);
 /// earlier message of it is in flight (received, neither deleted nor visible again), so
 /// several pollers never hold one group at once; each message's `MessageGroupId` is passed
 /// on to the worker, which handles a group's messages of the batch one after another.
+/// (moto, unlike SQS, can hand out a later message of a group first when several of the
+/// group's failed messages become visible again one after another: against moto the order
+/// of a group holds as long as its pages do not fail.)
 pub(crate) async fn poll(
     broker: Broker,
     sqs: aws_sdk_sqs::Client,
