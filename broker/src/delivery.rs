@@ -173,14 +173,7 @@ impl Broker {
         let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
         let report = match &self.ports().fanout {
             Some(queue) if subscriptions.len() > self.config().fanout_threshold => {
-                let pages: Vec<FanoutPage> = subscriptions
-                    .chunks(self.config().fanout_page_size)
-                    .map(|chunk| FanoutPage {
-                        topic: event.topic.clone(),
-                        event_id: event.id.clone(),
-                        subscription_keys: chunk.iter().map(|s| s.key.encode()).collect(),
-                    })
-                    .collect();
+                let pages = self.fanout_pages(&event, subscriptions.into_iter().map(|s| s.key));
                 queue.enqueue(&pages).await?;
                 DeliveryReport {
                     pages_enqueued: pages.len(),
@@ -226,25 +219,36 @@ impl Broker {
         Ok(self.requeue_failures(&event, report).await)
     }
 
+    /// The fan-out pages of `event` for `keys`: one bucket's subscriptions per page, each
+    /// page in its bucket's group ([`crate::fanout`]).
+    fn fanout_pages(
+        &self,
+        event: &Event,
+        keys: impl IntoIterator<Item = SubscriptionKey>,
+    ) -> Vec<FanoutPage> {
+        crate::fanout::pages(
+            &event.topic,
+            &event.id,
+            keys,
+            self.config().fanout_groups,
+            self.config().fanout_page_size,
+        )
+    }
+
     /// Hands the subscriptions an event failed to reach to the fan-out queue as pages of
     /// their own, so a retry reaches them and nobody else. Without a queue (or when it
-    /// refuses) the report stays incomplete and the event is retried whole.
+    /// refuses) the report stays incomplete and the event is retried whole. On an ordered
+    /// queue ([`crate::ports::FanoutQueue::ordered`]) too: a page enqueued now would come
+    /// after pages of later events in its group, or be overtaken by later events the stream
+    /// publisher posts itself, so the delivery is retried in place instead.
     async fn requeue_failures(&self, event: &Event, mut report: DeliveryReport) -> DeliveryReport {
         let Some(queue) = &self.ports().fanout else {
             return report;
         };
-        if report.failed == 0 || report.failed_keys.len() != report.failed {
+        if report.failed == 0 || report.failed_keys.len() != report.failed || queue.ordered() {
             return report;
         }
-        let pages: Vec<FanoutPage> = report
-            .failed_keys
-            .chunks(self.config().fanout_page_size)
-            .map(|chunk| FanoutPage {
-                topic: event.topic.clone(),
-                event_id: event.id.clone(),
-                subscription_keys: chunk.iter().map(|k| k.encode()).collect(),
-            })
-            .collect();
+        let pages = self.fanout_pages(event, report.failed_keys.iter().cloned());
         match queue.enqueue(&pages).await {
             Ok(()) => {
                 tracing::info!(event = %event.id, failed = report.failed, "failed posts re-enqueued alone");

@@ -132,6 +132,7 @@ pub mod aws;
 pub mod cost;
 pub mod delivery;
 pub mod domain;
+pub mod fanout;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod graphql;
@@ -204,6 +205,10 @@ pub struct BrokerConfig {
     pub fanout_threshold: usize,
     /// Subscriptions per fan-out page.
     pub fanout_page_size: usize,
+    /// Buckets a topic's subscribers are spread over by connection id ([`fanout`]): a fan-out
+    /// page holds one bucket's subscriptions, and a FIFO queue keeps each bucket's pages in
+    /// order. More groups let more workers share one topic's fan-out at once.
+    pub fanout_groups: usize,
     /// Posts in flight at once for one delivery. API Gateway's account throttle
     /// (10,000 requests/s, shared) is what bounds it on AWS.
     pub post_concurrency: usize,
@@ -238,6 +243,7 @@ impl Default for BrokerConfig {
             delivery_mode: DeliveryMode::Stream,
             fanout_threshold: 100,
             fanout_page_size: 50,
+            fanout_groups: 32,
             post_concurrency: 64,
             init_timeout: Duration::from_secs(30),
             limits: CostLimits::default(),
@@ -253,9 +259,9 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `POST_CONCURRENCY`,
-    /// `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`, `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`,
-    /// `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
+    /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `FANOUT_GROUPS` (at
+    /// least 1), `POST_CONCURRENCY`, `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`,
+    /// `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`, `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
     /// `RESUME_SETTLE_MS`, `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
     /// malformed ones are an error.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -286,6 +292,16 @@ impl BrokerConfig {
         }
         if let Some(n) = var::<usize>("FANOUT_PAGE_SIZE")? {
             config.fanout_page_size = n.max(1);
+        }
+        if let Some(n) = var::<usize>("FANOUT_GROUPS")? {
+            if n == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "FANOUT_GROUPS".to_owned(),
+                    value: n.to_string(),
+                    reason: "at least one group is needed".to_owned(),
+                });
+            }
+            config.fanout_groups = n;
         }
         if let Some(n) = var::<usize>("POST_CONCURRENCY")? {
             config.post_concurrency = n.max(1);

@@ -200,6 +200,11 @@ pub trait ConnectionGateway: Send + Sync {
 pub struct FanoutPage {
     pub topic: Topic,
     pub event_id: String,
+    /// `"{topic}#{bucket}"` ([`crate::fanout`]): the queue keeps the pages of one group in
+    /// order, and every subscription of a page is in its group. Empty in a page from before
+    /// groups (it deserializes without one); such a page is ordered by its topic alone.
+    #[serde(default)]
+    pub group: String,
     pub subscription_keys: Vec<String>,
 }
 
@@ -217,10 +222,33 @@ impl FanoutPage {
             .filter_map(|k| SubscriptionKey::decode(k))
             .collect()
     }
+
+    /// What the queue orders this page by: its group, or its topic for a page from before
+    /// groups.
+    pub fn ordering_group(&self) -> &str {
+        if self.group.is_empty() {
+            self.topic.as_str()
+        } else {
+            &self.group
+        }
+    }
 }
 
 /// The queue that spreads large fan-outs over workers (SQS on AWS).
 #[async_trait]
 pub trait FanoutQueue: Send + Sync {
+    /// Sends `pages` in this order.
     async fn enqueue(&self, pages: &[FanoutPage]) -> Result<(), StoreError>;
+
+    /// Whether the queue keeps each group's pages in order and its consumer hands them to the
+    /// worker one after another, retrying a failed page before the later pages of its group
+    /// (an SQS FIFO queue; the local mode's embedded queue). Then a delivery whose posts
+    /// partly failed is retried in place (the page redelivered, or the stream record
+    /// retried), reaching the subscribers it already served again with the same event id,
+    /// instead of re-enqueueing the failed subscriptions behind later events' pages. A
+    /// standard queue (the default) orders nothing, and the failed subscriptions go to pages
+    /// of their own.
+    fn ordered(&self) -> bool {
+        false
+    }
 }

@@ -35,11 +35,25 @@ async fn above_the_threshold_an_event_is_split_into_pages_of_the_page_size() {
 
     let report = s.broker.deliver_event(event.clone()).await.unwrap();
 
-    assert_eq!(report.pages_enqueued, 4, "{report:?}");
+    // One bucket's subscriptions per page, at most two each: as many pages as the buckets'
+    // counts in halves, rounded up.
+    let mut per_bucket = std::collections::BTreeMap::<usize, usize>::new();
+    for subscription in &subscriptions {
+        let bucket = broker::fanout::bucket_of(&subscription.key.connection_id, 32);
+        *per_bucket.entry(bucket).or_default() += 1;
+    }
+    let expected_pages: usize = per_bucket.values().map(|n| n.div_ceil(2)).sum();
+    assert_eq!(report.pages_enqueued, expected_pages, "{report:?}");
     assert_eq!(report.delivered, 0);
     let pages = drain(&mut s.pages);
-    let sizes: Vec<usize> = pages.iter().map(|p| p.subscription_keys.len()).collect();
-    assert_eq!(sizes, vec![2, 2, 2, 1]);
+    assert_eq!(pages.len(), expected_pages);
+    for page in &pages {
+        assert!(page.subscription_keys.len() <= 2, "{page:?}");
+        for key in page.keys() {
+            let bucket = broker::fanout::bucket_of(&key.connection_id, 32);
+            assert_eq!(page.group, broker::fanout::group_name(&event.topic, bucket));
+        }
+    }
     let keys: BTreeSet<SubscriptionKey> = pages.iter().flat_map(FanoutPage::keys).collect();
     let expected: BTreeSet<SubscriptionKey> = subscriptions.iter().map(|s| s.key.clone()).collect();
     assert_eq!(keys, expected);
@@ -155,4 +169,84 @@ async fn subscribers_asking_the_same_thing_share_one_rendering() {
     for sub in [&other_variables, &other_user] {
         assert_eq!(s.gateway.take(&sub.key.connection_id).len(), 1);
     }
+}
+
+#[tokio::test]
+async fn on_an_ordered_queue_a_partly_failed_page_fails_whole_and_nothing_is_re_enqueued() {
+    // GIVEN an ordered queue and a page of three subscribers, one of whose posts fail
+    let mut s = setup_ordered(1, 10);
+    let subscriptions = subscribers(&s.broker, 3).await;
+    let event = published(&s.broker, 5).await;
+    s.gateway.set_failing(&subscriptions[1].key.connection_id);
+    let page = FanoutPage {
+        topic: event.topic.clone(),
+        event_id: event.id.clone(),
+        group: broker::fanout::group_name(&event.topic, 0),
+        subscription_keys: subscriptions.iter().map(|s| s.key.encode()).collect(),
+    };
+
+    // WHEN a worker delivers it
+    let report = s.broker.deliver_page(&page).await.unwrap();
+
+    // THEN the page is reported failed (to be redelivered in place), nothing goes to the end
+    // of its group, and the others were served (a redelivery serves them again)
+    assert_eq!((report.delivered, report.failed), (2, 1), "{report:?}");
+    assert!(!report.is_complete());
+    assert_eq!(report.pages_enqueued, 0);
+    assert!(drain(&mut s.pages).is_empty());
+    for ok in [&subscriptions[0], &subscriptions[2]] {
+        assert_eq!(s.gateway.take(&ok.key.connection_id).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn on_an_ordered_queue_a_partly_failed_inline_delivery_is_retried_whole() {
+    // GIVEN an ordered queue, two subscribers (below the threshold), one failing
+    let mut s = setup_ordered(5, 10);
+    let subscriptions = subscribers(&s.broker, 2).await;
+    let event = published(&s.broker, 6).await;
+    s.gateway.set_failing(&subscriptions[0].key.connection_id);
+
+    // WHEN the stream publisher delivers the event
+    let report = s.broker.deliver_event(event.clone()).await.unwrap();
+
+    // THEN the event stays undelivered for the stream to retry in place, and no page of the
+    // failed subscriber was queued where a later event could overtake it
+    assert_eq!((report.delivered, report.failed), (1, 1), "{report:?}");
+    assert!(drain(&mut s.pages).is_empty());
+    let reference = EventRef {
+        topic: event.topic.clone(),
+        event_id: event.id.clone(),
+    };
+    assert!(
+        !s.broker
+            .ports()
+            .events
+            .is_delivered(&reference)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn on_an_unordered_queue_the_failed_subscribers_go_to_pages_of_their_buckets() {
+    let mut s = setup(true, 5, 10);
+    let subscriptions = subscribers(&s.broker, 2).await;
+    let event = published(&s.broker, 7).await;
+    s.gateway.set_failing(&subscriptions[0].key.connection_id);
+
+    let report = s.broker.deliver_event(event.clone()).await.unwrap();
+
+    assert!(report.is_complete(), "{report:?}");
+    let pages = drain(&mut s.pages);
+    let bucket = broker::fanout::bucket_of(&subscriptions[0].key.connection_id, 32);
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        pages[0].group,
+        broker::fanout::group_name(&event.topic, bucket)
+    );
+    assert_eq!(
+        pages[0].subscription_keys,
+        vec![subscriptions[0].key.encode()]
+    );
 }

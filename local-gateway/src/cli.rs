@@ -96,7 +96,8 @@ enum Command {
         #[arg(long)]
         create_tables: bool,
         /// With --dynamodb-endpoint: split large fan-outs into this SQS queue (same
-        /// endpoint), or "create" to create `broker-fanout` with its dead-letter queue.
+        /// endpoint), or "create" to create the FIFO queue `broker-fanout.fifo` with its
+        /// dead-letter queue.
         #[arg(long, env = "FANOUT_QUEUE_URL")]
         fanout_queue: Option<String>,
     },
@@ -205,7 +206,7 @@ async fn aws_backend(
         Some("create") => {
             let sdk = broker::aws::sdk_config(Some(&endpoint)).await;
             let sqs = aws_sdk_sqs::Client::new(&sdk);
-            Some(broker::aws::provision::create_fanout_queue(&sqs, "broker-fanout").await?)
+            Some(broker::aws::provision::create_fanout_queue(&sqs, "broker-fanout.fifo").await?)
         }
         other => other.map(str::to_owned),
     };

@@ -148,7 +148,7 @@ impl LocalGateway {
         let (broker, mut tasks) = match &options.backend {
             Backend::Memory => {
                 let events = Arc::new(MemoryEventLog::default());
-                let (queue, pages) = ChannelFanoutQueue::new();
+                let (queue, pages) = ChannelFanoutQueue::ordered();
                 let ports = Ports {
                     connections: Arc::new(MemoryConnectionStore::default()),
                     subscriptions: Arc::new(MemorySubscriptionStore::default()),
@@ -183,7 +183,7 @@ impl LocalGateway {
                 // The fan-out queue stays in memory: every page names subscriptions of
                 // this process's sockets, which a restart removes anyway. What a lost page
                 // would have delivered is in the log, for those who resume.
-                let (queue, pages) = ChannelFanoutQueue::new();
+                let (queue, pages) = ChannelFanoutQueue::ordered();
                 let ports = Ports {
                     connections: Arc::new(store.connections()),
                     subscriptions: Arc::new(store.subscriptions()),
@@ -216,8 +216,14 @@ impl LocalGateway {
                 ))];
                 if let Some((sqs, url)) = parts.sqs {
                     // Lambda runs several workers at once; two pollers stand in for them.
+                    let receiving = fanout::sqs::Receiving::default();
                     for _ in 0..2 {
-                        let poller = fanout::sqs::poll(broker.clone(), sqs.clone(), url.clone());
+                        let poller = fanout::sqs::poll(
+                            broker.clone(),
+                            sqs.clone(),
+                            url.clone(),
+                            receiving.clone(),
+                        );
                         tasks.push(tokio::spawn(poller));
                     }
                 }

@@ -1,31 +1,73 @@
 //! The fan-out worker: delivers pages of a large fan-out, one SQS message each.
 
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use broker::{Broker, FanoutPage};
 use futures_util::StreamExt;
 
-/// Handles one SQS batch; pages are independent, so they are delivered concurrently.
+/// The system attribute SQS gives every message of a FIFO queue: the group it is ordered in.
+pub const MESSAGE_GROUP_ID: &str = "MessageGroupId";
+
+/// Groups of one batch handled at once.
+const GROUP_CONCURRENCY: usize = 10;
+
+/// Handles one SQS batch. Messages of a FIFO queue (those with a `MessageGroupId`) are
+/// handled one after another within their group, in batch order; once one fails, the later
+/// messages of its group in the batch are reported failed without being delivered, as Lambda
+/// asks of a FIFO partial batch response, so SQS hands them out again after the failed one.
+/// Different groups, and the messages of a standard queue (no group), are independent and
+/// delivered concurrently.
 pub async fn handle(broker: &Broker, batch: SqsEvent) -> SqsBatchResponse {
-    let failures: Vec<BatchItemFailure> = futures_util::stream::iter(batch.records)
-        .map(|message| async move {
-            let id = message.message_id.clone().unwrap_or_default();
-            match deliver(broker, message.body.as_deref().unwrap_or_default()).await {
-                Ok(()) => None,
-                Err(reason) => {
+    let failures: Vec<BatchItemFailure> = futures_util::stream::iter(in_groups(batch.records))
+        .map(|messages| async move {
+            let mut failed = Vec::new();
+            for message in messages {
+                let id = message.message_id.clone().unwrap_or_default();
+                if !failed.is_empty() {
+                    tracing::warn!(message = %id, "held back behind a failed page of its group");
+                    failed.push(id);
+                    continue;
+                }
+                if let Err(reason) =
+                    deliver(broker, message.body.as_deref().unwrap_or_default()).await
+                {
                     tracing::error!(message = %id, %reason, "fan-out page failed");
-                    let mut failure = BatchItemFailure::default();
-                    failure.item_identifier = id;
-                    Some(failure)
+                    failed.push(id);
                 }
             }
+            futures_util::stream::iter(failed)
         })
-        .buffer_unordered(10)
-        .filter_map(|f| async move { f })
+        .buffer_unordered(GROUP_CONCURRENCY)
+        .flatten()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
         .collect()
         .await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures;
     response
+}
+
+/// The batch's messages by group, each group in batch order, groups in order of first
+/// appearance; a message without a group is a group of its own.
+fn in_groups(records: Vec<SqsMessage>) -> Vec<Vec<SqsMessage>> {
+    let mut groups: Vec<Vec<SqsMessage>> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for message in records {
+        match message.attributes.get(MESSAGE_GROUP_ID) {
+            Some(group) => match index.get(group) {
+                Some(&at) => groups[at].push(message),
+                None => {
+                    index.insert(group.clone(), groups.len());
+                    groups.push(vec![message]);
+                }
+            },
+            None => groups.push(vec![message]),
+        }
+    }
+    groups
 }
 
 async fn deliver(broker: &Broker, body: &str) -> Result<(), String> {

@@ -163,6 +163,17 @@ pub async fn fresh_queue() -> (aws_sdk_sqs::Client, String) {
     (sqs, url)
 }
 
+/// A fresh FIFO fan-out queue (with its FIFO dead-letter queue) on moto, as the template
+/// declares them: the client and queue URL (ending in `.fifo`).
+pub async fn fresh_fifo_queue() -> (aws_sdk_sqs::Client, String) {
+    let config = moto_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let url = provision::create_fanout_queue(&sqs, &format!("{}.fifo", unique("fanout")))
+        .await
+        .expect("FIFO queue is created on moto");
+    (sqs, url)
+}
+
 /// Standard base64 (with padding), to compare against what moto's recorder stores.
 pub fn base64(bytes: &[u8]) -> String {
     use base64::Engine;

@@ -703,6 +703,7 @@ pub async fn fanout_pages_come_back_whole(
         .map(|i| FanoutPage {
             topic: Topic::new("board/b1/cardAdded"),
             event_id: format!("event-{i}"),
+            group: format!("board/b1/cardAdded#{}", i % 3),
             subscription_keys: vec![format!("conn-{i}#1"), format!("conn-{i}#op#2")],
         })
         .collect();

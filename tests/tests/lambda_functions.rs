@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use broker::{AuthConfig, Authenticator};
-use broker_tests::aws::{Reply, ScriptedServer, fresh_queue, fresh_tables, moto_endpoint};
+use broker_tests::aws::{Reply, ScriptedServer, fresh_fifo_queue, fresh_tables, moto_endpoint};
 use broker_tests::fixtures::{CONNECTION, USER, fixture};
 use broker_tests::lambda::{Function, app_binaries};
 use local_gateway::stream::dynamodb::lambda_record;
@@ -60,7 +60,8 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
         .await
         .unwrap();
     let tables = fresh_tables().await;
-    let (sqs, queue_url) = fresh_queue().await;
+    // FIFO, as the template deploys it.
+    let (sqs, queue_url) = fresh_fifo_queue().await;
     let management = ScriptedServer::start(vec![Reply::new(200, "{}")]).await;
     let variables: Vec<(String, String)> = [
         ("CONNECTIONS_TABLE", tables.names.connections.as_str()),
@@ -70,6 +71,7 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
         ("FANOUT_QUEUE_URL", queue_url.as_str()),
         ("FANOUT_THRESHOLD", "1"),
         ("FANOUT_PAGE_SIZE", "1"),
+        ("FANOUT_GROUPS", "4"),
         ("DELIVERY_MODE", "stream"),
         ("JWT_SECRET", SECRET),
         ("MANAGEMENT_ENDPOINT", management.endpoint.as_str()),
@@ -224,6 +226,7 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
             .queue_url(&queue_url)
             .max_number_of_messages(10)
             .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
             .send()
             .await
             .unwrap();
@@ -242,6 +245,13 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
             lambda.receipt_handle = m.receipt_handle().map(str::to_owned);
             lambda.body = m.body().map(str::to_owned);
             lambda.event_source = Some("aws:sqs".to_owned());
+            lambda.attributes = m
+                .attributes()
+                .into_iter()
+                .flatten()
+                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                .collect();
+            assert!(lambda.attributes.contains_key("MessageGroupId"), "{m:?}");
             lambda
         })
         .collect();

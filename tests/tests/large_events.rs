@@ -229,6 +229,7 @@ async fn the_broker_counts_logs_and_never_retries_an_event_too_large() {
     let page = FanoutPage {
         topic: event.topic.clone(),
         event_id: event.id.clone(),
+        group: broker::fanout::group_name(&event.topic, 0),
         subscription_keys: vec![format!("{CONNECTION}#big")],
     };
     let paged = h.broker.deliver_page(&page).await.unwrap();

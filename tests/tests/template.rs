@@ -232,3 +232,48 @@ fn only_the_http_and_websocket_functions_join_the_vpc_and_get_eni_rights_only_th
     assert_eq!(endpoint["Condition"], string("CreateDynamoDbEndpoint"));
     assert_eq!(endpoint["Properties"]["VpcEndpointType"], string("Gateway"));
 }
+
+#[test]
+fn the_fanout_queue_and_its_dead_letter_queue_are_fifo_and_the_worker_reports_items() {
+    let template = template();
+    let resources = &template["Resources"];
+    let queue = &resources["FanoutQueue"]["Properties"];
+    assert_eq!(queue["FifoQueue"], Value::Bool(true));
+    assert_eq!(queue["ContentBasedDeduplication"], Value::Bool(false));
+    assert_eq!(queue["DeduplicationScope"], string("messageGroup"));
+    assert_eq!(queue["FifoThroughputLimit"], string("perMessageGroupId"));
+    // CloudFormation generates a `.fifo` name only when none is given; the broker tells a
+    // FIFO queue by its URL's suffix.
+    assert!(
+        queue["QueueName"].is_null(),
+        "the queue's name is generated"
+    );
+    assert_eq!(
+        queue["RedrivePolicy"]["deadLetterTargetArn"],
+        tag("GetAtt", string("FanoutDeadLetterQueue.Arn"))
+    );
+    let dead_letters = &resources["FanoutDeadLetterQueue"]["Properties"];
+    assert_eq!(dead_letters["FifoQueue"], Value::Bool(true));
+    assert!(dead_letters["QueueName"].is_null());
+
+    let mapping = &resources["FanoutQueueMapping"]["Properties"];
+    assert_eq!(
+        mapping["EventSourceArn"],
+        tag("GetAtt", string("FanoutQueue.Arn"))
+    );
+    assert_eq!(mapping["BatchSize"], Value::Number(10.into()));
+    assert_eq!(
+        mapping["FunctionResponseTypes"],
+        Value::Sequence(vec![string("ReportBatchItemFailures")])
+    );
+    // A FIFO source takes no batching window.
+    assert!(mapping["MaximumBatchingWindowInSeconds"].is_null());
+
+    // The publisher is told the number of groups.
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(globals["FANOUT_GROUPS"], tag("Ref", string("FanoutGroups")));
+    assert_eq!(
+        template["Parameters"]["FanoutGroups"]["MinValue"],
+        Value::Number(1.into())
+    );
+}

@@ -40,5 +40,5 @@ pub use gateway::{
     management_endpoint,
 };
 pub use retry::RetryPolicy;
-pub use sqs::SqsFanoutQueue;
+pub use sqs::{SqsFanoutQueue, deduplication_id, message_group_id};
 pub use wiring::{AppTables, broker_from_env, ports};

@@ -261,22 +261,45 @@ async fn enable_ttl(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<()
     Ok(())
 }
 
-/// Creates the fan-out queue `name` with a dead-letter queue `{name}-dlq` that takes a page
-/// after five failed receives; returns the queue's URL.
+/// Creates the fan-out queue `name` with a dead-letter queue that takes a page after five
+/// failed receives; returns the queue's URL. A `name` ending in `.fifo` makes both FIFO
+/// queues, as the template's are (the dead-letter queue `{stem}-dlq.fifo`, since a FIFO
+/// queue's dead-letter queue must be FIFO too), with the high-throughput settings; any
+/// other name makes standard queues (the dead-letter queue `{name}-dlq`).
 pub async fn create_fanout_queue(
     sqs: &aws_sdk_sqs::Client,
     name: &str,
 ) -> Result<String, ProvisionError> {
-    let dlq_name = format!("{name}-dlq");
-    let dlq_url = create_queue(
-        sqs,
-        &dlq_name,
-        vec![(
-            QueueAttributeName::MessageRetentionPeriod,
-            DLQ_RETENTION_SECS.to_string(),
-        )],
-    )
-    .await?;
+    let (dlq_name, fifo) = match name.strip_suffix(".fifo") {
+        Some(stem) => (format!("{stem}-dlq.fifo"), true),
+        None => (format!("{name}-dlq"), false),
+    };
+    let fifo_attributes = || {
+        if !fifo {
+            return Vec::new();
+        }
+        vec![
+            (QueueAttributeName::FifoQueue, "true".to_owned()),
+            (
+                QueueAttributeName::ContentBasedDeduplication,
+                "false".to_owned(),
+            ),
+            (
+                QueueAttributeName::DeduplicationScope,
+                "messageGroup".to_owned(),
+            ),
+            (
+                QueueAttributeName::FifoThroughputLimit,
+                "perMessageGroupId".to_owned(),
+            ),
+        ]
+    };
+    let mut dlq_attributes = fifo_attributes();
+    dlq_attributes.push((
+        QueueAttributeName::MessageRetentionPeriod,
+        DLQ_RETENTION_SECS.to_string(),
+    ));
+    let dlq_url = create_queue(sqs, &dlq_name, dlq_attributes).await?;
     let attributes = sqs
         .get_queue_attributes()
         .queue_url(&dlq_url)
@@ -292,18 +315,15 @@ pub async fn create_fanout_queue(
         "deadLetterTargetArn": dlq_arn,
         "maxReceiveCount": MAX_RECEIVE_COUNT.to_string(),
     });
-    create_queue(
-        sqs,
-        name,
-        vec![
-            (QueueAttributeName::RedrivePolicy, redrive.to_string()),
-            (
-                QueueAttributeName::VisibilityTimeout,
-                VISIBILITY_TIMEOUT_SECS.to_string(),
-            ),
-        ],
-    )
-    .await
+    let mut queue_attributes = fifo_attributes();
+    queue_attributes.extend([
+        (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+        (
+            QueueAttributeName::VisibilityTimeout,
+            VISIBILITY_TIMEOUT_SECS.to_string(),
+        ),
+    ]);
+    create_queue(sqs, name, queue_attributes).await
 }
 
 /// CreateQueue is idempotent in SQS as long as the attributes match.

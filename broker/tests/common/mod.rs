@@ -76,12 +76,25 @@ pub struct Setup {
 }
 
 pub fn setup(with_queue: bool, threshold: usize, page_size: usize) -> Setup {
+    setup_on(ChannelFanoutQueue::new(), with_queue, threshold, page_size)
+}
+
+/// As [`setup`] with a queue that says it keeps each group's pages in order.
+pub fn setup_ordered(threshold: usize, page_size: usize) -> Setup {
+    setup_on(ChannelFanoutQueue::ordered(), true, threshold, page_size)
+}
+
+fn setup_on(
+    (queue, pages): (ChannelFanoutQueue, UnboundedReceiver<FanoutPage>),
+    with_queue: bool,
+    threshold: usize,
+    page_size: usize,
+) -> Setup {
     let renders = Renders::default();
     let schema = Schema::build(Query, EmptyMutation, SubscriptionRoot)
         .data(renders.clone())
         .finish();
     let gateway = Arc::new(RecordingGateway::default());
-    let (queue, pages) = ChannelFanoutQueue::new();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
         subscriptions: Arc::new(MemorySubscriptionStore::default()),
