@@ -162,7 +162,13 @@ fn options(backend: Backend) -> Options {
         poll_interval: Duration::ZERO,
         backend,
         web: local_gateway::WebOptions::default(),
-        limits: Default::default(),
+        // The local gateway's own limits, from the environment as `broker-local` reads them
+        // (SOCKET_OUTBOX_FRAMES: a replay sends as fast as the store answers, and a client
+        // more than that many frames behind is closed with 1013, then resumes again).
+        limits: local_gateway::server::Limits::from_env().unwrap_or_else(|error| {
+            eprintln!("ignoring the local gateway's limits from the environment: {error}");
+            Default::default()
+        }),
     }
 }
 
