@@ -161,13 +161,20 @@ async fn http_fixtures_answer_queries_and_mutations() {
 }
 
 /// The fixture's records as events published now, after the subscription was stored
-/// (a subscription receives only what was published after it): fresh ids, in order.
+/// (a subscription receives only what was published after it): fresh ids, in order, and
+/// a fresh expiry.
 fn published_now(mut batch: StreamEvent) -> StreamEvent {
     let mut ids = ulid::Generator::new();
     for record in &mut batch.records {
         let id = serde_dynamo::AttributeValue::S(ids.generate().unwrap().to_string());
         record.change.keys.insert("eventId".to_owned(), id.clone());
         record.change.new_image.insert("eventId".to_owned(), id);
+        // Kept for a day from now: the log removes expired events.
+        let ttl = broker::domain::now_secs() + 86_400;
+        record.change.new_image.insert(
+            "ttl".to_owned(),
+            serde_dynamo::AttributeValue::N(ttl.to_string()),
+        );
     }
     batch
 }
