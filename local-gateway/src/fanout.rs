@@ -22,6 +22,10 @@ const BATCH_SIZE: usize = 10;
 pub const CONCURRENCY: usize = 4;
 /// Deliveries of one message before it is dead-lettered (the queue's maxReceiveCount).
 const MAX_RECEIVES: u32 = 5;
+/// Pages waiting in one lane. A full lane holds the dispatch back (pages wait in the
+/// embedded queue, in order) instead of growing. A client that stops reading does not fill
+/// it: its frames wait in its socket's outbox, which closes it when full.
+const LANE_PAGES: usize = 256;
 
 /// The message SQS would hand the worker for `page` on a FIFO queue: its JSON, with the
 /// page's group as its `MessageGroupId` attribute.
@@ -59,11 +63,11 @@ pub fn lane_of(group: &str, lanes: usize) -> usize {
 /// every lane with it).
 pub async fn work_embedded(broker: Broker, mut queue: mpsc::UnboundedReceiver<FanoutPage>) {
     let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..CONCURRENCY).map(|_| mpsc::unbounded_channel()).unzip();
+        (0..CONCURRENCY).map(|_| mpsc::channel(LANE_PAGES)).unzip();
     let dispatch = async move {
         while let Some(page) = queue.recv().await {
             let lane = lane_of(page.ordering_group(), senders.len());
-            if senders[lane].send(page).is_err() {
+            if senders[lane].send(page).await.is_err() {
                 return;
             }
         }
@@ -78,7 +82,7 @@ pub async fn work_embedded(broker: Broker, mut queue: mpsc::UnboundedReceiver<Fa
 
 /// One lane: a batch at a time, its failed messages retried (in their order) before the
 /// next batch.
-async fn work_lane(broker: Broker, mut lane: mpsc::UnboundedReceiver<FanoutPage>) {
+async fn work_lane(broker: Broker, mut lane: mpsc::Receiver<FanoutPage>) {
     while let Some(first) = lane.recv().await {
         let mut pages = vec![first];
         while pages.len() < BATCH_SIZE {
