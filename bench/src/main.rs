@@ -8,8 +8,8 @@ use anyhow::bail;
 use broker_bench::{Config, Emulator, Mode, Outcome, Remote, Target};
 use clap::{Parser, ValueEnum};
 
-/// The allocator is a build option (`--features mimalloc`), to price it against the
-/// system's in the same benchmark.
+/// mimalloc, the Lambda functions' allocator (the default feature `mimalloc`); built with
+/// `--no-default-features`, the system's, to price one against the other.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

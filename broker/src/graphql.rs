@@ -94,7 +94,8 @@ where
         if event.topic != topic {
             return Ok(stream::empty().boxed());
         }
-        let item: T = serde_json::from_value(event.payload.clone()).map_err(|e| {
+        // Read from the shared payload in place: no copy of the event per rendering.
+        let item = T::deserialize(&event.payload).map_err(|e| {
             async_graphql::Error::new(format!(
                 "event {} does not fit this subscription: {e}",
                 event.id

@@ -58,6 +58,10 @@ struct Cli {
     /// connection, the default on AWS), sdk (the Management API client).
     #[arg(long, value_delimiter = ',', default_value = "signed")]
     post: Vec<Post>,
+    /// Which documents the subscribers send, comma-separated: shared (all the same),
+    /// distinct (each its own).
+    #[arg(long, value_delimiter = ',', default_value = "shared,distinct")]
+    documents: Vec<Documents>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,14 +99,14 @@ enum Store {
     Moto,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Documents {
     Shared,
     Distinct,
 }
 
-/// The allocator is a build option (`--features mimalloc`), to price it against the
-/// system's in the same benchmark.
+/// mimalloc, the Lambda functions' allocator (the default feature `mimalloc`); built with
+/// `--no-default-features`, the system's, to price one against the other.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -172,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     rows.push(floor_gateway(&sink, posts, PostClient::Signed).await?);
     for store in &cli.stores {
         for &n in &cli.subscribers {
-            for documents in [Documents::Shared, Documents::Distinct] {
+            for &documents in &cli.documents {
                 for &post in &cli.post {
                     rows.push(publisher_case(&cli, &sink, *store, n, documents, post).await?);
                 }

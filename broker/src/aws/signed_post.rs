@@ -4,23 +4,26 @@
 //! layers, interceptors, the orchestrator), several times what signing and sending the request
 //! cost. This path sends the same request the SDK sends (`POST {endpoint}/@connections/{id}`,
 //! the frame as an `application/octet-stream` body, signed for `execute-api` in the
-//! configuration's region) through the SDK's own HTTP connector (hyper, rustls on ring, the
-//! same connect timeout), signs it with the SDK's own signer (`aws-sigv4`), takes credentials
-//! from the configuration's provider chain and keeps them until shortly before they expire.
-//! Answers are sorted as the SDK path sorts them (see `classify_answer`).
+//! configuration's region) on the HTTP stack the SDK's connector is built of (hyper's pooled
+//! client, rustls on ring with the system's roots, the same connect timeout) without the
+//! connector's own layers around each call, signs it with the SDK's own signer
+//! (`aws-sigv4`), takes credentials from the configuration's provider chain and keeps them
+//! until shortly before they expire. Answers are sorted as the SDK path sorts them (see
+//! `classify_answer`).
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorSettings};
 use aws_smithy_runtime_api::client::identity::Identity;
-use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
-use aws_smithy_types::body::SdkBody;
-use http_body_util::BodyExt as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::config::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT};
@@ -57,7 +60,7 @@ pub(super) struct SignedPoster {
     /// The `Host` header: the authority, without the scheme's default port.
     host: String,
     region: Option<String>,
-    connector: aws_smithy_http_client::Connector,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     credentials: CachedCredentials,
 }
 
@@ -90,19 +93,11 @@ impl SignedPoster {
             },
             Err(error) => (Err(format!("{endpoint_url:?}: {error}")), String::new()),
         };
-        let connector = aws_smithy_http_client::Connector::builder()
-            .connector_settings(
-                HttpConnectorSettings::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .build(),
-            )
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build();
         Self {
             endpoint,
             host,
             region: config.region().map(|r| r.as_ref().to_owned()),
-            connector,
+            client: Client::builder(TokioExecutor::new()).build(https_connector()),
             credentials: CachedCredentials::new(config.credentials_provider()),
         }
     }
@@ -125,7 +120,7 @@ impl SignedPoster {
             "{endpoint}/@connections/{}",
             utf8_percent_encode(id.as_str(), LABEL)
         );
-        let body = bytes::Bytes::copy_from_slice(frame.as_bytes());
+        let body = Bytes::copy_from_slice(frame.as_bytes());
         let (mut throttled, mut unanswered) = (0, 0);
         loop {
             let answer = self.attempt(&url, &body).await;
@@ -167,7 +162,7 @@ impl SignedPoster {
     }
 
     /// One signed request and its answer, within the attempt timeout.
-    async fn attempt(&self, url: &str, body: &bytes::Bytes) -> Result<Answer, Unanswered> {
+    async fn attempt(&self, url: &str, body: &Bytes) -> Result<Answer, Unanswered> {
         let call = async {
             let identity = self
                 .credentials
@@ -178,14 +173,15 @@ impl SignedPoster {
                 .signed_request(url, body, &identity)
                 .map_err(Unanswered)?;
             let response = self
-                .connector
-                .call(request)
+                .client
+                .request(request)
                 .await
                 .map_err(|e| Unanswered(error_chain(&e)))?;
             let status = response.status().as_u16();
             let error_type = response
                 .headers()
                 .get("x-amzn-errortype")
+                .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
             let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -207,9 +203,9 @@ impl SignedPoster {
     fn signed_request(
         &self,
         url: &str,
-        body: &bytes::Bytes,
+        body: &Bytes,
         identity: &Identity,
-    ) -> Result<HttpRequest, String> {
+    ) -> Result<http::Request<Full<Bytes>>, String> {
         let region = self
             .region
             .as_deref()
@@ -239,9 +235,36 @@ impl SignedPoster {
             .map_err(|e| format!("signing: {e}"))?
             .into_parts();
         instructions.apply_to_request_http1x(&mut request);
-        HttpRequest::try_from(request.map(|()| SdkBody::from(body.clone())))
-            .map_err(|e| format!("building the request: {e}"))
+        Ok(request.map(|()| Full::new(body.clone())))
     }
+}
+
+/// HTTPS (rustls on ring, the system's root certificates) or plain HTTP (an emulator, the
+/// local gateway), with the SDK's connect timeout.
+fn https_connector() -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder =
+        match builder.with_provider_and_native_roots(rustls::crypto::ring::default_provider()) {
+            Ok(builder) => builder,
+            Err(error) => {
+                // Plain HTTP still works; an HTTPS post then fails with an unknown issuer.
+                tracing::warn!(%error, "no TLS root certificates found");
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+            }
+        };
+    builder.https_or_http().enable_http1().wrap_connector(http)
 }
 
 fn backend(details: String) -> GatewayError {
