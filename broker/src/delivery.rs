@@ -84,6 +84,11 @@ impl DeliveryReport {
     }
 }
 
+/// A topic's subscriptions as read for one event, kept for the topic's next events of the
+/// same batch ([`Broker::deliver_event_in`]).
+#[derive(Debug, Default)]
+pub struct TopicRead(Option<(Topic, Vec<Subscription>)>);
+
 /// One frame to post, and to whom.
 struct Frame {
     connection: ConnectionId,
@@ -141,7 +146,7 @@ impl Broker {
                 self.ports().events.append(&event).await?;
                 let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
                 let report = self
-                    .deliver_to(Arc::new(event.clone()), subscriptions)
+                    .deliver_to(Arc::new(event.clone()), &subscriptions)
                     .await;
                 crate::metrics::record(&report, Some(event.published_at_ms));
                 // The change is saved whatever happens to its delivery: failing the mutation
@@ -159,6 +164,20 @@ impl Broker {
     /// threshold, and with a queue configured, it enqueues pages for the workers instead.
     /// An event already delivered in full (a retried batch) is skipped.
     pub async fn deliver_event(&self, event: Event) -> Result<DeliveryReport, StoreError> {
+        self.deliver_event_in(event, &mut TopicRead::default())
+            .await
+    }
+
+    /// [`Self::deliver_event`] for one of several events of a topic delivered one after
+    /// another (a stream batch): the topic's subscriptions are read for the first of them
+    /// and `read` keeps them for the next. That misses no subscriber: every event of a batch
+    /// was published before the batch is handled, so a subscription stored after the read
+    /// starts after all of them and receives none live.
+    pub async fn deliver_event_in(
+        &self,
+        event: Event,
+        read: &mut TopicRead,
+    ) -> Result<DeliveryReport, StoreError> {
         let reference = EventRef {
             topic: event.topic.clone(),
             event_id: event.id.clone(),
@@ -170,10 +189,16 @@ impl Broker {
             tracing::info!(event = %reference.event_id, "skipping an event delivered before");
             return Ok(DeliveryReport::default());
         }
-        let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
+        let subscriptions = match &read.0 {
+            Some((topic, subscriptions)) if *topic == event.topic => subscriptions,
+            _ => {
+                let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
+                &read.0.insert((event.topic.clone(), subscriptions)).1
+            }
+        };
         let report = match &self.ports().fanout {
             Some(queue) if subscriptions.len() > self.config().fanout_threshold => {
-                let pages = self.fanout_pages(&event, subscriptions.into_iter().map(|s| s.key));
+                let pages = self.fanout_pages(&event, subscriptions.iter().map(|s| s.key.clone()));
                 queue.enqueue(&pages).await?;
                 DeliveryReport {
                     pages_enqueued: pages.len(),
@@ -189,6 +214,10 @@ impl Broker {
                 self.requeue_failures(&event, report).await
             }
         };
+        if report.gone > 0 {
+            // Cleaned up: the next event reads the topic's subscriptions again.
+            read.0 = None;
+        }
         if report.is_complete() {
             self.ports().events.mark_delivered(&reference).await?;
         }
@@ -208,7 +237,7 @@ impl Broker {
             .get_many(&reference.topic, &page.keys())
             .await?;
         let report = self
-            .deliver_to(Arc::new(event.clone()), subscriptions)
+            .deliver_to(Arc::new(event.clone()), &subscriptions)
             .await;
         // When nothing was posted the page can be retried as it is (by the queue, then its
         // dead-letter queue) without a duplicate. Otherwise only the subscriptions that
@@ -267,14 +296,14 @@ impl Broker {
     pub async fn deliver_to(
         &self,
         event: Arc<Event>,
-        subscriptions: Vec<Subscription>,
+        subscriptions: &[Subscription],
     ) -> DeliveryReport {
         let mut report = DeliveryReport::default();
 
         // The audience check comes first and does not depend on the document or resolver:
         // whatever was stored, a user's event reaches only that user's connections.
-        let (admitted, refused): (Vec<_>, Vec<_>) = subscriptions
-            .into_iter()
+        let (admitted, refused): (Vec<&Subscription>, Vec<_>) = subscriptions
+            .iter()
             .partition(|s| s.topic == event.topic && event.audience.admits(&s.principal));
         // A subscription starts at its own beginning: what was published before it was
         // stored is for `resumeFrom` to replay, not for live delivery.
@@ -329,7 +358,7 @@ impl Broker {
                 .await;
         let mut frames: Vec<Frame> = Vec::with_capacity(admitted.len());
         for (members, rendered) in renderings {
-            let members: Vec<&Subscription> = members.iter().map(|&i| &admitted[i]).collect();
+            let members: Vec<&Subscription> = members.iter().map(|&i| admitted[i]).collect();
             match rendered {
                 Ok(Some(payload)) => frames.extend(members.iter().map(|s| {
                     let frame = s.protocol.next(&s.key.operation_id, &payload);

@@ -155,7 +155,7 @@ pub use app::{App, AppSchema, ConfigError, IndexSpec, Outbox, Storage, TableSpec
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator, Identity};
 pub use cost::{CostError, CostLimits};
-pub use delivery::{DeliveryReport, PublishError};
+pub use delivery::{DeliveryReport, PublishError, TopicRead};
 pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,

@@ -241,7 +241,9 @@ impl Broker {
             }
             let id = event.id.clone();
             replay.latest_ms = replay.latest_ms.max(event.published_ms());
-            let report = self.deliver_to(Arc::new(event), vec![target.clone()]).await;
+            let report = self
+                .deliver_to(Arc::new(event), std::slice::from_ref(&target))
+                .await;
             if report.gone > 0 {
                 return Ok(());
             }

@@ -3,7 +3,7 @@
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use broker::aws::event_from_image;
-use broker::{Broker, Event, Topic};
+use broker::{Broker, Event, Topic, TopicRead};
 use futures_util::StreamExt;
 use futures_util::stream;
 
@@ -52,13 +52,15 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
         .map(|(topic, events)| async move {
             let mut failed = Vec::new();
             let mut blocked = false;
+            // The topic's subscriptions, read once for all its events in the batch.
+            let mut read = TopicRead::default();
             for (index, event, created_at_ms) in events {
                 if blocked {
                     failed.push((
                         index,
                         format!("held back behind an earlier failure on {topic}"),
                     ));
-                } else if let Err(reason) = deliver(broker, event, created_at_ms).await {
+                } else if let Err(reason) = deliver(broker, event, created_at_ms, &mut read).await {
                     blocked = true;
                     failed.push((index, reason));
                 }
@@ -86,10 +88,15 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
     response
 }
 
-async fn deliver(broker: &Broker, event: Event, created_at_ms: Option<u64>) -> Result<(), String> {
+async fn deliver(
+    broker: &Broker,
+    event: Event,
+    created_at_ms: Option<u64>,
+    read: &mut TopicRead,
+) -> Result<(), String> {
     let id = event.id.clone();
     let report = broker
-        .deliver_event(event)
+        .deliver_event_in(event, read)
         .await
         .map_err(|e| e.to_string())?;
     broker::metrics::record(&report, created_at_ms);

@@ -478,6 +478,8 @@ struct HeldInserts {
     release: tokio::sync::Notify,
     /// Until when each tombstone (`complete`) and closed mark was asked to last.
     untils: std::sync::Mutex<Vec<u64>>,
+    /// Reads of a topic's subscriptions.
+    topic_reads: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -514,6 +516,8 @@ impl broker::SubscriptionStore for HeldInserts {
         self.inner.delete(key).await
     }
     async fn by_topic(&self, topic: &Topic) -> Result<Vec<Subscription>, broker::StoreError> {
+        self.topic_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.by_topic(topic).await
     }
     async fn get_many(
@@ -535,6 +539,34 @@ impl broker::SubscriptionStore for HeldInserts {
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, broker::StoreError> {
         self.inner.delete_by_connection(id).await
     }
+}
+
+/// The events of one topic in a stream batch are delivered on one read of its
+/// subscriptions, and every one of them arrives.
+#[tokio::test]
+async fn a_stream_batch_reads_a_topics_subscriptions_once() {
+    let store = std::sync::Arc::new(HeldInserts::default());
+    let h = harness_with(store.clone()).await;
+    // The insert goes on at once.
+    store.release.notify_one();
+    subscribed(&h).await;
+    let batch: StreamEvent = published_now(fixture("stream-batch.json", ""));
+    for record in &batch.records {
+        let event = broker::aws::event_from_image(record.change.new_image.clone()).unwrap();
+        h.broker.ports().events.append(&event).await.unwrap();
+    }
+    let reads = || store.topic_reads.load(std::sync::atomic::Ordering::Relaxed);
+    let before = reads();
+    let response = publisher::stream::handle(&h.broker, batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(reads() - before, 1, "two events of one topic, one read");
+    let titles: Vec<Value> = h
+        .gateway
+        .take(&ConnectionId::from(CONNECTION))
+        .iter()
+        .map(|f| f["payload"]["data"]["cardAdded"]["title"].clone())
+        .collect();
+    assert_eq!(titles, [json!("Hello"), json!("World")]);
 }
 
 /// `$disconnect` can be handled while the connection's last `subscribe` is: after the
