@@ -8,6 +8,8 @@
 //!   topic matches, and async-graphql renders exactly the selection, aliases, variables and
 //!   errors of the stored document.
 
+mod merge;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cost::CostLimits;
 use crate::domain::{Event, Principal, Subscription, Topic, UserId};
+pub(crate) use merge::{Shape, UNION_OPERATION, Union};
 
 /// An app's schema as the broker sees it. Implemented for every `async_graphql::Schema`.
 #[async_trait]
@@ -205,9 +208,14 @@ impl<V: Clone> Bounded<V> {
 /// Beside them, what the schema's validation said of a stored subscription rendered with
 /// its operation and variables ([`Prevalidation`]): delivery validates each once per
 /// process, not once per event.
+///
+/// And the [`Shape`] of each stored document, for merging the renderings of one subscriber's
+/// documents; unions the cost limits refused are remembered, so they are not tried again.
 pub(crate) struct DocumentCache {
     documents: Mutex<Bounded<Arc<ExecutableDocument>>>,
     validations: Mutex<Bounded<ValidationResult>>,
+    shapes: Mutex<Bounded<Option<Arc<Shape>>>>,
+    refused_unions: Mutex<Bounded<()>>,
 }
 
 impl DocumentCache {
@@ -215,7 +223,44 @@ impl DocumentCache {
         Self {
             documents: Mutex::new(Bounded::new(max_bytes)),
             validations: Mutex::new(Bounded::new(max_bytes)),
+            shapes: Mutex::new(Bounded::new(max_bytes)),
+            refused_unions: Mutex::new(Bounded::new(max_bytes)),
         }
+    }
+
+    /// The shape of a stored document's operation, or `None` when its rendering cannot be
+    /// merged with others (see [`merge`]).
+    pub(crate) fn shape(&self, limits: &CostLimits, spec: Spec<'_>) -> Option<Arc<Shape>> {
+        let key = spec.key();
+        if let Some(shape) = lock(&self.shapes).get(&key) {
+            return shape;
+        }
+        let shape = self
+            .get_or_parse(limits, spec.document)
+            .ok()
+            .and_then(|document| Shape::of(&document, spec.operation_name, spec.variables))
+            .map(Arc::new);
+        lock(&self.shapes).insert(&key, shape.clone());
+        shape
+    }
+
+    /// Whether a union document passes the cost limits (parsed once, like any document). A
+    /// refused one is remembered: its members are rendered one by one without trying again.
+    pub(crate) fn admit_union(&self, limits: &CostLimits, text: &str) -> bool {
+        if lock(&self.refused_unions).get(text).is_some() {
+            return false;
+        }
+        let admitted = self.get_or_parse(limits, text).is_ok();
+        if !admitted {
+            self.refuse_union(text);
+        }
+        admitted
+    }
+
+    /// Remembers a union that can never run (the schema's own validation or limits refused
+    /// it): its members are rendered one by one without trying it again.
+    pub(crate) fn refuse_union(&self, text: &str) {
+        lock(&self.refused_unions).insert(text, ());
     }
 
     pub(crate) fn get_or_parse(
@@ -355,13 +400,41 @@ pub(crate) async fn register(
     }
 }
 
+/// What a rendering executes: a stored subscription's document, operation and variables,
+/// or a union of several ([`merge`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Spec<'a> {
+    pub document: &'a str,
+    pub operation_name: Option<&'a str>,
+    pub variables: &'a serde_json::Value,
+}
+
+impl Spec<'_> {
+    /// The spec as one string. Neither an operation name nor JSON text holds a line break,
+    /// and the name is marked apart from no name: the key is unambiguous.
+    fn key(&self) -> String {
+        let (mark, name) = match self.operation_name {
+            Some(name) => ('=', name),
+            None => ('-', ""),
+        };
+        format!("{mark}{name}\n{}\n{}", self.variables, self.document)
+    }
+}
+
+impl<'a> From<&'a Subscription> for Spec<'a> {
+    fn from(s: &'a Subscription) -> Self {
+        Self {
+            document: &s.document,
+            operation_name: s.operation_name.as_deref(),
+            variables: &s.variables,
+        }
+    }
+}
+
 /// Renders `event` for one stored subscription: the serialized `payload` of a `next`
 /// message, or `None` when the subscription does not produce anything for it. `extra` adds
 /// the request data every execution gets (the subscriber as `Principal`, the publisher).
-///
-/// The document comes parsed from `documents` (it was checked at `subscribe`): an event costs
-/// no parsing per subscriber. One stored before a limit was lowered is refused with an
-/// error, which the subscriber receives.
+#[cfg(test)]
 pub(crate) async fn render(
     executor: &dyn GraphqlExecutor,
     documents: &DocumentCache,
@@ -370,22 +443,42 @@ pub(crate) async fn render(
     event: &Arc<Event>,
     extra: impl FnOnce(Request) -> Request,
 ) -> Option<String> {
-    let mut response = match documents.get_or_parse(limits, &subscription.document) {
+    let response = execute(
+        executor,
+        documents,
+        limits,
+        subscription.into(),
+        event,
+        extra,
+    )
+    .await?;
+    Some(payload(&response))
+}
+
+/// Executes `spec` for `event`: the response, with the event's id in its extensions, or
+/// `None` when the subscription does not produce anything for it.
+///
+/// The document comes parsed from `documents` (it was checked at `subscribe`): an event costs
+/// no parsing per subscriber. One stored before a limit was lowered is refused with an
+/// error, which the subscriber receives.
+pub(crate) async fn execute(
+    executor: &dyn GraphqlExecutor,
+    documents: &DocumentCache,
+    limits: &CostLimits,
+    spec: Spec<'_>,
+    event: &Arc<Event>,
+    extra: impl FnOnce(Request) -> Request,
+) -> Option<Response> {
+    let mut response = match documents.get_or_parse(limits, spec.document) {
         Ok(document) => {
-            let mut request = Request::new(subscription.document.clone())
-                .variables(Variables::from_json(subscription.variables.clone()))
+            let mut request = Request::new(spec.document)
+                .variables(Variables::from_json(spec.variables.clone()))
                 .data(Delivery(event.clone()));
-            if let Some(name) = &subscription.operation_name {
-                request = request.operation_name(name.clone());
+            if let Some(name) = spec.operation_name {
+                request = request.operation_name(name);
             }
-            // Validation depends on the document, the operation and the variables. Neither
-            // an operation name nor JSON text holds a line break: the key is unambiguous.
-            let key = format!(
-                "{}\n{}\n{}",
-                subscription.operation_name.as_deref().unwrap_or_default(),
-                subscription.variables,
-                subscription.document
-            );
+            // Validation depends on the document, the operation and the variables.
+            let key = spec.key();
             let validated = lock(&documents.validations).get(&key);
             let slot = match validated {
                 Some(result) => {
@@ -413,7 +506,12 @@ pub(crate) async fn render(
         "eventId".to_owned(),
         async_graphql::Value::String(event.id.clone()),
     );
-    Some(serde_json::to_string(&response).expect("a GraphQL response serializes to JSON"))
+    Some(response)
+}
+
+/// The `payload` of a `next` message carrying `response`.
+pub(crate) fn payload(response: &Response) -> String {
+    serde_json::to_string(response).expect("a GraphQL response serializes to JSON")
 }
 
 /// GraphQL errors as the JSON a protocol `error` message carries.

@@ -227,6 +227,11 @@ pub struct BrokerConfig {
     pub render_timeout: Duration,
     /// Renderings of one event in flight at once.
     pub render_concurrency: usize,
+    /// Whether one user's documents that differ only in what they select share one
+    /// execution of a merged document (`graphql::merge`). Every payload is what the
+    /// document gives alone, unless a resolver reads its own selection (`look_ahead`, its
+    /// alias): set `MERGE_RENDERINGS=false` for such a schema.
+    pub merge_renderings: bool,
     /// How long events stay in the log: the window a subscriber can resume within.
     pub event_retention: Duration,
     /// How long a publish may take from stamping its event to storing it. A resume reads the
@@ -251,6 +256,7 @@ impl Default for BrokerConfig {
             max_subscriptions_per_connection: 100,
             render_timeout: Duration::from_secs(5),
             render_concurrency: 16,
+            merge_renderings: true,
             event_retention: Duration::from_secs(domain::EVENT_LIFETIME_SECS),
             resume_settle: Duration::from_millis(1000),
             max_replay_events: 10_000,
@@ -326,6 +332,9 @@ impl BrokerConfig {
         }
         if let Some(ms) = var::<u64>("RENDER_TIMEOUT_MS")? {
             config.render_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(merge) = var::<bool>("MERGE_RENDERINGS")? {
+            config.merge_renderings = merge;
         }
         if let Some(secs) = var::<u64>("EVENT_RETENTION_SECS")? {
             config.event_retention = Duration::from_secs(secs.max(1));

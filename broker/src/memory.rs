@@ -500,13 +500,15 @@ struct RecordingState {
 impl RecordingGateway {
     /// Takes the frames posted to `id` so far, parsed as JSON.
     pub fn take(&self, id: &ConnectionId) -> Vec<serde_json::Value> {
-        lock(&self.inner)
-            .frames
-            .remove(id)
-            .unwrap_or_default()
+        self.take_text(id)
             .iter()
             .map(|f| serde_json::from_str(f).expect("posted frames are JSON"))
             .collect()
+    }
+
+    /// Takes the frames posted to `id` so far, as posted.
+    pub fn take_text(&self, id: &ConnectionId) -> Vec<String> {
+        lock(&self.inner).frames.remove(id).unwrap_or_default()
     }
 
     pub fn closed(&self) -> Vec<(ConnectionId, CloseCode)> {

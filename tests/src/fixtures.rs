@@ -24,6 +24,26 @@ pub struct Harness {
     pub token: String,
 }
 
+/// Memory stores, no fan-out queue, and `gateway` to record what is posted.
+pub fn memory_ports(gateway: Arc<RecordingGateway>) -> Ports {
+    Ports {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events: Arc::new(MemoryEventLog::default()),
+        gateway,
+        fanout: None,
+    }
+}
+
+/// The authenticator the fixtures' tokens are signed for.
+pub fn fixture_authenticator() -> Authenticator {
+    Authenticator::new(AuthConfig {
+        secret: "fixture-secret-0123456789-0123456789".into(),
+        issuer: None,
+        audience: None,
+    })
+}
+
 /// A broker on memory adapters where `user-a` owns board `b1`.
 pub async fn harness() -> Harness {
     harness_with(Arc::new(MemorySubscriptionStore::default())).await
@@ -50,11 +70,7 @@ pub async fn harness_with(subscriptions: Arc<dyn SubscriptionStore>) -> Harness 
         })
         .await
         .unwrap();
-    let auth = Authenticator::new(AuthConfig {
-        secret: "fixture-secret-0123456789-0123456789".into(),
-        issuer: None,
-        audience: None,
-    });
+    let auth = fixture_authenticator();
     let token = auth.mint(USER, 600);
     let broker = Broker::new(build_schema(boards), ports, auth, BrokerConfig::default());
     Harness {

@@ -21,6 +21,7 @@ use broker::{
     FanoutQueue, Ports, Protocol, StoreError, Subscription, SubscriptionKey, Topic, UserId,
 };
 use broker_tests::aws::{Reply, ScriptedServer, fresh_queue, fresh_tables, sdk_config_for};
+use broker_tests::fixtures::memory_ports;
 use broker_tests::local::CARD_ADDED;
 use serde_json::{Value, json};
 
@@ -308,13 +309,7 @@ async fn a_page_that_keeps_failing_is_redriven_to_the_dead_letter_queue() {
     let (sqs, url) = fresh_queue().await;
     let dead_letters = format!("{url}-dlq");
     let gateway = Arc::new(RecordingGateway::default());
-    let ports = Ports {
-        connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
-        events: Arc::new(MemoryEventLog::default()),
-        gateway: gateway.clone(),
-        fanout: None,
-    };
+    let ports = memory_ports(gateway.clone());
     let broker = broker_on(ports, BrokerConfig::default()).await;
     let (failing, working) = (card_subscription("failing"), card_subscription("working"));
     for s in [&failing, &working] {

@@ -59,8 +59,15 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "signed")]
     post: Vec<Post>,
     /// Which documents the subscribers send, comma-separated: shared (all the same),
-    /// distinct (each its own).
-    #[arg(long, value_delimiter = ',', default_value = "shared,distinct")]
+    /// distinct (each its own aliases and its own choice and order of fields), own-variables
+    /// (distinct, and each declares its own variable name), own-users (as own-variables, each
+    /// subscriber its own user and the event for everyone: nothing can be rendered once for
+    /// two subscribers).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "shared,distinct,own-variables,own-users"
+    )]
     documents: Vec<Documents>,
 }
 
@@ -103,6 +110,8 @@ enum Store {
 enum Documents {
     Shared,
     Distinct,
+    OwnVariables,
+    OwnUsers,
 }
 
 /// mimalloc, the Lambda functions' allocator (the default feature `mimalloc`); built with
@@ -573,18 +582,44 @@ async fn publisher_case(
     };
 
     // N subscribers of one board, one connection each, stored as `subscribe` stores them.
-    let user = UserId::from(USER);
+    let variable = |i: usize| match documents {
+        Documents::OwnVariables | Documents::OwnUsers => format!("board{i}"),
+        _ => "board".to_owned(),
+    };
+    // Named after the connection, which the emulator's copies of subscriber 0 rename.
+    let user = |i: usize| match documents {
+        Documents::OwnUsers => UserId::new(format!("user-of-conn-{i}")),
+        _ => UserId::from(USER),
+    };
+    let audience = match documents {
+        Documents::OwnUsers => Audience::Everyone,
+        _ => Audience::User(user(0)),
+    };
     let expires_at = broker::domain::now_secs() + 3600;
     let document = |i: usize| match documents {
         Documents::Shared => {
             "subscription OnCard($board: ID!) { cardAdded(boardId: $board) { id title } }"
                 .to_owned()
         }
-        // Each subscriber's own aliases: no two documents alike.
-        Documents::Distinct => format!(
-            "subscription OnCard($board: ID!) {{ c{i}: cardAdded(boardId: $board) {{ id t{i}: title }} }}"
-        ),
+        // Each subscriber's own aliases, and one of six choices and orders of the card's
+        // fields: no two documents alike.
+        Documents::Distinct | Documents::OwnVariables | Documents::OwnUsers => {
+            let fields = [
+                "id t{i}: title",
+                "t{i}: title",
+                "b{i}: boardId id",
+                "id",
+                "t{i}: title boardId id",
+                "i{i}: id t{i}: title",
+            ][i % 6]
+                .replace("{i}", &i.to_string());
+            let variable = variable(i);
+            format!(
+                "subscription OnCard(${variable}: ID!) {{ c{i}: cardAdded(boardId: ${variable}) {{ {fields} }} }}"
+            )
+        }
     };
+    let variables = |i: usize| json!({ variable(i): BOARD });
     let subscription = |i: usize| Subscription {
         key: SubscriptionKey {
             connection_id: ConnectionId::new(format!("conn-{i}")),
@@ -592,10 +627,10 @@ async fn publisher_case(
         },
         topic: card_topic(BOARD),
         protocol: Protocol::GraphqlTransportWs,
-        principal: user.clone(),
+        principal: user(i),
         document: document(i),
         operation_name: Some("OnCard".into()),
-        variables: json!({ "board": BOARD }),
+        variables: variables(i),
         expires_at,
         // Every event of the run comes after the subscription.
         starts_at_ms: 0,
@@ -603,7 +638,7 @@ async fn publisher_case(
     let connections = (0..n).map(|i| Connection {
         id: ConnectionId::new(format!("conn-{i}")),
         protocol: Protocol::GraphqlTransportWs,
-        principal: Some(user.clone()),
+        principal: Some(user(i)),
         initialised: true,
         connected_at_ms: broker::domain::now_ms(),
         expires_at,
@@ -624,7 +659,7 @@ async fn publisher_case(
         }
         Some((dynamodb, table)) => {
             stored(ports.subscriptions.insert(&subscription(0)).await?)?;
-            copy_first_subscriber(dynamodb, table, n, document).await?;
+            copy_first_subscriber(dynamodb, table, n, |i| (document(i), variables(i))).await?;
         }
     }
 
@@ -640,7 +675,7 @@ async fn publisher_case(
         let events: Vec<Event> = (0..cli.events)
             .map(|k| {
                 let card = json!({"id": format!("card-{batch_index}-{k}"), "boardId": BOARD, "title": "A card"});
-                Event::new(card_topic(BOARD), card, Audience::User(user.clone()))
+                Event::new(card_topic(BOARD), card, audience.clone())
             })
             .collect();
         // The log holds what its stream carries (the publisher marks events delivered).
@@ -687,6 +722,8 @@ async fn publisher_case(
         match documents {
             Documents::Shared => "shared",
             Documents::Distinct => "distinct",
+            Documents::OwnVariables => "distinct own-variables",
+            Documents::OwnUsers => "distinct own-users",
         },
         if cli.post.len() > 1 {
             format!(", {post:?} post").to_lowercase()
@@ -726,7 +763,7 @@ async fn try_all(
 
 /// Stores subscribers 1 to `n - 1` on the emulator as copies of subscriber 0's items (the
 /// subscription and its claim, as the store wrote them), each with its own connection id
-/// and `document`, written in batches.
+/// `document` and variables, written in batches.
 ///
 /// The store writes each subscription in a `TransactWriteItems`, and moto (5.2) copies the
 /// whole table at every transaction to roll it back on failure: storing N subscribers costs
@@ -737,7 +774,7 @@ async fn copy_first_subscriber(
     dynamodb: &aws_sdk_dynamodb::Client,
     table: &str,
     n: usize,
-    document: impl Fn(usize) -> String,
+    document: impl Fn(usize) -> (String, serde_json::Value),
 ) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
     let first = dynamodb
@@ -757,12 +794,16 @@ async fn copy_first_subscriber(
     let mut requests = Vec::with_capacity(first.len() * n);
     for i in 1..n {
         let id = format!("conn-{i}");
+        let (document, variables) = document(i);
         for template in &first {
             let item = template
                 .iter()
                 .map(|(name, value)| {
                     let value = match (name.as_str(), value) {
-                        ("document", AttributeValue::S(_)) => AttributeValue::S(document(i)),
+                        ("document", AttributeValue::S(_)) => AttributeValue::S(document.clone()),
+                        ("variables", AttributeValue::S(_)) => {
+                            AttributeValue::S(variables.to_string())
+                        }
                         (_, AttributeValue::S(text)) => {
                             AttributeValue::S(text.replace("conn-0", &id))
                         }
