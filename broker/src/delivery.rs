@@ -470,6 +470,14 @@ impl Broker {
                 .push((shape.clone(), members.clone()));
         }
         for family in families.into_values() {
+            if family.len() == 1 {
+                jobs.extend(
+                    family
+                        .into_iter()
+                        .map(|(_, members)| RenderJob::Alone(members)),
+                );
+                continue;
+            }
             let mut family = family.into_iter();
             let Some((shape, members)) = family.next() else {
                 continue;
@@ -503,6 +511,7 @@ impl Broker {
             }
             RenderJob::Merged(union, groups) => {
                 let principal = &admitted[groups[0][0]].principal;
+                debug_assert_eq!(union.members(), groups.len());
                 match self.render_union(principal, event, &union).await {
                     Some(rendered) => groups
                         .into_iter()
@@ -541,14 +550,14 @@ impl Broker {
         let documents = &self.inner.documents;
         let limits = &self.config().limits;
         let text = union.document();
-        if !documents.admit_union(limits, &text) {
-            return None;
-        }
         let spec = graphql::Spec {
             document: &text,
             operation_name: Some(graphql::UNION_OPERATION),
             variables: union.variables(),
         };
+        if !documents.admit_union(limits, spec) {
+            return None;
+        }
         let execution = graphql::execute(
             self.inner.executor.as_ref(),
             documents,
@@ -567,7 +576,7 @@ impl Broker {
                 if response.data == async_graphql::Value::Null
                     && response.errors.iter().all(|e| e.path.is_empty())
                 {
-                    documents.refuse_union(&text);
+                    documents.refuse_union(spec);
                 }
                 return None;
             }

@@ -12,6 +12,7 @@ mod merge;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
@@ -215,8 +216,15 @@ pub(crate) struct DocumentCache {
     documents: Mutex<Bounded<Arc<ExecutableDocument>>>,
     validations: Mutex<Bounded<ValidationResult>>,
     shapes: Mutex<Bounded<Option<Arc<Shape>>>>,
-    refused_unions: Mutex<Bounded<()>>,
+    /// Unions refused, by [`Spec::key`], and when: a refusal is kept for
+    /// [`UNION_REFUSAL_TTL`], so one caused by an app's extension failing for a moment does
+    /// not stop merging for good.
+    refused_unions: Mutex<Bounded<Instant>>,
+    refusal_ttl: Duration,
 }
+
+/// How long a refused union is not tried again.
+pub(crate) const UNION_REFUSAL_TTL: Duration = Duration::from_secs(60);
 
 impl DocumentCache {
     pub(crate) fn new(max_bytes: usize) -> Self {
@@ -225,6 +233,7 @@ impl DocumentCache {
             validations: Mutex::new(Bounded::new(max_bytes)),
             shapes: Mutex::new(Bounded::new(max_bytes)),
             refused_unions: Mutex::new(Bounded::new(max_bytes)),
+            refusal_ttl: UNION_REFUSAL_TTL,
         }
     }
 
@@ -244,23 +253,26 @@ impl DocumentCache {
         shape
     }
 
-    /// Whether a union document passes the cost limits (parsed once, like any document). A
-    /// refused one is remembered: its members are rendered one by one without trying again.
-    pub(crate) fn admit_union(&self, limits: &CostLimits, text: &str) -> bool {
-        if lock(&self.refused_unions).get(text).is_some() {
+    /// Whether a union may run: it passes the cost limits (parsed once, like any document)
+    /// and was not refused lately. A refused one is remembered: its members are rendered one
+    /// by one without trying it again for a while.
+    pub(crate) fn admit_union(&self, limits: &CostLimits, spec: Spec<'_>) -> bool {
+        let key = spec.key();
+        let refused = lock(&self.refused_unions).get(&key);
+        if refused.is_some_and(|at| at.elapsed() < self.refusal_ttl) {
             return false;
         }
-        let admitted = self.get_or_parse(limits, text).is_ok();
+        let admitted = self.get_or_parse(limits, spec.document).is_ok();
         if !admitted {
-            self.refuse_union(text);
+            lock(&self.refused_unions).insert(&key, Instant::now());
         }
         admitted
     }
 
-    /// Remembers a union that can never run (the schema's own validation or limits refused
-    /// it): its members are rendered one by one without trying it again.
-    pub(crate) fn refuse_union(&self, text: &str) {
-        lock(&self.refused_unions).insert(text, ());
+    /// Remembers a union the schema refused (its validation, its own limits; errors of no
+    /// field): its members are rendered one by one without trying it again for a while.
+    pub(crate) fn refuse_union(&self, spec: Spec<'_>) {
+        lock(&self.refused_unions).insert(&spec.key(), Instant::now());
     }
 
     pub(crate) fn get_or_parse(
@@ -557,6 +569,36 @@ mod tests {
         assert!(error.message.contains("13 bytes"), "{}", error.message);
         assert!(cache.get_or_parse(&limits, "{ a }").is_ok());
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_refused_union_is_tried_again_after_a_while() {
+        let mut cache = DocumentCache::new(1 << 20);
+        cache.refusal_ttl = Duration::from_millis(20);
+        let limits = CostLimits::default();
+        let variables = serde_json::json!({"a": 1});
+        let spec = Spec {
+            document: "subscription { a }",
+            operation_name: None,
+            variables: &variables,
+        };
+        assert!(cache.admit_union(&limits, spec));
+        cache.refuse_union(spec);
+        assert!(!cache.admit_union(&limits, spec));
+        // The same text with other variables is another union.
+        let other = serde_json::json!({"a": 2});
+        assert!(cache.admit_union(
+            &limits,
+            Spec {
+                variables: &other,
+                ..spec
+            }
+        ));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            cache.admit_union(&limits, spec),
+            "tried again once the refusal is old"
+        );
     }
 
     #[test]
