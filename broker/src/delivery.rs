@@ -85,9 +85,17 @@ impl DeliveryReport {
 }
 
 /// A topic's subscriptions as read for one event, kept for the topic's next events of the
-/// same batch ([`Broker::deliver_event_in`]).
+/// same batch ([`Broker::deliver_event_in`]), and whether its fan-out pages are on their way.
 #[derive(Debug, Default)]
-pub struct TopicRead(Option<(Topic, Vec<Subscription>)>);
+pub struct TopicRead(Option<TopicState>);
+
+#[derive(Debug)]
+struct TopicState {
+    topic: Topic,
+    subscriptions: Vec<Subscription>,
+    /// Whether pages of the topic are in an ordered queue, once known.
+    paging: Option<bool>,
+}
 
 /// Subscriptions with the same key render the same payload: document, operation name,
 /// variables (as JSON text) and user.
@@ -217,17 +225,20 @@ impl Broker {
             tracing::info!(event = %reference.event_id, "skipping an event delivered before");
             return Ok(DeliveryReport::default());
         }
-        let subscriptions = match &read.0 {
-            Some((topic, subscriptions)) if *topic == event.topic => subscriptions,
-            _ => {
-                let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
-                &read.0.insert((event.topic.clone(), subscriptions)).1
-            }
+        let state = match &mut read.0 {
+            Some(state) if state.topic == event.topic => state,
+            _ => read.0.insert(TopicState {
+                topic: event.topic.clone(),
+                subscriptions: self.ports().subscriptions.by_topic(&event.topic).await?,
+                paging: None,
+            }),
         };
         let report = match &self.ports().fanout {
-            Some(queue) if subscriptions.len() > self.config().fanout_threshold => {
-                let pages = self.fanout_pages(&event, subscriptions.iter().map(|s| s.key.clone()));
-                queue.enqueue(&pages).await?;
+            Some(queue) if self.goes_through_the_queue(queue.ordered(), state).await? => {
+                let keys = state.subscriptions.iter().map(|s| s.key.clone());
+                let pages = self.fanout_pages(&event, keys);
+                self.enqueue(queue.as_ref(), &event.topic, &pages).await?;
+                state.paging = Some(queue.ordered());
                 DeliveryReport {
                     pages_enqueued: pages.len(),
                     ..Default::default()
@@ -235,7 +246,7 @@ impl Broker {
             }
             _ => {
                 let report = self
-                    .deliver_to(Arc::new(event.clone()), subscriptions)
+                    .deliver_to(Arc::new(event.clone()), &state.subscriptions)
                     .await;
                 // Retrying the whole event would post again to every subscriber already
                 // served: with a queue, only the failed ones go to a fan-out page.
@@ -252,8 +263,73 @@ impl Broker {
         Ok(report)
     }
 
+    /// Whether an event of the topic goes out in fan-out pages: when it has more subscribers
+    /// than the threshold, and on an ordered queue also while pages of an earlier event are
+    /// on their way, so that it never overtakes them by being posted inline.
+    async fn goes_through_the_queue(
+        &self,
+        ordered: bool,
+        state: &mut TopicState,
+    ) -> Result<bool, StoreError> {
+        if state.subscriptions.len() > self.config().fanout_threshold {
+            return Ok(true);
+        }
+        if !ordered {
+            return Ok(false);
+        }
+        if let Some(paging) = state.paging {
+            return Ok(paging);
+        }
+        let in_flight = self
+            .ports()
+            .subscriptions
+            .pages_in_flight(&state.topic)
+            .await?;
+        Ok(*state.paging.insert(in_flight > 0))
+    }
+
+    /// Enqueues `pages` of `topic`, counted on their way first when the queue is ordered
+    /// (and the count taken back when the queue refuses them).
+    async fn enqueue(
+        &self,
+        queue: &dyn crate::ports::FanoutQueue,
+        topic: &Topic,
+        pages: &[FanoutPage],
+    ) -> Result<(), StoreError> {
+        if !queue.ordered() || pages.is_empty() {
+            return queue.enqueue(pages).await;
+        }
+        let subscriptions = &self.ports().subscriptions;
+        let lifetime = self.config().fanout_page_lifetime.as_secs();
+        let until = crate::domain::now_secs().saturating_add(lifetime);
+        subscriptions
+            .pages_enqueued(topic, pages.len(), until)
+            .await?;
+        if let Err(error) = queue.enqueue(pages).await {
+            if let Err(undo) = subscriptions.pages_done(topic, pages.len()).await {
+                tracing::warn!(%topic, error = %undo, "pages counted on their way but not enqueued");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
     /// Delivers one fan-out page (the fan-out worker's job).
+    /// A page whose report is complete is done: on an ordered queue it no longer holds the
+    /// topic's later events back.
     pub async fn deliver_page(&self, page: &FanoutPage) -> Result<DeliveryReport, StoreError> {
+        let report = self.deliver_page_once(page).await?;
+        let ordered = self.ports().fanout.as_ref().is_some_and(|q| q.ordered());
+        if ordered && report.is_complete() {
+            self.ports()
+                .subscriptions
+                .pages_done(&page.topic, 1)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn deliver_page_once(&self, page: &FanoutPage) -> Result<DeliveryReport, StoreError> {
         let reference = page.event();
         let Some(event) = self.ports().events.get(&reference).await? else {
             tracing::warn!(event = %reference.event_id, "fan-out page for an unknown event");

@@ -50,6 +50,8 @@ const SUBSCRIPTION_TOPICS: TableDefinition<(&str, &str), &str> =
 const TOMBSTONES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tombstones");
 /// Connection id → until when: a closed connection stores no subscription.
 const CLOSED: TableDefinition<&str, u64> = TableDefinition::new("closed_connections");
+/// Fan-out pages on their way, by topic: (how many, until when the count holds).
+const PAGES: TableDefinition<&str, (u64, u64)> = TableDefinition::new("fanout_pages");
 /// Tombstones and closed connections are pruned of expired ones when this many are held.
 const PRUNE_AT: u64 = 1024;
 /// (topic, event id) → JSON [`Event`]: a topic's events in id order.
@@ -128,6 +130,7 @@ impl FileStore {
             tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
             tx.open_table(TOMBSTONES).map_err(backend)?;
             tx.open_table(CLOSED).map_err(backend)?;
+            tx.open_table(PAGES).map_err(backend)?;
             tx.open_table(EVENTS).map_err(backend)?;
             tx.open_table(DELIVERED).map_err(backend)?;
             tx.open_table(STREAM).map_err(backend)?;
@@ -194,6 +197,7 @@ impl FileStore {
             tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
             tx.open_table(TOMBSTONES).map_err(backend)?;
             tx.open_table(CLOSED).map_err(backend)?;
+            tx.open_table(PAGES).map_err(backend)?;
             Ok((connections, subscriptions))
         })
     }
@@ -712,6 +716,66 @@ impl SubscriptionStore for FileSubscriptionStore {
                 })
             })
             .await
+    }
+
+    async fn pages_enqueued(
+        &self,
+        topic: &Topic,
+        pages: usize,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let topic = topic.clone();
+        self.store
+            .run(move |store| {
+                store.write(Commit::Durable, |tx| {
+                    let mut table = tx.open_table(PAGES).map_err(backend)?;
+                    let held = live_pages(table.get(topic.as_str()).map_err(backend)?);
+                    let value = (held + pages as u64, expires_at);
+                    table.insert(topic.as_str(), value).map_err(backend)?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
+        let topic = topic.clone();
+        self.store
+            .run(move |store| {
+                store.write(Commit::Durable, |tx| {
+                    let mut table = tx.open_table(PAGES).map_err(backend)?;
+                    let found = table
+                        .get(topic.as_str())
+                        .map_err(backend)?
+                        .map(|v| v.value());
+                    if let Some((held, until)) = found {
+                        let value = (held.saturating_sub(pages as u64), until);
+                        table.insert(topic.as_str(), value).map_err(backend)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+        let topic = topic.clone();
+        self.store
+            .run(move |store| {
+                let tx = store.read()?;
+                let table = tx.open_table(PAGES).map_err(backend)?;
+                let held = live_pages(table.get(topic.as_str()).map_err(backend)?);
+                Ok(usize::try_from(held).unwrap_or(usize::MAX))
+            })
+            .await
+    }
+}
+
+/// The pages a stored count holds, 0 once it has expired.
+fn live_pages(value: Option<::redb::AccessGuard<'_, (u64, u64)>>) -> u64 {
+    match value.map(|v| v.value()) {
+        Some((held, until)) if until > now_secs() => held,
+        _ => 0,
     }
 }
 

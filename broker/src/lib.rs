@@ -227,6 +227,11 @@ pub struct BrokerConfig {
     pub render_timeout: Duration,
     /// Renderings of one event in flight at once.
     pub render_concurrency: usize,
+    /// How long a fan-out page can be in the queue at most, redeliveries included, before
+    /// its dead-letter queue takes it (the template's visibility timeout times its
+    /// `maxReceiveCount`). On an ordered queue a topic's events go through the queue while
+    /// its pages are on their way; a count of pages older than this is forgotten.
+    pub fanout_page_lifetime: Duration,
     /// Whether one user's documents that differ only in what they select share one
     /// execution of a merged document (`graphql::merge`). Every payload is what the
     /// document gives alone, unless a resolver reads its own selection (`look_ahead`, its
@@ -257,6 +262,7 @@ impl Default for BrokerConfig {
             render_timeout: Duration::from_secs(5),
             render_concurrency: 16,
             merge_renderings: true,
+            fanout_page_lifetime: Duration::from_secs(15 * 60),
             event_retention: Duration::from_secs(domain::EVENT_LIFETIME_SECS),
             resume_settle: Duration::from_millis(1000),
             max_replay_events: 10_000,
@@ -332,6 +338,9 @@ impl BrokerConfig {
         }
         if let Some(ms) = var::<u64>("RENDER_TIMEOUT_MS")? {
             config.render_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(secs) = var::<u64>("FANOUT_PAGE_LIFETIME_SECS")? {
+            config.fanout_page_lifetime = Duration::from_secs(secs);
         }
         if let Some(merge) = var::<bool>("MERGE_RENDERINGS")? {
             config.merge_renderings = merge;

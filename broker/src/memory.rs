@@ -88,6 +88,8 @@ struct SubscriptionIndex {
     tombstones: Expiring<SubscriptionKey>,
     /// Connections closed, until when.
     closed: Expiring<ConnectionId>,
+    /// Fan-out pages on their way, by topic, and until when the count holds.
+    pages: HashMap<Topic, (usize, u64)>,
 }
 
 /// Keys with an expiry, pruned of expired ones as they grow: bounded by what the expiry
@@ -315,6 +317,35 @@ impl SubscriptionStore for MemorySubscriptionStore {
             index.remove(key);
         }
         Ok(keys.len())
+    }
+
+    async fn pages_enqueued(
+        &self,
+        topic: &Topic,
+        pages: usize,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let mut index = lock(&self.inner);
+        let now = now_secs();
+        index.pages.retain(|_, (_, until)| *until > now);
+        let entry = index.pages.entry(topic.clone()).or_insert((0, expires_at));
+        *entry = (entry.0 + pages, expires_at);
+        Ok(())
+    }
+
+    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
+        if let Some(entry) = lock(&self.inner).pages.get_mut(topic) {
+            entry.0 = entry.0.saturating_sub(pages);
+        }
+        Ok(())
+    }
+
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+        let index = lock(&self.inner);
+        Ok(match index.pages.get(topic) {
+            Some(&(pages, until)) if until > now_secs() => pages,
+            _ => 0,
+        })
     }
 }
 

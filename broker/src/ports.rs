@@ -157,6 +157,20 @@ pub trait SubscriptionStore: Send + Sync {
     async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError>;
     /// Removes every subscription of a connection; returns how many there were.
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
+    /// Counts `pages` more fan-out pages of `topic` on their way (an ordered queue's): until
+    /// they are done, a later event of the topic goes through the queue too, never past
+    /// them. The count is forgotten at `expires_at` (epoch seconds), when no page can still
+    /// be in the queue.
+    async fn pages_enqueued(
+        &self,
+        topic: &Topic,
+        pages: usize,
+        expires_at: u64,
+    ) -> Result<(), StoreError>;
+    /// Counts `pages` of `topic`'s pages done (delivered, or never enqueued after all).
+    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError>;
+    /// How many of `topic`'s pages are on their way (a consistent read).
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError>;
 }
 
 /// The append-only log of published events (the events table; its stream drives delivery).

@@ -230,6 +230,107 @@ async fn on_an_ordered_queue_a_partly_failed_inline_delivery_is_retried_whole() 
 }
 
 #[tokio::test]
+async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topics_pages() {
+    // GIVEN an ordered queue, a threshold of 3 and five subscribers: an event goes out in
+    // pages, which no worker has taken yet
+    let mut s = setup_ordered(3, 2);
+    let subscriptions = subscribers(&s.broker, 5).await;
+    let first = s
+        .broker
+        .deliver_event(published(&s.broker, 1).await)
+        .await
+        .unwrap();
+    assert!(first.pages_enqueued > 0, "{first:?}");
+    let first_pages = drain(&mut s.pages);
+
+    // WHEN three unsubscribe and the next event has two subscribers, below the threshold
+    for gone in &subscriptions[2..] {
+        s.broker
+            .ports()
+            .subscriptions
+            .delete(&gone.key)
+            .await
+            .unwrap();
+    }
+    let second = s
+        .broker
+        .deliver_event(published(&s.broker, 2).await)
+        .await
+        .unwrap();
+
+    // THEN it goes through the queue behind the first event's pages instead of past them,
+    // and every subscriber gets both in order
+    assert_eq!(second.delivered, 0, "{second:?}");
+    assert!(second.pages_enqueued > 0, "{second:?}");
+    let second_pages = drain(&mut s.pages);
+    for page in first_pages.iter().chain(&second_pages) {
+        assert!(s.broker.deliver_page(page).await.unwrap().is_complete());
+    }
+    let ticks = |s: &common::Setup, sub: &Subscription| -> Vec<i64> {
+        s.gateway
+            .take(&sub.key.connection_id)
+            .iter()
+            .map(|f| f["payload"]["data"]["ticks"]["n"].as_i64().unwrap())
+            .collect()
+    };
+    for sub in &subscriptions[..2] {
+        assert_eq!(ticks(&s, sub), [1, 2]);
+    }
+
+    // AND once its pages are done, the topic's next event goes out inline again
+    let third = s
+        .broker
+        .deliver_event(published(&s.broker, 3).await)
+        .await
+        .unwrap();
+    assert_eq!((third.delivered, third.pages_enqueued), (2, 0), "{third:?}");
+    for sub in &subscriptions[..2] {
+        assert_eq!(ticks(&s, sub), [3]);
+    }
+}
+
+#[tokio::test]
+async fn on_an_unordered_queue_an_event_below_the_threshold_goes_out_inline() {
+    // An unordered queue keeps no order to wait for: nothing is counted or read.
+    let mut s = setup(true, 3, 2);
+    let subscriptions = subscribers(&s.broker, 5).await;
+    let first = s
+        .broker
+        .deliver_event(published(&s.broker, 1).await)
+        .await
+        .unwrap();
+    assert!(first.pages_enqueued > 0, "{first:?}");
+    drain(&mut s.pages);
+    for gone in &subscriptions[2..] {
+        s.broker
+            .ports()
+            .subscriptions
+            .delete(&gone.key)
+            .await
+            .unwrap();
+    }
+    let second = s
+        .broker
+        .deliver_event(published(&s.broker, 2).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.delivered, second.pages_enqueued),
+        (2, 0),
+        "{second:?}"
+    );
+    let topic = &subscriptions[0].topic;
+    let in_flight = s
+        .broker
+        .ports()
+        .subscriptions
+        .pages_in_flight(topic)
+        .await
+        .unwrap();
+    assert_eq!(in_flight, 0);
+}
+
+#[tokio::test]
 async fn on_an_unordered_queue_the_failed_subscribers_go_to_pages_of_their_buckets() {
     let mut s = setup(true, 5, 10);
     let subscriptions = subscribers(&s.broker, 2).await;

@@ -394,6 +394,46 @@ pub async fn count_by_connection_counts_one_connections_subscriptions(stores: St
     );
 }
 
+/// A topic's fan-out pages on their way are counted up and down, per topic, never below
+/// zero, and forgotten once their lifetime is over; they are no subscription to any read.
+pub async fn pages_on_their_way_are_counted_per_topic(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let (busy, other) = (Topic::new("topic/busy"), Topic::new("topic/other"));
+    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 0);
+    let until = now_secs() + 600;
+    subscriptions.pages_enqueued(&busy, 3, until).await.unwrap();
+    subscriptions.pages_enqueued(&busy, 2, until).await.unwrap();
+    subscriptions
+        .pages_enqueued(&other, 1, until)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 5);
+    assert!(subscriptions.by_topic(&busy).await.unwrap().is_empty());
+    subscriptions.pages_done(&busy, 1).await.unwrap();
+    subscriptions.pages_done(&busy, 3).await.unwrap();
+    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 1);
+    // A page delivered twice is done once.
+    subscriptions.pages_done(&busy, 2).await.unwrap();
+    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 0);
+    assert_eq!(subscriptions.pages_in_flight(&other).await.unwrap(), 1);
+    // Done for a topic with none counted: nothing to take.
+    subscriptions
+        .pages_done(&Topic::new("topic/none"), 1)
+        .await
+        .unwrap();
+    // A count past its lifetime is forgotten, and starts again from what comes next.
+    subscriptions
+        .pages_enqueued(&other, 4, now_secs())
+        .await
+        .unwrap();
+    assert_eq!(subscriptions.pages_in_flight(&other).await.unwrap(), 0);
+    subscriptions
+        .pages_enqueued(&other, 2, until)
+        .await
+        .unwrap();
+    assert_eq!(subscriptions.pages_in_flight(&other).await.unwrap(), 2);
+}
+
 /// The per-connection limit holds under concurrent inserts on one connection: exactly the
 /// limit is stored, every other insert is refused as over the limit, a delete makes room
 /// for exactly one more, and other connections are not counted.

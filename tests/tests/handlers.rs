@@ -539,6 +539,20 @@ impl broker::SubscriptionStore for HeldInserts {
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, broker::StoreError> {
         self.inner.delete_by_connection(id).await
     }
+    async fn pages_enqueued(
+        &self,
+        topic: &Topic,
+        pages: usize,
+        until: u64,
+    ) -> Result<(), broker::StoreError> {
+        self.inner.pages_enqueued(topic, pages, until).await
+    }
+    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), broker::StoreError> {
+        self.inner.pages_done(topic, pages).await
+    }
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, broker::StoreError> {
+        self.inner.pages_in_flight(topic).await
+    }
 }
 
 /// The events of one topic in a stream batch are delivered on one read of its

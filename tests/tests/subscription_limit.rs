@@ -155,6 +155,18 @@ impl SubscriptionStore for Yielding {
         tokio::task::yield_now().await;
         self.0.delete_by_connection(id).await
     }
+    async fn pages_enqueued(&self, topic: &Topic, n: usize, until: u64) -> Result<(), StoreError> {
+        tokio::task::yield_now().await;
+        self.0.pages_enqueued(topic, n, until).await
+    }
+    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
+        tokio::task::yield_now().await;
+        self.0.pages_done(topic, pages).await
+    }
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.pages_in_flight(topic).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

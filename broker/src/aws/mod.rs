@@ -11,7 +11,9 @@
 //!   index. Attributes `connectionId`, `operationId`, `protocol`, `principal`, `document`,
 //!   `operationName`, `variables` (JSON text), `ttl`. Each subscription has a companion
 //!   *claim* item in its connection's partition of the same table, through which a
-//!   connection's subscriptions are found (see [`dynamodb`]).
+//!   connection's subscriptions are found (see [`dynamodb`]). A topic whose fan-out pages
+//!   are on an ordered queue has an item `#pages/{topic}` + `#pages` counting them
+//!   (`pages`, `ttl`).
 //! - Events: key `topic` + `eventId` (ULID); stream `NEW_IMAGE`. Attributes `payload` (JSON
 //!   text), `audience` (required: a user id, or `*` for everyone), `publishedAt` (ms,
 //!   optional), `ttl` (s), `delivered`.

@@ -9,7 +9,8 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::records::{
-    COUNTER_KEY, ClaimItem, SubscriptionItem, claim_partition, closed_partition, counter_partition,
+    COUNTER_KEY, ClaimItem, PAGES_KEY, SubscriptionItem, claim_partition, closed_partition,
+    counter_partition, pages_partition,
 };
 use super::{
     Item, backend, batch_delete, batch_get, decode_listing, from_item, query_all, string, to_item,
@@ -558,6 +559,127 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .iter()
             .filter(|claim| claim.is_subscription())
             .count())
+    }
+
+    async fn pages_enqueued(
+        &self,
+        topic: &Topic,
+        pages: usize,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.key(&pages_partition(topic), PAGES_KEY);
+        let count = |n: u64| number(i64::try_from(n).unwrap_or(i64::MAX));
+        let (pages, until) = (count(pages as u64), count(expires_at));
+        // Added to a count that still holds; a count that has expired starts again.
+        let added = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.clone()))
+            .update_expression("ADD #pages :pages SET #ttl = :until")
+            .condition_expression("#ttl > :now")
+            .expression_attribute_names("#pages", "pages")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":pages", pages.clone())
+            .expression_attribute_values(":until", until.clone())
+            .expression_attribute_values(":now", count(now_secs()))
+            .send()
+            .await;
+        match added {
+            Ok(_) => return Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+            Err(error) => return Err(backend("UpdateItem")(error)),
+        }
+        let mut item = key;
+        item.insert("pages".to_owned(), pages);
+        item.insert("ttl".to_owned(), until);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(backend("PutItem"))?;
+        Ok(())
+    }
+
+    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
+        let key = self.key(&pages_partition(topic), PAGES_KEY);
+        // Never below zero: a page delivered twice counts once.
+        let pages = i64::try_from(pages).unwrap_or(i64::MAX);
+        let taken = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.clone()))
+            .update_expression("ADD #pages :minus")
+            .condition_expression("#pages >= :pages")
+            .expression_attribute_names("#pages", "pages")
+            .expression_attribute_values(":minus", number(-pages))
+            .expression_attribute_values(":pages", number(pages))
+            .send()
+            .await;
+        match taken {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                // Fewer left than that (or none): none left.
+                let zeroed = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .update_expression("SET #pages = :zero")
+                    .condition_expression("attribute_exists(#pages)")
+                    .expression_attribute_names("#pages", "pages")
+                    .expression_attribute_values(":zero", number(0))
+                    .send()
+                    .await;
+                match zeroed {
+                    Ok(_) => Ok(()),
+                    Err(error)
+                        if error
+                            .as_service_error()
+                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                    {
+                        Ok(())
+                    }
+                    Err(error) => Err(backend("UpdateItem")(error)),
+                }
+            }
+            Err(error) => Err(backend("UpdateItem")(error)),
+        }
+    }
+
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&pages_partition(topic), PAGES_KEY)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend("GetItem"))?;
+        let Some(item) = output.item else {
+            return Ok(0);
+        };
+        let read = |name: &str| -> u64 {
+            match item.get(name) {
+                Some(AttributeValue::N(n)) => n.parse::<i64>().unwrap_or(0).max(0) as u64,
+                _ => 0,
+            }
+        };
+        if read("ttl") <= now_secs() {
+            return Ok(0);
+        }
+        Ok(usize::try_from(read("pages")).unwrap_or(usize::MAX))
     }
 }
 
