@@ -321,10 +321,12 @@ impl Broker {
         let report = self.deliver_page_once(page).await?;
         let ordered = self.ports().fanout.as_ref().is_some_and(|q| q.ordered());
         if ordered && report.is_complete() {
-            self.ports()
-                .subscriptions
-                .pages_done(&page.topic, 1)
-                .await?;
+            // The page went out: failing it now would deliver it again. A count left too
+            // high only keeps the topic's events in the queue until it expires.
+            let done = self.ports().subscriptions.pages_done(&page.topic, 1).await;
+            if let Err(error) = done {
+                tracing::warn!(topic = %page.topic, %error, "a page done was not counted");
+            }
         }
         Ok(report)
     }

@@ -748,9 +748,16 @@ impl SubscriptionStore for FileSubscriptionStore {
                         .get(topic.as_str())
                         .map_err(backend)?
                         .map(|v| v.value());
-                    if let Some((held, until)) = found {
-                        let value = (held.saturating_sub(pages as u64), until);
-                        table.insert(topic.as_str(), value).map_err(backend)?;
+                    match found {
+                        Some((held, until)) if held > pages as u64 => {
+                            let value = (held - pages as u64, until);
+                            table.insert(topic.as_str(), value).map_err(backend)?;
+                        }
+                        // None left: nothing kept.
+                        Some(_) => {
+                            table.remove(topic.as_str()).map_err(backend)?;
+                        }
+                        None => {}
                     }
                     Ok(())
                 })

@@ -334,8 +334,12 @@ impl SubscriptionStore for MemorySubscriptionStore {
     }
 
     async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
-        if let Some(entry) = lock(&self.inner).pages.get_mut(topic) {
+        let mut index = lock(&self.inner);
+        if let Some(entry) = index.pages.get_mut(topic) {
             entry.0 = entry.0.saturating_sub(pages);
+            if entry.0 == 0 {
+                index.pages.remove(topic);
+            }
         }
         Ok(())
     }

@@ -229,11 +229,9 @@ async fn on_an_ordered_queue_a_partly_failed_inline_delivery_is_retried_whole() 
     );
 }
 
-#[tokio::test]
-async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topics_pages() {
-    // GIVEN an ordered queue, a threshold of 3 and five subscribers: an event goes out in
-    // pages, which no worker has taken yet
-    let mut s = setup_ordered(3, 2);
+/// Five subscribers (above a threshold of 3), an event delivered in pages nobody has taken
+/// yet, then three unsubscribe: the two left, and the pages.
+async fn paged_then_below_the_threshold(s: &mut Setup) -> (Vec<Subscription>, Vec<FanoutPage>) {
     let subscriptions = subscribers(&s.broker, 5).await;
     let first = s
         .broker
@@ -241,9 +239,7 @@ async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topic
         .await
         .unwrap();
     assert!(first.pages_enqueued > 0, "{first:?}");
-    let first_pages = drain(&mut s.pages);
-
-    // WHEN three unsubscribe and the next event has two subscribers, below the threshold
+    let pages = drain(&mut s.pages);
     for gone in &subscriptions[2..] {
         s.broker
             .ports()
@@ -252,6 +248,16 @@ async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topic
             .await
             .unwrap();
     }
+    (subscriptions[..2].to_vec(), pages)
+}
+
+#[tokio::test]
+async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topics_pages() {
+    // GIVEN an ordered queue, a threshold of 3 and five subscribers: an event goes out in
+    // pages, which no worker has taken yet
+    let mut s = setup_ordered(3, 2);
+    // WHEN three unsubscribe and the next event has two subscribers, below the threshold
+    let (subscriptions, first_pages) = paged_then_below_the_threshold(&mut s).await;
     let second = s
         .broker
         .deliver_event(published(&s.broker, 2).await)
@@ -266,14 +272,14 @@ async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topic
     for page in first_pages.iter().chain(&second_pages) {
         assert!(s.broker.deliver_page(page).await.unwrap().is_complete());
     }
-    let ticks = |s: &common::Setup, sub: &Subscription| -> Vec<i64> {
+    let ticks = |s: &Setup, sub: &Subscription| -> Vec<i64> {
         s.gateway
             .take(&sub.key.connection_id)
             .iter()
             .map(|f| f["payload"]["data"]["ticks"]["n"].as_i64().unwrap())
             .collect()
     };
-    for sub in &subscriptions[..2] {
+    for sub in &subscriptions {
         assert_eq!(ticks(&s, sub), [1, 2]);
     }
 
@@ -284,7 +290,7 @@ async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topic
         .await
         .unwrap();
     assert_eq!((third.delivered, third.pages_enqueued), (2, 0), "{third:?}");
-    for sub in &subscriptions[..2] {
+    for sub in &subscriptions {
         assert_eq!(ticks(&s, sub), [3]);
     }
 }
@@ -293,22 +299,7 @@ async fn on_an_ordered_queue_an_event_below_the_threshold_waits_behind_the_topic
 async fn on_an_unordered_queue_an_event_below_the_threshold_goes_out_inline() {
     // An unordered queue keeps no order to wait for: nothing is counted or read.
     let mut s = setup(true, 3, 2);
-    let subscriptions = subscribers(&s.broker, 5).await;
-    let first = s
-        .broker
-        .deliver_event(published(&s.broker, 1).await)
-        .await
-        .unwrap();
-    assert!(first.pages_enqueued > 0, "{first:?}");
-    drain(&mut s.pages);
-    for gone in &subscriptions[2..] {
-        s.broker
-            .ports()
-            .subscriptions
-            .delete(&gone.key)
-            .await
-            .unwrap();
-    }
+    let (subscriptions, _) = paged_then_below_the_threshold(&mut s).await;
     let second = s
         .broker
         .deliver_event(published(&s.broker, 2).await)

@@ -480,6 +480,8 @@ struct HeldInserts {
     untils: std::sync::Mutex<Vec<u64>>,
     /// Reads of a topic's subscriptions.
     topic_reads: std::sync::atomic::AtomicUsize,
+    /// Whether counting a fan-out page done fails, as a store that is down does.
+    failing_pages_done: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -548,6 +550,12 @@ impl broker::SubscriptionStore for HeldInserts {
         self.inner.pages_enqueued(topic, pages, until).await
     }
     async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), broker::StoreError> {
+        if self
+            .failing_pages_done
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(broker::StoreError::backend("the store is down"));
+        }
         self.inner.pages_done(topic, pages).await
     }
     async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, broker::StoreError> {
@@ -581,6 +589,54 @@ async fn a_stream_batch_reads_a_topics_subscriptions_once() {
         .map(|f| f["payload"]["data"]["cardAdded"]["title"].clone())
         .collect();
     assert_eq!(titles, [json!("Hello"), json!("World")]);
+}
+
+/// A page delivered in full is done even when its topic's count of pages on their way cannot
+/// be taken from: failing it would post it again. The count left behind only keeps the
+/// topic's next events in the queue, still in order.
+#[tokio::test]
+async fn a_delivered_page_is_done_even_when_its_count_cannot_be_taken() {
+    use std::sync::Arc;
+    let store = Arc::new(HeldInserts::default());
+    let (queue, mut pages) = broker::memory::ChannelFanoutQueue::ordered();
+    let gateway = Arc::new(broker::memory::RecordingGateway::default());
+    let ports = broker::Ports {
+        fanout: Some(Arc::new(queue)),
+        subscriptions: store.clone(),
+        ..memory_ports(gateway.clone())
+    };
+    let config = broker::BrokerConfig {
+        fanout_threshold: 0,
+        ..Default::default()
+    };
+    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::default()));
+    let broker = broker::Broker::new(schema, ports, fixture_authenticator(), config);
+    let cards = "subscription { cardAdded(boardId: \"b1\") { title } }";
+    store
+        .inner
+        .insert(&subscription("tab", "board/b1/cardAdded", cards))
+        .await
+        .unwrap();
+    let card = |title: &str| {
+        broker::Event::new(
+            Topic::from("board/b1/cardAdded"),
+            json!({"id": title, "boardId": "b1", "title": title}),
+            broker::Audience::User(USER.into()),
+        )
+    };
+
+    let first = card("first");
+    broker.ports().events.append(&first).await.unwrap();
+    assert_eq!(broker.deliver_event(first).await.unwrap().pages_enqueued, 1);
+    let page = pages.try_recv().unwrap();
+    store
+        .failing_pages_done
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = broker.deliver_page(&page).await.unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(gateway.take(&"tab".into()).len(), 1);
+    let topic = Topic::from("board/b1/cardAdded");
+    assert_eq!(store.pages_in_flight(&topic).await.unwrap(), 1);
 }
 
 /// `$disconnect` can be handled while the connection's last `subscribe` is: after the

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
 };
@@ -18,6 +19,22 @@ use super::{
 use crate::aws::retry::RetryPolicy;
 use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_secs};
 use crate::ports::{Inserted, StoreError, SubscriptionStore};
+
+/// Whether a conditional `UpdateItem` passed its condition: `Ok(false)` when it failed it,
+/// an error for any other failure.
+fn passed<T>(result: Result<T, SdkError<UpdateItemError>>) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(error) => Err(backend("UpdateItem")(error)),
+    }
+}
 
 /// [`SubscriptionStore`] on the subscriptions table.
 ///
@@ -585,13 +602,8 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .expression_attribute_values(":now", count(now_secs()))
             .send()
             .await;
-        match added {
-            Ok(_) => return Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-            Err(error) => return Err(backend("UpdateItem")(error)),
+        if passed(added)? {
+            return Ok(());
         }
         let mut item = key;
         item.insert("pages".to_owned(), pages);
@@ -622,39 +634,22 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .expression_attribute_values(":pages", number(pages))
             .send()
             .await;
-        match taken {
-            Ok(_) => Ok(()),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                // Fewer left than that (or none): none left.
-                let zeroed = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key))
-                    .update_expression("SET #pages = :zero")
-                    .condition_expression("attribute_exists(#pages)")
-                    .expression_attribute_names("#pages", "pages")
-                    .expression_attribute_values(":zero", number(0))
-                    .send()
-                    .await;
-                match zeroed {
-                    Ok(_) => Ok(()),
-                    Err(error)
-                        if error
-                            .as_service_error()
-                            .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                    {
-                        Ok(())
-                    }
-                    Err(error) => Err(backend("UpdateItem")(error)),
-                }
-            }
-            Err(error) => Err(backend("UpdateItem")(error)),
+        if passed(taken)? {
+            return Ok(());
         }
+        // Fewer left than that (or no count at all): none left.
+        let zeroed = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression("SET #pages = :zero")
+            .condition_expression("attribute_exists(#pages)")
+            .expression_attribute_names("#pages", "pages")
+            .expression_attribute_values(":zero", number(0))
+            .send()
+            .await;
+        passed(zeroed).map(|_| ())
     }
 
     async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
