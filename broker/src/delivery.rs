@@ -285,33 +285,29 @@ impl Broker {
             .subscriptions
             .pages_in_flight(&state.topic)
             .await?;
-        Ok(*state.paging.insert(in_flight > 0))
+        Ok(*state.paging.insert(in_flight))
     }
 
-    /// Enqueues `pages` of `topic`, counted on their way first when the queue is ordered
-    /// (and the count taken back when the queue refuses them).
+    /// Enqueues `pages` of `topic`, each marked on its way first when the queue is ordered.
+    /// A mark is never taken back here: when the queue refuses a batch, earlier batches may
+    /// be in it already, and a mark too many only keeps the topic on the queue until it
+    /// expires, where one too few would let a later event overtake.
     async fn enqueue(
         &self,
         queue: &dyn crate::ports::FanoutQueue,
         topic: &Topic,
         pages: &[FanoutPage],
     ) -> Result<(), StoreError> {
-        if !queue.ordered() || pages.is_empty() {
-            return queue.enqueue(pages).await;
+        if queue.ordered() && !pages.is_empty() {
+            let lifetime = self.config().fanout_page_lifetime.as_secs();
+            let until = crate::domain::now_secs().saturating_add(lifetime);
+            let ids: Vec<String> = pages.iter().map(FanoutPage::id).collect();
+            self.ports()
+                .subscriptions
+                .pages_enqueued(topic, &ids, until)
+                .await?;
         }
-        let subscriptions = &self.ports().subscriptions;
-        let lifetime = self.config().fanout_page_lifetime.as_secs();
-        let until = crate::domain::now_secs().saturating_add(lifetime);
-        subscriptions
-            .pages_enqueued(topic, pages.len(), until)
-            .await?;
-        if let Err(error) = queue.enqueue(pages).await {
-            if let Err(undo) = subscriptions.pages_done(topic, pages.len()).await {
-                tracing::warn!(%topic, error = %undo, "pages counted on their way but not enqueued");
-            }
-            return Err(error);
-        }
-        Ok(())
+        queue.enqueue(pages).await
     }
 
     /// Delivers one fan-out page (the fan-out worker's job).
@@ -319,16 +315,39 @@ impl Broker {
     /// topic's later events back.
     pub async fn deliver_page(&self, page: &FanoutPage) -> Result<DeliveryReport, StoreError> {
         let report = self.deliver_page_once(page).await?;
-        let ordered = self.ports().fanout.as_ref().is_some_and(|q| q.ordered());
-        if ordered && report.is_complete() {
-            // The page went out: failing it now would deliver it again. A count left too
-            // high only keeps the topic's events in the queue until it expires.
-            let done = self.ports().subscriptions.pages_done(&page.topic, 1).await;
-            if let Err(error) = done {
-                tracing::warn!(topic = %page.topic, %error, "a page done was not counted");
-            }
+        if report.is_complete() {
+            // The page went out: failing it now would deliver it again. A mark left behind
+            // only keeps the topic's events in the queue until it expires.
+            self.page_done(page).await;
         }
         Ok(report)
+    }
+
+    /// Marks a page done on an ordered queue without delivering it: the queue gives up on
+    /// it (its dead-letter queue takes it), so it holds the topic's later events back no
+    /// longer.
+    pub async fn page_given_up(&self, page: &FanoutPage) {
+        tracing::error!(
+            topic = %page.topic,
+            event = %page.event_id,
+            subscriptions = page.subscription_keys.len(),
+            "a fan-out page goes to the dead-letter queue"
+        );
+        self.page_done(page).await;
+    }
+
+    async fn page_done(&self, page: &FanoutPage) {
+        if !self.ports().fanout.as_ref().is_some_and(|q| q.ordered()) {
+            return;
+        }
+        let done = self
+            .ports()
+            .subscriptions
+            .page_done(&page.topic, &page.id())
+            .await;
+        if let Err(error) = done {
+            tracing::warn!(topic = %page.topic, %error, "a page done was not marked");
+        }
     }
 
     async fn deliver_page_once(&self, page: &FanoutPage) -> Result<DeliveryReport, StoreError> {

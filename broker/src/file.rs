@@ -50,8 +50,8 @@ const SUBSCRIPTION_TOPICS: TableDefinition<(&str, &str), &str> =
 const TOMBSTONES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tombstones");
 /// Connection id → until when: a closed connection stores no subscription.
 const CLOSED: TableDefinition<&str, u64> = TableDefinition::new("closed_connections");
-/// Fan-out pages on their way, by topic: (how many, until when the count holds).
-const PAGES: TableDefinition<&str, (u64, u64)> = TableDefinition::new("fanout_pages");
+/// (topic, page id) → until when: fan-out pages on their way through the ordered queue.
+const PAGES: TableDefinition<(&str, &str), u64> = TableDefinition::new("fanout_pages_in_flight");
 /// Tombstones and closed connections are pruned of expired ones when this many are held.
 const PRUNE_AT: u64 = 1024;
 /// (topic, event id) → JSON [`Event`]: a topic's events in id order.
@@ -169,9 +169,9 @@ impl FileStore {
         }
     }
 
-    /// Removes every connection and subscription (and their tombstones): a new process
-    /// calls it at start, since
-    /// the sockets they stood for died with the process that stored them. Returns how many
+    /// Removes every connection and subscription (and their tombstones, and the marks of
+    /// fan-out pages on their way): a new process calls it at start, since the sockets they
+    /// stood for, and the in-memory queue, died with the process that stored them. Returns how many
     /// connections and subscriptions there were.
     pub fn forget_connections(&self) -> Result<(u64, u64), StoreError> {
         self.write(Commit::Durable, |tx| {
@@ -191,6 +191,8 @@ impl FileStore {
             tx.delete_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
             tx.delete_table(TOMBSTONES).map_err(backend)?;
             tx.delete_table(CLOSED).map_err(backend)?;
+            // The queue is in memory: none of its pages outlived the process.
+            tx.delete_table(PAGES).map_err(backend)?;
             tx.open_table(CONNECTIONS).map_err(backend)?;
             tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
             tx.open_table(SUBSCRIPTIONS).map_err(backend)?;
@@ -721,43 +723,25 @@ impl SubscriptionStore for FileSubscriptionStore {
     async fn pages_enqueued(
         &self,
         topic: &Topic,
-        pages: usize,
+        pages: &[String],
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        let topic = topic.clone();
+        let (topic, pages) = (topic.clone(), pages.to_vec());
         self.store
             .run(move |store| {
                 store.write(Commit::Durable, |tx| {
                     let mut table = tx.open_table(PAGES).map_err(backend)?;
-                    let held = live_pages(table.get(topic.as_str()).map_err(backend)?);
-                    let value = (held + pages as u64, expires_at);
-                    table.insert(topic.as_str(), value).map_err(backend)?;
-                    Ok(())
-                })
-            })
-            .await
-    }
-
-    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
-        let topic = topic.clone();
-        self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let mut table = tx.open_table(PAGES).map_err(backend)?;
-                    let found = table
-                        .get(topic.as_str())
-                        .map_err(backend)?
-                        .map(|v| v.value());
-                    match found {
-                        Some((held, until)) if held > pages as u64 => {
-                            let value = (held - pages as u64, until);
-                            table.insert(topic.as_str(), value).map_err(backend)?;
+                    let now = now_secs();
+                    for (page, until) in page_marks(&table, &topic)? {
+                        if until <= now {
+                            table
+                                .remove((topic.as_str(), page.as_str()))
+                                .map_err(backend)?;
                         }
-                        // None left: nothing kept.
-                        Some(_) => {
-                            table.remove(topic.as_str()).map_err(backend)?;
-                        }
-                        None => {}
+                    }
+                    for page in &pages {
+                        let key = (topic.as_str(), page.as_str());
+                        table.insert(key, expires_at).map_err(backend)?;
                     }
                     Ok(())
                 })
@@ -765,25 +749,51 @@ impl SubscriptionStore for FileSubscriptionStore {
             .await
     }
 
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
+        let (topic, page) = (topic.clone(), page.to_owned());
+        self.store
+            .run(move |store| {
+                store.write(Commit::Durable, |tx| {
+                    let mut table = tx.open_table(PAGES).map_err(backend)?;
+                    table
+                        .remove((topic.as_str(), page.as_str()))
+                        .map_err(backend)?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
         let topic = topic.clone();
         self.store
             .run(move |store| {
                 let tx = store.read()?;
                 let table = tx.open_table(PAGES).map_err(backend)?;
-                let held = live_pages(table.get(topic.as_str()).map_err(backend)?);
-                Ok(usize::try_from(held).unwrap_or(usize::MAX))
+                let now = now_secs();
+                Ok(page_marks(&table, &topic)?
+                    .iter()
+                    .any(|(_, until)| *until > now))
             })
             .await
     }
 }
 
-/// The pages a stored count holds, 0 once it has expired.
-fn live_pages(value: Option<::redb::AccessGuard<'_, (u64, u64)>>) -> u64 {
-    match value.map(|v| v.value()) {
-        Some((held, until)) if until > now_secs() => held,
-        _ => 0,
+/// The marks of `topic`'s pages on their way: (page id, until when).
+fn page_marks(
+    table: &impl ReadableTable<(&'static str, &'static str), u64>,
+    topic: &Topic,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut marks = Vec::new();
+    for entry in table.range((topic.as_str(), "")..).map_err(backend)? {
+        let (key, until) = entry.map_err(backend)?;
+        let (of, page) = key.value();
+        if of != topic.as_str() {
+            break;
+        }
+        marks.push((page.to_owned(), until.value()));
     }
+    Ok(marks)
 }
 
 // --- the event log -----------------------------------------------------------------------

@@ -227,11 +227,17 @@ pub struct BrokerConfig {
     pub render_timeout: Duration,
     /// Renderings of one event in flight at once.
     pub render_concurrency: usize,
-    /// How long a fan-out page can be in the queue at most, redeliveries included, before
-    /// its dead-letter queue takes it (the template's visibility timeout times its
-    /// `maxReceiveCount`). On an ordered queue a topic's events go through the queue while
-    /// its pages are on their way; a count of pages older than this is forgotten.
+    /// How long a fan-out page can be in the ordered queue at most: the queue's retention
+    /// period plus its visibility timeout (a page received just before it would expire is
+    /// still delivered); the template's queue keeps pages a day and hides them 180 s. On an
+    /// ordered queue a topic's events go through the queue while its pages are on their way;
+    /// a page's mark is forgotten this long after it was enqueued.
     pub fanout_page_lifetime: Duration,
+    /// How many times the ordered queue hands a page out before its dead-letter queue takes
+    /// it (the template's `maxReceiveCount`): a page that fails its last receive is marked
+    /// done, so it holds the topic's later events back no longer. `None` (unknown): such a
+    /// page's mark expires with [`Self::fanout_page_lifetime`].
+    pub fanout_max_receives: Option<u32>,
     /// Whether one user's documents that differ only in what they select share one
     /// execution of a merged document (`graphql::merge`). Every payload is what the
     /// document gives alone, unless a resolver reads its own selection (`look_ahead`, its
@@ -262,7 +268,8 @@ impl Default for BrokerConfig {
             render_timeout: Duration::from_secs(5),
             render_concurrency: 16,
             merge_renderings: true,
-            fanout_page_lifetime: Duration::from_secs(15 * 60),
+            fanout_page_lifetime: Duration::from_secs(24 * 60 * 60 + 180),
+            fanout_max_receives: None,
             event_retention: Duration::from_secs(domain::EVENT_LIFETIME_SECS),
             resume_settle: Duration::from_millis(1000),
             max_replay_events: 10_000,
@@ -272,7 +279,7 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `FANOUT_GROUPS` (at
-    /// least 1), `POST_CONCURRENCY`, `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`,
+    /// least 1), `FANOUT_PAGE_LIFETIME_SECS`, `FANOUT_MAX_RECEIVES`, `POST_CONCURRENCY`, `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`,
     /// `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`, `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
     /// `RESUME_SETTLE_MS`, `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
     /// malformed ones are an error.
@@ -341,6 +348,9 @@ impl BrokerConfig {
         }
         if let Some(secs) = var::<u64>("FANOUT_PAGE_LIFETIME_SECS")? {
             config.fanout_page_lifetime = Duration::from_secs(secs);
+        }
+        if let Some(n) = var::<u32>("FANOUT_MAX_RECEIVES")? {
+            config.fanout_max_receives = Some(n.max(1));
         }
         if let Some(merge) = var::<bool>("MERGE_RENDERINGS")? {
             config.merge_renderings = merge;

@@ -88,8 +88,8 @@ struct SubscriptionIndex {
     tombstones: Expiring<SubscriptionKey>,
     /// Connections closed, until when.
     closed: Expiring<ConnectionId>,
-    /// Fan-out pages on their way, by topic, and until when the count holds.
-    pages: HashMap<Topic, (usize, u64)>,
+    /// Fan-out pages on their way, by topic: page id → until when it can be in the queue.
+    pages: HashMap<Topic, HashMap<String, u64>>,
 }
 
 /// Keys with an expiry, pruned of expired ones as they grow: bounded by what the expiry
@@ -322,34 +322,38 @@ impl SubscriptionStore for MemorySubscriptionStore {
     async fn pages_enqueued(
         &self,
         topic: &Topic,
-        pages: usize,
+        pages: &[String],
         expires_at: u64,
     ) -> Result<(), StoreError> {
         let mut index = lock(&self.inner);
         let now = now_secs();
-        index.pages.retain(|_, (_, until)| *until > now);
-        let entry = index.pages.entry(topic.clone()).or_insert((0, expires_at));
-        *entry = (entry.0 + pages, expires_at);
+        index.pages.retain(|_, marks| {
+            marks.retain(|_, until| *until > now);
+            !marks.is_empty()
+        });
+        let marks = index.pages.entry(topic.clone()).or_default();
+        marks.extend(pages.iter().map(|page| (page.clone(), expires_at)));
         Ok(())
     }
 
-    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
+    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
         let mut index = lock(&self.inner);
-        if let Some(entry) = index.pages.get_mut(topic) {
-            entry.0 = entry.0.saturating_sub(pages);
-            if entry.0 == 0 {
+        if let Some(marks) = index.pages.get_mut(topic) {
+            marks.remove(page);
+            if marks.is_empty() {
                 index.pages.remove(topic);
             }
         }
         Ok(())
     }
 
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
         let index = lock(&self.inner);
-        Ok(match index.pages.get(topic) {
-            Some(&(pages, until)) if until > now_secs() => pages,
-            _ => 0,
-        })
+        let now = now_secs();
+        Ok(index
+            .pages
+            .get(topic)
+            .is_some_and(|marks| marks.values().any(|until| *until > now)))
     }
 }
 

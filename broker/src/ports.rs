@@ -157,20 +157,21 @@ pub trait SubscriptionStore: Send + Sync {
     async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError>;
     /// Removes every subscription of a connection; returns how many there were.
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
-    /// Counts `pages` more fan-out pages of `topic` on their way (an ordered queue's): until
-    /// they are done, a later event of the topic goes through the queue too, never past
-    /// them. The count is forgotten at `expires_at` (epoch seconds), when no page can still
-    /// be in the queue.
+    /// Marks fan-out pages of `topic` (by [`FanoutPage::id`]) on their way through an ordered
+    /// queue, each until `expires_at` (epoch seconds), past which it cannot be in the queue
+    /// any more. While one is, a later event of the topic goes through the queue too, never
+    /// past it. Marking a page again only moves its expiry.
     async fn pages_enqueued(
         &self,
         topic: &Topic,
-        pages: usize,
+        pages: &[String],
         expires_at: u64,
     ) -> Result<(), StoreError>;
-    /// Counts `pages` of `topic`'s pages done (delivered, or never enqueued after all).
-    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError>;
-    /// How many of `topic`'s pages are on their way (a consistent read).
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError>;
+    /// Marks one of `topic`'s pages done (delivered, or given up on). A page done twice (a
+    /// redelivery) is done once, and a page never marked is nothing.
+    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError>;
+    /// Whether any page of `topic` is on its way (a consistent read).
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError>;
 }
 
 /// The append-only log of published events (the events table; its stream drives delivery).
@@ -235,6 +236,33 @@ impl FanoutPage {
             .iter()
             .filter_map(|k| SubscriptionKey::decode(k))
             .collect()
+    }
+
+    /// The page's id: the hex SHA-256 of its event id, its group and its subscription keys
+    /// (each length-prefixed, so no two pages share an input). The same page built again has
+    /// the same id; any other page of the event (another bucket, another chunk, the failed
+    /// remainder of a page) differs in its group or keys. It is the page's
+    /// MessageDeduplicationId on a FIFO queue and its mark while on its way.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        let mut digest = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            digest.update((bytes.len() as u64).to_be_bytes());
+            digest.update(bytes);
+        };
+        field(self.event_id.as_bytes());
+        field(self.ordering_group().as_bytes());
+        for key in &self.subscription_keys {
+            field(key.as_bytes());
+        }
+        digest
+            .finalize()
+            .iter()
+            .fold(String::with_capacity(64), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
     }
 
     /// What the queue orders this page by: its group, or its topic for a page from before

@@ -318,7 +318,48 @@ async fn on_an_unordered_queue_an_event_below_the_threshold_goes_out_inline() {
         .pages_in_flight(topic)
         .await
         .unwrap();
-    assert_eq!(in_flight, 0);
+    assert!(!in_flight);
+}
+
+#[tokio::test]
+async fn on_an_ordered_queue_a_page_delivered_again_does_not_free_the_topic_before_the_rest() {
+    // GIVEN an event paged on an ordered queue, then the topic below the threshold
+    let mut s = setup_ordered(3, 2);
+    let (subscriptions, first_pages) = paged_then_below_the_threshold(&mut s).await;
+    assert!(first_pages.len() > 1, "{first_pages:?}");
+    // WHEN its first page is handed out again and again (a worker batch that timed out
+    // after delivering it), as many times as there are pages, while the others wait
+    for _ in 0..first_pages.len() {
+        assert!(
+            s.broker
+                .deliver_page(&first_pages[0])
+                .await
+                .unwrap()
+                .is_complete()
+        );
+    }
+    // THEN the next event still goes through the queue, behind the pages left
+    let second = s
+        .broker
+        .deliver_event(published(&s.broker, 2).await)
+        .await
+        .unwrap();
+    assert_eq!(second.delivered, 0, "{second:?}");
+    assert!(second.pages_enqueued > 0, "{second:?}");
+    // AND once every page is done, the next one goes out inline
+    for page in first_pages[1..].iter().chain(&drain(&mut s.pages)) {
+        assert!(s.broker.deliver_page(page).await.unwrap().is_complete());
+    }
+    let third = s
+        .broker
+        .deliver_event(published(&s.broker, 3).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        (third.delivered, third.pages_enqueued),
+        (subscriptions.len(), 0),
+        "{third:?}"
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@ use futures_util::StreamExt;
 /// The system attribute SQS gives every message of a FIFO queue: the group it is ordered in.
 pub const MESSAGE_GROUP_ID: &str = "MessageGroupId";
 
+/// The system attribute SQS gives every message: how many times it has been handed out.
+pub const RECEIVE_COUNT: &str = "ApproximateReceiveCount";
+
 /// Groups of one batch handled at once.
 const GROUP_CONCURRENCY: usize = 10;
 
@@ -22,17 +25,20 @@ pub async fn handle(broker: &Broker, batch: SqsEvent) -> SqsBatchResponse {
             let mut failed = Vec::new();
             for message in messages {
                 let id = message.message_id.clone().unwrap_or_default();
+                let body = message.body.as_deref().unwrap_or_default();
                 if !failed.is_empty() {
                     tracing::warn!(message = %id, "held back behind a failed page of its group");
-                    failed.push(id);
+                } else if let Err(reason) = deliver(broker, body).await {
+                    tracing::error!(message = %id, %reason, "fan-out page failed");
+                } else {
                     continue;
                 }
-                if let Err(reason) =
-                    deliver(broker, message.body.as_deref().unwrap_or_default()).await
+                if is_last_receive(broker, &message)
+                    && let Ok(page) = serde_json::from_str::<FanoutPage>(body)
                 {
-                    tracing::error!(message = %id, %reason, "fan-out page failed");
-                    failed.push(id);
+                    broker.page_given_up(&page).await;
                 }
+                failed.push(id);
             }
             futures_util::stream::iter(failed)
         })
@@ -48,6 +54,19 @@ pub async fn handle(broker: &Broker, batch: SqsEvent) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failures;
     response
+}
+
+/// Whether the queue hands `message` out no more after this receive: failed now, its
+/// dead-letter queue takes it.
+fn is_last_receive(broker: &Broker, message: &SqsMessage) -> bool {
+    let received = message
+        .attributes
+        .get(RECEIVE_COUNT)
+        .and_then(|n| n.parse::<u32>().ok());
+    matches!(
+        (received, broker.config().fanout_max_receives),
+        (Some(received), Some(max)) if received >= max
+    )
 }
 
 /// The batch's messages by group, each group in batch order, groups in order of first

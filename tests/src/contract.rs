@@ -394,44 +394,63 @@ pub async fn count_by_connection_counts_one_connections_subscriptions(stores: St
     );
 }
 
-/// A topic's fan-out pages on their way are counted up and down, per topic, never below
-/// zero, and forgotten once their lifetime is over; they are no subscription to any read.
-pub async fn pages_on_their_way_are_counted_per_topic(stores: Stores) {
+/// A topic's fan-out pages on their way are marked one by one, per topic: a page done twice
+/// (a redelivery) is done once, a page marked twice (a retried enqueue) is one page, each
+/// mark is forgotten once its lifetime is over, and no mark is a subscription to any read.
+pub async fn pages_on_their_way_are_marked_per_topic(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let (busy, other) = (Topic::new("topic/busy"), Topic::new("topic/other"));
-    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 0);
+    let pages = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let on_their_way = |topic: &Topic| {
+        let (subscriptions, topic) = (subscriptions.clone(), topic.clone());
+        async move { subscriptions.pages_in_flight(&topic).await.unwrap() }
+    };
+    assert!(!on_their_way(&busy).await);
     let until = now_secs() + 600;
-    subscriptions.pages_enqueued(&busy, 3, until).await.unwrap();
-    subscriptions.pages_enqueued(&busy, 2, until).await.unwrap();
     subscriptions
-        .pages_enqueued(&other, 1, until)
+        .pages_enqueued(&busy, &pages(&["a", "b", "c"]), until)
         .await
         .unwrap();
-    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 5);
+    // The same pages again, as a retried enqueue sends them.
+    subscriptions
+        .pages_enqueued(&busy, &pages(&["b", "c"]), until)
+        .await
+        .unwrap();
+    subscriptions
+        .pages_enqueued(&other, &pages(&["a"]), until)
+        .await
+        .unwrap();
+    assert!(on_their_way(&busy).await);
     assert!(subscriptions.by_topic(&busy).await.unwrap().is_empty());
-    subscriptions.pages_done(&busy, 1).await.unwrap();
-    subscriptions.pages_done(&busy, 3).await.unwrap();
-    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 1);
-    // A page delivered twice is done once.
-    subscriptions.pages_done(&busy, 2).await.unwrap();
-    assert_eq!(subscriptions.pages_in_flight(&busy).await.unwrap(), 0);
-    assert_eq!(subscriptions.pages_in_flight(&other).await.unwrap(), 1);
-    // Done for a topic with none counted: nothing to take.
+    subscriptions.page_done(&busy, "a").await.unwrap();
+    subscriptions.page_done(&busy, "b").await.unwrap();
+    // Page "b" delivered again: still "c" to come.
+    subscriptions.page_done(&busy, "b").await.unwrap();
+    subscriptions.page_done(&busy, "a").await.unwrap();
+    assert!(on_their_way(&busy).await);
+    subscriptions.page_done(&busy, "c").await.unwrap();
+    assert!(!on_their_way(&busy).await);
+    // Another topic's page of the same id is its own.
+    assert!(on_their_way(&other).await);
+    // Done for a topic with none marked: nothing to take.
     subscriptions
-        .pages_done(&Topic::new("topic/none"), 1)
+        .page_done(&Topic::new("topic/none"), "a")
         .await
         .unwrap();
-    // A count past its lifetime is forgotten, and starts again from what comes next.
+    // A mark past its lifetime is forgotten; a live one beside it still holds.
+    subscriptions.page_done(&other, "a").await.unwrap();
     subscriptions
-        .pages_enqueued(&other, 4, now_secs())
+        .pages_enqueued(&other, &pages(&["old"]), now_secs())
         .await
         .unwrap();
-    assert_eq!(subscriptions.pages_in_flight(&other).await.unwrap(), 0);
+    assert!(!on_their_way(&other).await);
     subscriptions
-        .pages_enqueued(&other, 2, until)
+        .pages_enqueued(&other, &pages(&["new"]), until)
         .await
         .unwrap();
-    assert_eq!(subscriptions.pages_in_flight(&other).await.unwrap(), 2);
+    assert!(on_their_way(&other).await);
+    subscriptions.page_done(&other, "new").await.unwrap();
+    assert!(!on_their_way(&other).await);
 }
 
 /// The per-connection limit holds under concurrent inserts on one connection: exactly the

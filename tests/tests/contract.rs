@@ -107,7 +107,7 @@ store_contract!(
     a_complete_before_its_subscribe_leaves_a_tombstone_the_insert_respects,
     an_expired_tombstone_is_ignored,
     a_closed_connection_stores_no_subscription,
-    pages_on_their_way_are_counted_per_topic,
+    pages_on_their_way_are_marked_per_topic,
 );
 
 /// The checks of concurrent calls, one test per backend. On DynamoDB they run on a moto of

@@ -67,7 +67,7 @@ async fn a_reopened_file_has_its_events_marks_stream_position_and_app_tables() {
 }
 
 #[tokio::test]
-async fn forget_connections_drops_connections_and_subscriptions_and_keeps_the_rest() {
+async fn forget_connections_drops_connections_subscriptions_and_page_marks_and_keeps_the_rest() {
     let dir = new_path();
     let store = FileStore::open(dir.join("state.redb")).unwrap();
     let alice = connection("c1", Some("alice"));
@@ -76,8 +76,18 @@ async fn forget_connections_drops_connections_and_subscriptions_and_keeps_the_re
     store.subscriptions().insert(&sub).await.unwrap();
     let event = Event::new(Topic::new("topic/a"), json!(1), Audience::Everyone);
     store.events().append(&event).await.unwrap();
+    // A page on its way through the in-memory queue, which does not outlive the process.
+    let until = broker::domain::now_secs() + 600;
+    let page = vec!["page".to_owned()];
+    let subscriptions = store.subscriptions();
+    subscriptions
+        .pages_enqueued(&sub.topic, &page, until)
+        .await
+        .unwrap();
 
     assert_eq!(store.forget_connections().unwrap(), (1, 1));
+
+    assert!(!subscriptions.pages_in_flight(&sub.topic).await.unwrap());
 
     assert_eq!(store.connections().get(&alice.id).await.unwrap(), None);
     assert!(

@@ -155,15 +155,20 @@ impl SubscriptionStore for Yielding {
         tokio::task::yield_now().await;
         self.0.delete_by_connection(id).await
     }
-    async fn pages_enqueued(&self, topic: &Topic, n: usize, until: u64) -> Result<(), StoreError> {
+    async fn pages_enqueued(
+        &self,
+        topic: &Topic,
+        pages: &[String],
+        until: u64,
+    ) -> Result<(), StoreError> {
         tokio::task::yield_now().await;
-        self.0.pages_enqueued(topic, n, until).await
+        self.0.pages_enqueued(topic, pages, until).await
     }
-    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
+    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
         tokio::task::yield_now().await;
-        self.0.pages_done(topic, pages).await
+        self.0.page_done(topic, page).await
     }
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
         tokio::task::yield_now().await;
         self.0.pages_in_flight(topic).await
     }

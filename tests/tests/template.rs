@@ -2,7 +2,8 @@
 //! the delivery metrics read what the functions write (the namespace they are given, the
 //! metric names of `broker::metrics`, the `Function` names each runtime passes), every
 //! function has its errors alarm, and only the HTTP and WebSocket functions join the VPC,
-//! with the ENI permissions only then.
+//! with the ENI permissions only then; a fan-out page's lifetime and last receive follow the
+//! queue's settings, and the publishers may clean up after a connection that is gone.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -276,4 +277,75 @@ fn the_fanout_queue_and_its_dead_letter_queue_are_fifo_and_the_worker_reports_it
         template["Parameters"]["FanoutGroups"]["MinValue"],
         Value::Number(1.into())
     );
+}
+
+/// The actions a function's policies allow on `table` (`!GetAtt {table}.Arn`).
+fn actions_on(template: &Value, function: &str, table: &str) -> BTreeSet<String> {
+    let arn = tag("GetAtt", string(&format!("{table}.Arn")));
+    let policies = &template["Resources"][function]["Properties"]["Policies"];
+    let mut actions = BTreeSet::new();
+    for policy in policies.as_sequence().into_iter().flatten() {
+        for statement in policy["Statement"].as_sequence().into_iter().flatten() {
+            if statement["Resource"] != arn {
+                continue;
+            }
+            match &statement["Action"] {
+                Value::String(action) => {
+                    actions.insert(action.clone());
+                }
+                Value::Sequence(list) => {
+                    actions.extend(list.iter().filter_map(|a| a.as_str().map(str::to_owned)));
+                }
+                _ => {}
+            }
+        }
+    }
+    actions
+}
+
+#[test]
+fn a_pages_lifetime_and_last_receive_follow_the_fanout_queue() {
+    let template = template();
+    let queue = &template["Resources"]["FanoutQueue"]["Properties"];
+    let number = |v: &Value| match v {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(s) => s.parse().unwrap(),
+        other => panic!("not a number: {other:?}"),
+    };
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        number(&globals["FANOUT_PAGE_LIFETIME_SECS"]),
+        number(&queue["MessageRetentionPeriod"]) + number(&queue["VisibilityTimeout"]),
+        "a page can be on its way for the queue's retention, and one visibility timeout more"
+    );
+    assert_eq!(
+        number(&globals["FANOUT_MAX_RECEIVES"]),
+        number(&queue["RedrivePolicy"]["maxReceiveCount"])
+    );
+}
+
+#[test]
+fn the_publishers_may_close_a_gone_connection_and_mark_pages() {
+    let template = template();
+    let needs = |actions: &[&str]| {
+        actions
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    // A 410 closes the connection: the closed mark (PutItem), its claims (Query), its
+    // subscriptions and claims (BatchWriteItem), its counter (DeleteItem); the connection
+    // itself on the connections table.
+    let closing = needs(&[
+        "dynamodb:PutItem",
+        "dynamodb:Query",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:DeleteItem",
+    ]);
+    for function in ["StreamPublisherFunction", "FanoutWorkerFunction"] {
+        let granted = actions_on(&template, function, "SubscriptionsTable");
+        assert!(granted.is_superset(&closing), "{function}: {granted:?}");
+        let connections = actions_on(&template, function, "ConnectionsTable");
+        assert!(connections.contains("dynamodb:DeleteItem"), "{function}");
+    }
 }

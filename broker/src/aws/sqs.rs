@@ -155,23 +155,10 @@ pub fn message_group_id(page: &FanoutPage) -> String {
     }
 }
 
-/// The MessageDeduplicationId of a page: the hex SHA-256 of its event id, its group and its
-/// subscription keys (each length-prefixed, so no two pages share an input). The same page
-/// sent again gets the same id, and SQS drops it within its deduplication window; any other
-/// page of the event (another bucket, another chunk, the failed remainder of a page) differs
-/// in its group or keys and is kept.
+/// The MessageDeduplicationId of a page: its [`FanoutPage::id`]. SQS drops the same page
+/// sent again within its deduplication window.
 pub fn deduplication_id(page: &FanoutPage) -> String {
-    let mut digest = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        digest.update((bytes.len() as u64).to_be_bytes());
-        digest.update(bytes);
-    };
-    field(page.event_id.as_bytes());
-    field(page.ordering_group().as_bytes());
-    for key in &page.subscription_keys {
-        field(key.as_bytes());
-    }
-    hex(&digest.finalize())
+    page.id()
 }
 
 fn hex(bytes: &[u8]) -> String {

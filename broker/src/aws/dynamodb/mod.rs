@@ -20,7 +20,9 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, KeysAndAttributes, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -166,17 +168,48 @@ async fn batch_delete(
     keys: Vec<Item>,
     retry: RetryPolicy,
 ) -> Result<(), StoreError> {
-    for chunk in keys.chunks(BATCH_WRITE_LIMIT) {
-        let mut pending = chunk
-            .iter()
-            .map(|key| {
-                let delete = DeleteRequest::builder()
-                    .set_key(Some(key.clone()))
-                    .build()
-                    .map_err(backend("BatchWriteItem"))?;
-                Ok(WriteRequest::builder().delete_request(delete).build())
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+    let requests = keys
+        .into_iter()
+        .map(|key| {
+            let delete = DeleteRequest::builder()
+                .set_key(Some(key))
+                .build()
+                .map_err(backend("BatchWriteItem"))?;
+            Ok(WriteRequest::builder().delete_request(delete).build())
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    batch_write(client, table, requests, retry).await
+}
+
+/// Writes items (replacing any with the same key) with BatchWriteItem, 25 a request,
+/// retrying unprocessed ones.
+async fn batch_put(
+    client: &Client,
+    table: &str,
+    items: Vec<Item>,
+    retry: RetryPolicy,
+) -> Result<(), StoreError> {
+    let requests = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(backend("BatchWriteItem"))?;
+            Ok(WriteRequest::builder().put_request(put).build())
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    batch_write(client, table, requests, retry).await
+}
+
+async fn batch_write(
+    client: &Client,
+    table: &str,
+    requests: Vec<WriteRequest>,
+    retry: RetryPolicy,
+) -> Result<(), StoreError> {
+    for chunk in requests.chunks(BATCH_WRITE_LIMIT) {
+        let mut pending = chunk.to_vec();
         let mut attempt = 0;
         while !pending.is_empty() {
             let output = client

@@ -27,14 +27,12 @@ pub(super) fn counter_partition(connection: &ConnectionId) -> String {
 /// The sort key of the counter item in its [`counter_partition`].
 pub(super) const COUNTER_KEY: &str = "#count";
 
-/// The partition of the item counting a topic's fan-out pages on their way: attributes
-/// `pages` (a number) and `ttl` (s), under the sort key [`PAGES_KEY`].
+/// The partition of a topic's fan-out pages on their way through the ordered queue: one
+/// item per page, its sort key the page's id ([`crate::FanoutPage::id`]), with a `ttl` (s)
+/// past which the page cannot be in the queue any more.
 pub(super) fn pages_partition(topic: &Topic) -> String {
     format!("#pages/{topic}")
 }
-
-/// The sort key of the item in its [`pages_partition`].
-pub(super) const PAGES_KEY: &str = "#pages";
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -4,37 +4,21 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
 };
 
 use super::records::{
-    COUNTER_KEY, ClaimItem, PAGES_KEY, SubscriptionItem, claim_partition, closed_partition,
-    counter_partition, pages_partition,
+    COUNTER_KEY, ClaimItem, SubscriptionItem, claim_partition, closed_partition, counter_partition,
+    pages_partition,
 };
 use super::{
-    Item, backend, batch_delete, batch_get, decode_listing, from_item, query_all, string, to_item,
+    Item, backend, batch_delete, batch_get, batch_put, decode_listing, from_item, query_all,
+    string, to_item,
 };
 use crate::aws::retry::RetryPolicy;
 use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_secs};
 use crate::ports::{Inserted, StoreError, SubscriptionStore};
-
-/// Whether a conditional `UpdateItem` passed its condition: `Ok(false)` when it failed it,
-/// an error for any other failure.
-fn passed<T>(result: Result<T, SdkError<UpdateItemError>>) -> Result<bool, StoreError> {
-    match result {
-        Ok(_) => Ok(true),
-        Err(error)
-            if error
-                .as_service_error()
-                .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-        {
-            Ok(false)
-        }
-        Err(error) => Err(backend("UpdateItem")(error)),
-    }
-}
 
 /// [`SubscriptionStore`] on the subscriptions table.
 ///
@@ -581,100 +565,56 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
     async fn pages_enqueued(
         &self,
         topic: &Topic,
-        pages: usize,
+        pages: &[String],
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        let key = self.key(&pages_partition(topic), PAGES_KEY);
-        let count = |n: u64| number(i64::try_from(n).unwrap_or(i64::MAX));
-        let (pages, until) = (count(pages as u64), count(expires_at));
-        // Added to a count that still holds; a count that has expired starts again.
-        let added = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key.clone()))
-            .update_expression("ADD #pages :pages SET #ttl = :until")
-            .condition_expression("#ttl > :now")
-            .expression_attribute_names("#pages", "pages")
-            .expression_attribute_names("#ttl", "ttl")
-            .expression_attribute_values(":pages", pages.clone())
-            .expression_attribute_values(":until", until.clone())
-            .expression_attribute_values(":now", count(now_secs()))
-            .send()
-            .await;
-        if passed(added)? {
-            return Ok(());
-        }
-        let mut item = key;
-        item.insert("pages".to_owned(), pages);
-        item.insert("ttl".to_owned(), until);
+        let partition = pages_partition(topic);
+        let until = number(i64::try_from(expires_at).unwrap_or(i64::MAX));
+        let items = pages
+            .iter()
+            .map(|page| {
+                let mut item = self.key(&partition, page);
+                item.insert("ttl".to_owned(), until.clone());
+                item
+            })
+            .collect();
+        batch_put(&self.client, &self.table, items, self.retry).await
+    }
+
+    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
         self.client
-            .put_item()
+            .delete_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_key(Some(self.key(&pages_partition(topic), page)))
             .send()
             .await
-            .map_err(backend("PutItem"))?;
+            .map_err(backend("DeleteItem"))?;
         Ok(())
     }
 
-    async fn pages_done(&self, topic: &Topic, pages: usize) -> Result<(), StoreError> {
-        let key = self.key(&pages_partition(topic), PAGES_KEY);
-        // Never below zero: a page delivered twice counts once.
-        let pages = i64::try_from(pages).unwrap_or(i64::MAX);
-        let taken = self
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
+        // DynamoDB removes expired items only eventually: the filter skips them. The first
+        // page of results that holds one live mark answers.
+        let mut marks = self
             .client
-            .update_item()
+            .query()
             .table_name(&self.table)
-            .set_key(Some(key.clone()))
-            .update_expression("ADD #pages :minus")
-            .condition_expression("#pages >= :pages")
-            .expression_attribute_names("#pages", "pages")
-            .expression_attribute_values(":minus", number(-pages))
-            .expression_attribute_values(":pages", number(pages))
-            .send()
-            .await;
-        if passed(taken)? {
-            return Ok(());
-        }
-        // Fewer left than that (or no count at all): none left.
-        let zeroed = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .update_expression("SET #pages = :zero")
-            .condition_expression("attribute_exists(#pages)")
-            .expression_attribute_names("#pages", "pages")
-            .expression_attribute_values(":zero", number(0))
-            .send()
-            .await;
-        passed(zeroed).map(|_| ())
-    }
-
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<usize, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(self.key(&pages_partition(topic), PAGES_KEY)))
+            .key_condition_expression("#topic = :pages")
+            .filter_expression("#ttl > :now")
+            .expression_attribute_names("#topic", "topic")
+            .expression_attribute_names("#ttl", "ttl")
+            .expression_attribute_values(":pages", string(pages_partition(topic)))
+            .expression_attribute_values(":now", number(now_secs() as i64))
+            .projection_expression("#topic")
             .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend("GetItem"))?;
-        let Some(item) = output.item else {
-            return Ok(0);
-        };
-        let read = |name: &str| -> u64 {
-            match item.get(name) {
-                Some(AttributeValue::N(n)) => n.parse::<i64>().unwrap_or(0).max(0) as u64,
-                _ => 0,
+            .into_paginator()
+            .send();
+        while let Some(page) = marks.next().await {
+            if page.map_err(backend("Query"))?.count > 0 {
+                return Ok(true);
             }
-        };
-        if read("ttl") <= now_secs() {
-            return Ok(0);
         }
-        Ok(usize::try_from(read("pages")).unwrap_or(usize::MAX))
+        Ok(false)
     }
 }
 
