@@ -15,7 +15,7 @@ use crate::domain::{
     Audience, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId,
 };
 use crate::graphql;
-use crate::ports::{FanoutPage, GatewayError, StoreError};
+use crate::ports::{FanoutPage, GatewayError, Hold, StoreError};
 use crate::protocol::CloseCode;
 use crate::{Broker, DeliveryMode};
 
@@ -62,6 +62,9 @@ pub struct DeliveryReport {
     pub failed: usize,
     /// Fan-out pages handed to the queue instead of delivering here.
     pub pages_enqueued: usize,
+    /// Subscriptions still replaying their resume, which the event was held back from:
+    /// their replay sends it, in order with what it replays.
+    pub held: usize,
     /// The subscriptions counted in `failed`: what a retry must reach, and nothing else.
     pub failed_keys: Vec<SubscriptionKey>,
 }
@@ -80,6 +83,7 @@ impl DeliveryReport {
         self.too_large += other.too_large;
         self.failed += other.failed;
         self.pages_enqueued += other.pages_enqueued;
+        self.held += other.held;
         self.failed_keys.extend(other.failed_keys);
     }
 }
@@ -417,6 +421,64 @@ impl Broker {
         report
     }
 
+    /// Leaves out of `admitted` the subscriptions whose resume is still replaying: the event
+    /// is held back from each ([`crate::SubscriptionStore::hold`]), and its replay, which
+    /// reads the log once more before it hands over, sends it. A replay that ran out of time
+    /// without handing over may not have sent what it held: its connection is closed, so
+    /// that the client resumes again instead of living with a gap.
+    async fn hold_back_from_replays<'s>(
+        &self,
+        admitted: Vec<&'s Subscription>,
+        report: &mut DeliveryReport,
+    ) -> Vec<&'s Subscription> {
+        if admitted.iter().all(|s| s.replaying_until_ms == 0) {
+            return admitted;
+        }
+        // Owned: the concurrent holds' futures borrow nothing of the caller's.
+        let replaying: Vec<Subscription> = admitted
+            .iter()
+            .filter(|s| s.replaying_until_ms != 0)
+            .map(|s| (*s).clone())
+            .collect();
+        let store = self.ports().subscriptions.clone();
+        let holds: HashMap<SubscriptionKey, Result<Hold, StoreError>> = stream::iter(replaying)
+            .map(|s| {
+                let store = store.clone();
+                async move {
+                    let hold = store.hold(&s).await;
+                    (s.key, hold)
+                }
+            })
+            .buffer_unordered(self.config().post_concurrency.max(1))
+            .collect()
+            .await;
+        let mut live = Vec::with_capacity(admitted.len());
+        for s in admitted {
+            match holds.get(&s.key) {
+                None | Some(Ok(Hold::Live)) => live.push(s),
+                Some(Ok(Hold::Held)) => report.held += 1,
+                Some(Ok(Hold::Abandoned)) => {
+                    let connection = &s.key.connection_id;
+                    tracing::warn!(subscription = %s.key.encode(), "a resume never handed over; closing");
+                    let reason = "the resume did not finish; resume again";
+                    if let Err(error) = self
+                        .close(connection, CloseCode::InternalError, reason)
+                        .await
+                    {
+                        tracing::warn!(%connection, %error, "closing after a lost resume failed");
+                    }
+                    report.gone += 1;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(subscription = %s.key.encode(), %error, "holding an event back failed");
+                    report.failed += 1;
+                    report.failed_keys.push(s.key.clone());
+                }
+            }
+        }
+        live
+    }
+
     /// Renders and posts `event` to `subscriptions`.
     pub async fn deliver_to(
         &self,
@@ -445,6 +507,7 @@ impl Broker {
             );
         }
         report.refused = refused.len();
+        let admitted = self.hold_back_from_replays(admitted, &mut report).await;
 
         // Render once per distinct (document, operation, variables, user), and once per
         // union of one user's documents that differ only in what they select (see

@@ -144,6 +144,14 @@ pub struct Subscription {
     /// every event.
     #[serde(default)]
     pub starts_at_ms: u64,
+    /// Milliseconds since the Unix epoch until which the subscription's resume is replaying
+    /// the log to it, 0 once it is not (or never was). Until the replay hands over, live
+    /// delivery posts nothing to it: it holds each event back
+    /// ([`crate::SubscriptionStore::hold`]) and the replay sends it, in order. Past this
+    /// time without a hand-over the replay was lost (its process ended), and the
+    /// connection is closed so that its client resumes again.
+    #[serde(default)]
+    pub replaying_until_ms: u64,
 }
 
 /// Who may receive an event. Checked at delivery against each subscription's principal, so a

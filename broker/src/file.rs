@@ -30,9 +30,11 @@ use tokio::sync::Notify;
 
 use crate::domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic,
-    UserId, now_secs,
+    UserId, now_ms, now_secs,
 };
-use crate::ports::{ConnectionStore, EventLog, Inserted, StoreError, SubscriptionStore};
+use crate::ports::{
+    ConnectionStore, EventLog, HandOver, Hold, Inserted, StoreError, SubscriptionStore,
+};
 
 /// Connection id → JSON [`Connection`].
 const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
@@ -48,6 +50,9 @@ const SUBSCRIPTION_TOPICS: TableDefinition<(&str, &str), &str> =
 /// (connection id, operation id) → until when: a `complete` that came before its
 /// `subscribe` (see [`SubscriptionStore::complete`]).
 const TOMBSTONES: TableDefinition<(&str, &str), u64> = TableDefinition::new("tombstones");
+/// (topic, encoded key) → how many live events were held back from a replaying
+/// subscription ([`SubscriptionStore::hold`]).
+const HELD: TableDefinition<(&str, &str), u64> = TableDefinition::new("subscriptions_held");
 /// Connection id → until when: a closed connection stores no subscription.
 const CLOSED: TableDefinition<&str, u64> = TableDefinition::new("closed_connections");
 /// (topic, page id) → until when: fan-out pages on their way through the ordered queue.
@@ -130,6 +135,7 @@ impl FileStore {
             tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
             tx.open_table(TOMBSTONES).map_err(backend)?;
             tx.open_table(CLOSED).map_err(backend)?;
+            tx.open_table(HELD).map_err(backend)?;
             tx.open_table(PAGES).map_err(backend)?;
             tx.open_table(EVENTS).map_err(backend)?;
             tx.open_table(DELIVERED).map_err(backend)?;
@@ -191,6 +197,7 @@ impl FileStore {
             tx.delete_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
             tx.delete_table(TOMBSTONES).map_err(backend)?;
             tx.delete_table(CLOSED).map_err(backend)?;
+            tx.delete_table(HELD).map_err(backend)?;
             // The queue is in memory: none of its pages outlived the process.
             tx.delete_table(PAGES).map_err(backend)?;
             tx.open_table(CONNECTIONS).map_err(backend)?;
@@ -199,6 +206,7 @@ impl FileStore {
             tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
             tx.open_table(TOMBSTONES).map_err(backend)?;
             tx.open_table(CLOSED).map_err(backend)?;
+            tx.open_table(HELD).map_err(backend)?;
             tx.open_table(PAGES).map_err(backend)?;
             Ok((connections, subscriptions))
         })
@@ -413,9 +421,15 @@ fn remove_subscription(tx: &WriteTransaction, key: &SubscriptionKey) -> Result<b
         Some(topic) => topic.value().to_owned(),
         None => return Ok(false),
     };
+    let encoded = key.encode();
+    let stored = (topic.as_str(), encoded.as_str());
     tx.open_table(SUBSCRIPTIONS)
         .map_err(backend)?
-        .remove((topic.as_str(), key.encode().as_str()))
+        .remove(stored)
+        .map_err(backend)?;
+    tx.open_table(HELD)
+        .map_err(backend)?
+        .remove(stored)
         .map_err(backend)?;
     Ok(true)
 }
@@ -715,6 +729,69 @@ impl SubscriptionStore for FileSubscriptionStore {
                         remove_subscription(tx, key)?;
                     }
                     Ok(keys.len())
+                })
+            })
+            .await
+    }
+
+    async fn hold(&self, subscription: &Subscription) -> Result<Hold, StoreError> {
+        let (topic, key) = (subscription.topic.clone(), subscription.key.encode());
+        self.store
+            .run(move |store| {
+                store.write(Commit::Light, |tx| {
+                    let id = (topic.as_str(), key.as_str());
+                    let stored = tx
+                        .open_table(SUBSCRIPTIONS)
+                        .map_err(backend)?
+                        .get(id)
+                        .map_err(backend)?
+                        .map(|bytes| from_json::<Subscription>(bytes.value()))
+                        .transpose()?;
+                    let until = stored.map_or(0, |s| s.replaying_until_ms);
+                    if until == 0 {
+                        return Ok(Hold::Live);
+                    }
+                    if until <= now_ms() {
+                        return Ok(Hold::Abandoned);
+                    }
+                    let mut held = tx.open_table(HELD).map_err(backend)?;
+                    let count = held.get(id).map_err(backend)?.map_or(0, |n| n.value());
+                    held.insert(id, count + 1).map_err(backend)?;
+                    Ok(Hold::Held)
+                })
+            })
+            .await
+    }
+
+    async fn hand_over(
+        &self,
+        subscription: &Subscription,
+        held: Option<u64>,
+    ) -> Result<HandOver, StoreError> {
+        let (topic, key) = (subscription.topic.clone(), subscription.key.encode());
+        self.store
+            .run(move |store| {
+                store.write(Commit::Light, |tx| {
+                    let id = (topic.as_str(), key.as_str());
+                    let mut counts = tx.open_table(HELD).map_err(backend)?;
+                    let now_held = counts.get(id).map_err(backend)?.map_or(0, |n| n.value());
+                    if held.is_some_and(|held| held != now_held) {
+                        return Ok(HandOver::Held(now_held));
+                    }
+                    counts.remove(id).map_err(backend)?;
+                    let mut subscriptions = tx.open_table(SUBSCRIPTIONS).map_err(backend)?;
+                    let stored = subscriptions
+                        .get(id)
+                        .map_err(backend)?
+                        .map(|bytes| from_json::<Subscription>(bytes.value()))
+                        .transpose()?;
+                    if let Some(mut stored) = stored {
+                        stored.replaying_until_ms = 0;
+                        subscriptions
+                            .insert(id, to_json(&stored)?.as_slice())
+                            .map_err(backend)?;
+                    }
+                    Ok(HandOver::Done)
                 })
             })
             .await

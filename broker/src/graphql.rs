@@ -686,6 +686,7 @@ mod prevalidation_tests {
             variables,
             expires_at: u64::MAX,
             starts_at_ms: 0,
+            replaying_until_ms: 0,
         }
     }
 

@@ -166,8 +166,8 @@ pub use graphql::{
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{
-    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, Inserted,
-    StoreError, SubscriptionStore,
+    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, HandOver,
+    Hold, Inserted, StoreError, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};
 pub use session::ConnectOutcome;

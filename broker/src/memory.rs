@@ -11,11 +11,11 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic,
-    UserId, now_secs,
+    UserId, now_ms, now_secs,
 };
 use crate::ports::{
-    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, Inserted,
-    StoreError, SubscriptionStore,
+    ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, HandOver,
+    Hold, Inserted, StoreError, SubscriptionStore,
 };
 use crate::protocol::CloseCode;
 
@@ -90,6 +90,8 @@ struct SubscriptionIndex {
     closed: Expiring<ConnectionId>,
     /// Fan-out pages on their way, by topic: page id → until when it can be in the queue.
     pages: HashMap<Topic, HashMap<String, u64>>,
+    /// Live events held back from each replaying subscription.
+    held: HashMap<SubscriptionKey, u64>,
 }
 
 /// Keys with an expiry, pruned of expired ones as they grow: bounded by what the expiry
@@ -146,7 +148,14 @@ impl SubscriptionIndex {
                 self.by_connection.remove(&key.connection_id);
             }
         }
+        self.held.remove(key);
         true
+    }
+
+    fn stored_mut(&mut self, subscription: &Subscription) -> Option<&mut Subscription> {
+        self.by_topic
+            .get_mut(&subscription.topic)?
+            .get_mut(&subscription.key)
     }
 }
 
@@ -317,6 +326,39 @@ impl SubscriptionStore for MemorySubscriptionStore {
             index.remove(key);
         }
         Ok(keys.len())
+    }
+
+    async fn hold(&self, subscription: &Subscription) -> Result<Hold, StoreError> {
+        let mut index = lock(&self.inner);
+        let until = match index.stored_mut(subscription) {
+            Some(stored) => stored.replaying_until_ms,
+            None => return Ok(Hold::Live),
+        };
+        Ok(match until {
+            0 => Hold::Live,
+            until if until > now_ms() => {
+                *index.held.entry(subscription.key.clone()).or_default() += 1;
+                Hold::Held
+            }
+            _ => Hold::Abandoned,
+        })
+    }
+
+    async fn hand_over(
+        &self,
+        subscription: &Subscription,
+        held: Option<u64>,
+    ) -> Result<HandOver, StoreError> {
+        let mut index = lock(&self.inner);
+        let now_held = index.held.get(&subscription.key).copied().unwrap_or(0);
+        if held.is_some_and(|held| held != now_held) {
+            return Ok(HandOver::Held(now_held));
+        }
+        if let Some(stored) = index.stored_mut(subscription) {
+            stored.replaying_until_ms = 0;
+        }
+        index.held.remove(&subscription.key);
+        Ok(HandOver::Done)
     }
 
     async fn pages_enqueued(

@@ -96,6 +96,28 @@ pub enum Inserted {
     ConnectionClosed,
 }
 
+/// What [`SubscriptionStore::hold`] did with a live event for a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Held back: the subscription's replay sends it.
+    Held,
+    /// The replay has handed over (or the subscription is gone): post it live.
+    Live,
+    /// The replay's time is over and it never handed over: its process ended, and what it
+    /// held back may never have been sent.
+    Abandoned,
+}
+
+/// What [`SubscriptionStore::hand_over`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandOver {
+    /// Live delivery posts to the subscription from now on (or it is gone).
+    Done,
+    /// Events were held back since the count the replay gave: this many in all. The replay
+    /// reads the log again and tries again with it.
+    Held(u64),
+}
+
 /// Stored subscriptions, indexed by topic (delivery) and by connection (cleanup).
 ///
 /// API Gateway does not keep one connection's messages in order, and `$disconnect` can be
@@ -157,6 +179,17 @@ pub trait SubscriptionStore: Send + Sync {
     async fn by_connection(&self, id: &ConnectionId) -> Result<Vec<SubscriptionKey>, StoreError>;
     /// Removes every subscription of a connection; returns how many there were.
     async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError>;
+    /// Holds a live event back from a subscription whose replay has not handed over yet
+    /// ([`Subscription::replaying_until_ms`]), counting it, atomically with the check.
+    async fn hold(&self, subscription: &Subscription) -> Result<Hold, StoreError>;
+    /// Hands a replaying subscription over to live delivery if no event was held back since
+    /// the replay's last read, when `held` were (atomically with the check); `None` hands
+    /// over whatever was held.
+    async fn hand_over(
+        &self,
+        subscription: &Subscription,
+        held: Option<u64>,
+    ) -> Result<HandOver, StoreError>;
     /// Marks fan-out pages of `topic` (by [`FanoutPage::id`]) on their way through an ordered
     /// queue, each until `expires_at` (epoch seconds), past which it cannot be in the queue
     /// any more. While one is, a later event of the topic goes through the queue too, never

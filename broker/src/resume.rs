@@ -5,26 +5,36 @@
 //! then gets every event of the subscription's topic published after that one, rendered for
 //! its document and authorised like live delivery, before the live events.
 //!
-//! The log is read by id (a ULID, whose time part is the publication time), and live
-//! delivery takes only events stamped at or after the subscription's `starts_at_ms`: the
-//! replay sends those stamped before, so the two never send the same event. Ids from
+//! The log is read by id (a ULID, whose time part is the publication time). Ids from
 //! different processes are not in commit order, so an event stamped before the
 //! subscription can be stored after a read of the log has passed its place, and an event
 //! of another process can sort before the cursor yet be stored after the client saw the
-//! cursor's event. The replay therefore reads the log three times, deduplicating by id:
+//! cursor's event. The replay therefore reads the log more than once, deduplicating by id:
 //! 1. before the subscription is stored, from `resume_settle` before the cursor's time on
 //!    (the bulk of the replay; the client may get events of that short window again, with
-//!    the ids it has);
-//! 2. right after it is stored, from shortly before the first read began: what was
-//!    published during the first read;
+//!    the ids it has), then again until it has caught up;
+//! 2. right after it is stored: what was published during those reads;
 //! 3. once [`BrokerConfig::resume_settle`](crate::BrokerConfig) has passed since it was
-//!    stored, the same range again: events whose store took that long after their stamp.
+//!    stored, from shortly before the first read began: events whose store took that long
+//!    after their stamp.
+//!
+//! Until the replay is over, live delivery posts nothing to the subscription: it is stored
+//! replaying ([`Subscription::replaying_until_ms`]), and live delivery holds each event
+//! back, counting it ([`crate::SubscriptionStore::hold`]). The replay is the one sender
+//! meanwhile, so nothing live overtakes what it sends. It ends by handing over
+//! ([`crate::SubscriptionStore::hand_over`]) on the condition that no event was held back
+//! since its last read began (every held event was stored before it was held, so that
+//! read found it); otherwise it reads once more. After the hand-over, live delivery posts
+//! again: every live event comes after everything the replay sent, which it sent read by
+//! read, each read in id order. An event of the hand-over's instant may arrive twice,
+//! replayed and live, with the same id; none is missed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::Broker;
 use crate::domain::{Event, Subscription, now_ms, ulid_ms};
+use crate::ports::HandOver;
 use crate::session::SessionError;
 
 /// The `extensions` key a client puts its last event id under.
@@ -41,6 +51,15 @@ const PAGE: usize = 500;
 /// Reads that catch up with the log before a resuming subscription is stored, each after
 /// the posts of the one before.
 const CATCH_UP_READS: usize = 4;
+
+/// Reads of the log a replay makes to hand over while events keep being held back (a topic
+/// busier than one read and its posts): past them it hands over whatever was held since
+/// its last read, which it may not have sent.
+const HAND_OVER_READS: usize = 20;
+
+/// How long after its replay's settle time a replaying subscription holds live delivery
+/// back at most: a replay that has not handed over by then was lost with its process.
+const HAND_OVER_WITHIN_MS: u64 = 10_000;
 
 /// A resume in progress: what the first read sent.
 pub(crate) struct Replay {
@@ -144,8 +163,9 @@ impl Broker {
             sent: HashSet::new(),
             latest_ms: 0,
         };
-        self.replay_send(subscription, &mut replay, events, u64::MAX)
-            .await?;
+        if !self.replay_send(subscription, &mut replay, events).await? {
+            return Ok(None);
+        }
         // Catch up with what was published while those were posted, before the subscription
         // is stored: live delivery starts then, and may overtake what the reads after it
         // find. What is left for them is what was published in the instant between the last
@@ -158,47 +178,67 @@ impl Broker {
                 .await?;
             let Some(end) = page.last() else { break };
             last = end.id.clone();
-            self.replay_send(subscription, &mut replay, page, u64::MAX)
-                .await?;
+            if !self.replay_send(subscription, &mut replay, page).await? {
+                return Ok(None);
+            }
         }
         Ok(Some(replay))
     }
 
-    /// The reads after `subscription` was stored: whatever was stamped before `stored` (a
-    /// reading taken once the store answered) and not sent yet. Events stamped between the
-    /// subscription's `starts_at_ms` and `stored` may reach it twice, live and replayed,
-    /// with the same event id: that overlap is what leaves no gap while the write was in
-    /// flight.
+    /// Until when a replaying subscription stored at `stored_ms` holds live delivery back.
+    pub(crate) fn replaying_until(&self, stored_ms: u64) -> u64 {
+        let settle = self.config().resume_settle.as_millis() as u64;
+        stored_ms
+            .saturating_add(settle)
+            .saturating_add(HAND_OVER_WITHIN_MS)
+    }
+
+    /// The reads after `subscription` was stored (at `stored`, a reading taken once the store
+    /// answered), then the hand-over to live delivery.
     pub(crate) async fn replay_finish(
         &self,
         subscription: &Subscription,
         mut replay: Replay,
         stored: u64,
     ) -> Result<(), SessionError> {
-        let before = stored;
-        let events = self.replay_read(subscription, &replay, before).await?;
-        self.replay_send(subscription, &mut replay, events, before)
-            .await?;
-        let settled = before + self.config().resume_settle.as_millis() as u64;
+        if !self.replay_read_and_send(subscription, &mut replay).await? {
+            return Ok(());
+        }
+        let settled = stored + self.config().resume_settle.as_millis() as u64;
         let wait = settled.saturating_sub(now_ms());
         if wait > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
-        let events = self.replay_read(subscription, &replay, before).await?;
-        self.replay_send(subscription, &mut replay, events, before)
-            .await
+        let subscriptions = &self.ports().subscriptions;
+        let mut held = Some(0);
+        for read in 1..=HAND_OVER_READS {
+            if !self.replay_read_and_send(subscription, &mut replay).await? {
+                return Ok(());
+            }
+            if read == HAND_OVER_READS {
+                tracing::warn!(subscription = %subscription.key.encode(), "events kept being held back; handing over");
+                held = None;
+            }
+            match subscriptions.hand_over(subscription, held).await? {
+                HandOver::Done => return Ok(()),
+                HandOver::Held(now) => held = Some(now),
+            }
+        }
+        Ok(())
     }
 
-    async fn replay_read(
+    /// Reads the log from the replay's floor and sends what was not sent yet. `false` when
+    /// the replay is over: the connection is gone or was closed, or the client was told to
+    /// re-query (and the subscription handed over).
+    async fn replay_read_and_send(
         &self,
         subscription: &Subscription,
-        replay: &Replay,
-        before: u64,
-    ) -> Result<Vec<Event>, SessionError> {
+        replay: &mut Replay,
+    ) -> Result<bool, SessionError> {
         let limit = self.config().max_replay_events;
         let mut events = Vec::new();
         let mut last = replay.floor.clone();
-        while events.len() <= limit {
+        loop {
             let page = self
                 .ports()
                 .events
@@ -206,37 +246,38 @@ impl Broker {
                 .await?;
             let Some(end) = page.last() else { break };
             last = end.id.clone();
-            // Past the subscription's start: live delivery has these.
-            let done = end.published_ms() >= before;
             events.extend(page);
-            if done {
-                break;
+            if events.len() > limit {
+                self.resume_expired(subscription, "further behind than one replay sends")
+                    .await?;
+                self.ports()
+                    .subscriptions
+                    .hand_over(subscription, None)
+                    .await?;
+                return Ok(false);
             }
         }
-        Ok(events)
+        self.replay_send(subscription, replay, events).await
     }
 
-    /// Sends the events stamped before `before` that were not sent yet, in id order. A post
-    /// that fails ends the subscription and closes the socket: the client reconnects and
-    /// resumes from the last event it got, instead of living with a gap.
+    /// Sends the events not sent yet, in id order. A post that fails ends the subscription
+    /// and closes the socket: the client reconnects and resumes from the last event it got,
+    /// instead of living with a gap. `false` when the connection is gone or was closed.
     async fn replay_send(
         &self,
         subscription: &Subscription,
         replay: &mut Replay,
         events: Vec<Event>,
-        before: u64,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         // Rendered like live delivery (audience first, then the document as its user), but
-        // without the start filter: these are the events before it.
+        // without the start filter (these are the events before it), and never held back.
         let target = Subscription {
             starts_at_ms: 0,
+            replaying_until_ms: 0,
             ..subscription.clone()
         };
         for event in events {
-            if event.id == replay.cursor
-                || event.published_ms() >= before
-                || !replay.sent.insert(event.id.clone())
-            {
+            if event.id == replay.cursor || !replay.sent.insert(event.id.clone()) {
                 continue;
             }
             let id = event.id.clone();
@@ -245,20 +286,20 @@ impl Broker {
                 .deliver_to(Arc::new(event), std::slice::from_ref(&target))
                 .await;
             if report.gone > 0 {
-                return Ok(());
+                return Ok(false);
             }
             if report.failed > 0 {
                 tracing::warn!(event = %id, subscription = %subscription.key.encode(), "replay failed; closing");
-                return self
-                    .close(
-                        &subscription.key.connection_id,
-                        crate::CloseCode::InternalError,
-                        "replay failed; resume again",
-                    )
-                    .await;
+                self.close(
+                    &subscription.key.connection_id,
+                    crate::CloseCode::InternalError,
+                    "replay failed; resume again",
+                )
+                .await?;
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn resume_expired(

@@ -400,6 +400,7 @@ impl Broker {
                 .authorized_until
                 .map_or(connection.expires_at, |exp| exp.min(connection.expires_at)),
             starts_at_ms: 0,
+            replaying_until_ms: 0,
         };
         if let Err(refusal) = self.hooks().on_subscribe(&subscription).await {
             let error = async_graphql::ServerError::new(refusal.to_string(), None);
@@ -410,8 +411,12 @@ impl Broker {
             Some(cursor) => self.replay_begin(&subscription, cursor).await?,
             None => None,
         };
-        // Stamped when stored: live delivery starts here, the replay covers what came before.
+        // Stamped when stored: live delivery starts here, the replay covers what came before,
+        // and holds live delivery back until it hands over.
         subscription.starts_at_ms = now_ms().max(replay.as_ref().map_or(0, |r| r.live_from_ms()));
+        if replay.is_some() {
+            subscription.replaying_until_ms = self.replaying_until(subscription.starts_at_ms);
+        }
         let stored = self
             .ports()
             .subscriptions

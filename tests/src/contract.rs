@@ -10,8 +10,8 @@ use std::sync::Arc;
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::{
     Audience, Connection, ConnectionId, ConnectionStore, Event, EventLog, EventRef, FanoutPage,
-    FanoutQueue, Inserted, Protocol, StoreError, Subscription, SubscriptionKey, SubscriptionStore,
-    Topic, UserId,
+    FanoutQueue, HandOver, Hold, Inserted, Protocol, StoreError, Subscription, SubscriptionKey,
+    SubscriptionStore, Topic, UserId,
 };
 use serde_json::json;
 
@@ -48,6 +48,7 @@ pub fn subscription(connection: &str, operation: &str, topic: &str) -> Subscript
         variables: json!({"b": "board-1", "nested": {"list": [1, 2, 3]}}),
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
         starts_at_ms: 0,
+        replaying_until_ms: 0,
     }
 }
 
@@ -451,6 +452,76 @@ pub async fn pages_on_their_way_are_marked_per_topic(stores: Stores) {
     assert!(on_their_way(&other).await);
     subscriptions.page_done(&other, "new").await.unwrap();
     assert!(!on_their_way(&other).await);
+}
+
+/// A subscription stored replaying holds every live event back, counted, until its replay
+/// hands over on the count it last saw; then live events are posted again and every read
+/// shows it live. A subscription never replaying, or gone, is live; one whose replay's time
+/// is over without a hand-over is abandoned.
+pub async fn a_replaying_subscription_holds_events_until_it_hands_over(stores: Stores) {
+    let subscriptions = stores.subscriptions;
+    let replaying = Subscription {
+        replaying_until_ms: now_ms() + 60_000,
+        ..subscription("c1", "1", "topic/a")
+    };
+    subscriptions.insert(&replaying).await.unwrap();
+    let stored = &subscriptions.by_topic(&replaying.topic).await.unwrap()[0];
+    assert_eq!(stored.replaying_until_ms, replaying.replaying_until_ms);
+
+    assert_eq!(subscriptions.hold(&replaying).await.unwrap(), Hold::Held);
+    // Held since the replay's count of none: it reads again.
+    let handed = subscriptions.hand_over(&replaying, Some(0)).await.unwrap();
+    assert_eq!(handed, HandOver::Held(1));
+    assert_eq!(subscriptions.hold(&replaying).await.unwrap(), Hold::Held);
+    let handed = subscriptions.hand_over(&replaying, Some(1)).await.unwrap();
+    assert_eq!(handed, HandOver::Held(2));
+    assert_eq!(
+        subscriptions.hand_over(&replaying, Some(2)).await.unwrap(),
+        HandOver::Done
+    );
+    // Live from now on, also for a reader holding the copy it read before.
+    assert_eq!(subscriptions.hold(&replaying).await.unwrap(), Hold::Live);
+    let stored = &subscriptions.by_topic(&replaying.topic).await.unwrap()[0];
+    assert_eq!(stored.replaying_until_ms, 0);
+    let keys = [replaying.key.clone()];
+    let paged = &subscriptions
+        .get_many(&replaying.topic, &keys)
+        .await
+        .unwrap()[0];
+    assert_eq!(paged.replaying_until_ms, 0);
+
+    // Handed over whatever was held.
+    let forced = Subscription {
+        replaying_until_ms: now_ms() + 60_000,
+        ..subscription("c1", "2", "topic/a")
+    };
+    subscriptions.insert(&forced).await.unwrap();
+    assert_eq!(subscriptions.hold(&forced).await.unwrap(), Hold::Held);
+    assert_eq!(
+        subscriptions.hand_over(&forced, None).await.unwrap(),
+        HandOver::Done
+    );
+    assert_eq!(subscriptions.hold(&forced).await.unwrap(), Hold::Live);
+
+    // Never replaying, gone, or out of time.
+    let plain = subscription("c1", "3", "topic/a");
+    subscriptions.insert(&plain).await.unwrap();
+    assert_eq!(subscriptions.hold(&plain).await.unwrap(), Hold::Live);
+    let gone = Subscription {
+        replaying_until_ms: now_ms() + 60_000,
+        ..subscription("c9", "1", "topic/a")
+    };
+    assert_eq!(subscriptions.hold(&gone).await.unwrap(), Hold::Live);
+    assert_eq!(
+        subscriptions.hand_over(&gone, Some(0)).await.unwrap(),
+        HandOver::Done
+    );
+    let lost = Subscription {
+        replaying_until_ms: now_ms() - 1,
+        ..subscription("c1", "4", "topic/a")
+    };
+    subscriptions.insert(&lost).await.unwrap();
+    assert_eq!(subscriptions.hold(&lost).await.unwrap(), Hold::Abandoned);
 }
 
 /// The per-connection limit holds under concurrent inserts on one connection: exactly the

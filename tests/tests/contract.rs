@@ -108,6 +108,7 @@ store_contract!(
     an_expired_tombstone_is_ignored,
     a_closed_connection_stores_no_subscription,
     pages_on_their_way_are_marked_per_topic,
+    a_replaying_subscription_holds_events_until_it_hands_over,
 );
 
 /// The checks of concurrent calls, one test per backend. On DynamoDB they run on a moto of

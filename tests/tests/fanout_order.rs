@@ -213,6 +213,7 @@ async fn the_embedded_queue_retries_a_failed_page_before_the_later_pages_of_its_
             variables: json!({"b": "b1"}),
             expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
             starts_at_ms: 0,
+            replaying_until_ms: 0,
         };
         broker
             .ports()

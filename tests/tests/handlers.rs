@@ -256,6 +256,7 @@ async fn an_event_never_reaches_a_subscription_outside_its_audience() {
         variables: json!({}),
         expires_at: u64::MAX,
         starts_at_ms: 0,
+        replaying_until_ms: 0,
     };
     h.broker
         .ports()
@@ -300,6 +301,7 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
             variables: json!({}),
             expires_at: u64::MAX,
             starts_at_ms: 0,
+            replaying_until_ms: 0,
         };
         h.broker
             .ports()
@@ -344,6 +346,7 @@ fn subscription(connection: &str, topic: &str, document: &str) -> Subscription {
         variables: json!({}),
         expires_at: u64::MAX,
         starts_at_ms: 0,
+        replaying_until_ms: 0,
     }
 }
 
@@ -560,6 +563,16 @@ impl broker::SubscriptionStore for HeldInserts {
     }
     async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, broker::StoreError> {
         self.inner.pages_in_flight(topic).await
+    }
+    async fn hold(&self, s: &Subscription) -> Result<broker::Hold, broker::StoreError> {
+        self.inner.hold(s).await
+    }
+    async fn hand_over(
+        &self,
+        s: &Subscription,
+        held: Option<u64>,
+    ) -> Result<broker::HandOver, broker::StoreError> {
+        self.inner.hand_over(s, held).await
     }
 }
 

@@ -162,6 +162,7 @@ fn subscription(operation: &str, document: &str) -> Subscription {
         variables: json!({"b": BOARD}),
         expires_at: u64::MAX,
         starts_at_ms: 0,
+        replaying_until_ms: 0,
     }
 }
 

@@ -223,6 +223,7 @@ fn subscription(connection: &str, user: &str, document: &str) -> Subscription {
         variables: json!({"c": "n"}),
         expires_at: u64::MAX,
         starts_at_ms: 0,
+        replaying_until_ms: 0,
     }
 }
 

@@ -114,6 +114,7 @@ async fn the_fanout_worker_emits_its_pages_figures() {
             variables: json!({}),
             expires_at: u64::MAX,
             starts_at_ms: 0,
+            replaying_until_ms: 0,
         };
         h.broker
             .ports()

@@ -382,97 +382,202 @@ impl EventLog for SlowAppends {
     }
 }
 
+/// A broker in direct mode on an event log whose "slow" events take `slow` to store, a board
+/// of alice's with two cards published ("seen", the cursor, and "missed"), and a connection
+/// of alice's ready to subscribe.
+struct Raced {
+    broker: Broker,
+    gateway: Arc<RecordingGateway>,
+    topic: Topic,
+    cursor: String,
+    connection: ConnectionId,
+}
+
+impl Raced {
+    async fn new(slow: Duration) -> Self {
+        use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
+        // Direct mode: live delivery happens in the publishing call, so what live delivery
+        // skips (the slow event, stamped before the subscription) can only come from the
+        // replay.
+        let gateway = Arc::new(RecordingGateway::default());
+        let ports = Ports {
+            connections: Arc::new(MemoryConnectionStore::default()),
+            subscriptions: Arc::new(MemorySubscriptionStore::default()),
+            events: Arc::new(SlowAppends {
+                inner: MemoryEventLog::default(),
+                delay: slow,
+            }),
+            gateway: gateway.clone(),
+            fanout: None,
+        };
+        let boards = Arc::new(MemoryBoardStore::default());
+        let board = Board {
+            id: "b1".into(),
+            title: "raced".into(),
+            owner: "alice".into(),
+        };
+        boards.create_board(&board).await.unwrap();
+        let auth = broker::Authenticator::new(broker::AuthConfig {
+            secret: SECRET.into(),
+            issuer: None,
+            audience: None,
+        });
+        let config = BrokerConfig {
+            delivery_mode: DeliveryMode::Direct,
+            resume_settle: Duration::from_millis(1000),
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::new(build_schema(boards), ports, auth, config);
+        let topic = boards::card_topic(&board.id);
+        let raced = Self {
+            broker,
+            gateway,
+            topic,
+            cursor: String::new(),
+            connection: ConnectionId::new("resumer"),
+        };
+        let cursor = raced.publish("seen").await.id;
+        raced.publish("missed").await;
+        let broker = &raced.broker;
+        broker
+            .connect(raced.connection.clone(), Some("graphql-transport-ws"), None)
+            .await
+            .unwrap();
+        let token = broker.authenticator().mint("alice", 600);
+        let init = json!({"type": "connection_init", "payload": {"token": token}});
+        broker
+            .receive(&raced.connection, &init.to_string())
+            .await
+            .unwrap();
+        Self { cursor, ..raced }
+    }
+
+    async fn publish(&self, title: &str) -> Event {
+        let card = json!({"id": title, "boardId": "b1", "title": title});
+        let alice = Audience::User(UserId::new("alice"));
+        self.broker
+            .publish(self.topic.clone(), &card, alice)
+            .await
+            .unwrap()
+    }
+
+    /// Publishes `title` in a task of its own.
+    fn publish_soon(&self, title: &'static str) -> tokio::task::JoinHandle<Event> {
+        let raced = self.handle();
+        tokio::spawn(async move { raced.publish(title).await })
+    }
+
+    /// Subscribes with the cursor, in a task of its own (the resume answers once it has
+    /// handed over).
+    fn resume_soon(&self) -> tokio::task::JoinHandle<()> {
+        let raced = self.handle();
+        tokio::spawn(async move {
+            let subscribe = json!({"id": "cards", "type": "subscribe", "payload": {
+                "query": CARD_ADDED, "variables": {"b": "b1"},
+                "extensions": { RESUME_FROM: raced.cursor }}});
+            raced
+                .broker
+                .receive(&raced.connection, &subscribe.to_string())
+                .await
+                .unwrap();
+        })
+    }
+
+    fn handle(&self) -> Self {
+        Self {
+            broker: self.broker.clone(),
+            gateway: self.gateway.clone(),
+            topic: self.topic.clone(),
+            cursor: self.cursor.clone(),
+            connection: self.connection.clone(),
+        }
+    }
+
+    /// The titles the resumer received, in order.
+    fn titles(&self) -> Vec<String> {
+        self.gateway
+            .take(&self.connection)
+            .iter()
+            .filter(|m| m["type"] == "next")
+            .map(|m| {
+                m["payload"]["data"]["cardAdded"]["title"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn no_event_is_skipped_when_a_slow_publisher_races_a_resume() {
-    use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
-    // Direct mode: live delivery happens in the publishing call, so what live delivery skips
-    // (the slow event, stamped before the subscription) can only come from the replay.
-    let gateway = Arc::new(RecordingGateway::default());
-    let ports = Ports {
-        connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
-        events: Arc::new(SlowAppends {
-            inner: MemoryEventLog::default(),
-            delay: Duration::from_millis(300),
-        }),
-        gateway: gateway.clone(),
-        fanout: None,
-    };
-    let boards = Arc::new(MemoryBoardStore::default());
-    let board = Board {
-        id: "b1".into(),
-        title: "raced".into(),
-        owner: "alice".into(),
-    };
-    boards.create_board(&board).await.unwrap();
-    let auth = broker::Authenticator::new(broker::AuthConfig {
-        secret: SECRET.into(),
-        issuer: None,
-        audience: None,
-    });
-    let config = BrokerConfig {
-        delivery_mode: DeliveryMode::Direct,
-        resume_settle: Duration::from_millis(1000),
-        ..BrokerConfig::default()
-    };
-    let broker = Broker::new(build_schema(boards), ports, auth, config);
-    let topic = boards::card_topic(&board.id);
-    let card = |title: &str| json!({"id": title, "boardId": "b1", "title": title});
-    let alice = Audience::User(UserId::new("alice"));
-
-    let cursor = broker
-        .publish(topic.clone(), &card("seen"), alice.clone())
-        .await
-        .unwrap()
-        .id;
-    broker
-        .publish(topic.clone(), &card("missed"), alice.clone())
-        .await
-        .unwrap();
-
-    let connection = ConnectionId::new("resumer");
-    broker
-        .connect(connection.clone(), Some("graphql-transport-ws"), None)
-        .await
-        .unwrap();
-    let token = broker.authenticator().mint("alice", 600);
-    broker
-        .receive(
-            &connection,
-            &json!({"type": "connection_init", "payload": {"token": token}}).to_string(),
-        )
-        .await
-        .unwrap();
-
+    let raced = Raced::new(Duration::from_millis(300)).await;
     // Stamped now, stored 300 ms later: after the resume below has read the log once.
-    let slow = {
-        let (broker, topic, alice, card) =
-            (broker.clone(), topic.clone(), alice.clone(), card("slow"));
-        tokio::spawn(async move { broker.publish(topic, &card, alice).await.unwrap() })
-    };
+    let slow = raced.publish_soon("slow");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let subscribe = json!({"id": "cards", "type": "subscribe", "payload": {
-        "query": CARD_ADDED, "variables": {"b": "b1"}, "extensions": { RESUME_FROM: cursor }}});
-    broker
-        .receive(&connection, &subscribe.to_string())
-        .await
-        .unwrap();
+    raced.resume_soon().await.unwrap();
     slow.await.unwrap();
-    broker
-        .publish(topic.clone(), &card("live"), alice.clone())
-        .await
-        .unwrap();
+    raced.publish("live").await;
+    assert_eq!(raced.titles(), ["missed", "slow", "live"]);
+}
 
-    let titles: Vec<String> = gateway
-        .take(&connection)
-        .iter()
-        .filter(|m| m["type"] == "next")
-        .map(|m| {
-            m["payload"]["data"]["cardAdded"]["title"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(titles, ["missed", "slow", "live"]);
+#[tokio::test]
+async fn a_live_event_waits_for_the_replay_of_an_earlier_slow_one() {
+    // GIVEN a publisher that stamped "slow" before the resuming subscription was stored
+    // and stores it 600 ms later, well after the replay's reads right after the store
+    let raced = Raced::new(Duration::from_millis(600)).await;
+    let slow = raced.publish_soon("slow");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let resume = raced.resume_soon();
+    // WHEN another publisher's "live" is published and posted while the replay waits for
+    // slow stores to settle (the subscription is stored by now)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    raced.publish("live").await;
+    slow.await.unwrap();
+    resume.await.unwrap();
+    raced.publish("after").await;
+    // THEN "live" is held back and sent by the replay, after "slow", and live delivery
+    // posts again once the replay has handed over: each once, in order
+    assert_eq!(raced.titles(), ["missed", "slow", "live", "after"]);
+}
+
+#[tokio::test]
+async fn a_replay_that_never_handed_over_closes_its_connection_for_a_new_resume() {
+    // GIVEN a subscription stored replaying, whose replay's time ran out without a
+    // hand-over (its process ended)
+    let raced = Raced::new(Duration::ZERO).await;
+    let lost = broker::Subscription {
+        key: broker::SubscriptionKey {
+            connection_id: raced.connection.clone(),
+            operation_id: "cards".into(),
+        },
+        topic: raced.topic.clone(),
+        protocol: broker::Protocol::GraphqlTransportWs,
+        principal: UserId::new("alice"),
+        document: CARD_ADDED.into(),
+        operation_name: None,
+        variables: json!({"b": "b1"}),
+        expires_at: u64::MAX,
+        starts_at_ms: 0,
+        replaying_until_ms: broker::domain::now_ms() - 1,
+    };
+    let subscriptions = raced.broker.ports().subscriptions.clone();
+    subscriptions.insert(&lost).await.unwrap();
+    // WHEN an event is published
+    raced.publish("live").await;
+    // THEN nothing is posted as if nothing were missing: the connection is closed, so its
+    // client resumes again, and the subscription is gone
+    assert!(raced.titles().is_empty());
+    let closed = raced.gateway.closed();
+    assert_eq!(
+        closed,
+        [(raced.connection.clone(), broker::CloseCode::InternalError)]
+    );
+    assert!(
+        subscriptions
+            .by_topic(&raced.topic)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

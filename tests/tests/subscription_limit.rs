@@ -172,6 +172,18 @@ impl SubscriptionStore for Yielding {
         tokio::task::yield_now().await;
         self.0.pages_in_flight(topic).await
     }
+    async fn hold(&self, s: &Subscription) -> Result<broker::Hold, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.hold(s).await
+    }
+    async fn hand_over(
+        &self,
+        s: &Subscription,
+        held: Option<u64>,
+    ) -> Result<broker::HandOver, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.hand_over(s, held).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,7 +3,8 @@
 //! metric names of `broker::metrics`, the `Function` names each runtime passes), every
 //! function has its errors alarm, and only the HTTP and WebSocket functions join the VPC,
 //! with the ENI permissions only then; a fan-out page's lifetime and last receive follow the
-//! queue's settings, and the publishers may clean up after a connection that is gone.
+//! queue's settings, and every delivering function may clean up after a connection that is
+//! gone and hold an event back from a replaying resume.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -279,13 +280,26 @@ fn the_fanout_queue_and_its_dead_letter_queue_are_fifo_and_the_worker_reports_it
     );
 }
 
-/// The actions a function's policies allow on `table` (`!GetAtt {table}.Arn`).
+/// The actions a function's policies allow on `table` (`!GetAtt {table}.Arn`): the
+/// function's own `Policies`, or those of the role it names.
 fn actions_on(template: &Value, function: &str, table: &str) -> BTreeSet<String> {
     let arn = tag("GetAtt", string(&format!("{table}.Arn")));
-    let policies = &template["Resources"][function]["Properties"]["Policies"];
+    let resources = &template["Resources"];
+    let properties = &resources[function]["Properties"];
+    let policies = match tagged(&properties["Role"], "GetAtt") {
+        Some(Value::String(role)) => {
+            let role = role.trim_end_matches(".Arn");
+            &resources[role]["Properties"]["Policies"]
+        }
+        _ => &properties["Policies"],
+    };
     let mut actions = BTreeSet::new();
     for policy in policies.as_sequence().into_iter().flatten() {
-        for statement in policy["Statement"].as_sequence().into_iter().flatten() {
+        let statements = match &policy["PolicyDocument"] {
+            Value::Null => &policy["Statement"],
+            document => &document["Statement"],
+        };
+        for statement in statements.as_sequence().into_iter().flatten() {
             if statement["Resource"] != arn {
                 continue;
             }
@@ -324,8 +338,11 @@ fn a_pages_lifetime_and_last_receive_follow_the_fanout_queue() {
     );
 }
 
+/// Every function that delivers events (the stream publisher, the fan-out worker, and in
+/// direct mode the HTTP and WebSocket functions) may clean up after a gone connection and
+/// hold an event back from a resume still replaying.
 #[test]
-fn the_publishers_may_close_a_gone_connection_and_mark_pages() {
+fn every_delivering_function_may_close_a_gone_connection_and_hold_events_back() {
     let template = template();
     let needs = |actions: &[&str]| {
         actions
@@ -335,16 +352,24 @@ fn the_publishers_may_close_a_gone_connection_and_mark_pages() {
     };
     // A 410 closes the connection: the closed mark (PutItem), its claims (Query), its
     // subscriptions and claims (BatchWriteItem), its counter (DeleteItem); the connection
-    // itself on the connections table.
-    let closing = needs(&[
+    // itself on the connections table. A hold is an UpdateItem, then a GetItem when its
+    // condition fails.
+    let delivering = needs(&[
         "dynamodb:PutItem",
         "dynamodb:Query",
         "dynamodb:BatchWriteItem",
         "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:GetItem",
     ]);
-    for function in ["StreamPublisherFunction", "FanoutWorkerFunction"] {
+    for function in [
+        "StreamPublisherFunction",
+        "FanoutWorkerFunction",
+        "HttpFunction",
+        "WebSocketFunction",
+    ] {
         let granted = actions_on(&template, function, "SubscriptionsTable");
-        assert!(granted.is_superset(&closing), "{function}: {granted:?}");
+        assert!(granted.is_superset(&delivering), "{function}: {granted:?}");
         let connections = actions_on(&template, function, "ConnectionsTable");
         assert!(connections.contains("dynamodb:DeleteItem"), "{function}");
     }

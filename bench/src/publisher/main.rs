@@ -634,6 +634,7 @@ async fn publisher_case(
         expires_at,
         // Every event of the run comes after the subscription.
         starts_at_ms: 0,
+        replaying_until_ms: 0,
     };
     let connections = (0..n).map(|i| Connection {
         id: ConnectionId::new(format!("conn-{i}")),

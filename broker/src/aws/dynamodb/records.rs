@@ -97,6 +97,12 @@ pub(super) struct SubscriptionItem {
     /// Milliseconds since the epoch when it was stored (0 on items written before it existed).
     #[serde(default)]
     pub starts_at: u64,
+    /// Until when (ms) its replay holds live events back; absent once it has handed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaying_until: Option<u64>,
+    /// How many live events were held back from it while it replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<u64>,
 }
 
 impl TryFrom<&Subscription> for SubscriptionItem {
@@ -115,6 +121,8 @@ impl TryFrom<&Subscription> for SubscriptionItem {
             variables: json_text(&s.variables)?,
             ttl: s.expires_at,
             starts_at: s.starts_at_ms,
+            replaying_until: (s.replaying_until_ms > 0).then_some(s.replaying_until_ms),
+            held: (s.replaying_until_ms > 0).then_some(0),
         })
     }
 }
@@ -137,6 +145,7 @@ impl TryFrom<SubscriptionItem> for Subscription {
             variables,
             expires_at: item.ttl,
             starts_at_ms: item.starts_at,
+            replaying_until_ms: item.replaying_until.unwrap_or(0),
         })
     }
 }

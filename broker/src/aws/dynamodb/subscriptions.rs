@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
 };
@@ -17,8 +18,15 @@ use super::{
     string, to_item,
 };
 use crate::aws::retry::RetryPolicy;
-use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_secs};
-use crate::ports::{Inserted, StoreError, SubscriptionStore};
+use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_ms, now_secs};
+use crate::ports::{HandOver, Hold, Inserted, StoreError, SubscriptionStore};
+
+/// Whether a conditional `UpdateItem` failed its condition (and nothing else).
+fn is_condition_failure(error: &SdkError<UpdateItemError>) -> bool {
+    error
+        .as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
 
 /// [`SubscriptionStore`] on the subscriptions table.
 ///
@@ -135,20 +143,24 @@ impl DynamoDbSubscriptionStore {
             .expression_attribute_values(":ttl", number(ttl as i64))
     }
 
-    /// The claim of one operation id, read consistently.
-    async fn claim(&self, key: &SubscriptionKey) -> Result<Option<ClaimItem>, StoreError> {
+    /// One item, read consistently.
+    async fn get(&self, key: Item) -> Result<Option<Item>, StoreError> {
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(
-                self.key(&claim_partition(&key.connection_id), &key.encode()),
-            ))
+            .set_key(Some(key))
             .consistent_read(true)
             .send()
             .await
             .map_err(backend("GetItem"))?;
-        output.item.map(from_item).transpose()
+        Ok(output.item)
+    }
+
+    /// The claim of one operation id, read consistently.
+    async fn claim(&self, key: &SubscriptionKey) -> Result<Option<ClaimItem>, StoreError> {
+        let claim = self.key(&claim_partition(&key.connection_id), &key.encode());
+        self.get(claim).await?.map(from_item).transpose()
     }
 
     async fn claims(&self, id: &ConnectionId) -> Result<Vec<ClaimItem>, StoreError> {
@@ -171,17 +183,9 @@ impl DynamoDbSubscriptionStore {
 
     /// Whether the connection carries an unexpired closed mark (a consistent read).
     async fn is_closed(&self, id: &ConnectionId) -> Result<bool, StoreError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(self.closed_key(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend("GetItem"))?;
-        let ttl = output
-            .item
+        let ttl = self
+            .get(self.closed_key(id))
+            .await?
             .as_ref()
             .and_then(|item| item.get("ttl"))
             .and_then(|ttl| ttl.as_n().ok())
@@ -560,6 +564,75 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .iter()
             .filter(|claim| claim.is_subscription())
             .count())
+    }
+
+    async fn hold(&self, subscription: &Subscription) -> Result<Hold, StoreError> {
+        let key = self.key(subscription.topic.as_str(), &subscription.key.encode());
+        let held = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.clone()))
+            .update_expression("ADD #held :one")
+            .condition_expression("#until > :now")
+            .expression_attribute_names("#held", "held")
+            .expression_attribute_names("#until", "replayingUntil")
+            .expression_attribute_values(":one", number(1))
+            .expression_attribute_values(":now", number(now_ms() as i64))
+            .send()
+            .await;
+        match held {
+            Ok(_) => return Ok(Hold::Held),
+            Err(error) if !is_condition_failure(&error) => {
+                return Err(backend("UpdateItem")(error));
+            }
+            Err(_) => {}
+        }
+        // Not replaying any more: handed over (no `replayingUntil`), gone, or out of time.
+        let item = self.get(key).await?;
+        Ok(match item.as_ref().and_then(|i| i.get("replayingUntil")) {
+            Some(_) => Hold::Abandoned,
+            None => Hold::Live,
+        })
+    }
+
+    async fn hand_over(
+        &self,
+        subscription: &Subscription,
+        held: Option<u64>,
+    ) -> Result<HandOver, StoreError> {
+        let key = self.key(subscription.topic.as_str(), &subscription.key.encode());
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.clone()))
+            .update_expression("REMOVE #until, #held")
+            .expression_attribute_names("#until", "replayingUntil")
+            .expression_attribute_names("#held", "held")
+            .expression_attribute_names("#key", "subscriptionKey");
+        let update = match held {
+            Some(held) => update
+                .condition_expression("attribute_exists(#key) AND #held = :held")
+                .expression_attribute_values(":held", number(held as i64)),
+            None => update.condition_expression("attribute_exists(#key)"),
+        };
+        match update.send().await {
+            Ok(_) => return Ok(HandOver::Done),
+            Err(error) if !is_condition_failure(&error) => {
+                return Err(backend("UpdateItem")(error));
+            }
+            Err(_) => {}
+        }
+        // Gone (nothing to hand over), or more were held back since.
+        let count = self
+            .get(key)
+            .await?
+            .and_then(|item| match item.get("held") {
+                Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+                _ => None,
+            });
+        Ok(count.map_or(HandOver::Done, HandOver::Held))
     }
 
     async fn pages_enqueued(
