@@ -457,26 +457,32 @@ impl Broker {
             match holds.get(&s.key) {
                 None | Some(Ok(Hold::Live)) => live.push(s),
                 Some(Ok(Hold::Held)) => report.held += 1,
+                // Its replay is lost, or the event cannot be held for it: the client resumes
+                // again, and the event is not failed (nor retried) for everyone else.
                 Some(Ok(Hold::Abandoned)) => {
-                    let connection = &s.key.connection_id;
                     tracing::warn!(subscription = %s.key.encode(), "a resume never handed over; closing");
-                    let reason = "the resume did not finish; resume again";
-                    if let Err(error) = self
-                        .close(connection, CloseCode::InternalError, reason)
-                        .await
-                    {
-                        tracing::warn!(%connection, %error, "closing after a lost resume failed");
-                    }
+                    self.close_for_a_new_resume(s).await;
                     report.gone += 1;
                 }
                 Some(Err(error)) => {
-                    tracing::warn!(subscription = %s.key.encode(), %error, "holding an event back failed");
-                    report.failed += 1;
-                    report.failed_keys.push(s.key.clone());
+                    tracing::warn!(subscription = %s.key.encode(), %error, "holding an event back failed; closing");
+                    self.close_for_a_new_resume(s).await;
+                    report.gone += 1;
                 }
             }
         }
         live
+    }
+
+    async fn close_for_a_new_resume(&self, s: &Subscription) {
+        let connection = &s.key.connection_id;
+        let reason = "the resume did not finish; resume again";
+        if let Err(error) = self
+            .close(connection, CloseCode::InternalError, reason)
+            .await
+        {
+            tracing::warn!(%connection, %error, "closing after a lost resume failed");
+        }
     }
 
     /// Renders and posts `event` to `subscriptions`.

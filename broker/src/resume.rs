@@ -53,8 +53,8 @@ const PAGE: usize = 500;
 const CATCH_UP_READS: usize = 4;
 
 /// Reads of the log a replay makes to hand over while events keep being held back (a topic
-/// busier than one read and its posts): past them it hands over whatever was held since
-/// its last read, which it may not have sent.
+/// busier than one read and its posts): past them it hands over whatever was held, and
+/// reads once more to send it.
 const HAND_OVER_READS: usize = 20;
 
 /// How long after its replay's settle time a replaying subscription holds live delivery
@@ -210,20 +210,22 @@ impl Broker {
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
         let subscriptions = &self.ports().subscriptions;
-        let mut held = Some(0);
-        for read in 1..=HAND_OVER_READS {
+        let mut held = 0;
+        for _ in 0..HAND_OVER_READS {
             if !self.replay_read_and_send(subscription, &mut replay).await? {
                 return Ok(());
             }
-            if read == HAND_OVER_READS {
-                tracing::warn!(subscription = %subscription.key.encode(), "events kept being held back; handing over");
-                held = None;
-            }
-            match subscriptions.hand_over(subscription, held).await? {
+            match subscriptions.hand_over(subscription, Some(held)).await? {
                 HandOver::Done => return Ok(()),
-                HandOver::Held(now) => held = Some(now),
+                HandOver::Held(now) => held = now,
             }
         }
+        // Events kept being held back faster than a read and its posts: hand over as it is,
+        // then read once more. Whatever was held is in the log by now, so nothing is missed;
+        // an event held in that instant may come after a live one.
+        tracing::warn!(subscription = %subscription.key.encode(), "events kept being held back; handing over");
+        subscriptions.hand_over(subscription, None).await?;
+        self.replay_read_and_send(subscription, &mut replay).await?;
         Ok(())
     }
 

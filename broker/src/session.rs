@@ -426,7 +426,16 @@ impl Broker {
             Ok(Inserted::Stored) => match replay {
                 Some(replay) => {
                     let stored = now_ms().max(subscription.starts_at_ms);
-                    self.replay_finish(&subscription, replay, stored).await
+                    let finished = self.replay_finish(&subscription, replay, stored).await;
+                    // Stored replaying, with events held back for a replay that cannot go
+                    // on: the client resumes again rather than living with a gap.
+                    if let Err(error) = finished {
+                        tracing::warn!(subscription = %subscription.key.encode(), %error, "replay failed; closing");
+                        return self
+                            .close(id, CloseCode::InternalError, "replay failed; resume again")
+                            .await;
+                    }
+                    Ok(())
                 }
                 None => Ok(()),
             },

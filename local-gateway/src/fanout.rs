@@ -107,5 +107,15 @@ async fn work_lane(broker: Broker, mut lane: mpsc::Receiver<FanoutPage>) {
         if !messages.is_empty() {
             tracing::error!(count = messages.len(), "fan-out pages dead-lettered");
         }
+        // Given up on: they hold their topics' later events back no longer.
+        for message in &messages {
+            let page = message
+                .body
+                .as_deref()
+                .map(serde_json::from_str::<FanoutPage>);
+            if let Some(Ok(page)) = page {
+                broker.page_given_up(&page).await;
+            }
+        }
     }
 }

@@ -166,14 +166,26 @@ impl ConnectionGateway for FlakyGateway {
     }
 }
 
-#[tokio::test]
-async fn the_embedded_queue_retries_a_failed_page_before_the_later_pages_of_its_group() {
-    // GIVEN alice's board watched on connection `x`, whose first three posts fail (one
-    // page's post and both its retries), and on `y`; an ordered embedded queue and its worker
+/// Alice's board watched on connections `x` (whose first `x_failures` posts fail) and `y`,
+/// on an ordered embedded queue.
+struct Watched {
+    broker: Broker,
+    gateway: Arc<FlakyGateway>,
+    queue: Arc<ChannelFanoutQueue>,
+    pages: tokio::sync::mpsc::UnboundedReceiver<broker::FanoutPage>,
+    x: ConnectionId,
+    y: ConnectionId,
+}
+
+async fn watched_board(x_failures: usize, config: BrokerConfig) -> Watched {
     let gateway = Arc::new(FlakyGateway::default());
     let x = ConnectionId::new("x");
     let y = ConnectionId::new("y");
-    gateway.failures_left.lock().unwrap().insert(x.clone(), 3);
+    gateway
+        .failures_left
+        .lock()
+        .unwrap()
+        .insert(x.clone(), x_failures);
     let (queue, pages) = ChannelFanoutQueue::ordered();
     let queue = Arc::new(queue);
     assert!(queue.ordered());
@@ -198,7 +210,7 @@ async fn the_embedded_queue_retries_a_failed_page_before_the_later_pages_of_its_
         issuer: None,
         audience: None,
     });
-    let broker = Broker::new(build_schema(boards), ports, auth, BrokerConfig::default());
+    let broker = Broker::new(build_schema(boards), ports, auth, config);
     for connection in [&x, &y] {
         let subscription = Subscription {
             key: SubscriptionKey {
@@ -222,6 +234,28 @@ async fn the_embedded_queue_retries_a_failed_page_before_the_later_pages_of_its_
             .await
             .unwrap();
     }
+    Watched {
+        broker,
+        gateway,
+        queue,
+        pages,
+        x,
+        y,
+    }
+}
+
+#[tokio::test]
+async fn the_embedded_queue_retries_a_failed_page_before_the_later_pages_of_its_group() {
+    // GIVEN alice's board watched on connection `x`, whose first three posts fail (one
+    // page's post and both its retries), and on `y`; an ordered embedded queue and its worker
+    let Watched {
+        broker,
+        gateway,
+        queue,
+        pages,
+        x,
+        y,
+    } = watched_board(3, BrokerConfig::default()).await;
     let worker = tokio::spawn(local_gateway::fanout::work_embedded(broker.clone(), pages));
 
     // WHEN five events' pages are enqueued at once, each event a page per subscriber
@@ -257,4 +291,37 @@ async fn the_embedded_queue_retries_a_failed_page_before_the_later_pages_of_its_
     );
     assert_eq!(gateway.titles(&x), titles);
     assert_eq!(gateway.titles(&y), titles);
+}
+
+#[tokio::test]
+async fn a_page_the_embedded_queue_gives_up_on_holds_its_topic_no_longer() {
+    // GIVEN an event in pages on the ordered embedded queue, one of them to `x`, whose
+    // posts always fail
+    let config = BrokerConfig {
+        fanout_threshold: 0,
+        fanout_page_size: 1,
+        ..BrokerConfig::default()
+    };
+    let w = watched_board(usize::MAX, config).await;
+    let worker = tokio::spawn(local_gateway::fanout::work_embedded(
+        w.broker.clone(),
+        w.pages,
+    ));
+    let event = Event::new(
+        card_topic("b1"),
+        json!({"id": "c1", "boardId": "b1", "title": "given up"}),
+        Audience::User(UserId::new("alice")),
+    );
+    w.broker.ports().events.append(&event).await.unwrap();
+    let report = w.broker.deliver_event(event).await.unwrap();
+    assert_eq!(report.pages_enqueued, 2, "{report:?}");
+    // WHEN the worker has tried `x`'s page as often as the queue allows
+    // THEN its mark is gone with the delivered one: the topic's next events may go inline
+    let topic = card_topic("b1");
+    let subscriptions = w.broker.ports().subscriptions.clone();
+    let freed = eventually(async || !subscriptions.pages_in_flight(&topic).await.unwrap()).await;
+    worker.abort();
+    assert!(freed, "a page given up on still holds the topic");
+    assert_eq!(w.gateway.titles(&w.y), ["given up"]);
+    assert!(w.gateway.titles(&w.x).is_empty());
 }

@@ -395,18 +395,27 @@ struct Raced {
 
 impl Raced {
     async fn new(slow: Duration) -> Self {
+        Self::on(slow, |_| Arc::new(MemorySubscriptionStore::default())).await
+    }
+
+    /// [`Self::new`] on the subscription store `stores` makes, given the event log.
+    async fn on(
+        slow: Duration,
+        stores: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn broker::SubscriptionStore>,
+    ) -> Self {
         use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
         // Direct mode: live delivery happens in the publishing call, so what live delivery
         // skips (the slow event, stamped before the subscription) can only come from the
         // replay.
         let gateway = Arc::new(RecordingGateway::default());
+        let events: Arc<dyn EventLog> = Arc::new(SlowAppends {
+            inner: MemoryEventLog::default(),
+            delay: slow,
+        });
         let ports = Ports {
             connections: Arc::new(MemoryConnectionStore::default()),
-            subscriptions: Arc::new(MemorySubscriptionStore::default()),
-            events: Arc::new(SlowAppends {
-                inner: MemoryEventLog::default(),
-                delay: slow,
-            }),
+            subscriptions: stores(events.clone()),
+            events,
             gateway: gateway.clone(),
             fanout: None,
         };
@@ -579,5 +588,199 @@ async fn a_replay_that_never_handed_over_closes_its_connection_for_a_new_resume(
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// What [`HandOverProbe`] does to a replay.
+#[derive(Clone, Copy, PartialEq)]
+enum Probe {
+    /// Events keep being held back faster than the replay reads: every conditional
+    /// hand-over finds one more, and one more event is held the moment it hands over
+    /// regardless.
+    BusyTopic,
+    /// The store fails every hand-over.
+    FailingHandOver,
+    /// The store fails every hold.
+    FailingHold,
+}
+
+/// A subscription store that does what its [`Probe`] says to replays.
+struct HandOverProbe {
+    inner: MemorySubscriptionStore,
+    events: Arc<dyn EventLog>,
+    probe: Probe,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl HandOverProbe {
+    fn new(events: Arc<dyn EventLog>, probe: Probe) -> Self {
+        Self {
+            inner: MemorySubscriptionStore::default(),
+            events,
+            probe,
+            held: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl broker::SubscriptionStore for HandOverProbe {
+    async fn hand_over(
+        &self,
+        s: &broker::Subscription,
+        held: Option<u64>,
+    ) -> Result<broker::HandOver, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.probe == Probe::FailingHandOver {
+            return Err(StoreError::backend("the store is down"));
+        }
+        if held.is_some() {
+            return Ok(broker::HandOver::Held(self.held.fetch_add(1, Relaxed) + 1));
+        }
+        // Held back in the instant before this hand-over: stored, never posted live.
+        let card = json!({"id": "last instant", "boardId": "b1", "title": "last instant"});
+        let event = Event::new(s.topic.clone(), card, Audience::User(UserId::new("alice")));
+        self.events.append(&event).await?;
+        self.inner.hand_over(s, None).await
+    }
+    async fn insert_within(
+        &self,
+        s: &broker::Subscription,
+        max: usize,
+    ) -> Result<broker::Inserted, StoreError> {
+        self.inner.insert_within(s, max).await
+    }
+    async fn complete(
+        &self,
+        key: &broker::SubscriptionKey,
+        until: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.complete(key, until).await
+    }
+    async fn close_connection(&self, id: &ConnectionId, until: u64) -> Result<usize, StoreError> {
+        self.inner.close_connection(id, until).await
+    }
+    async fn contains(&self, key: &broker::SubscriptionKey) -> Result<bool, StoreError> {
+        self.inner.contains(key).await
+    }
+    async fn delete(&self, key: &broker::SubscriptionKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn by_topic(&self, topic: &Topic) -> Result<Vec<broker::Subscription>, StoreError> {
+        self.inner.by_topic(topic).await
+    }
+    async fn get_many(
+        &self,
+        topic: &Topic,
+        keys: &[broker::SubscriptionKey],
+    ) -> Result<Vec<broker::Subscription>, StoreError> {
+        self.inner.get_many(topic, keys).await
+    }
+    async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        self.inner.count_by_connection(id).await
+    }
+    async fn by_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Vec<broker::SubscriptionKey>, StoreError> {
+        self.inner.by_connection(id).await
+    }
+    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        self.inner.delete_by_connection(id).await
+    }
+    async fn hold(&self, s: &broker::Subscription) -> Result<broker::Hold, StoreError> {
+        if self.probe == Probe::FailingHold {
+            return Err(StoreError::backend("the store is down"));
+        }
+        self.inner.hold(s).await
+    }
+    async fn pages_enqueued(&self, t: &Topic, p: &[String], until: u64) -> Result<(), StoreError> {
+        self.inner.pages_enqueued(t, p, until).await
+    }
+    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
+        self.inner.page_done(topic, page).await
+    }
+    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
+        self.inner.pages_in_flight(topic).await
+    }
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_hand_over_on_its_count_still_sends_what_was_held() {
+    // GIVEN a topic on which every conditional hand-over finds one more event held back
+    let raced = Raced::on(Duration::ZERO, |events| {
+        Arc::new(HandOverProbe::new(events, Probe::BusyTopic))
+    })
+    .await;
+    // WHEN a subscriber resumes: its replay reads again and again, then hands over as it
+    // is, and an event is held back in that instant
+    raced.resume_soon().await.unwrap();
+    raced.publish("after").await;
+    // THEN the replay reads once more after the hand-over, and sends that event too
+    assert_eq!(raced.titles(), ["missed", "last instant", "after"]);
+}
+
+#[tokio::test]
+async fn a_replay_whose_hand_over_fails_closes_the_connection_for_a_new_resume() {
+    let raced = Raced::on(Duration::ZERO, |events| {
+        Arc::new(HandOverProbe::new(events, Probe::FailingHandOver))
+    })
+    .await;
+    raced.resume_soon().await.unwrap();
+    // The replay sent what it read, then could not go on: the client is told to resume
+    // again (1011) rather than left with events held back for nobody.
+    assert_eq!(raced.titles(), ["missed"]);
+    let closed = raced.gateway.closed();
+    assert_eq!(
+        closed,
+        [(raced.connection.clone(), broker::CloseCode::InternalError)]
+    );
+}
+
+#[tokio::test]
+async fn an_event_that_cannot_be_held_back_closes_the_resumer_and_reaches_the_others() {
+    // GIVEN a subscription still replaying beside a live one, on a store failing holds
+    let raced = Raced::on(Duration::ZERO, |events| {
+        Arc::new(HandOverProbe::new(events, Probe::FailingHold))
+    })
+    .await;
+    let subscription = |connection: &str, replaying_until_ms: u64| broker::Subscription {
+        key: broker::SubscriptionKey {
+            connection_id: ConnectionId::new(connection),
+            operation_id: "cards".into(),
+        },
+        topic: raced.topic.clone(),
+        protocol: broker::Protocol::GraphqlTransportWs,
+        principal: UserId::new("alice"),
+        document: CARD_ADDED.into(),
+        operation_name: None,
+        variables: json!({"b": "b1"}),
+        expires_at: u64::MAX,
+        starts_at_ms: 0,
+        replaying_until_ms,
+    };
+    let subscriptions = raced.broker.ports().subscriptions.clone();
+    let replaying = subscription("resumer", broker::domain::now_ms() + 60_000);
+    subscriptions.insert(&replaying).await.unwrap();
+    subscriptions
+        .insert(&subscription("other", 0))
+        .await
+        .unwrap();
+    // WHEN the stream publisher delivers an event
+    let event = Event::new(
+        raced.topic.clone(),
+        json!({"id": "live", "boardId": "b1", "title": "live"}),
+        Audience::User(UserId::new("alice")),
+    );
+    raced.broker.ports().events.append(&event).await.unwrap();
+    let report = raced.broker.deliver_event(event).await.unwrap();
+    // THEN the event is complete, not failed and retried for everyone: the other
+    // subscriber has it, and the resumer's connection is closed so that it resumes again
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.delivered, 1, "{report:?}");
+    assert_eq!(raced.gateway.take(&ConnectionId::new("other")).len(), 1);
+    assert_eq!(
+        raced.gateway.closed(),
+        [(raced.connection.clone(), broker::CloseCode::InternalError)]
     );
 }

@@ -374,3 +374,11 @@ fn every_delivering_function_may_close_a_gone_connection_and_hold_events_back() 
         assert!(connections.contains("dynamodb:DeleteItem"), "{function}");
     }
 }
+
+/// A resume (on the WebSocket function) reads its topic's events from the log.
+#[test]
+fn the_websocket_function_may_read_the_event_log_for_a_resume() {
+    let template = template();
+    let events = actions_on(&template, "WebSocketFunction", "EventsTable");
+    assert!(events.contains("dynamodb:Query"), "{events:?}");
+}

@@ -40,6 +40,7 @@ pub(crate) async fn poll(
             .queue_url(&queue_url)
             .max_number_of_messages(10)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .wait_time_seconds(1)
             .send()
             .await;
