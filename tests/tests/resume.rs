@@ -502,6 +502,26 @@ impl Raced {
         }
     }
 
+    /// A subscription of alice's to the board's cards on `connection`, stored as if by a
+    /// subscribe, replaying until `replaying_until_ms` (0: live).
+    fn subscription(&self, connection: &str, replaying_until_ms: u64) -> broker::Subscription {
+        broker::Subscription {
+            key: broker::SubscriptionKey {
+                connection_id: ConnectionId::new(connection),
+                operation_id: "cards".into(),
+            },
+            topic: self.topic.clone(),
+            protocol: broker::Protocol::GraphqlTransportWs,
+            principal: UserId::new("alice"),
+            document: CARD_ADDED.into(),
+            operation_name: None,
+            variables: json!({"b": "b1"}),
+            expires_at: u64::MAX,
+            starts_at_ms: 0,
+            replaying_until_ms,
+        }
+    }
+
     /// The titles the resumer received, in order.
     fn titles(&self) -> Vec<String> {
         self.gateway
@@ -555,21 +575,7 @@ async fn a_replay_that_never_handed_over_closes_its_connection_for_a_new_resume(
     // GIVEN a subscription stored replaying, whose replay's time ran out without a
     // hand-over (its process ended)
     let raced = Raced::new(Duration::ZERO).await;
-    let lost = broker::Subscription {
-        key: broker::SubscriptionKey {
-            connection_id: raced.connection.clone(),
-            operation_id: "cards".into(),
-        },
-        topic: raced.topic.clone(),
-        protocol: broker::Protocol::GraphqlTransportWs,
-        principal: UserId::new("alice"),
-        document: CARD_ADDED.into(),
-        operation_name: None,
-        variables: json!({"b": "b1"}),
-        expires_at: u64::MAX,
-        starts_at_ms: 0,
-        replaying_until_ms: broker::domain::now_ms() - 1,
-    };
+    let lost = raced.subscription("resumer", broker::domain::now_ms() - 1);
     let subscriptions = raced.broker.ports().subscriptions.clone();
     subscriptions.insert(&lost).await.unwrap();
     // WHEN an event is published
@@ -744,26 +750,11 @@ async fn an_event_that_cannot_be_held_back_closes_the_resumer_and_reaches_the_ot
         Arc::new(HandOverProbe::new(events, Probe::FailingHold))
     })
     .await;
-    let subscription = |connection: &str, replaying_until_ms: u64| broker::Subscription {
-        key: broker::SubscriptionKey {
-            connection_id: ConnectionId::new(connection),
-            operation_id: "cards".into(),
-        },
-        topic: raced.topic.clone(),
-        protocol: broker::Protocol::GraphqlTransportWs,
-        principal: UserId::new("alice"),
-        document: CARD_ADDED.into(),
-        operation_name: None,
-        variables: json!({"b": "b1"}),
-        expires_at: u64::MAX,
-        starts_at_ms: 0,
-        replaying_until_ms,
-    };
     let subscriptions = raced.broker.ports().subscriptions.clone();
-    let replaying = subscription("resumer", broker::domain::now_ms() + 60_000);
+    let replaying = raced.subscription("resumer", broker::domain::now_ms() + 60_000);
     subscriptions.insert(&replaying).await.unwrap();
     subscriptions
-        .insert(&subscription("other", 0))
+        .insert(&raced.subscription("other", 0))
         .await
         .unwrap();
     // WHEN the stream publisher delivers an event
