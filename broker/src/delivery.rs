@@ -25,7 +25,17 @@ pub enum PublishError {
     Payload(#[from] serde_json::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The event was not stored within [`crate::BrokerConfig::publish_deadline`] of its
+    /// stamp, and the broker delivered nothing. A remote log may still store it later (in
+    /// stream mode it is then delivered late). What the mutation saved before publishing
+    /// stays saved: publishing again makes another event, with a new id.
+    #[error("the event was not stored within {} ms and was not delivered; it may still be stored later", .0.as_millis())]
+    TimedOut(std::time::Duration),
 }
+
+/// The `extensions.code` of the GraphQL error for a publish that timed out
+/// ([`PublishError::TimedOut`], through [`crate::publish_error`]).
+pub const PUBLISH_TIMEOUT: &str = "PUBLISH_TIMEOUT";
 
 /// A post that fails for a reason retrying may fix (a timeout, a 5xx, a throttle) is tried
 /// again this many times, for that subscriber alone, after these pauses.
@@ -178,12 +188,12 @@ impl Broker {
         let mut event = Event::new(topic, serde_json::to_value(payload)?, audience);
         event.expires_at = event.published_at_ms / 1000 + self.config().event_retention.as_secs();
         match self.config().delivery_mode {
-            DeliveryMode::Stream => self.ports().events.append(&event).await?,
+            DeliveryMode::Stream => self.append_in_time(&event).await?,
             DeliveryMode::Direct => {
                 // Logged first, marked as delivered here: a subscriber that misses it can
                 // resume from the log, and the stream publisher leaves it alone.
                 event.direct = true;
-                self.ports().events.append(&event).await?;
+                self.append_in_time(&event).await?;
                 let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
                 let report = self
                     .deliver_to(Arc::new(event.clone()), &subscriptions)
@@ -198,6 +208,38 @@ impl Broker {
             }
         }
         Ok(event)
+    }
+
+    /// Stores `event` in the log within the publish deadline from its stamp, or fails: a
+    /// resume reads the log once more `resume_settle` after its subscription was stored,
+    /// and an event stored later than that after its stamp could sort before the place
+    /// that read started from.
+    async fn append_in_time(&self, event: &Event) -> Result<(), PublishError> {
+        let deadline = self.config().publish_deadline();
+        let by = event
+            .published_ms()
+            .saturating_add(deadline.as_millis() as u64);
+        match self.ports().events.append_by(event, by).await {
+            // A retried attempt finds what an attempt whose answer was lost stored: the
+            // same event (ids are this process's own), so it is stored, in time.
+            Err(StoreError::Conflict(_)) if self.stored_as_is(event).await? => Ok(()),
+            Err(StoreError::TooLate) => {
+                let deadline_ms = deadline.as_millis() as u64;
+                tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms, "publish timed out");
+                crate::metrics::record_publish_timeout();
+                Err(PublishError::TimedOut(deadline))
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    /// Whether the log holds `event` exactly as it is.
+    async fn stored_as_is(&self, event: &Event) -> Result<bool, StoreError> {
+        let reference = EventRef {
+            topic: event.topic.clone(),
+            event_id: event.id.clone(),
+        };
+        Ok(self.ports().events.get(&reference).await?.as_ref() == Some(event))
     }
 
     /// Delivers one event from the log (the stream publisher's job). Above the fan-out

@@ -883,6 +883,55 @@ pub struct FileEventLog {
 }
 
 impl FileEventLog {
+    /// Appends `event`, refusing it if the write is ready to commit only after `deadline_ms`.
+    async fn append_until(
+        &self,
+        event: &Event,
+        deadline_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        // `*` is how the DynamoDB log stores "everyone": every log refuses it as a user.
+        if event.audience == Audience::User(UserId::new("*")) {
+            return Err(StoreError::Malformed(
+                "`*` is not a valid audience user".to_owned(),
+            ));
+        }
+        let event = event.clone();
+        self.store
+            .run(move |store| {
+                store.write(Commit::Durable, |tx| {
+                    let key = (event.topic.as_str(), event.id.as_str());
+                    let mut events = tx.open_table(EVENTS).map_err(backend)?;
+                    if events.get(key).map_err(backend)?.is_some() {
+                        return Err(StoreError::Conflict(format!("event {} exists", event.id)));
+                    }
+                    events
+                        .insert(key, to_json(&event)?.as_slice())
+                        .map_err(backend)?;
+                    let mut meta = tx.open_table(META).map_err(backend)?;
+                    let sequence = meta
+                        .get(NEXT_SEQUENCE)
+                        .map_err(backend)?
+                        .map_or(0, |v| v.value());
+                    meta.insert(NEXT_SEQUENCE, sequence + 1).map_err(backend)?;
+                    tx.open_table(STREAM)
+                        .map_err(backend)?
+                        .insert(sequence, key)
+                        .map_err(backend)?;
+                    tx.open_table(EXPIRY)
+                        .map_err(backend)?
+                        .insert((event.expires_at, key.0, key.1), sequence)
+                        .map_err(backend)?;
+                    if deadline_ms.is_some_and(|deadline| now_ms() > deadline) {
+                        return Err(StoreError::TooLate);
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        self.store.inner.appended.notify_one();
+        Ok(())
+    }
+
     /// Up to `max` unexpired events from stream position `from` on, in the order they were
     /// appended, and the position after them.
     pub async fn read_from(&self, from: u64, max: usize) -> Result<(Vec<Event>, u64), StoreError> {
@@ -982,44 +1031,15 @@ impl FileEventLog {
 #[async_trait]
 impl EventLog for FileEventLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {
-        // `*` is how the DynamoDB log stores "everyone": every log refuses it as a user.
-        if event.audience == Audience::User(UserId::new("*")) {
-            return Err(StoreError::Malformed(
-                "`*` is not a valid audience user".to_owned(),
-            ));
-        }
-        let event = event.clone();
-        self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let key = (event.topic.as_str(), event.id.as_str());
-                    let mut events = tx.open_table(EVENTS).map_err(backend)?;
-                    if events.get(key).map_err(backend)?.is_some() {
-                        return Err(StoreError::Conflict(format!("event {} exists", event.id)));
-                    }
-                    events
-                        .insert(key, to_json(&event)?.as_slice())
-                        .map_err(backend)?;
-                    let mut meta = tx.open_table(META).map_err(backend)?;
-                    let sequence = meta
-                        .get(NEXT_SEQUENCE)
-                        .map_err(backend)?
-                        .map_or(0, |v| v.value());
-                    meta.insert(NEXT_SEQUENCE, sequence + 1).map_err(backend)?;
-                    tx.open_table(STREAM)
-                        .map_err(backend)?
-                        .insert(sequence, key)
-                        .map_err(backend)?;
-                    tx.open_table(EXPIRY)
-                        .map_err(backend)?
-                        .insert((event.expires_at, key.0, key.1), sequence)
-                        .map_err(backend)?;
-                    Ok(())
-                })
-            })
-            .await?;
-        self.store.inner.appended.notify_one();
-        Ok(())
+        self.append_until(event, None).await
+    }
+
+    /// Checked inside the write, once it holds the writer and has written the event, right
+    /// before the commit: past the deadline the transaction is dropped, so an event refused
+    /// as too late is not stored. One accepted may be readable an fsync after the deadline,
+    /// which the publish deadline's spare quarter of the settle time covers.
+    async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
+        self.append_until(event, Some(deadline_ms)).await
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {

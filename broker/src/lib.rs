@@ -20,7 +20,7 @@
 //! };
 //! use broker::{
 //!     App, AppSchema, Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError,
-//!     EventStream, Outbox, Ports, Storage, Topic, UserId, internal_error, listen, principal,
+//!     EventStream, Outbox, Ports, Storage, Topic, UserId, listen, principal, publish_error,
 //! };
 //! use serde::{Deserialize, Serialize};
 //!
@@ -51,7 +51,7 @@
 //!         ctx.data::<Outbox>()?
 //!             .publish(topic, &note, audience)
 //!             .await
-//!             .map_err(internal_error)?;
+//!             .map_err(publish_error)?;
 //!         Ok(note)
 //!     }
 //! }
@@ -155,14 +155,14 @@ pub use app::{App, AppSchema, ConfigError, IndexSpec, Outbox, Storage, TableSpec
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator, Identity};
 pub use cost::{CostError, CostLimits};
-pub use delivery::{DeliveryReport, PublishError, TopicRead};
+pub use delivery::{DeliveryReport, PUBLISH_TIMEOUT, PublishError, TopicRead};
 pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,
 };
 pub use graphql::{
     EventStream, GraphqlExecutor, Prevalidation, Roles, has_role, internal_error, listen,
-    principal, registering,
+    principal, publish_error, registering,
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{
@@ -245,9 +245,10 @@ pub struct BrokerConfig {
     pub merge_renderings: bool,
     /// How long events stay in the log: the window a subscriber can resume within.
     pub event_retention: Duration,
-    /// How long a publish may take from stamping its event to storing it. A resume reads the
+    /// How long after stamping an event its publish may have stored it. A resume reads the
     /// log once more this long after it began, so an event stamped before the subscription
-    /// but stored after the first read is replayed, not skipped.
+    /// but stored after the first read is replayed, not skipped. A publish is given
+    /// [`Self::publish_deadline`] to store its event, and fails past it.
     pub resume_settle: Duration,
     /// The most events one resume replays; a subscriber further behind is told to re-query.
     pub max_replay_events: usize,
@@ -271,17 +272,30 @@ impl Default for BrokerConfig {
             fanout_page_lifetime: Duration::from_secs(24 * 60 * 60 + 180),
             fanout_max_receives: None,
             event_retention: Duration::from_secs(domain::EVENT_LIFETIME_SECS),
-            resume_settle: Duration::from_millis(1000),
+            resume_settle: Duration::from_millis(2000),
             max_replay_events: 10_000,
         }
     }
 }
 
+/// The shortest [`BrokerConfig::resume_settle`] a broker takes (a shorter one is raised to
+/// it): below it, a store could hardly answer within the publish deadline.
+pub const MIN_RESUME_SETTLE_MS: u64 = 100;
+
 impl BrokerConfig {
+    /// How long a publish waits for its event to be stored, counted from the event's stamp:
+    /// three quarters of [`Self::resume_settle`]. The quarter left covers the difference
+    /// between the clocks of the publishing and the resuming process. An event whose
+    /// publish succeeded was therefore stored within the settle time of its stamp, which is
+    /// what a resume relies on to miss nothing.
+    pub fn publish_deadline(&self) -> Duration {
+        self.resume_settle - self.resume_settle / 4
+    }
+
     /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `FANOUT_GROUPS` (at
     /// least 1), `FANOUT_PAGE_LIFETIME_SECS`, `FANOUT_MAX_RECEIVES`, `POST_CONCURRENCY`, `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`,
     /// `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`, `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
-    /// `RESUME_SETTLE_MS`, `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
+    /// `RESUME_SETTLE_MS` (at least [`MIN_RESUME_SETTLE_MS`], see [`Broker::new`]), `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
     /// malformed ones are an error.
     pub fn from_env() -> Result<Self, ConfigError> {
         fn var<T: FromStr>(name: &str) -> Result<Option<T>, ConfigError>
@@ -401,8 +415,11 @@ impl Broker {
         schema: impl Into<AppSchema>,
         ports: Ports,
         auth: Authenticator,
-        config: BrokerConfig,
+        mut config: BrokerConfig,
     ) -> Self {
+        config.resume_settle = config
+            .resume_settle
+            .max(Duration::from_millis(MIN_RESUME_SETTLE_MS));
         Self {
             inner: Arc::new(Inner {
                 executor: schema.into().0,

@@ -513,6 +513,14 @@ impl EventLog for MemoryEventLog {
         Ok(())
     }
 
+    /// Stored at once or not at all: past the deadline nothing is stored.
+    async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
+        if now_ms() > deadline_ms {
+            return Err(StoreError::TooLate);
+        }
+        self.append(event).await
+    }
+
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
         let now = now_secs();
         let state = lock(&self.inner);

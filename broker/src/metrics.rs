@@ -39,6 +39,13 @@ pub struct InvocationMetrics {
     pub too_large: usize,
     pub failed: usize,
     pub pages_enqueued: usize,
+    /// Publishes that failed because the event was not stored within the deadline
+    /// ([`crate::BrokerConfig::publish_deadline`]).
+    pub publish_timeouts: usize,
+    /// Events the stream publisher found stored longer than `resume_settle` after their
+    /// stamp: a publish that timed out, yet was stored (delivered live in stream mode). A
+    /// resume may not replay such an event.
+    pub late_stores: usize,
     /// Milliseconds from an event's creation to its delivery, one value per delivered event.
     pub event_age_ms: Vec<u64>,
 }
@@ -85,6 +92,8 @@ impl InvocationMetrics {
                         count("TooLarge"),
                         count("Failed"),
                         count("FanoutPages"),
+                        count("PublishTimeouts"),
+                        count("LateStores"),
                         MetricDefinition {
                             name: "EventAge",
                             unit: "Milliseconds",
@@ -101,14 +110,16 @@ impl InvocationMetrics {
             too_large: self.too_large,
             failed: self.failed,
             fanout_pages: self.pages_enqueued,
+            publish_timeouts: self.publish_timeouts,
+            late_stores: self.late_stores,
             event_age: &self.event_age_ms,
         };
         serde_json::to_value(document).expect("an EMF document is plain JSON")
     }
 
-    /// Writes the EMF line, if the invocation delivered anything.
+    /// Writes the EMF line, if the invocation recorded anything.
     pub fn write_emf(&self, function: &str, out: &mut dyn Write) -> std::io::Result<()> {
-        if self.reports == 0 {
+        if self.reports == 0 && self.publish_timeouts == 0 && self.late_stores == 0 {
             return Ok(());
         }
         let namespace = std::env::var("METRICS_NAMESPACE")
@@ -145,6 +156,10 @@ struct EmfDocument<'a> {
     failed: usize,
     #[serde(rename = "FanoutPages")]
     fanout_pages: usize,
+    #[serde(rename = "PublishTimeouts")]
+    publish_timeouts: usize,
+    #[serde(rename = "LateStores")]
+    late_stores: usize,
     /// An empty list is valid EMF: no age sample for this invocation.
     #[serde(rename = "EventAge")]
     event_age: &'a [u64],
@@ -180,6 +195,16 @@ tokio::task_local! {
 /// Adds a report to the invocation being collected, if any.
 pub fn record(report: &DeliveryReport, created_at_ms: Option<u64>) {
     let _ = CURRENT.try_with(|m| m.borrow_mut().add(report, created_at_ms));
+}
+
+/// Counts a publish that timed out, in the invocation being collected, if any.
+pub fn record_publish_timeout() {
+    let _ = CURRENT.try_with(|m| m.borrow_mut().publish_timeouts += 1);
+}
+
+/// Counts an event stored late, in the invocation being collected, if any.
+pub fn record_late_store() {
+    let _ = CURRENT.try_with(|m| m.borrow_mut().late_stores += 1);
 }
 
 /// Runs one invocation, collecting what it records.
@@ -266,6 +291,22 @@ mod tests {
         let ages = v["EventAge"].as_array().unwrap();
         assert_eq!(ages.len(), 1);
         assert!(ages[0].as_u64().unwrap() >= 50);
+        assert_eq!(v["PublishTimeouts"], 0);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_publish_or_a_late_store_alone_is_written() {
+        let mut out = Vec::new();
+        emit("Test", &mut out, async {
+            record_publish_timeout();
+            record_late_store();
+            record_late_store();
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["PublishTimeouts"], 1);
+        assert_eq!(v["LateStores"], 2);
+        assert_eq!(v["Deliveries"], 0);
     }
 
     #[tokio::test]

@@ -22,6 +22,10 @@ pub enum StoreError {
     /// The item exists but cannot be read back as the domain type.
     #[error("malformed item: {0}")]
     Malformed(String),
+    /// The write was not confirmed by its deadline ([`EventLog::append_by`]); a remote
+    /// store may still make it.
+    #[error("not stored by its deadline")]
+    TooLate,
     #[error("storage backend failed: {source}")]
     Backend {
         #[source]
@@ -207,11 +211,43 @@ pub trait SubscriptionStore: Send + Sync {
     async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError>;
 }
 
+/// Runs the write `write` makes, given the time left, and waits for it until `deadline_ms`
+/// (milliseconds since the epoch): [`StoreError::TooLate`] past it, and for an answer that
+/// came after it (a process polled late). The write may still happen after it.
+pub async fn by_deadline<F>(
+    deadline_ms: u64,
+    write: impl FnOnce(std::time::Duration) -> F,
+) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let now = crate::domain::now_ms();
+    if now > deadline_ms {
+        return Err(StoreError::TooLate);
+    }
+    let left = std::time::Duration::from_millis(deadline_ms - now);
+    match tokio::time::timeout(left, write(left)).await {
+        Ok(Ok(())) if crate::domain::now_ms() > deadline_ms => Err(StoreError::TooLate),
+        Ok(written) => written,
+        Err(_) => Err(StoreError::TooLate),
+    }
+}
+
 /// The append-only log of published events (the events table; its stream drives delivery).
 #[async_trait]
 pub trait EventLog: Send + Sync {
     /// Appends; never overwrites an event with the same id.
     async fn append(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// [`Self::append`], confirmed by `deadline_ms` (milliseconds since the epoch), or
+    /// [`StoreError::TooLate`]. This one stops waiting at the deadline (and refuses an
+    /// answer that came after it), so a remote store may still store the event; a store
+    /// that checks the deadline inside its write (the embedded file) stores nothing then.
+    /// A wrapper of another log must forward this, or it falls back to stopping waiting.
+    async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
+        by_deadline(deadline_ms, |_| self.append(event)).await
+    }
+
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError>;
     /// Up to `limit` unexpired events of `topic` whose id sorts after `after`, in id order
     /// (a consistent read): what a subscriber resuming from `after` missed. Page on with the

@@ -3,7 +3,7 @@
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use broker::aws::event_from_image;
-use broker::{Broker, Event, Topic, TopicRead};
+use broker::{Broker, Event, EventRef, Topic, TopicRead};
 use futures_util::StreamExt;
 use futures_util::stream;
 
@@ -95,6 +95,29 @@ async fn deliver(
     read: &mut TopicRead,
 ) -> Result<(), String> {
     let id = event.id.clone();
+    // A successful publish stored its event within the settle time of its stamp; one
+    // stored later (a publish that timed out, yet was stored) still goes out live, but a
+    // resume may have passed its place in the log. The creation time is rounded down to the
+    // second, so this flags only events that late by the table's clock. Counted once: not
+    // again for a retried batch's event delivered before.
+    let settle = broker.config().resume_settle.as_millis() as u64;
+    if let Some(created) = created_at_ms
+        && created > event.published_ms().saturating_add(settle)
+        && !event.direct
+        && !broker
+            .ports()
+            .events
+            .is_delivered(&EventRef {
+                topic: event.topic.clone(),
+                event_id: id.clone(),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    {
+        let late_ms = created - event.published_ms();
+        tracing::warn!(event = %id, late_ms, "event stored after the resume settle time");
+        broker::metrics::record_late_store();
+    }
     let report = broker
         .deliver_event_in(event, read)
         .await

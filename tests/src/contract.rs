@@ -725,6 +725,23 @@ pub async fn events_append_once_and_read_back(stores: Stores) {
     assert_eq!(events.get(&other_topic).await.unwrap(), None);
 }
 
+pub async fn an_append_past_its_deadline_stores_nothing(stores: Stores) {
+    let events = stores.events;
+    let topic = Topic::new("board/b1/cardAdded");
+    let late = Event::new(topic.clone(), json!("late"), Audience::Everyone);
+    let past = broker::domain::now_ms() - 1;
+    assert!(matches!(
+        events.append_by(&late, past).await,
+        Err(StoreError::TooLate)
+    ));
+    assert_eq!(events.get(&reference(&late)).await.unwrap(), None);
+    // In time, it is an append like any other.
+    let on_time = Event::new(topic.clone(), json!("on time"), Audience::Everyone);
+    let soon = broker::domain::now_ms() + 10_000;
+    events.append_by(&on_time, soon).await.unwrap();
+    assert_eq!(events.after(&topic, "", 10).await.unwrap(), [on_time]);
+}
+
 pub async fn expired_events_are_invisible(stores: Stores) {
     let events = stores.events;
     let stale = expired(

@@ -100,6 +100,7 @@ store_contract!(
     get_many_answers_in_the_order_asked,
     events_append_once_and_read_back,
     expired_events_are_invisible,
+    an_append_past_its_deadline_stores_nothing,
     a_user_called_star_is_refused_as_an_audience,
     events_after_a_cursor_come_in_id_order,
     delivery_marks_are_read_back,

@@ -45,7 +45,8 @@ impl Local {
             .arg(format!("file:{}", file.display()))
             .env("JWT_SECRET", SECRET)
             .env("STREAM_POLL_INTERVAL_MS", "0")
-            .env("RESUME_SETTLE_MS", "200")
+            // A publish gets 750 ms to store its event, fsync included.
+            .env("RESUME_SETTLE_MS", "1000")
             // The stream publisher delivers to every subscriber itself, event after event,
             // which keeps a topic's order (fan-out pages of different events run
             // concurrently, and order only by event id).

@@ -118,6 +118,32 @@ async fn forget_connections_drops_connections_subscriptions_and_page_marks_and_k
 }
 
 #[tokio::test]
+async fn an_append_too_late_leaves_no_trace_in_the_log_or_its_stream() {
+    // GIVEN a file with one event in its stream
+    let dir = new_path();
+    let store = FileStore::open(dir.join("state.redb")).unwrap();
+    let log = store.events();
+    let topic = Topic::new("t");
+    let first = Event::new(topic.clone(), json!("first"), Audience::Everyone);
+    log.append(&first).await.unwrap();
+    // WHEN an append comes past its deadline
+    let late = Event::new(topic.clone(), json!("late"), Audience::Everyone);
+    let result = log.append_by(&late, broker::domain::now_ms() - 1).await;
+    // THEN it is refused, and neither the log nor the stream has it: the next append takes
+    // the stream position it would have had
+    assert!(
+        matches!(result, Err(broker::StoreError::TooLate)),
+        "{result:?}"
+    );
+    let next = Event::new(topic.clone(), json!("next"), Audience::Everyone);
+    log.append(&next).await.unwrap();
+    assert_eq!(log.read_from(1, 10).await.unwrap(), (vec![next.clone()], 2));
+    assert_eq!(log.after(&topic, "", 10).await.unwrap(), [first, next]);
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
 async fn expired_events_are_purged_from_the_log_and_its_stream() {
     let dir = new_path();
     let store = FileStore::open(dir.join("state.redb")).unwrap();

@@ -58,6 +58,7 @@ async fn the_stream_publisher_emits_one_emf_line_per_batch() {
     assert_eq!(line["Deliveries"], 2);
     assert_eq!(line["Failed"], 0);
     assert_eq!(line["Gone"], 0);
+    assert_eq!(line["LateStores"], 0);
     // One age per delivered event, counted from the record's creation time.
     let created = batch.records[0]
         .change
@@ -83,6 +84,40 @@ async fn the_stream_publisher_emits_one_emf_line_per_batch() {
     let line = one_line(out);
     assert_eq!(line["Deliveries"], 0);
     assert_eq!(line["EventAge"], json!([]));
+}
+
+#[tokio::test]
+async fn an_event_stored_after_the_settle_time_is_counted_and_still_delivered() {
+    // GIVEN a subscriber, and a batch whose first record was written 10 s after its event
+    // was stamped (a publish that timed out, yet was stored)
+    let h = harness().await;
+    for name in ["connect.json", "connection-init.json", "subscribe.json"] {
+        let request = fixture(name, &h.token);
+        let reply = websocket::handle(&h.broker, request).await.unwrap();
+        assert_eq!(reply.status_code, 200);
+    }
+    let batch = published_now(fixture("stream-batch.json", ""));
+    let mut records = serde_json::to_value(&batch).unwrap();
+    records["Records"][0]["dynamodb"]["ApproximateCreationDateTime"] =
+        json!(broker::domain::now_secs() + 10);
+    let batch: StreamEvent = serde_json::from_value(records).unwrap();
+    for record in &batch.records {
+        let event = broker::aws::event_from_image(record.change.new_image.clone()).unwrap();
+        h.broker.ports().events.append(&event).await.unwrap();
+    }
+    // WHEN the stream publisher handles it
+    let mut out = Vec::new();
+    let response = emit(
+        "StreamPublisherFunction",
+        &mut out,
+        publisher::stream::handle(&h.broker, batch),
+    )
+    .await;
+    // THEN that one is counted as stored late, and both are delivered all the same
+    assert!(response.batch_item_failures.is_empty());
+    let line = one_line(out);
+    assert_eq!(line["LateStores"], 1);
+    assert_eq!(line["Deliveries"], 2);
 }
 
 #[tokio::test]

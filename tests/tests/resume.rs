@@ -382,6 +382,53 @@ impl EventLog for SlowAppends {
     }
 }
 
+/// An event log whose every append is stored, then answered as a conflict: what a retry
+/// gets from DynamoDB when the answer to the attempt that stored the event was lost.
+struct AnswerLost(MemoryEventLog);
+
+#[async_trait]
+impl EventLog for AnswerLost {
+    async fn append(&self, event: &Event) -> Result<(), StoreError> {
+        self.0.append(event).await?;
+        Err(StoreError::Conflict(format!("event {} exists", event.id)))
+    }
+    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
+        self.0.get(event).await
+    }
+    async fn after(
+        &self,
+        topic: &Topic,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.0.after(topic, after, limit).await
+    }
+    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {
+        self.0.is_delivered(event).await
+    }
+    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
+        self.0.mark_delivered(event).await
+    }
+}
+
+#[tokio::test]
+async fn a_publish_whose_stored_attempt_lost_its_answer_succeeds() {
+    // GIVEN a log that stores each event but answers its append as a conflict
+    let broker = broker_on(
+        Arc::new(AnswerLost(MemoryEventLog::default())),
+        BrokerConfig::default(),
+    );
+    // WHEN an event is published
+    let topic = Topic::new("t");
+    let published = broker
+        .publish(topic.clone(), &json!({"n": 1}), Audience::Everyone)
+        .await;
+    // THEN the publish succeeds: the log holds that very event
+    let event = published.unwrap();
+    let logged = broker.ports().events.after(&topic, "", 10).await.unwrap();
+    assert_eq!(logged, [event]);
+}
+
 /// A broker in direct mode on an event log whose "slow" events take `slow` to store, a board
 /// of alice's with two cards published ("seen", the cursor, and "missed"), and a connection
 /// of alice's ready to subscribe.
@@ -433,7 +480,8 @@ impl Raced {
         });
         let config = BrokerConfig {
             delivery_mode: DeliveryMode::Direct,
-            resume_settle: Duration::from_millis(1000),
+            // A publish gets 1.5 s to store its event: the slow ones below take less.
+            resume_settle: Duration::from_millis(2000),
             ..BrokerConfig::default()
         };
         let broker = Broker::new(build_schema(boards), ports, auth, config);
@@ -568,6 +616,98 @@ async fn a_live_event_waits_for_the_replay_of_an_earlier_slow_one() {
     // THEN "live" is held back and sent by the replay, after "slow", and live delivery
     // posts again once the replay has handed over: each once, in order
     assert_eq!(raced.titles(), ["missed", "slow", "live", "after"]);
+}
+
+#[tokio::test]
+async fn a_publish_not_stored_within_its_deadline_fails_and_reaches_no_one() {
+    // GIVEN a resumed subscriber, and a publisher whose store takes longer than the
+    // publish deadline (three quarters of the 2 s settle time)
+    let raced = Raced::new(Duration::from_secs(30)).await;
+    raced.resume_soon().await.unwrap();
+    assert_eq!(raced.titles(), ["missed"]);
+    // WHEN it publishes
+    let card = json!({"id": "slow", "boardId": "b1", "title": "slow"});
+    let alice = Audience::User(UserId::new("alice"));
+    let publish = raced.broker.publish(raced.topic.clone(), &card, alice);
+    let (result, metrics) = broker::metrics::collect(publish).await;
+    assert_eq!(metrics.publish_timeouts, 1);
+    // THEN the publish fails with a timeout the client is told it may retry, the event is
+    // neither delivered nor in the log (a resume could not be sure to find it), and later
+    // publishes go on
+    let Err(error) = result else {
+        panic!("a publish past its deadline succeeded")
+    };
+    assert!(matches!(error, broker::PublishError::TimedOut(d) if d == Duration::from_millis(1500)));
+    let graphql = broker::publish_error(error);
+    let code = graphql
+        .extensions
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .cloned();
+    assert_eq!(code, Some(async_graphql::Value::from("PUBLISH_TIMEOUT")));
+    // and a client's mutation that publishes so gets that error
+    let add_card =
+        async_graphql::Request::new(r#"mutation { addCard(boardId: "b1", title: "slow") { id } }"#);
+    let response = raced.broker.execute(UserId::new("alice"), add_card).await;
+    let response = serde_json::to_value(&response).unwrap();
+    assert_eq!(
+        response["errors"][0]["extensions"]["code"], "PUBLISH_TIMEOUT",
+        "{response}"
+    );
+    // (what the mutation saved before publishing stays saved: a re-query shows it)
+    let cards = async_graphql::Request::new(r#"{ cards(boardId: "b1") { title } }"#);
+    let cards = raced.broker.execute(UserId::new("alice"), cards).await;
+    let cards = serde_json::to_value(&cards).unwrap();
+    assert_eq!(
+        cards["data"]["cards"],
+        json!([{"title": "slow"}]),
+        "{cards}"
+    );
+    raced.publish("live").await;
+    assert_eq!(raced.titles(), ["live"]);
+    let logged = raced
+        .broker
+        .ports()
+        .events
+        .after(&raced.topic, "", 10)
+        .await
+        .unwrap();
+    let titles: Vec<_> = logged.iter().map(|e| e.payload["title"].clone()).collect();
+    assert_eq!(titles, ["seen", "missed", "live"]);
+}
+
+/// A broker of the boards app on memory stores and the event log `events`.
+fn broker_on(events: Arc<dyn EventLog>, config: BrokerConfig) -> Broker {
+    let ports = Ports {
+        connections: Arc::new(MemoryConnectionStore::default()),
+        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        events,
+        gateway: Arc::new(RecordingGateway::default()),
+        fanout: None,
+    };
+    let auth = broker::Authenticator::new(broker::AuthConfig {
+        secret: SECRET.into(),
+        issuer: None,
+        audience: None,
+    });
+    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::default()));
+    Broker::new(schema, ports, auth, config)
+}
+
+#[tokio::test]
+async fn a_settle_time_below_the_minimum_is_raised_so_publishes_can_succeed() {
+    let config = BrokerConfig {
+        resume_settle: Duration::ZERO,
+        ..BrokerConfig::default()
+    };
+    let broker = broker_on(Arc::new(MemoryEventLog::default()), config);
+    let minimum = Duration::from_millis(broker::MIN_RESUME_SETTLE_MS);
+    assert_eq!(broker.config().resume_settle, minimum);
+    assert_eq!(broker.config().publish_deadline(), minimum * 3 / 4);
+    broker
+        .publish(Topic::new("t"), &json!(1), Audience::Everyone)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

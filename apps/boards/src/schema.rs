@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
 use broker::{
     Audience, EventStream, Outbox, SubscriptionsOf, Topic, UserId, internal_error, listen,
-    principal, registering,
+    principal, publish_error, registering,
 };
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,7 @@ impl Mutation {
                 Audience::User(user.clone()),
             )
             .await
-            .map_err(internal_error)?;
+            .map_err(publish_error)?;
         Ok(board)
     }
 
@@ -120,7 +120,7 @@ impl Mutation {
         ctx.data::<Outbox>()?
             .publish(card_topic(&board.id), &card, Audience::User(user.clone()))
             .await
-            .map_err(internal_error)?;
+            .map_err(publish_error)?;
         Ok(card)
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
-use broker::{Audience, EventStream, Outbox, Topic, UserId, internal_error, listen, principal};
+use broker::{Audience, EventStream, Outbox, Topic, UserId, listen, principal, publish_error};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -107,7 +107,7 @@ impl Mutation {
         ctx.data::<Outbox>()?
             .publish(prices_topic(), &price, Audience::Everyone)
             .await
-            .map_err(internal_error)?;
+            .map_err(publish_error)?;
         Ok(price)
     }
 
@@ -127,7 +127,7 @@ impl Mutation {
         ctx.data::<Outbox>()?
             .publish(alerts_topic(&user), &alert, Audience::User(user.clone()))
             .await
-            .map_err(internal_error)?;
+            .map_err(publish_error)?;
         Ok(alert)
     }
 }
