@@ -84,6 +84,21 @@ impl Replay {
     }
 }
 
+/// The longest a cursor is taken for out of reach before the events after it leave the log:
+/// the time a replay has to read them.
+const REPLAY_MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// Whether the events right after a cursor of `cursor_ms` may be gone from the log by the
+/// time a replay begun at `now_ms` reads them. An event expires with the second it was
+/// published in (its `expires_at` is whole seconds), so those of the cursor's second go
+/// first, up to a second before `cursor_ms` plus the retention; a replay is given a tenth of
+/// the retention (at most [`REPLAY_MARGIN_MS`]) before that.
+fn out_of_reach(cursor_ms: u64, retention: std::time::Duration, now_ms: u64) -> bool {
+    let gone_at_ms = (cursor_ms / 1000 + retention.as_secs()).saturating_mul(1000);
+    let margin = (retention.as_millis() as u64 / 10).min(REPLAY_MARGIN_MS);
+    gone_at_ms <= now_ms.saturating_add(margin)
+}
+
 /// The lowest id a replay from `cursor` reads: `settle` before the cursor's time.
 fn last_before(cursor: &str, settle: u64) -> String {
     let ms = ulid_ms(cursor).unwrap_or_default();
@@ -108,9 +123,14 @@ pub(crate) fn cursor(request: &async_graphql::Request) -> Result<Option<String>,
     match ulid::Ulid::from_string(text) {
         // Canonical form: the log compares ids as strings.
         Ok(id) => Ok(Some(id.to_string())),
-        Err(_) => Err(format!(
-            "extensions.{RESUME_FROM} is not an event id: {text:?}"
-        )),
+        Err(_) => {
+            // Quoted back in part only: the client has the rest.
+            let start: String = text.chars().take(40).collect();
+            let more = if start.len() < text.len() { "…" } else { "" };
+            Err(format!(
+                "extensions.{RESUME_FROM} is not an event id: {start:?}{more}"
+            ))
+        }
     }
 }
 
@@ -123,9 +143,8 @@ impl Broker {
         cursor: String,
     ) -> Result<Option<Replay>, SessionError> {
         let started = now_ms();
-        let retention = self.config().event_retention.as_millis() as u64;
         let cursor_ms = ulid_ms(&cursor).unwrap_or_default();
-        if cursor_ms.saturating_add(retention) < started {
+        if out_of_reach(cursor_ms, self.config().event_retention, started) {
             self.resume_expired(subscription, "older than the event retention")
                 .await?;
             return Ok(None);
@@ -321,5 +340,29 @@ impl Broker {
             .protocol
             .next(&subscription.key.operation_id, &payload.to_string());
         self.post(&subscription.key.connection_id, &frame).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_cursor_is_out_of_reach_before_the_events_of_its_second_expire() {
+        let five = Duration::from_secs(5);
+        // 306 ms into second 100: that second's events leave the log at 105 s.
+        let cursor = 100_306;
+        assert!(!out_of_reach(cursor, five, cursor + 1_000));
+        // Inside the retention by the cursor's milliseconds, yet within the replay's margin
+        // (half a second, a tenth of the retention) of its second's expiry.
+        assert!(out_of_reach(cursor, five, cursor + 4_744));
+        assert!(out_of_reach(cursor, five, 104_500));
+        assert!(!out_of_reach(cursor, five, 104_499));
+        // A day's retention gives a replay five minutes, not a tenth of the day.
+        let day = Duration::from_secs(86_400);
+        let gone = (100 + 86_400) * 1000;
+        assert!(out_of_reach(cursor, day, gone - REPLAY_MARGIN_MS));
+        assert!(!out_of_reach(cursor, day, gone - REPLAY_MARGIN_MS - 1));
     }
 }

@@ -328,6 +328,29 @@ async fn the_local_gateway_reads_no_body_past_the_request_limit() {
     gateway.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_query_string_over_the_limit_is_a_414_and_the_servers_own_limit_comes_at_64_kb() {
+    let mut options = options(DeliveryMode::Stream);
+    options.broker.max_request_bytes = 16 * 1024;
+    let gateway = start(options).await;
+    let alice = token(&gateway, "alice");
+    let get = |length: usize| {
+        let query = format!("%7Bboards(x:%22{}%22)%7Bid%7D%7D", "x".repeat(length));
+        format!(
+            "GET /graphql?query={query} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {alice}\r\n\r\n"
+        )
+    };
+    // Over the request limit: the handler's 414, with a GraphQL error.
+    let answer = raw_request(gateway.addr(), get(17_000), b"").await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert!(answer.contains("over 16384 bytes"), "{answer}");
+    // Past 64 KB the HTTP server refuses the request line itself, whatever the limit.
+    let answer = raw_request(gateway.addr(), get(70_000), b"").await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert!(!answer.contains("errors"), "{answer}");
+    gateway.shutdown().await;
+}
+
 // The same rules on API Gateway's events, through the handler that runs on Lambda.
 
 fn body_json(reply: &ApiGatewayV2httpResponse) -> Value {

@@ -277,6 +277,56 @@ async fn a_cursor_older_than_the_retention_is_signalled_then_live_events_flow() 
 }
 
 #[tokio::test]
+async fn a_cursor_in_the_retentions_last_minutes_is_signalled_and_one_before_replays() {
+    // The events right after a cursor leave the log with its second: a cursor within the
+    // replay's margin (five minutes of a day's retention) of that is out of reach too.
+    let gateway = embedded(DeliveryMode::Stream).await;
+    let alice = token(&gateway, "alice");
+    let board = create_board(&gateway, &alice, "edge").await;
+    let day = 24 * 60 * 60 * 1000;
+    let now = broker::domain::now_ms();
+    let edge = ulid::Ulid::from_parts(now - day + 60_000, 7).to_string();
+    let inside = ulid::Ulid::from_parts(now - day + 10 * 60_000, 7).to_string();
+    let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
+    tab.send(subscribe_frame(
+        "graphql-transport-ws",
+        "edge",
+        &board,
+        Some(&edge),
+    ))
+    .await;
+    let signal = tab.recv().await.unwrap();
+    assert_eq!(
+        signal["payload"]["errors"][0]["extensions"]["code"], RESUME_EXPIRED,
+        "{signal}"
+    );
+    tab.send(subscribe_frame(
+        "graphql-transport-ws",
+        "inside",
+        &board,
+        Some(&inside),
+    ))
+    .await;
+    tab.sync().await;
+    add_card(&gateway, &alice, &board, "live").await;
+    // No signal for the cursor inside: each subscription gets just the live card.
+    let mut got: Vec<_> = Vec::new();
+    for _ in 0..2 {
+        let message = tab.recv().await.unwrap();
+        assert_eq!(message["type"], "next", "{message}");
+        assert_eq!(
+            message["payload"]["data"]["cardAdded"]["title"], "live",
+            "{message}"
+        );
+        got.push(message["id"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["edge", "inside"]);
+    tab.close().await;
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_cursor_that_is_not_an_event_id_is_a_graphql_error() {
     let gateway = embedded(DeliveryMode::Stream).await;
     let alice = token(&gateway, "alice");
