@@ -45,8 +45,9 @@ impl Local {
             .arg(format!("file:{}", file.display()))
             .env("JWT_SECRET", SECRET)
             .env("STREAM_POLL_INTERVAL_MS", "0")
-            // A publish gets 750 ms to store its event, fsync included.
-            .env("RESUME_SETTLE_MS", "1000")
+            // The default: a publish gets 1.5 s to store its event, fsync included, while
+            // 2,000 subscribers are being served.
+            .env("RESUME_SETTLE_MS", "2000")
             // The stream publisher delivers to every subscriber itself, event after event,
             // which keeps a topic's order (fan-out pages of different events run
             // concurrently, and order only by event id).

@@ -165,8 +165,8 @@ async fn start_local(addr: &str, file: &std::path::Path, mode: DeliveryMode) -> 
             },
         )
         .env("STREAM_POLL_INTERVAL_MS", "0")
-        // A publish gets 450 ms to store its event, fsync included.
-        .env("RESUME_SETTLE_MS", "600")
+        // A publish gets 750 ms to store its event, fsync included.
+        .env("RESUME_SETTLE_MS", "1000")
         .env("SOCKET_MAX_DURATION_SECS", "2")
         .env("SOCKET_IDLE_TIMEOUT_SECS", "1")
         .env("RUST_LOG", "warn")
