@@ -23,24 +23,26 @@ fn one_line(out: Vec<u8>) -> Value {
     line
 }
 
-#[tokio::test]
-async fn the_stream_publisher_emits_one_emf_line_per_batch() {
+/// A harness with one subscriber (the fixtures' connect, init and subscribe), and the batch
+/// `published` makes once it is subscribed, its events in the log as the stream would
+/// hand them over.
+async fn subscribed_with(published: impl FnOnce() -> StreamEvent) -> (Harness, StreamEvent) {
     let h = harness().await;
     for name in ["connect.json", "connection-init.json", "subscribe.json"] {
-        let request = fixture(name, &h.token);
-        assert_eq!(
-            websocket::handle(&h.broker, request)
-                .await
-                .unwrap()
-                .status_code,
-            200
-        );
+        let reply = websocket::handle(&h.broker, fixture(name, &h.token)).await;
+        assert_eq!(reply.unwrap().status_code, 200);
     }
-    let batch: StreamEvent = published_now(fixture("stream-batch.json", ""));
+    let batch = published();
     for record in &batch.records {
         let event = broker::aws::event_from_image(record.change.new_image.clone()).unwrap();
         h.broker.ports().events.append(&event).await.unwrap();
     }
+    (h, batch)
+}
+
+#[tokio::test]
+async fn the_stream_publisher_emits_one_emf_line_per_batch() {
+    let (h, batch) = subscribed_with(|| published_now(fixture("stream-batch.json", ""))).await;
     let mut out = Vec::new();
     let response = emit(
         "StreamPublisherFunction",
@@ -90,21 +92,14 @@ async fn the_stream_publisher_emits_one_emf_line_per_batch() {
 async fn an_event_stored_after_the_settle_time_is_counted_and_still_delivered() {
     // GIVEN a subscriber, and a batch whose first record was written 10 s after its event
     // was stamped (a publish that timed out, yet was stored)
-    let h = harness().await;
-    for name in ["connect.json", "connection-init.json", "subscribe.json"] {
-        let request = fixture(name, &h.token);
-        let reply = websocket::handle(&h.broker, request).await.unwrap();
-        assert_eq!(reply.status_code, 200);
-    }
-    let batch = published_now(fixture("stream-batch.json", ""));
-    let mut records = serde_json::to_value(&batch).unwrap();
-    records["Records"][0]["dynamodb"]["ApproximateCreationDateTime"] =
-        json!(broker::domain::now_secs() + 10);
-    let batch: StreamEvent = serde_json::from_value(records).unwrap();
-    for record in &batch.records {
-        let event = broker::aws::event_from_image(record.change.new_image.clone()).unwrap();
-        h.broker.ports().events.append(&event).await.unwrap();
-    }
+    let (h, batch) = subscribed_with(|| {
+        let batch = published_now(fixture("stream-batch.json", ""));
+        let mut records = serde_json::to_value(&batch).unwrap();
+        records["Records"][0]["dynamodb"]["ApproximateCreationDateTime"] =
+            json!(broker::domain::now_secs() + 10);
+        serde_json::from_value(records).unwrap()
+    })
+    .await;
     // WHEN the stream publisher handles it
     let mut out = Vec::new();
     let response = emit(

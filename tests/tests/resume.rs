@@ -397,21 +397,46 @@ async fn a_replay_is_authorised_like_live_delivery() {
     gateway.shutdown().await;
 }
 
-/// An event log whose appends of events titled "slow" take `delay`: a publisher that
-/// stamped its event before a subscription was stored and stores it after the resume's
-/// first read of the log.
-struct SlowAppends {
+/// How [`ScriptedLog`] appends.
+enum Appends {
+    /// Events titled "slow" take this long to store: a publisher that stamped its event
+    /// before a subscription was stored and stores it after the resume's first read.
+    SlowWhenTitledSlow(Duration),
+    /// Each event is stored, then answered as a conflict: what a retry gets from DynamoDB
+    /// when the answer to the attempt that stored the event was lost.
+    AnswerLost,
+}
+
+/// A memory event log whose appends behave as [`Appends`] says.
+struct ScriptedLog {
     inner: MemoryEventLog,
-    delay: Duration,
+    appends: Appends,
+}
+
+impl ScriptedLog {
+    fn new(appends: Appends) -> Self {
+        Self {
+            inner: MemoryEventLog::default(),
+            appends,
+        }
+    }
 }
 
 #[async_trait]
-impl EventLog for SlowAppends {
+impl EventLog for ScriptedLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {
-        if event.payload["title"] == "slow" {
-            tokio::time::sleep(self.delay).await;
+        match self.appends {
+            Appends::SlowWhenTitledSlow(delay) => {
+                if event.payload["title"] == "slow" {
+                    tokio::time::sleep(delay).await;
+                }
+                self.inner.append(event).await
+            }
+            Appends::AnswerLost => {
+                self.inner.append(event).await?;
+                Err(StoreError::Conflict(format!("event {} exists", event.id)))
+            }
         }
-        self.inner.append(event).await
     }
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
         self.inner.get(event).await
@@ -432,40 +457,11 @@ impl EventLog for SlowAppends {
     }
 }
 
-/// An event log whose every append is stored, then answered as a conflict: what a retry
-/// gets from DynamoDB when the answer to the attempt that stored the event was lost.
-struct AnswerLost(MemoryEventLog);
-
-#[async_trait]
-impl EventLog for AnswerLost {
-    async fn append(&self, event: &Event) -> Result<(), StoreError> {
-        self.0.append(event).await?;
-        Err(StoreError::Conflict(format!("event {} exists", event.id)))
-    }
-    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
-        self.0.get(event).await
-    }
-    async fn after(
-        &self,
-        topic: &Topic,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.0.after(topic, after, limit).await
-    }
-    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError> {
-        self.0.is_delivered(event).await
-    }
-    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
-        self.0.mark_delivered(event).await
-    }
-}
-
 #[tokio::test]
 async fn a_publish_whose_stored_attempt_lost_its_answer_succeeds() {
     // GIVEN a log that stores each event but answers its append as a conflict
     let broker = broker_on(
-        Arc::new(AnswerLost(MemoryEventLog::default())),
+        Arc::new(ScriptedLog::new(Appends::AnswerLost)),
         BrokerConfig::default(),
     );
     // WHEN an event is published
@@ -505,10 +501,8 @@ impl Raced {
         // skips (the slow event, stamped before the subscription) can only come from the
         // replay.
         let gateway = Arc::new(RecordingGateway::default());
-        let events: Arc<dyn EventLog> = Arc::new(SlowAppends {
-            inner: MemoryEventLog::default(),
-            delay: slow,
-        });
+        let events: Arc<dyn EventLog> =
+            Arc::new(ScriptedLog::new(Appends::SlowWhenTitledSlow(slow)));
         let ports = Ports {
             connections: Arc::new(MemoryConnectionStore::default()),
             subscriptions: stores(events.clone()),
