@@ -38,7 +38,7 @@ fn is_condition_failure(error: &SdkError<UpdateItemError>) -> bool {
 /// secondary index would only be eventually consistent: a `complete` or a disconnect
 /// arriving right after a `subscribe` still finds it. The table has no index, so a
 /// subscription costs no write beyond its two items and its connection's counter (see
-/// [`counter_partition`]), which makes the per-connection limit one conditional write.
+/// `counter_partition`), which makes the per-connection limit one conditional write.
 ///
 /// A `complete` that finds no subscription leaves a tombstone in the claim's place (a claim
 /// marked `completed`, with its expiry as `ttl`), and a closed connection an item in
