@@ -6,13 +6,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream;
 use serde::Serialize;
 
 use crate::domain::{
-    Audience, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId,
+    Audience, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId, now_ms,
 };
 use crate::graphql;
 use crate::ports::{FanoutPage, GatewayError, Hold, StoreError};
@@ -219,17 +220,31 @@ impl Broker {
         let by = event
             .published_ms()
             .saturating_add(deadline.as_millis() as u64);
-        match self.ports().events.append_by(event, by).await {
-            // A retried attempt finds what an attempt whose answer was lost stored: the
-            // same event (ids are this process's own), so it is stored, in time.
-            Err(StoreError::Conflict(_)) if self.stored_as_is(event).await? => Ok(()),
-            Err(StoreError::TooLate) => {
+        let error = match self.ports().events.append_by(event, by).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        // A write that failed may have stored the event all the same: a retry that found
+        // what an attempt whose answer was lost stored (a conflict: ids are this process's
+        // own), or an attempt that failed after storing it. Read back, within the deadline.
+        let stored = match error {
+            StoreError::TooLate => None,
+            _ => {
+                let left = Duration::from_millis(by.saturating_sub(now_ms()));
+                tokio::time::timeout(left, self.stored_as_is(event))
+                    .await
+                    .ok()
+            }
+        };
+        match stored {
+            Some(Ok(true)) if now_ms() <= by => Ok(()),
+            Some(Ok(false) | Err(_)) if !matches!(error, StoreError::TooLate) => Err(error.into()),
+            _ => {
                 let deadline_ms = deadline.as_millis() as u64;
-                tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms, "publish timed out");
+                tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms, %error, "publish timed out");
                 crate::metrics::record_publish_timeout();
                 Err(PublishError::TimedOut(deadline))
             }
-            other => other.map_err(Into::into),
         }
     }
 

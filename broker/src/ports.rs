@@ -211,28 +211,6 @@ pub trait SubscriptionStore: Send + Sync {
     async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError>;
 }
 
-/// Runs the write `write` makes, given the time left, and waits for it until `deadline_ms`
-/// (milliseconds since the epoch): [`StoreError::TooLate`] past it, and for an answer that
-/// came after it (a process polled late). The write may still happen after it.
-pub async fn by_deadline<F>(
-    deadline_ms: u64,
-    write: impl FnOnce(std::time::Duration) -> F,
-) -> Result<(), StoreError>
-where
-    F: std::future::Future<Output = Result<(), StoreError>>,
-{
-    let now = crate::domain::now_ms();
-    if now > deadline_ms {
-        return Err(StoreError::TooLate);
-    }
-    let left = std::time::Duration::from_millis(deadline_ms - now);
-    match tokio::time::timeout(left, write(left)).await {
-        Ok(Ok(())) if crate::domain::now_ms() > deadline_ms => Err(StoreError::TooLate),
-        Ok(written) => written,
-        Err(_) => Err(StoreError::TooLate),
-    }
-}
-
 /// The append-only log of published events (the events table; its stream drives delivery).
 #[async_trait]
 pub trait EventLog: Send + Sync {
@@ -245,7 +223,17 @@ pub trait EventLog: Send + Sync {
     /// that checks the deadline inside its write (the embedded file) stores nothing then.
     /// A wrapper of another log must forward this, or it falls back to stopping waiting.
     async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
-        by_deadline(deadline_ms, |_| self.append(event)).await
+        let now = crate::domain::now_ms();
+        if now > deadline_ms {
+            return Err(StoreError::TooLate);
+        }
+        let left = std::time::Duration::from_millis(deadline_ms - now);
+        match tokio::time::timeout(left, self.append(event)).await {
+            // Polled late (a starved process), the answer may be in after the deadline.
+            Ok(Ok(())) if crate::domain::now_ms() > deadline_ms => Err(StoreError::TooLate),
+            Ok(stored) => stored,
+            Err(_) => Err(StoreError::TooLate),
+        }
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError>;

@@ -405,6 +405,10 @@ enum Appends {
     /// Each event is stored, then answered as a conflict: what a retry gets from DynamoDB
     /// when the answer to the attempt that stored the event was lost.
     AnswerLost,
+    /// Each event is stored, then answered as a failure (a 500 after the write).
+    StoredThenFailed,
+    /// Nothing is stored: every append fails.
+    Failing,
 }
 
 /// A memory event log whose appends behave as [`Appends`] says.
@@ -436,6 +440,11 @@ impl EventLog for ScriptedLog {
                 self.inner.append(event).await?;
                 Err(StoreError::Conflict(format!("event {} exists", event.id)))
             }
+            Appends::StoredThenFailed => {
+                self.inner.append(event).await?;
+                Err(StoreError::backend("500 after the write"))
+            }
+            Appends::Failing => Err(StoreError::backend("unavailable")),
         }
     }
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
@@ -458,21 +467,38 @@ impl EventLog for ScriptedLog {
 }
 
 #[tokio::test]
-async fn a_publish_whose_stored_attempt_lost_its_answer_succeeds() {
-    // GIVEN a log that stores each event but answers its append as a conflict
+async fn a_publish_whose_write_failed_after_storing_its_event_succeeds() {
+    for appends in [Appends::AnswerLost, Appends::StoredThenFailed] {
+        // GIVEN a log that stores each event but answers its append as failed
+        let broker = broker_on(Arc::new(ScriptedLog::new(appends)), BrokerConfig::default());
+        // WHEN an event is published
+        let topic = Topic::new("t");
+        let published = broker
+            .publish(topic.clone(), &json!({"n": 1}), Audience::Everyone)
+            .await;
+        // THEN the publish succeeds: the log holds that very event
+        let event = published.unwrap();
+        let logged = broker.ports().events.after(&topic, "", 10).await.unwrap();
+        assert_eq!(logged, [event]);
+    }
+}
+
+#[tokio::test]
+async fn a_publish_whose_write_failed_without_storing_is_an_error_not_a_timeout() {
     let broker = broker_on(
-        Arc::new(ScriptedLog::new(Appends::AnswerLost)),
+        Arc::new(ScriptedLog::new(Appends::Failing)),
         BrokerConfig::default(),
     );
-    // WHEN an event is published
-    let topic = Topic::new("t");
-    let published = broker
-        .publish(topic.clone(), &json!({"n": 1}), Audience::Everyone)
+    let result = broker
+        .publish(Topic::new("t"), &json!({"n": 1}), Audience::Everyone)
         .await;
-    // THEN the publish succeeds: the log holds that very event
-    let event = published.unwrap();
-    let logged = broker.ports().events.after(&topic, "", 10).await.unwrap();
-    assert_eq!(logged, [event]);
+    assert!(
+        matches!(
+            result,
+            Err(broker::PublishError::Store(StoreError::Backend { .. }))
+        ),
+        "{result:?}"
+    );
 }
 
 /// A broker in direct mode on an event log whose "slow" events take `slow` to store, a board

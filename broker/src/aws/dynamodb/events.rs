@@ -5,12 +5,9 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::records::EventItem;
-use super::{Item, backend, from_item, put_new_within, string, to_item};
+use super::{Item, backend, from_item, put_new, string, to_item};
 use crate::domain::{Event, EventRef, Topic, now_secs};
-use crate::ports::{EventLog, StoreError, by_deadline};
-
-/// The shortest attempt an append with a deadline gives one PutItem.
-const MIN_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+use crate::ports::{EventLog, StoreError};
 
 /// [`EventLog`] on the events table, whose stream (`NEW_IMAGE`) drives delivery.
 #[derive(Clone, Debug)]
@@ -29,24 +26,6 @@ impl DynamoDbEventLog {
 
     pub fn table(&self) -> &str {
         &self.table
-    }
-
-    async fn put(
-        &self,
-        event: &Event,
-        attempt_timeout: Option<std::time::Duration>,
-    ) -> Result<(), StoreError> {
-        let item = to_item(&EventItem::try_from(event)?)?;
-        let conflict = || format!("event {} exists", event.id);
-        put_new_within(
-            &self.client,
-            &self.table,
-            item,
-            "eventId",
-            conflict,
-            attempt_timeout,
-        )
-        .await
     }
 
     fn key(event: &EventRef) -> Item {
@@ -75,14 +54,9 @@ pub fn event_to_image(event: &Event) -> Result<Item, StoreError> {
 #[async_trait]
 impl EventLog for DynamoDbEventLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {
-        self.put(event, None).await
-    }
-
-    /// Each attempt gets a third of the time left, so that one stuck attempt (a dead
-    /// connection) leaves room for a retry before the deadline.
-    async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
-        by_deadline(deadline_ms, |left| {
-            self.put(event, Some((left / 3).max(MIN_ATTEMPT_TIMEOUT)))
+        let item = to_item(&EventItem::try_from(event)?)?;
+        put_new(&self.client, &self.table, item, "eventId", || {
+            format!("event {} exists", event.id)
         })
         .await
     }

@@ -75,38 +75,14 @@ pub async fn put_new(
     key_attribute: &str,
     conflict: impl FnOnce() -> String,
 ) -> Result<(), StoreError> {
-    put_new_within(client, table, item, key_attribute, conflict, None).await
-}
-
-/// [`put_new`], each attempt given `attempt_timeout` when set (in place of the client's).
-pub async fn put_new_within(
-    client: &Client,
-    table: &str,
-    item: Item,
-    key_attribute: &str,
-    conflict: impl FnOnce() -> String,
-    attempt_timeout: Option<std::time::Duration>,
-) -> Result<(), StoreError> {
-    let put = client
+    let result = client
         .put_item()
         .table_name(table)
         .set_item(Some(item))
         .condition_expression("attribute_not_exists(#key)")
-        .expression_attribute_names("#key", key_attribute);
-    let result = match attempt_timeout {
-        None => put.send().await,
-        Some(timeout) => {
-            let timeouts = aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(timeout)
-                .build();
-            put.customize()
-                .config_override(
-                    aws_sdk_dynamodb::config::Builder::default().timeout_config(timeouts),
-                )
-                .send()
-                .await
-        }
-    };
+        .expression_attribute_names("#key", key_attribute)
+        .send()
+        .await;
     match result {
         Ok(_) => Ok(()),
         Err(error)
