@@ -30,7 +30,7 @@ pub enum PublishError {
     /// stamp, and the broker delivered nothing. A remote log may still store it later (in
     /// stream mode it is then delivered late). What the mutation saved before publishing
     /// stays saved: publishing again makes another event, with a new id.
-    #[error("the event was not stored within {} ms and was not delivered; it may still be stored later", .0.as_millis())]
+    #[error("the event was not stored within {} ms; it may still be stored, and then reach subscribers late", .0.as_millis())]
     TimedOut(std::time::Duration),
 }
 
