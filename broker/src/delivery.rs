@@ -13,7 +13,7 @@ use futures_util::stream;
 use serde::Serialize;
 
 use crate::domain::{
-    Audience, ConnectionId, Event, EventRef, Subscription, SubscriptionKey, Topic, UserId, now_ms,
+    Audience, ConnectionId, Event, Subscription, SubscriptionKey, Topic, UserId, now_ms,
 };
 use crate::graphql;
 use crate::ports::{FanoutPage, GatewayError, Hold, StoreError};
@@ -31,7 +31,7 @@ pub enum PublishError {
     /// stream mode it is then delivered late). What the mutation saved before publishing
     /// stays saved: publishing again makes another event, with a new id.
     #[error("the event was not stored within {} ms; it may still be stored, and then reach subscribers late", .0.as_millis())]
-    TimedOut(std::time::Duration),
+    TimedOut(Duration),
 }
 
 /// The `extensions.code` of the GraphQL error for a publish that timed out
@@ -226,35 +226,26 @@ impl Broker {
         };
         // A write that failed may have stored the event all the same: a retry that found
         // what an attempt whose answer was lost stored (a conflict: ids are this process's
-        // own), or an attempt that failed after storing it. Read back, within the deadline.
-        let stored = match error {
-            StoreError::TooLate => None,
-            _ => {
-                let left = Duration::from_millis(by.saturating_sub(now_ms()));
-                tokio::time::timeout(left, self.stored_as_is(event))
-                    .await
-                    .ok()
-            }
-        };
-        match stored {
-            Some(Ok(true)) if now_ms() <= by => Ok(()),
-            Some(Ok(false) | Err(_)) if !matches!(error, StoreError::TooLate) => Err(error.into()),
-            _ => {
-                let deadline_ms = deadline.as_millis() as u64;
-                tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms, %error, "publish timed out");
-                crate::metrics::record_publish_timeout();
-                Err(PublishError::TimedOut(deadline))
+        // own), or an attempt that failed after storing it. Read back, within the deadline;
+        // stored late or not known in time, it timed out.
+        if !matches!(error, StoreError::TooLate) {
+            let left = Duration::from_millis(by.saturating_sub(now_ms()));
+            match tokio::time::timeout(left, self.stored_as_is(event)).await {
+                Ok(Ok(true)) if now_ms() <= by => return Ok(()),
+                Ok(Ok(false) | Err(_)) => return Err(error.into()),
+                _ => {}
             }
         }
+        let deadline_ms = deadline.as_millis() as u64;
+        tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms, %error, "publish timed out");
+        crate::metrics::record_publish_timeout();
+        Err(PublishError::TimedOut(deadline))
     }
 
     /// Whether the log holds `event` exactly as it is.
     async fn stored_as_is(&self, event: &Event) -> Result<bool, StoreError> {
-        let reference = EventRef {
-            topic: event.topic.clone(),
-            event_id: event.id.clone(),
-        };
-        Ok(self.ports().events.get(&reference).await?.as_ref() == Some(event))
+        let stored = self.ports().events.get(&event.reference()).await?;
+        Ok(stored.as_ref() == Some(event))
     }
 
     /// Delivers one event from the log (the stream publisher's job). Above the fan-out
@@ -275,10 +266,7 @@ impl Broker {
         event: Event,
         read: &mut TopicRead,
     ) -> Result<DeliveryReport, StoreError> {
-        let reference = EventRef {
-            topic: event.topic.clone(),
-            event_id: event.id.clone(),
-        };
+        let reference = event.reference();
         if event.direct {
             return Ok(DeliveryReport::default());
         }

@@ -189,6 +189,14 @@ pub struct Event {
 }
 
 impl Event {
+    /// Where the log keeps this event.
+    pub fn reference(&self) -> EventRef {
+        EventRef {
+            topic: self.topic.clone(),
+            event_id: self.id.clone(),
+        }
+    }
+
     pub fn new(topic: Topic, payload: serde_json::Value, audience: Audience) -> Self {
         // One clock reading for both: the id's time is the publication time, which is what
         // a resume pages by.

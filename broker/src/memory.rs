@@ -708,10 +708,7 @@ mod tests {
     use super::*;
 
     fn reference(event: &Event) -> EventRef {
-        EventRef {
-            topic: event.topic.clone(),
-            event_id: event.id.clone(),
-        }
+        event.reference()
     }
 
     fn event(topic: &str, expires_at: u64) -> Event {

@@ -3,7 +3,7 @@
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use broker::aws::event_from_image;
-use broker::{Broker, Event, EventRef, Topic, TopicRead};
+use broker::{Broker, Event, Topic, TopicRead};
 use futures_util::StreamExt;
 use futures_util::stream;
 
@@ -107,10 +107,7 @@ async fn deliver(
         && !broker
             .ports()
             .events
-            .is_delivered(&EventRef {
-                topic: event.topic.clone(),
-                event_id: id.clone(),
-            })
+            .is_delivered(&event.reference())
             .await
             .map_err(|e| e.to_string())?
     {
