@@ -14,10 +14,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::Broker;
-use crate::delivery::PublishError;
 use crate::domain::{Audience, Event, Topic};
 use crate::graphql::GraphqlExecutor;
 use crate::hooks::Hooks;
+use crate::publish::PublishError;
 
 /// An app's schema, as the broker runs it: any `async_graphql::Schema` converts into one
 /// (`schema.into()`).

@@ -119,19 +119,6 @@ pub fn internal_error(error: impl std::fmt::Display) -> async_graphql::Error {
     async_graphql::Error::new(format!("internal error (reference {reference})"))
 }
 
-/// The GraphQL error for a publish that failed: [`internal_error`], except a publish that
-/// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): what the
-/// mutation saved is saved, but its subscribers were not told, so the client should
-/// re-query rather than count on the event.
-pub fn publish_error(error: crate::PublishError) -> async_graphql::Error {
-    use async_graphql::ErrorExtensions;
-    match error {
-        crate::PublishError::TimedOut(_) => async_graphql::Error::new(error.to_string())
-            .extend_with(|_, e| e.set("code", crate::delivery::PUBLISH_TIMEOUT)),
-        other => internal_error(other),
-    }
-}
-
 /// The roles the caller's token granted (its `roles` claim). Present on requests made over
 /// HTTP, where each request carries its token; an operation sent over a WebSocket has none.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

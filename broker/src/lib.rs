@@ -143,7 +143,8 @@ pub mod memory;
 pub mod metrics;
 pub mod ports;
 pub mod protocol;
-pub mod resume;
+pub mod publish;
+mod push;
 pub mod session;
 pub mod unsubscribe;
 
@@ -153,14 +154,14 @@ pub use auth::{AuthConfig, Authenticator, Identity};
 pub use broker::{Broker, Ports};
 pub use config::{BrokerConfig, DeliveryMode, MIN_RESUME_SETTLE_MS};
 pub use cost::{CostError, CostLimits};
-pub use delivery::{DeliveryReport, PUBLISH_TIMEOUT, PublishError, TopicRead};
+pub use delivery::{DeliveryReport, TopicRead};
 pub use domain::{
     Audience, Connection, ConnectionId, Event, EventRef, Principal, Subscription, SubscriptionKey,
     Topic, UserId,
 };
 pub use graphql::{
     EventStream, GraphqlExecutor, Prevalidation, Roles, has_role, internal_error, listen,
-    principal, publish_error, registering,
+    principal, registering,
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use ports::{
@@ -168,5 +169,6 @@ pub use ports::{
     Hold, Inserted, StoreError, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};
-pub use session::ConnectOutcome;
+pub use publish::{PUBLISH_TIMEOUT, PublishError, publish_error};
+pub use session::{ConnectOutcome, resume};
 pub use unsubscribe::SubscriptionsOf;

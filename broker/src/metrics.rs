@@ -17,7 +17,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::DeliveryReport;
+use crate::delivery::{Counters, DeliveryReport};
 use crate::domain::now_ms;
 
 /// The CloudWatch namespace when `METRICS_NAMESPACE` is not set.
@@ -31,14 +31,8 @@ pub const MAX_AGE_VALUES: usize = 100;
 pub struct InvocationMetrics {
     /// Reports recorded: zero when the invocation delivered nothing and emits nothing.
     pub reports: usize,
-    pub delivered: usize,
-    pub filtered: usize,
-    pub refused: usize,
-    pub gone: usize,
-    pub dropped: usize,
-    pub too_large: usize,
-    pub failed: usize,
-    pub pages_enqueued: usize,
+    /// The sum of the reports' counts.
+    pub counts: Counters,
     /// Publishes that failed because the event was not stored within the deadline
     /// ([`crate::BrokerConfig::publish_deadline`]).
     pub publish_timeouts: usize,
@@ -55,14 +49,7 @@ impl InvocationMetrics {
     /// delivered anything.
     pub fn add(&mut self, report: &DeliveryReport, created_at_ms: Option<u64>) {
         self.reports += 1;
-        self.delivered += report.delivered;
-        self.filtered += report.filtered;
-        self.refused += report.refused;
-        self.gone += report.gone;
-        self.dropped += report.dropped;
-        self.too_large += report.too_large;
-        self.failed += report.failed;
-        self.pages_enqueued += report.pages_enqueued;
+        self.counts.add(&report.counts);
         if let Some(created) = created_at_ms
             && report.delivered > 0
             && self.event_age_ms.len() < MAX_AGE_VALUES
@@ -77,39 +64,27 @@ impl InvocationMetrics {
             name,
             unit: "Count",
         };
+        let metrics = Counters::METRICS
+            .iter()
+            .copied()
+            .map(count)
+            .chain([count("PublishTimeouts"), count("LateStores")])
+            .chain([MetricDefinition {
+                name: "EventAge",
+                unit: "Milliseconds",
+            }])
+            .collect();
         let document = EmfDocument {
             aws: EmfMetadata {
                 timestamp: timestamp_ms,
                 cloudwatch_metrics: [MetricDirective {
                     namespace,
                     dimensions: [["Function"]],
-                    metrics: vec![
-                        count("Deliveries"),
-                        count("Filtered"),
-                        count("Refused"),
-                        count("Gone"),
-                        count("Dropped"),
-                        count("TooLarge"),
-                        count("Failed"),
-                        count("FanoutPages"),
-                        count("PublishTimeouts"),
-                        count("LateStores"),
-                        MetricDefinition {
-                            name: "EventAge",
-                            unit: "Milliseconds",
-                        },
-                    ],
+                    metrics,
                 }],
             },
             function,
-            deliveries: self.delivered,
-            filtered: self.filtered,
-            refused: self.refused,
-            gone: self.gone,
-            dropped: self.dropped,
-            too_large: self.too_large,
-            failed: self.failed,
-            fanout_pages: self.pages_enqueued,
+            counts: self.counts.metrics().collect(),
             publish_timeouts: self.publish_timeouts,
             late_stores: self.late_stores,
             event_age: &self.event_age_ms,
@@ -140,22 +115,9 @@ struct EmfDocument<'a> {
     aws: EmfMetadata<'a>,
     #[serde(rename = "Function")]
     function: &'a str,
-    #[serde(rename = "Deliveries")]
-    deliveries: usize,
-    #[serde(rename = "Filtered")]
-    filtered: usize,
-    #[serde(rename = "Refused")]
-    refused: usize,
-    #[serde(rename = "Gone")]
-    gone: usize,
-    #[serde(rename = "Dropped")]
-    dropped: usize,
-    #[serde(rename = "TooLarge")]
-    too_large: usize,
-    #[serde(rename = "Failed")]
-    failed: usize,
-    #[serde(rename = "FanoutPages")]
-    fanout_pages: usize,
+    /// Each counter under its metric's name.
+    #[serde(flatten)]
+    counts: std::collections::BTreeMap<&'static str, usize>,
     #[serde(rename = "PublishTimeouts")]
     publish_timeouts: usize,
     #[serde(rename = "LateStores")]
@@ -249,21 +211,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_invocation_sums_its_reports_into_one_emf_object() {
-        let report = DeliveryReport {
+        let report = DeliveryReport::of(Counters {
             delivered: 3,
             filtered: 1,
             gone: 2,
             ..Default::default()
-        };
+        });
         let mut out = Vec::new();
         emit("Test", &mut out, async {
             record(&report, Some(now_ms() - 50));
             record(
-                &DeliveryReport {
+                &DeliveryReport::of(Counters {
                     failed: 1,
                     pages_enqueued: 2,
+                    held: 1,
                     ..Default::default()
-                },
+                }),
                 None,
             );
         })
@@ -288,6 +251,7 @@ mod tests {
         assert_eq!(v["Gone"], 2);
         assert_eq!(v["Failed"], 1);
         assert_eq!(v["FanoutPages"], 2);
+        assert_eq!(v["Held"], 1);
         let ages = v["EventAge"].as_array().unwrap();
         assert_eq!(ages.len(), 1);
         assert!(ages[0].as_u64().unwrap() >= 50);

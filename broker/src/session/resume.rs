@@ -29,12 +29,18 @@
 //! read, each read in id order. An event of the hand-over's instant may arrive twice,
 //! replayed and live, with the same id; none is missed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::Broker;
 use crate::domain::{Event, Subscription, now_ms, ulid_ms};
-use crate::ports::HandOver;
+use futures_util::StreamExt;
+use futures_util::stream;
+
+use crate::delivery::DeliveryReport;
+use crate::domain::SubscriptionKey;
+use crate::ports::{HandOver, Hold, StoreError};
+use crate::protocol::CloseCode;
 use crate::session::SessionError;
 
 /// The `extensions` key a client puts its last event id under.
@@ -340,6 +346,72 @@ impl Broker {
             .protocol
             .next(&subscription.key.operation_id, &payload.to_string());
         self.post(&subscription.key.connection_id, &frame).await
+    }
+}
+
+impl Broker {
+    /// Leaves out of `admitted` the subscriptions whose resume is still replaying: the event
+    /// is held back from each ([`crate::SubscriptionStore::hold`]), and its replay, which
+    /// reads the log once more before it hands over, sends it. A replay that ran out of time
+    /// without handing over may not have sent what it held: its connection is closed, so
+    /// that the client resumes again instead of living with a gap.
+    pub(crate) async fn hold_back_from_replays<'s>(
+        &self,
+        admitted: Vec<&'s Subscription>,
+        report: &mut DeliveryReport,
+    ) -> Vec<&'s Subscription> {
+        if admitted.iter().all(|s| s.replaying_until_ms == 0) {
+            return admitted;
+        }
+        // Owned: the concurrent holds' futures borrow nothing of the caller's.
+        let replaying: Vec<Subscription> = admitted
+            .iter()
+            .filter(|s| s.replaying_until_ms != 0)
+            .map(|s| (*s).clone())
+            .collect();
+        let store = self.ports().subscriptions.clone();
+        let holds: HashMap<SubscriptionKey, Result<Hold, StoreError>> = stream::iter(replaying)
+            .map(|s| {
+                let store = store.clone();
+                async move {
+                    let hold = store.hold(&s).await;
+                    (s.key, hold)
+                }
+            })
+            .buffer_unordered(self.config().post_concurrency.max(1))
+            .collect()
+            .await;
+        let mut live = Vec::with_capacity(admitted.len());
+        for s in admitted {
+            match holds.get(&s.key) {
+                None | Some(Ok(Hold::Live)) => live.push(s),
+                Some(Ok(Hold::Held)) => report.held += 1,
+                // Its replay is lost, or the event cannot be held for it: the client resumes
+                // again, and the event is not failed (nor retried) for everyone else.
+                Some(Ok(Hold::Abandoned)) => {
+                    tracing::warn!(subscription = %s.key.encode(), "a resume never handed over; closing");
+                    self.close_for_a_new_resume(s).await;
+                    report.gone += 1;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(subscription = %s.key.encode(), %error, "holding an event back failed; closing");
+                    self.close_for_a_new_resume(s).await;
+                    report.gone += 1;
+                }
+            }
+        }
+        live
+    }
+
+    async fn close_for_a_new_resume(&self, s: &Subscription) {
+        let connection = &s.key.connection_id;
+        let reason = "the resume did not finish; resume again";
+        if let Err(error) = self
+            .close(connection, CloseCode::InternalError, reason)
+            .await
+        {
+            tracing::warn!(%connection, %error, "closing after a lost resume failed");
+        }
     }
 }
 

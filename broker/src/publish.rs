@@ -1,0 +1,117 @@
+//! Publishing: an event is stamped, stored in the log within its deadline, and (in direct
+//! mode) delivered before the publish returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::domain::{Audience, Event, Topic, now_ms};
+use crate::graphql::internal_error;
+use crate::ports::StoreError;
+use crate::{Broker, DeliveryMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("event payload is not JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The event was not stored within [`crate::BrokerConfig::publish_deadline`] of its
+    /// stamp, and the broker delivered nothing. A remote log may still store it later (in
+    /// stream mode it is then delivered late). What the mutation saved before publishing
+    /// stays saved: publishing again makes another event, with a new id.
+    #[error("the event was not stored within {} ms; it may still be stored, and then reach subscribers late", .0.as_millis())]
+    TimedOut(Duration),
+}
+
+/// The `extensions.code` of the GraphQL error for a publish that timed out
+/// ([`PublishError::TimedOut`], through [`crate::publish_error`]).
+pub const PUBLISH_TIMEOUT: &str = "PUBLISH_TIMEOUT";
+
+/// The GraphQL error for a publish that failed: [`internal_error`], except a publish that
+/// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): what the
+/// mutation saved is saved, but its subscribers were not told, so the client should
+/// re-query rather than count on the event.
+pub fn publish_error(error: PublishError) -> async_graphql::Error {
+    use async_graphql::ErrorExtensions;
+    match error {
+        PublishError::TimedOut(_) => async_graphql::Error::new(error.to_string())
+            .extend_with(|_, e| e.set("code", PUBLISH_TIMEOUT)),
+        other => internal_error(other),
+    }
+}
+
+impl Broker {
+    /// Publishes a change. In stream mode it is appended to the event log and this returns;
+    /// in direct mode it is delivered to every subscriber before this returns (and posts that
+    /// fail are logged, not retried).
+    /// Backends and other services publish through this too.
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        payload: &impl Serialize,
+        audience: Audience,
+    ) -> Result<Event, PublishError> {
+        let mut event = Event::new(topic, serde_json::to_value(payload)?, audience);
+        event.expires_at = event.published_at_ms / 1000 + self.config().event_retention.as_secs();
+        match self.config().delivery_mode {
+            DeliveryMode::Stream => self.append_in_time(&event).await?,
+            DeliveryMode::Direct => {
+                // Logged first, marked as delivered here: a subscriber that misses it can
+                // resume from the log, and the stream publisher leaves it alone.
+                event.direct = true;
+                self.append_in_time(&event).await?;
+                let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
+                let report = self
+                    .deliver_to(Arc::new(event.clone()), &subscriptions)
+                    .await;
+                crate::metrics::record(&report, Some(event.published_at_ms));
+                // The change is saved whatever happens to its delivery: failing the mutation
+                // now would only make the client retry it. Nothing retries direct delivery,
+                // which is the trade-off of this mode; the log says what was lost.
+                if !report.is_complete() {
+                    tracing::warn!(event = %event.id, failed = report.failed, "direct delivery incomplete");
+                }
+            }
+        }
+        Ok(event)
+    }
+
+    /// Stores `event` in the log within the publish deadline from its stamp, or fails: a
+    /// resume reads the log once more `resume_settle` after its subscription was stored,
+    /// and an event stored later than that after its stamp could sort before the place
+    /// that read started from.
+    async fn append_in_time(&self, event: &Event) -> Result<(), PublishError> {
+        let deadline = self.config().publish_deadline();
+        let by = event
+            .published_ms()
+            .saturating_add(deadline.as_millis() as u64);
+        let error = match self.ports().events.append_by(event, by).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        // A write that failed may have stored the event all the same: a retry that found
+        // what an attempt whose answer was lost stored (a conflict: ids are this process's
+        // own), or an attempt that failed after storing it. Read back, within the deadline;
+        // stored late or not known in time, it timed out.
+        if !matches!(error, StoreError::TooLate) {
+            let left = Duration::from_millis(by.saturating_sub(now_ms()));
+            match tokio::time::timeout(left, self.stored_as_is(event)).await {
+                Ok(Ok(true)) if now_ms() <= by => return Ok(()),
+                Ok(Ok(false) | Err(_)) => return Err(error.into()),
+                _ => {}
+            }
+        }
+        let deadline_ms = deadline.as_millis() as u64;
+        tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms, %error, "publish timed out");
+        crate::metrics::record_publish_timeout();
+        Err(PublishError::TimedOut(deadline))
+    }
+
+    /// Whether the log holds `event` exactly as it is.
+    async fn stored_as_is(&self, event: &Event) -> Result<bool, StoreError> {
+        let stored = self.ports().events.get(&event.reference()).await?;
+        Ok(stored.as_ref() == Some(event))
+    }
+}
