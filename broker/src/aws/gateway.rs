@@ -11,6 +11,7 @@ use aws_sdk_apigatewaymanagement::config::http::HttpResponse;
 use aws_sdk_apigatewaymanagement::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 
+use super::answer::{Failure, classify_answer};
 use super::config::optional_var;
 use super::error::AwsCallError;
 use super::retry::RetryPolicy;
@@ -76,32 +77,6 @@ pub struct ApiGatewayConnectionGateway {
     /// Posts without the SDK client, when chosen.
     signed: Option<Arc<SignedPoster>>,
 }
-
-/// How a failed call is handled.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Failure {
-    Gone,
-    /// Throttled or a server error: worth another try after a pause.
-    Transient,
-    /// A client error about this request (403 Forbidden, 413 Payload Too Large, …): the
-    /// same frame to the same connection would be refused again.
-    Rejected,
-    /// Anything else (no answer, or the caller's own credentials refused): not retried
-    /// here, but a later attempt may succeed, so the caller hears a backend failure.
-    Failed,
-}
-
-/// Client errors about the caller rather than the request: expired or wrong credentials,
-/// a role without `execute-api:ManageConnections`. Every post fails alike until the
-/// configuration is fixed, so they must not pass for one connection refusing one frame.
-const CALLER_ERRORS: &[&str] = &[
-    "AccessDeniedException",
-    "ExpiredTokenException",
-    "IncompleteSignatureException",
-    "InvalidSignatureException",
-    "MissingAuthenticationTokenException",
-    "UnrecognizedClientException",
-];
 
 impl ApiGatewayConnectionGateway {
     /// A gateway on `client` alone: it posts through the SDK client too.
@@ -190,29 +165,6 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failu
     )
 }
 
-/// Sorts a failure by the HTTP status of the answer (none when the call got none) and the
-/// error code. The status alone decides where a gateway answers without API Gateway's
-/// error type.
-pub(super) fn classify_answer(status: Option<u16>, code: Option<&str>) -> Failure {
-    if status == Some(410) || code == Some("GoneException") {
-        Failure::Gone
-    } else if matches!(status, Some(408 | 429))
-        || status.is_some_and(|s| s >= 500)
-        || matches!(
-            code,
-            Some("LimitExceededException" | "ThrottlingException" | "TooManyRequestsException")
-        )
-    {
-        Failure::Transient
-    } else if code.is_some_and(|c| CALLER_ERRORS.contains(&c)) {
-        Failure::Failed
-    } else if status.is_some_and(|s| (400..500).contains(&s)) {
-        Failure::Rejected
-    } else {
-        Failure::Failed
-    }
-}
-
 /// The reason as a header value: printable ASCII only (anything else becomes `?`), cut to
 /// what a close frame can carry.
 fn header_safe_reason(reason: &str) -> String {
@@ -287,39 +239,6 @@ mod tests {
         );
         assert_eq!(header_safe_reason("bad\nline é"), "bad?line ?");
         assert_eq!(header_safe_reason(&"x".repeat(500)).len(), MAX_CLOSE_REASON);
-    }
-
-    #[test]
-    fn failures_are_sorted_by_status_and_code() {
-        assert_eq!(classify_answer(Some(410), None), Failure::Gone);
-        assert_eq!(
-            classify_answer(Some(404), Some("GoneException")),
-            Failure::Gone
-        );
-        for status in [408, 429, 500, 502, 503] {
-            assert_eq!(classify_answer(Some(status), None), Failure::Transient);
-        }
-        assert_eq!(
-            classify_answer(Some(400), Some("LimitExceededException")),
-            Failure::Transient
-        );
-        for status in [400, 403, 404, 413] {
-            assert_eq!(classify_answer(Some(status), None), Failure::Rejected);
-        }
-        assert_eq!(
-            classify_answer(Some(403), Some("ForbiddenException")),
-            Failure::Rejected
-        );
-        assert_eq!(
-            classify_answer(Some(403), Some("AccessDeniedException")),
-            Failure::Failed
-        );
-        assert_eq!(
-            classify_answer(Some(403), Some("ExpiredTokenException")),
-            Failure::Failed
-        );
-        // No answer at all: a connection or timeout failure.
-        assert_eq!(classify_answer(None, None), Failure::Failed);
     }
 
     #[test]

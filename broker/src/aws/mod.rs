@@ -21,6 +21,7 @@
 //! Expired items (`ttl <= now`) are filtered on every read: DynamoDB deletes them lazily
 //! (often within two days) and emulators never do.
 
+mod answer;
 mod config;
 pub mod dynamodb;
 mod error;

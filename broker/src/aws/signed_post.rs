@@ -26,9 +26,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::answer::{Failure, classify_answer};
 use super::config::{ATTEMPT_TIMEOUT, CONNECT_TIMEOUT};
 use super::error::AwsCallError;
-use super::gateway::{Failure, classify_answer};
 use super::retry::RetryPolicy;
 use crate::domain::ConnectionId;
 use crate::ports::GatewayError;
