@@ -7,17 +7,13 @@
 //! the app as a value; the broker itself names no app.
 //!
 //! Resolvers reach the broker through the request data: [`crate::principal`] (who is asking),
-//! [`crate::listen`] (what a subscription listens to) and [`Outbox`] (publishing a change).
+//! [`crate::listen`] (what a subscription listens to) and [`crate::Outbox`] (publishing a change).
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
-use crate::Broker;
-use crate::domain::{Audience, Event, Topic};
+use crate::config::ConfigError;
 use crate::graphql::GraphqlExecutor;
 use crate::hooks::Hooks;
-use crate::publish::PublishError;
 
 /// An app's schema, as the broker runs it: any `async_graphql::Schema` converts into one
 /// (`schema.into()`).
@@ -66,7 +62,7 @@ pub trait App: Send + Sync + 'static {
     fn schema(&self, storage: &Storage) -> Result<AppSchema, ConfigError>;
 
     /// The app's lifecycle hooks (connect, init, subscribe, complete, disconnect), none by
-    /// default. Every process that runs the app installs them ([`Broker::with_app_hooks`]).
+    /// default. Every process that runs the app installs them ([`crate::Broker::with_app_hooks`]).
     fn hooks(&self) -> Option<Arc<dyn Hooks>> {
         None
     }
@@ -164,59 +160,5 @@ impl IndexSpec {
     pub fn sort_key(mut self, sort_key: &'static str) -> Self {
         self.sort_key = Some(sort_key);
         self
-    }
-}
-
-/// Configuration that cannot work: a variable missing or malformed, a storage an app cannot
-/// use. Raised at start, before anything is served.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("environment variable {0} is not set")]
-    Missing(String),
-    #[error("{name}={value:?}: {reason}")]
-    Invalid {
-        name: String,
-        value: String,
-        reason: String,
-    },
-    #[error("this app cannot keep its data in {0}")]
-    UnsupportedStorage(&'static str),
-    #[error("the app has no table named {0:?}")]
-    UnknownTable(String),
-    #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
-}
-
-/// The handle resolvers publish changes with: `ctx.data::<Outbox>()?.publish(...)`.
-///
-/// In stream mode a published change is appended to the event log and the stream publisher
-/// delivers it later; in direct mode it is delivered before `publish` returns.
-#[derive(Clone)]
-pub struct Outbox {
-    broker: Broker,
-}
-
-impl Outbox {
-    pub(crate) fn new(broker: Broker) -> Self {
-        Self { broker }
-    }
-
-    /// Publishes `payload` on `topic` for `audience`: see [`Broker::publish`].
-    pub async fn publish(
-        &self,
-        topic: Topic,
-        payload: &impl Serialize,
-        audience: Audience,
-    ) -> Result<Event, PublishError> {
-        self.broker.publish(topic, payload, audience).await
-    }
-
-    /// Ends subscriptions (a deleted board's, a user's who lost access): see
-    /// [`Broker::end_subscriptions`].
-    pub async fn end_subscriptions(
-        &self,
-        which: crate::SubscriptionsOf,
-    ) -> Result<usize, crate::StoreError> {
-        self.broker.end_subscriptions(which).await
     }
 }

@@ -434,6 +434,12 @@ pub fn token_from_init_payload(payload: Option<&Value>) -> Option<&str> {
         .and_then(strip_bearer)
 }
 
+impl From<AuthError> for crate::ConfigError {
+    fn from(error: AuthError) -> Self {
+        Self::Auth(Box::new(error))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

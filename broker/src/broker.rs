@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_graphql::parser::types::OperationType;
 
-use crate::app::{App, AppSchema, Outbox};
+use crate::app::{App, AppSchema};
 use crate::auth::Authenticator;
 use crate::config::{BrokerConfig, MIN_RESUME_SETTLE_MS};
-use crate::domain::{Principal, UserId};
+use crate::domain::UserId;
 use crate::graphql::{self, GraphqlExecutor, Roles};
 use crate::hooks::{Hooks, NoHooks};
 use crate::ports::{ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, SubscriptionStore};
@@ -125,7 +125,7 @@ impl Broker {
     }
 
     /// [`Broker::execute`] for a caller whose token granted `roles` (HTTP, where every
-    /// request carries its token); resolvers check them with [`has_role`].
+    /// request carries its token); resolvers check them with [`crate::has_role`].
     pub async fn execute_with_roles(
         &self,
         user: UserId,
@@ -180,16 +180,5 @@ impl Broker {
             .get_or_parse(&self.config().limits, &request.query)
             .ok()?;
         graphql::selected_operation(&document, request.operation_name.as_deref())
-    }
-
-    /// What every request the broker runs can reach: who is asking, and how to publish.
-    pub(crate) fn request_data(
-        &self,
-        user: UserId,
-        request: async_graphql::Request,
-    ) -> async_graphql::Request {
-        request
-            .data(Principal { user })
-            .data(Outbox::new(self.clone()))
     }
 }

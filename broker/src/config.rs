@@ -4,7 +4,6 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::app::ConfigError;
 use crate::cost::CostLimits;
 use crate::domain;
 
@@ -40,7 +39,7 @@ pub struct BrokerConfig {
     pub fanout_threshold: usize,
     /// Subscriptions per fan-out page.
     pub fanout_page_size: usize,
-    /// Buckets a topic's subscribers are spread over by connection id ([`fanout`]): a fan-out
+    /// Buckets a topic's subscribers are spread over by connection id ([`crate::fanout`]): a fan-out
     /// page holds one bucket's subscriptions, and a FIFO queue keeps each bucket's pages in
     /// order. More groups let more workers share one topic's fan-out at once.
     pub fanout_groups: usize,
@@ -130,7 +129,7 @@ impl BrokerConfig {
     /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `FANOUT_GROUPS` (at
     /// least 1), `FANOUT_PAGE_LIFETIME_SECS`, `FANOUT_MAX_RECEIVES`, `POST_CONCURRENCY`, `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`,
     /// `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`, `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
-    /// `RESUME_SETTLE_MS` (at least [`MIN_RESUME_SETTLE_MS`], see [`Broker::new`]), `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
+    /// `RESUME_SETTLE_MS` (at least [`MIN_RESUME_SETTLE_MS`], see [`crate::Broker::new`]), `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
     /// malformed ones are an error.
     pub fn from_env() -> Result<Self, ConfigError> {
         fn var<T: FromStr>(name: &str) -> Result<Option<T>, ConfigError>
@@ -215,4 +214,25 @@ impl BrokerConfig {
         }
         Ok(config)
     }
+}
+
+/// Configuration that cannot work: a variable missing or malformed, a storage an app cannot
+/// use. Raised at start, before anything is served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is not set")]
+    Missing(String),
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("this app cannot keep its data in {0}")]
+    UnsupportedStorage(&'static str),
+    #[error("the app has no table named {0:?}")]
+    UnknownTable(String),
+    /// The identity provider's settings cannot work (a key set that cannot be read).
+    #[error(transparent)]
+    Auth(Box<dyn std::error::Error + Send + Sync>),
 }

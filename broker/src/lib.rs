@@ -102,25 +102,41 @@
 //! ```
 //!
 //! # Layout
-//! - [`app`]: the plug-in point ([`App`], [`TableSpec`], [`Storage`]) and what resolvers
-//!   reach ([`Outbox`]).
+//! The [`Broker`] is one type whose work is spread over the modules of its concerns; each
+//! module adds its own `impl Broker` block.
+//!
+//! What an app and its resolvers see:
+//! - [`app`]: the plug-in point ([`App`], [`TableSpec`], [`Storage`]); `outbox`: what every
+//!   request reaches ([`Outbox`], the caller).
+//! - [`hooks`]: lifecycle hooks an app may implement (connect, init, subscribe, complete,
+//!   disconnect).
+//! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
+//!
+//! The broker's work, one concern a module:
+//! - `broker`: the [`Broker`] and the [`Ports`] it is built on; queries and mutations.
+//! - [`config`]: its tunables ([`BrokerConfig`]) and [`ConfigError`].
+//! - [`session`]: the WebSocket routes (`$connect`, `$default`, `$disconnect`):
+//!   `connection_init`, operations, storing subscriptions, and [`resume`] (replaying the log
+//!   to a subscription that resumes, holding live events back until it hands over).
+//! - [`publish`]: publishing an event within its deadline.
+//! - [`delivery`]: delivering one event to its subscribers, rendered ([`delivery::render`])
+//!   and posted ([`delivery::post`]), counted in a [`DeliveryReport`].
+//! - [`fanout`]: large fan-outs through the queue, in pages ([`fanout::paging`]).
+//! - `push`: a frame to, or a close of, every connection of one user.
+//! - [`unsubscribe`]: ending subscriptions from the server side (of a topic, a user, a
+//!   connection), with a `complete` to each client.
+//! - [`metrics`]: each invocation's delivery counts in CloudWatch's embedded metric format.
+//!
+//! What it is written against, and what it runs on:
 //! - [`domain`]: connections, subscriptions, events, users, topics.
 //! - [`protocol`]: the `graphql-transport-ws` and legacy `graphql-ws` subprotocols as data.
 //! - [`auth`]: JWT verification (and minting, for development).
+//! - [`cost`]: what one GraphQL document may cost, checked before any resolver runs.
 //! - [`ports`]: the storage, queue and gateway interfaces the broker is written against.
 //! - [`memory`]: in-memory adapters; `aws` (feature `aws`): DynamoDB, SQS, API Gateway, the
 //!   tables' provisioning, and the broker built from the environment the template sets;
 //!   `file` (feature `file`): the ports and the apps' tables in one redb database file, the
 //!   local mode's durable store.
-//! - [`cost`]: what one GraphQL document may cost, checked before any resolver runs.
-//! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
-//! - [`hooks`]: lifecycle hooks an app may implement (connect, init, subscribe, complete,
-//!   disconnect).
-//! - [`session`]: the WebSocket routes (`$connect`, `$default`, `$disconnect`).
-//! - [`delivery`]: publishing, delivering one event to its subscribers, fan-out pages,
-//!   pushing to every connection of one user.
-//! - [`unsubscribe`]: ending subscriptions from the server side (of a topic, a user, a
-//!   connection), with a `complete` to each client.
 //!
 //! The broker knows nothing of Lambda: `graphql-api` and `publisher` translate Lambda events
 //! into calls on [`Broker`], and so does the local gateway.
@@ -141,6 +157,7 @@ pub mod graphql;
 pub mod hooks;
 pub mod memory;
 pub mod metrics;
+mod outbox;
 pub mod ports;
 pub mod protocol;
 pub mod publish;
@@ -148,11 +165,11 @@ mod push;
 pub mod session;
 pub mod unsubscribe;
 
-pub use app::{App, AppSchema, ConfigError, IndexSpec, Outbox, Storage, TableSpec};
+pub use app::{App, AppSchema, IndexSpec, Storage, TableSpec};
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator, Identity};
 pub use broker::{Broker, Ports};
-pub use config::{BrokerConfig, DeliveryMode, MIN_RESUME_SETTLE_MS};
+pub use config::{BrokerConfig, ConfigError, DeliveryMode, MIN_RESUME_SETTLE_MS};
 pub use cost::{CostError, CostLimits};
 pub use delivery::{DeliveryReport, TopicRead};
 pub use domain::{
@@ -164,6 +181,7 @@ pub use graphql::{
     principal, registering,
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
+pub use outbox::Outbox;
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, HandOver,
     Hold, Inserted, StoreError, SubscriptionStore,

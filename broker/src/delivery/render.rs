@@ -1,6 +1,6 @@
 //! Rendering one event for its admitted subscribers: once per distinct document, variables
 //! and user, and once per union of one user's documents that differ only in what they
-//! select ([`crate::graphql::merge`]); each rendering bounded by the render timeout.
+//! select (`graphql::merge`); each rendering bounded by the render timeout.
 
 use std::collections::HashMap;
 use std::sync::Arc;
