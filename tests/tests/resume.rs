@@ -327,13 +327,19 @@ async fn a_cursor_in_the_retentions_last_minutes_is_signalled_and_one_before_rep
 }
 
 #[tokio::test]
-async fn a_cursor_that_is_not_an_event_id_is_a_graphql_error() {
+async fn a_cursor_that_is_not_an_event_id_or_is_in_the_future_is_a_graphql_error() {
     let gateway = embedded(DeliveryMode::Stream).await;
     let alice = token(&gateway, "alice");
     let board = create_board(&gateway, &alice, "bad cursor").await;
+    let in_a_minute = ulid::Ulid::from_parts(broker::domain::now_ms() + 60_000, 0).to_string();
     for (protocol, cursor) in [
         ("graphql-transport-ws", json!("nope")),
         ("graphql-ws", json!(42)),
+        // Past the largest ULID: it would decode into another id.
+        ("graphql-transport-ws", json!("8ZZZZZZZZZZZZZZZZZZZZZZZZZ")),
+        // Later than now: the events published until then would be taken for replayed.
+        ("graphql-transport-ws", json!(in_a_minute)),
+        ("graphql-ws", json!("7ZZZZZZZZZZZZZZZZZZZZZZZZZ")),
     ] {
         let mut tab = WsClient::ready(&gateway, protocol, &alice).await;
         let mut frame = subscribe_frame(protocol, "cards", &board, None);

@@ -111,9 +111,19 @@ fn last_before(cursor: &str, settle: u64) -> String {
     ulid::Ulid::from_parts(ms.saturating_sub(settle), 0).to_string()
 }
 
+/// How far ahead of this process's clock a cursor's time may be: the clocks of the process
+/// that stamped the event and of this one may differ by this much. A cursor further ahead
+/// names no event yet published, and a subscription starting from it would miss the events
+/// published before that time.
+pub const MAX_CURSOR_SKEW_MS: u64 = 1_000;
+
 /// The event id a subscribe payload resumes from: `Ok(None)` without one, `Err` with the
-/// message of a GraphQL error when it is not an event id.
-pub(crate) fn cursor(request: &async_graphql::Request) -> Result<Option<String>, String> {
+/// message of a GraphQL error when it is not an event id (a ULID in its canonical range) or
+/// names a time later than `now_ms` by more than [`MAX_CURSOR_SKEW_MS`].
+pub(crate) fn cursor(
+    request: &async_graphql::Request,
+    now_ms: u64,
+) -> Result<Option<String>, String> {
     let Some(value) = request.extensions.get(RESUME_FROM) else {
         return Ok(None);
     };
@@ -126,18 +136,30 @@ pub(crate) fn cursor(request: &async_graphql::Request) -> Result<Option<String>,
             ));
         }
     };
-    match ulid::Ulid::from_string(text) {
-        // Canonical form: the log compares ids as strings.
-        Ok(id) => Ok(Some(id.to_string())),
-        Err(_) => {
-            // Quoted back in part only: the client has the rest.
-            let start: String = text.chars().take(40).collect();
-            let more = if start.len() < text.len() { "…" } else { "" };
-            Err(format!(
-                "extensions.{RESUME_FROM} is not an event id: {start:?}{more}"
-            ))
+    // Quoted back in part only: the client has the rest.
+    let quoted = || {
+        let start: String = text.chars().take(40).collect();
+        let more = if start.len() < text.len() { "…" } else { "" };
+        format!("{start:?}{more}")
+    };
+    let id = match ulid::Ulid::from_string(text) {
+        // Canonical form: the log compares ids as strings. A text past the largest ULID
+        // (`8ZZZ…`) decodes into a smaller one: its canonical form then differs.
+        Ok(id) if id.to_string().eq_ignore_ascii_case(text) => id,
+        _ => {
+            return Err(format!(
+                "extensions.{RESUME_FROM} is not an event id: {}",
+                quoted()
+            ));
         }
+    };
+    if id.timestamp_ms() > now_ms.saturating_add(MAX_CURSOR_SKEW_MS) {
+        return Err(format!(
+            "extensions.{RESUME_FROM} names a time after now: {}",
+            quoted()
+        ));
     }
+    Ok(Some(id.to_string()))
 }
 
 impl Broker {
@@ -436,5 +458,38 @@ mod tests {
         let gone = (100 + 86_400) * 1000;
         assert!(out_of_reach(cursor, day, gone - REPLAY_MARGIN_MS));
         assert!(!out_of_reach(cursor, day, gone - REPLAY_MARGIN_MS - 1));
+    }
+
+    fn resuming_from(cursor: &str) -> async_graphql::Request {
+        let mut request = async_graphql::Request::new("subscription { a }");
+        request.extensions.insert(
+            RESUME_FROM.to_owned(),
+            async_graphql::Value::String(cursor.to_owned()),
+        );
+        request
+    }
+
+    #[test]
+    fn a_cursor_is_a_canonical_event_id_no_later_than_now() {
+        let now = 1_800_000_000_000;
+        let id = ulid::Ulid::from_parts(now - 5, 7).to_string();
+        assert_eq!(cursor(&resuming_from(&id), now), Ok(Some(id.clone())));
+        // Lower case is the same id, given back in its canonical form.
+        let lower = id.to_ascii_lowercase();
+        assert_eq!(cursor(&resuming_from(&lower), now), Ok(Some(id)));
+        // Within the clocks' skew, and past it.
+        let skewed = ulid::Ulid::from_parts(now + MAX_CURSOR_SKEW_MS, 0).to_string();
+        assert!(cursor(&resuming_from(&skewed), now).is_ok());
+        let ahead = ulid::Ulid::from_parts(now + MAX_CURSOR_SKEW_MS + 1, 0).to_string();
+        let error = cursor(&resuming_from(&ahead), now).unwrap_err();
+        assert!(error.contains("after now"), "{error}");
+        // The largest ULID is in the year 10889; one past it overflows.
+        for text in [
+            "7ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "nope",
+        ] {
+            assert!(cursor(&resuming_from(text), now).is_err(), "{text}");
+        }
     }
 }

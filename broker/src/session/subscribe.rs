@@ -31,7 +31,7 @@ impl Broker {
             return self.refuse_over_limit(id, protocol, &operation_id).await;
         }
 
-        let resume_from = match crate::resume::cursor(&request) {
+        let resume_from = match crate::resume::cursor(&request, now_ms()) {
             Ok(cursor) => cursor,
             Err(message) => {
                 let errors = vec![serde_json::json!({"message": message})];
