@@ -23,6 +23,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use crate::domain::{UserId, now_secs};
 
@@ -148,6 +149,7 @@ pub fn verify_jwt(
     key: &DecodingKey,
     validation: &Validation,
 ) -> Result<Identity, AuthError> {
+    check_unambiguous(token)?;
     let header = jsonwebtoken::decode_header(token)
         .map_err(|e| AuthError::invalid(format!("header: {e}")))?;
     check_header(&header)?;
@@ -199,8 +201,8 @@ pub fn check_claims(claims: &Map<String, Value>) -> Result<Identity, AuthError> 
         Some(_) => return Err(AuthError::invalid("sub is not a string")),
         None => return Err(AuthError::invalid("sub is missing")),
     };
-    if sub.trim().is_empty() {
-        return Err(AuthError::invalid("sub is blank"));
+    if !sub.chars().any(is_visible) {
+        return Err(AuthError::invalid("sub has no visible character"));
     }
     if sub.len() > MAX_SUBJECT_BYTES {
         return Err(AuthError::invalid(format!(
@@ -210,6 +212,13 @@ pub fn check_claims(claims: &Map<String, Value>) -> Result<Identity, AuthError> 
     }
     if sub.chars().any(char::is_control) {
         return Err(AuthError::invalid("sub contains a control character"));
+    }
+    // Invisible, or breaking a line of a log or a header where the id is written: two ids
+    // that print alike must not be two users.
+    if sub.chars().any(is_separator_or_format) {
+        return Err(AuthError::invalid(
+            "sub contains a line or paragraph separator or a format character",
+        ));
     }
     // The roles the issuer grants (`"roles": ["backend"]`); a claim of another shape makes
     // the token invalid rather than role-less.
@@ -227,6 +236,106 @@ pub fn check_claims(claims: &Map<String, Value>) -> Result<Identity, AuthError> 
         roles,
         expires_at,
     })
+}
+
+/// Whether `c` shows: a letter, mark, number, punctuation or symbol, not a space, separator,
+/// control, format, private-use or unassigned code point.
+fn is_visible(c: char) -> bool {
+    !matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Separator | GeneralCategoryGroup::Other
+    )
+}
+
+/// Unicode's line and paragraph separators (U+2028, U+2029) and its format characters
+/// (zero-width spaces and joiners, bidirectional controls, the byte order mark, ...).
+fn is_separator_or_format(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+            | GeneralCategory::Format
+    )
+}
+
+/// Refuses a token whose header or claims give one key twice, at any depth: JSON leaves
+/// such an object's meaning to the reader (jsonwebtoken takes the last), so a token that
+/// says `"roles"` or `"alg"` twice may mean one thing to its issuer and another here.
+pub fn check_unambiguous(token: &str) -> Result<(), AuthError> {
+    use base64::Engine as _;
+    let mut segments = token.split('.');
+    for part in ["header", "claims"] {
+        let Some(segment) = segments.next() else {
+            return Err(AuthError::invalid(format!("no {part} segment")));
+        };
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .map_err(|e| AuthError::invalid(format!("{part}: {e}")))?;
+        let mut reader = serde_json::Deserializer::from_slice(&json);
+        serde::Deserialize::deserialize(&mut reader)
+            .map(|UniqueKeys| ())
+            .map_err(|e| AuthError::invalid(format!("{part}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Any JSON value whose objects, at every depth, name each key once.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("key {key:?} given twice")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
 }
 
 /// The default verifier: HS256 with a shared secret.
@@ -591,6 +700,14 @@ mod tests {
             json!("x".repeat(MAX_SUBJECT_BYTES + 1)),
             json!(12),
             json!(["u"]),
+            // Nothing visible: a zero-width space, a no-break space, a byte order mark.
+            json!("\u{200b}"),
+            json!("\u{a0}\u{feff}"),
+            // A line or paragraph separator, or a format character, anywhere.
+            json!("alice\u{2028}"),
+            json!("al\u{2029}ice"),
+            json!("al\u{200d}ice"),
+            json!("\u{202e}ecila"),
         ] {
             let token = sign(json!({"sub": sub, "exp": exp()}));
             assert_eq!(refusal(&a, &token).await, "invalid token", "sub {sub}");
@@ -598,6 +715,64 @@ mod tests {
         let longest = "é".repeat(MAX_SUBJECT_BYTES / 2);
         let token = sign(json!({"sub": longest, "exp": exp()}));
         assert_eq!(a.verify(&token).await, Ok(UserId::new(longest)));
+    }
+
+    #[tokio::test]
+    async fn visible_unicode_subjects_are_accepted() {
+        let a = auth(None, None);
+        for sub in ["ä", "名前", "user 1", "a-b_c.d@e"] {
+            let token = sign(json!({"sub": sub, "exp": exp()}));
+            assert_eq!(a.verify(&token).await, Ok(UserId::new(sub)), "{sub}");
+        }
+    }
+
+    /// A token signed over the JSON texts given, as they are.
+    fn sign_texts(header: &str, claims: &str) -> String {
+        use base64::Engine as _;
+        let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+        let signed = format!("{}.{}", b64(header), b64(claims));
+        let key = EncodingKey::from_secret("s".repeat(32).as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(signed.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{signed}.{signature}")
+    }
+
+    #[tokio::test]
+    async fn a_key_given_twice_in_the_header_or_the_claims_is_refused() {
+        let a = auth(None, None);
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let claims = format!(r#"{{"sub":"u","exp":{},"roles":["backend"]}}"#, exp());
+        // The texts as written verify: the check reads them, not a re-encoding.
+        let plain = sign_texts(header, &claims);
+        assert_eq!(a.verify(&plain).await, Ok(UserId::new("u")));
+        for (header, claims) in [
+            (
+                header.to_owned(),
+                claims.replace(
+                    r#""roles":["backend"]"#,
+                    r#""roles":[],"roles":["backend"]"#,
+                ),
+            ),
+            (
+                header.to_owned(),
+                claims.replace(r#""sub":"u""#, r#""sub":"u","sub":"admin""#),
+            ),
+            (
+                r#"{"alg":"HS256","alg":"HS256"}"#.to_owned(),
+                claims.clone(),
+            ),
+            (
+                header.to_owned(),
+                claims.replace("}", r#","x":{"a":1,"a":2}}"#),
+            ),
+        ] {
+            let token = sign_texts(&header, &claims);
+            assert_eq!(
+                refusal(&a, &token).await,
+                "invalid token",
+                "{header} {claims}"
+            );
+        }
     }
 
     #[tokio::test]
