@@ -152,7 +152,7 @@ impl Broker {
     }
 
     /// [`Broker::execute`] for a caller whose token granted `roles` (HTTP, where every
-    /// request carries its token); resolvers check them with [`has_role`].
+    /// request carries its token); resolvers check them with [`has_role`](crate::has_role).
     pub async fn execute_with_roles(
         &self,
         user: UserId,
