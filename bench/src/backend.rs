@@ -48,7 +48,10 @@ pub async fn start(
 }
 
 /// A DynamoDB emulator endpoint, and the `moto_server` process when the benchmark started it.
+#[derive(Debug)]
 pub struct Emulator {
+    /// The emulator's URL: the one given (`MOTO_ENDPOINT`), or that of the `moto_server`
+    /// started here.
     pub endpoint: String,
     child: Option<Child>,
     /// Cases run on it so far: each gets tables (and a queue) of its own.

@@ -16,7 +16,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The subscription every subscriber sends: the board's new cards.
 pub const SUBSCRIPTION: &str = "subscription($b: ID!) { cardAdded(boardId: $b) { id title } }";
+/// The mutation whose deliveries are measured.
 pub const ADD_CARD: &str =
     "mutation($b: ID!, $t: String!) { addCard(boardId: $b, title: $t) { id } }";
 const CREATE_BOARD: &str = "mutation($t: String!) { createBoard(title: $t) { id } }";
@@ -35,6 +37,7 @@ pub struct Titles {
 }
 
 impl Titles {
+    /// Titles tagged with `tag`.
     pub fn new(tag: &str) -> Self {
         Self {
             prefix: format!("bench {tag} #"),
@@ -48,10 +51,12 @@ impl Titles {
         &self.warm_up
     }
 
+    /// The title of mutation number `seq`.
     pub fn title(&self, seq: usize) -> String {
         format!("{}{seq}", self.prefix)
     }
 
+    /// The sequence number of a title of this run, `None` for any other title.
     pub fn seq(&self, title: &str) -> Option<usize> {
         title.strip_prefix(&self.prefix)?.parse().ok()
     }
@@ -60,6 +65,12 @@ impl Titles {
 /// A subscriber whose subscription the server has handled.
 pub struct Subscriber {
     socket: Socket,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").finish_non_exhaustive()
+    }
 }
 
 impl Subscriber {
@@ -230,7 +241,17 @@ pub struct GraphqlHttp {
     token: String,
 }
 
+impl std::fmt::Debug for GraphqlHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("GraphqlHttp")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GraphqlHttp {
+    /// A client posting to `url` with `token` as the bearer.
     pub fn new(url: &str, token: &str) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
@@ -262,6 +283,7 @@ impl GraphqlHttp {
         Ok(body)
     }
 
+    /// Creates a board titled `title`; its id.
     pub async fn create_board(&self, title: &str) -> anyhow::Result<String> {
         let body = self.execute(CREATE_BOARD, json!({"t": title})).await?;
         body["data"]["createBoard"]["id"]

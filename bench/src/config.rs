@@ -24,6 +24,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode, in the order a sweep runs them.
     pub const ALL: [Mode; 4] = [
         Mode::Direct,
         Mode::Stream,
@@ -31,6 +32,7 @@ impl Mode {
         Mode::SqsFanout,
     ];
 
+    /// The mode's name on the command line and in the report.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
@@ -84,6 +86,7 @@ pub enum Target {
     Remote(Remote),
 }
 
+/// A running broker's endpoints and credentials.
 #[derive(Clone, Debug)]
 pub struct Remote {
     /// `POST` GraphQL endpoint, e.g. `http://127.0.0.1:4000/graphql`.
@@ -111,7 +114,9 @@ pub enum Emulator {
 /// One benchmark run.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Where the broker under test runs.
     pub target: Target,
+    /// The modes to run, in order.
     pub modes: Vec<Mode>,
     /// Subscriber connections per case (the fan-out size).
     pub sizes: Vec<usize>,
@@ -144,6 +149,7 @@ pub struct Config {
     /// After the last mutation returns, how long to wait for a delivery that has not come
     /// yet before counting it lost (the wait restarts with each delivery).
     pub drain_idle: Duration,
+    /// Where the DynamoDB emulator comes from, for the modes that need it.
     pub emulator: Emulator,
     /// Where the table, CSV and plot are written.
     pub out_dir: PathBuf,
@@ -152,6 +158,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// The fan-out sizes of a full sweep.
     pub const DEFAULT_SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 
     /// The full sweep of the embedded modes against the in-process local mode, with
@@ -227,6 +234,7 @@ impl Config {
         }
     }
 
+    /// Whether the broker under test is the in-process local mode.
     pub fn is_local(&self) -> bool {
         matches!(self.target, Target::Local)
     }

@@ -57,6 +57,7 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// Starts measuring: reads the broker threads' CPU time so far.
     pub fn start() -> Self {
         Self {
             broker: thread_cpu(BROKER_THREADS),

@@ -26,6 +26,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// What `--idle-sockets` measures.
 #[derive(Clone, Debug)]
 pub struct IdleConfig {
+    /// Subscribed sockets opened (twice: open, close, open again).
     pub sockets: usize,
     /// `broker-local` to start.
     pub gateway_bin: PathBuf,
@@ -36,17 +37,26 @@ pub struct IdleConfig {
 /// The gateway's resident memory at each step, in bytes.
 #[derive(Clone, Debug)]
 pub struct IdleReport {
+    /// Subscribed sockets opened.
     pub sockets: usize,
+    /// The descriptor limit in force, and where it came from.
     pub open_files: String,
+    /// Once the gateway started and one socket was opened and closed.
     pub started: u64,
+    /// With every socket open, subscribed and idle.
     pub open: u64,
+    /// After one event was delivered to every socket (unread by the clients).
     pub after_event: u64,
+    /// After every socket was closed.
     pub closed: u64,
+    /// With every socket open again.
     pub reopened: u64,
+    /// Seconds it took to open every socket the first time.
     pub open_secs: f64,
 }
 
 impl IdleReport {
+    /// The readings as a Markdown table, in MiB and KiB per socket above the start.
     pub fn markdown(&self) -> String {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let per = |b: u64| b.saturating_sub(self.started) as f64 / self.sockets as f64 / 1024.0;
@@ -164,6 +174,8 @@ async fn close_all(subscribers: Vec<Subscriber>) {
         .await;
 }
 
+/// Starts `broker-local`, opens the sockets, and reads the gateway's resident memory at
+/// each step; the gateway is stopped at the end.
 pub fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
     // Client and gateway (which inherits the limit) each hold one descriptor per socket.
     let (_, open_files) = limits::raise_open_files(config.sockets as u64 + 1_024);

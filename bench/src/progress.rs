@@ -2,12 +2,22 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// The progress bar, or nothing drawn when hidden (lines still go to stderr).
 #[derive(Clone)]
 pub struct Progress {
     bar: ProgressBar,
 }
 
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("hidden", &self.bar.is_hidden())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Progress {
+    /// A bar on stderr when `visible`, else a hidden one.
     pub fn new(visible: bool) -> Self {
         let bar = if visible {
             ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
@@ -33,10 +43,12 @@ impl Progress {
         self.bar.reset_elapsed();
     }
 
+    /// Advances the bar by one.
     pub fn inc(&self) {
         self.bar.inc(1);
     }
 
+    /// Moves the bar to `position`.
     pub fn set(&self, position: u64) {
         self.bar.set_position(position);
     }
@@ -50,6 +62,7 @@ impl Progress {
         }
     }
 
+    /// Clears the bar at the end of the run.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

@@ -12,37 +12,56 @@ use crate::config::Mode;
 use crate::limits::Limits;
 use crate::stats::Percentiles;
 
+/// The Markdown table's file name in the output directory.
 pub const MARKDOWN_FILE: &str = "results.md";
+/// The CSV's file name in the output directory.
 pub const CSV_FILE: &str = "results.csv";
+/// The plot's file name in the output directory.
 pub const SVG_FILE: &str = "latency.svg";
 
 /// A whole run.
 #[derive(Debug)]
 pub struct Report {
+    /// What the run measured: the in-process local mode or a running broker's URL.
     pub target: String,
+    /// Mutations sent per case.
     pub mutations: usize,
+    /// Mutations per second asked for, before the delivery budget lowers it (see
+    /// `Config::rate_at`).
     pub rate: f64,
+    /// Deliveries per second a case may ask for on the in-process broker.
     pub max_delivery_rate: f64,
+    /// Deliveries per second a case may ask for on the emulator.
     pub emulator_max_delivery_rate: f64,
+    /// Wait between two polls of an empty stream.
     pub poll_interval: Duration,
+    /// Fan-out threshold for `sqs-fanout`.
     pub fanout_threshold: usize,
+    /// Subscriptions per fan-out page.
     pub fanout_page_size: usize,
     /// The floor: raw WebSocket echo round trips on loopback.
     pub echo: Percentiles,
+    /// The machine's limits the run was under.
     pub limits: Limits,
+    /// Every case, in the order run.
     pub cases: Vec<CaseResult>,
 }
 
 /// One mode at one fan-out size.
 #[derive(Debug)]
 pub struct CaseResult {
+    /// The delivery design measured.
     pub mode: Mode,
+    /// Subscriber connections (the fan-out size).
     pub subscribers: usize,
+    /// What came of it.
     pub outcome: Outcome,
 }
 
+/// How a case ended.
 #[derive(Debug)]
 pub enum Outcome {
+    /// The case ran: its figures.
     Measured(Box<Measurement>),
     /// The machine cannot hold this size (or this mode cannot run here): the reason.
     Skipped(String),
@@ -50,11 +69,14 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The figures of one case that ran.
 #[derive(Debug)]
 pub struct Measurement {
     /// Mutations per second sent (see `Config::rate_at`).
     pub rate: f64,
+    /// Mutations sent, successful or not.
     pub mutations_sent: usize,
+    /// Mutations that failed: an error in the response, or no response.
     pub mutation_errors: usize,
     /// From sending the request to the end of its response.
     pub mutation_latency: Percentiles,
@@ -67,6 +89,7 @@ pub struct Measurement {
     pub expected: u64,
     /// Expected deliveries received (each once).
     pub delivered: u64,
+    /// Expected deliveries that never arrived.
     pub lost: u64,
     /// Second and later copies of a delivery on one subscriber.
     pub duplicated: u64,
@@ -77,6 +100,7 @@ pub struct Measurement {
     pub subscriber_errors: usize,
     /// From the first mutation sent to the last delivery (or last response).
     pub phase: Duration,
+    /// Deliveries received per second of the phase.
     pub deliveries_per_second: f64,
     /// CPU time of the broker's threads over the phase; `None` for a broker elsewhere.
     pub broker_cpu: Option<Duration>,
@@ -84,6 +108,7 @@ pub struct Measurement {
     pub setup: Duration,
     /// This process's resident memory with every subscriber open.
     pub resident_bytes: Option<u64>,
+    /// The first mutation that failed and why, if one did.
     pub first_error: Option<String>,
 }
 
@@ -98,12 +123,16 @@ impl Measurement {
 /// The files a report was written to.
 #[derive(Debug)]
 pub struct Written {
+    /// The Markdown table.
     pub markdown: PathBuf,
+    /// The CSV, one row per case.
     pub csv: PathBuf,
+    /// The SVG plot of latency against fan-out.
     pub svg: PathBuf,
 }
 
 impl Report {
+    /// The cases that ran, with their figures; skipped and failed ones left out.
     pub fn measured(&self) -> impl Iterator<Item = (&CaseResult, &Measurement)> {
         self.cases.iter().filter_map(|case| match &case.outcome {
             Outcome::Measured(m) => Some((case, m.as_ref())),

@@ -5,6 +5,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 /// Latencies of one kind in one case.
+#[derive(Debug)]
 pub struct Latencies {
     histogram: Histogram<u64>,
 }
@@ -16,6 +17,7 @@ impl Default for Latencies {
 }
 
 impl Latencies {
+    /// An empty distribution.
     pub fn new() -> Self {
         // 1 µs to 1 hour at 3 significant digits; larger values are clamped.
         let histogram =
@@ -23,19 +25,23 @@ impl Latencies {
         Self { histogram }
     }
 
+    /// Records one latency (at least 1 µs).
     pub fn record(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.histogram.saturating_record(micros.max(1));
     }
 
+    /// Records one latency given in microseconds (at least 1).
     pub fn record_micros(&mut self, micros: u64) {
         self.histogram.saturating_record(micros.max(1));
     }
 
+    /// How many latencies were recorded.
     pub fn count(&self) -> u64 {
         self.histogram.len()
     }
 
+    /// The percentiles of what was recorded, all zero when nothing was.
     pub fn summary(&self) -> Percentiles {
         let h = &self.histogram;
         if h.is_empty() {
@@ -55,10 +61,15 @@ impl Latencies {
 /// Percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Percentiles {
+    /// How many latencies were recorded.
     pub count: u64,
+    /// The median.
     pub p50: f64,
+    /// The 90th percentile.
     pub p90: f64,
+    /// The 99th percentile.
     pub p99: f64,
+    /// The largest latency recorded.
     pub max: f64,
 }
 

@@ -20,6 +20,12 @@ use crate::hooks::Hooks;
 #[derive(Clone)]
 pub struct AppSchema(pub(crate) Arc<dyn GraphqlExecutor>);
 
+impl std::fmt::Debug for AppSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppSchema").finish_non_exhaustive()
+    }
+}
+
 impl<E: async_graphql::Executor> From<E> for AppSchema {
     fn from(schema: E) -> Self {
         Self(Arc::new(schema))
@@ -82,6 +88,18 @@ pub enum Storage {
     DynamoDb(crate::aws::AppTables),
 }
 
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            #[cfg(feature = "file")]
+            Self::File(_) => f.debug_tuple("File").finish_non_exhaustive(),
+            #[cfg(feature = "aws")]
+            Self::DynamoDb(tables) => f.debug_tuple("DynamoDb").field(tables).finish(),
+        }
+    }
+}
+
 impl Storage {
     /// How errors and logs name this storage.
     pub fn name(&self) -> &'static str {
@@ -102,21 +120,29 @@ impl Storage {
 /// from the environment variable [`TableSpec::env_var`] (`ORDERS_TABLE`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableSpec {
+    /// The table's role in the app, e.g. `"orders"`; see [`TableSpec::env_var`].
     pub name: &'static str,
+    /// The attribute holding the partition key.
     pub partition_key: &'static str,
+    /// The attribute holding the sort key, if the table has one.
     pub sort_key: Option<&'static str>,
+    /// Its global secondary indexes.
     pub indexes: Vec<IndexSpec>,
 }
 
 /// A global secondary index, projecting all attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexSpec {
+    /// The index's name, as queries name it.
     pub name: &'static str,
+    /// The attribute holding the index's partition key.
     pub partition_key: &'static str,
+    /// The attribute holding the index's sort key, if it has one.
     pub sort_key: Option<&'static str>,
 }
 
 impl TableSpec {
+    /// A table keyed by `partition_key` alone, without indexes.
     pub fn new(name: &'static str, partition_key: &'static str) -> Self {
         Self {
             name,
@@ -126,11 +152,13 @@ impl TableSpec {
         }
     }
 
+    /// The same table with a sort key as well.
     pub fn sort_key(mut self, sort_key: &'static str) -> Self {
         self.sort_key = Some(sort_key);
         self
     }
 
+    /// The same table with one more global secondary index.
     pub fn index(mut self, index: IndexSpec) -> Self {
         self.indexes.push(index);
         self
@@ -149,6 +177,7 @@ pub fn table_env_var(name: &str) -> String {
 }
 
 impl IndexSpec {
+    /// An index keyed by `partition_key` alone.
     pub fn new(name: &'static str, partition_key: &'static str) -> Self {
         Self {
             name,
@@ -157,6 +186,7 @@ impl IndexSpec {
         }
     }
 
+    /// The same index with a sort key as well.
     pub fn sort_key(mut self, sort_key: &'static str) -> Self {
         self.sort_key = Some(sort_key);
         self

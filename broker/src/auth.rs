@@ -44,15 +44,19 @@ pub const LEEWAY_SECS: u64 = 30;
 /// log.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
+    /// No token was presented where one is required.
     #[error("missing token")]
     MissingToken,
+    /// The token's `exp` has passed (beyond [`LEEWAY_SECS`]).
     #[error("token expired")]
     Expired,
+    /// The token is malformed, badly signed or breaks a rule; the string says which, for the log.
     #[error("invalid token")]
     InvalidToken(String),
 }
 
 impl AuthError {
+    /// [`AuthError::InvalidToken`] with `detail` for the log.
     pub fn invalid(detail: impl Into<String>) -> Self {
         Self::InvalidToken(detail.into())
     }
@@ -72,8 +76,11 @@ impl AuthError {
 /// that second.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The token's `sub`.
     pub user: UserId,
+    /// The token's `roles` claim, empty without one.
     pub roles: Vec<String>,
+    /// The token's `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
 }
 
@@ -81,13 +88,18 @@ pub struct Identity {
 /// [`verify_jwt`] inside so the RFC 8725 rules hold for your keys too.
 #[async_trait]
 pub trait TokenVerifier: Send + Sync + 'static {
+    /// The identity `token` speaks for, or why it is refused.
     async fn verify(&self, token: &str) -> Result<Identity, AuthError>;
 }
 
+/// The settings of the default verifier, [`Hs256Verifier`].
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
+    /// The shared HS256 secret tokens are signed with (`JWT_SECRET`).
     pub secret: String,
+    /// The `iss` every token must carry (`JWT_ISSUER`), if set.
     pub issuer: Option<String>,
+    /// The `aud` every token must carry (`JWT_AUDIENCE`), if set.
     pub audience: Option<String>,
 }
 
@@ -344,7 +356,18 @@ pub struct Hs256Verifier {
     validation: Validation,
 }
 
+impl std::fmt::Debug for Hs256Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key: it is the shared secret.
+        f.debug_struct("Hs256Verifier")
+            .field("issuer", &self.validation.iss)
+            .field("audience", &self.validation.aud)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Hs256Verifier {
+    /// A verifier for tokens signed with `config`'s secret, checking its issuer and audience.
     pub fn new(config: &AuthConfig) -> Self {
         Self {
             decoding: DecodingKey::from_secret(config.secret.as_bytes()),

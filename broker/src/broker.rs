@@ -17,12 +17,24 @@ use crate::ports::{ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, Su
 /// The adapters a broker runs on.
 #[derive(Clone)]
 pub struct Ports {
+    /// Where connections are stored.
     pub connections: Arc<dyn ConnectionStore>,
+    /// Where subscriptions are stored, by connection and by topic.
     pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// The log events are appended to and resumed from.
     pub events: Arc<dyn EventLog>,
+    /// How messages reach a connection's socket, and how it is closed.
     pub gateway: Arc<dyn ConnectionGateway>,
     /// Without a queue every fan-out is delivered inline.
     pub fanout: Option<Arc<dyn FanoutQueue>>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports")
+            .field("fanout", &self.fanout.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The broker: one per process, cheap to clone, shared by every request.
@@ -42,7 +54,19 @@ pub(crate) struct Inner {
     hooks: Option<Arc<dyn Hooks>>,
 }
 
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("config", &self.inner.config)
+            .field("auth", &self.inner.auth)
+            .field("hooks", &self.inner.hooks.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Broker {
+    /// A broker running `schema` on `ports`, without hooks. `config.resume_settle` is raised to
+    /// its minimum if set below it.
     pub fn new(
         schema: impl Into<AppSchema>,
         ports: Ports,
@@ -99,14 +123,17 @@ impl Broker {
         self.inner.hooks.is_some()
     }
 
+    /// How this broker verifies tokens.
     pub fn authenticator(&self) -> &Authenticator {
         &self.inner.auth
     }
 
+    /// The tunables this broker runs with.
     pub fn config(&self) -> &BrokerConfig {
         &self.inner.config
     }
 
+    /// The adapters this broker runs on.
     pub fn ports(&self) -> &Ports {
         &self.inner.ports
     }

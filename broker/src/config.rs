@@ -220,19 +220,28 @@ impl BrokerConfig {
 /// use. Raised at start, before anything is served.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A required environment variable is not set.
     #[error("environment variable {0} is not set")]
     Missing(String),
+    /// A setting has a value that cannot be used.
     #[error("{name}={value:?}: {reason}")]
     Invalid {
+        /// The environment variable (or setting) read.
         name: String,
+        /// The value it had.
         value: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The app cannot keep its data in the storage the process chose
+    /// ([`crate::Storage::name`]).
     #[error("this app cannot keep its data in {0}")]
     UnsupportedStorage(&'static str),
+    /// A table was asked for by a name the app's [`crate::App::tables`] does not list.
     #[error("the app has no table named {0:?}")]
     UnknownTable(String),
-    /// The identity provider's settings cannot work (a key set that cannot be read).
+    /// The authentication settings cannot work (a missing secret, a bad key-set URL): an
+    /// [`crate::auth::AuthError`].
     #[error(transparent)]
     Auth(Box<dyn std::error::Error + Send + Sync>),
 }

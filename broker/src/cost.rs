@@ -64,22 +64,58 @@ impl Default for CostLimits {
 /// Why a document was refused: the message clients see as a GraphQL error.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CostError {
+    /// The document's text is longer than allowed; refused before parsing.
     #[error("the document has {actual} bytes; at most {limit} are accepted")]
-    DocumentTooLarge { actual: usize, limit: usize },
+    DocumentTooLarge {
+        /// The document's length in bytes.
+        actual: usize,
+        /// The most bytes allowed.
+        limit: usize,
+    },
+    /// Brackets nest deeper than allowed; refused before parsing, so the parser's recursion
+    /// stays bounded.
     #[error("the document nests brackets more than {limit} deep")]
-    NestedTooDeep { limit: usize },
+    NestedTooDeep {
+        /// The deepest nesting allowed.
+        limit: usize,
+    },
+    /// The document defines more operations than allowed.
     #[error("the document defines more than {limit} operations")]
-    TooManyOperations { limit: usize },
+    TooManyOperations {
+        /// The most operations allowed.
+        limit: usize,
+    },
+    /// The operation selects more fields than allowed, counting each fragment spread in full.
     #[error("the operation selects more than {limit} fields once fragments are expanded")]
-    TooManyFields { limit: u64 },
+    TooManyFields {
+        /// The most fields allowed.
+        limit: u64,
+    },
+    /// Selections nest deeper than allowed.
     #[error("the operation is nested more than {limit} levels deep")]
-    TooDeep { limit: usize },
+    TooDeep {
+        /// The deepest nesting of selections allowed.
+        limit: usize,
+    },
+    /// Fragments spread other fragments deeper than allowed.
     #[error("fragments spread fragments more than {limit} levels deep")]
-    FragmentsTooDeep { limit: usize },
+    FragmentsTooDeep {
+        /// The deepest chain of spreads allowed.
+        limit: usize,
+    },
+    /// The operation uses more aliases than allowed.
     #[error("the operation has more than {limit} aliases")]
-    TooManyAliases { limit: u64 },
+    TooManyAliases {
+        /// The most aliases allowed.
+        limit: u64,
+    },
+    /// The operation uses more directives than allowed.
     #[error("the operation has more than {limit} directives")]
-    TooManyDirectives { limit: u64 },
+    TooManyDirectives {
+        /// The most directives allowed.
+        limit: u64,
+    },
+    /// A fragment spreads itself, directly or through others; the string is its name.
     #[error("fragment {0} spreads itself")]
     FragmentCycle(String),
 }

@@ -28,9 +28,12 @@ macro_rules! string_id {
         pub struct $name(pub String);
 
         impl $name {
+            /// Wraps `value` without checking it: ids come from API Gateway, verified tokens or stored
+            /// records.
             pub fn new(value: impl Into<String>) -> Self {
                 Self(value.into())
             }
+            /// The id as a string slice, e.g. for a storage key.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -75,13 +78,16 @@ impl Topic {
 /// The identity a request runs as. Resolvers read it with `ctx.data::<Principal>()`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
+    /// The verified user (the token's `sub`).
     pub user: UserId,
 }
 
 /// One open WebSocket.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
+    /// API Gateway's id of the socket, the key the connection is stored under.
     pub id: ConnectionId,
+    /// The subprotocol agreed at `$connect`: how every message to this socket is framed.
     pub protocol: Protocol,
     /// Set at `$connect` (token in the query string) or at `connection_init`.
     pub principal: Option<UserId>,
@@ -107,7 +113,9 @@ impl Connection {
 /// Identifies one subscription: the connection and the client-chosen operation id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SubscriptionKey {
+    /// The connection the subscription was made on.
     pub connection_id: ConnectionId,
+    /// The `id` the client gave the `subscribe` message; unique only within its connection.
     pub operation_id: String,
 }
 
@@ -117,6 +125,8 @@ impl SubscriptionKey {
         format!("{}#{}", self.connection_id, self.operation_id)
     }
 
+    /// The inverse of [`SubscriptionKey::encode`]; `None` without a `#` or with an empty
+    /// connection id.
     pub fn decode(value: &str) -> Option<Self> {
         let (connection, operation) = value.split_once('#')?;
         (!connection.is_empty()).then(|| Self {
@@ -130,14 +140,22 @@ impl SubscriptionKey {
 /// in another process, without the original request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
+    /// Which connection and operation the subscription belongs to.
     pub key: SubscriptionKey,
+    /// The topic its resolver listened to at `subscribe`; events published on it are delivered.
     pub topic: Topic,
+    /// The subprotocol of its connection, so delivery can frame a message without reading it.
     pub protocol: Protocol,
+    /// The user it was made as: delivery renders every event as this user, and only events
+    /// whose [`Audience`] admits them.
     pub principal: UserId,
+    /// The GraphQL document of the `subscribe`, run again for each event.
     pub document: String,
+    /// Which operation of `document` to run, when it holds more than one.
     pub operation_name: Option<String>,
     /// JSON object of the operation's variables.
     pub variables: serde_json::Value,
+    /// Seconds since the Unix epoch after which the record is dead (DynamoDB TTL).
     pub expires_at: u64,
     /// Milliseconds since the Unix epoch when the subscription was stored: live delivery
     /// skips events published before it (those are what `resumeFrom` replays). 0 takes
@@ -159,11 +177,14 @@ pub struct Subscription {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "user", rename_all = "camelCase")]
 pub enum Audience {
+    /// Every subscriber of the topic.
     Everyone,
+    /// Only this user's subscriptions, whatever topic they are stored on.
     User(UserId),
 }
 
 impl Audience {
+    /// Whether a subscription made as `user` may receive the event.
     pub fn admits(&self, user: &UserId) -> bool {
         match self {
             Audience::Everyone => true,
@@ -175,12 +196,17 @@ impl Audience {
 /// One published change. Its id is a ULID: unique, ordered by time within a topic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// The event's ULID.
     pub id: String,
+    /// The topic it was published on.
     pub topic: Topic,
+    /// What the resolver published, as JSON: the subscription's resolver receives it.
     pub payload: serde_json::Value,
+    /// Who may receive it.
     pub audience: Audience,
     /// Milliseconds since the Unix epoch, when it was published.
     pub published_at_ms: u64,
+    /// Seconds since the Unix epoch after which the log drops it (DynamoDB TTL).
     pub expires_at: u64,
     /// Delivered by the publishing call itself (direct mode): the event is in the log for
     /// resuming only, and the stream publisher leaves it alone.
@@ -197,6 +223,7 @@ impl Event {
         }
     }
 
+    /// An event stamped now: a fresh ULID, published now, kept for [`EVENT_LIFETIME_SECS`].
     pub fn new(topic: Topic, payload: serde_json::Value, audience: Audience) -> Self {
         // One clock reading for both: the id's time is the publication time, which is what
         // a resume pages by.
@@ -243,10 +270,13 @@ pub fn ulid_ms(id: &str) -> Option<u64> {
 /// A reference to an event in the log, small enough to put in a queue message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRef {
+    /// The topic the event was published on (the log's partition).
     pub topic: Topic,
+    /// The event's ULID (the log's sort key).
     pub event_id: String,
 }
 
+/// The current time in milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -254,6 +284,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+/// The current time in whole seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     now_ms() / 1000
 }

@@ -33,7 +33,9 @@ pub(crate) use merge::{Shape, UNION_OPERATION, Union};
 /// An app's schema as the broker sees it. Implemented for every `async_graphql::Schema`.
 #[async_trait]
 pub trait GraphqlExecutor: Send + Sync + 'static {
+    /// Runs a query or mutation to its response.
     async fn execute(&self, request: Request) -> Response;
+    /// Runs a subscription: one response per item of its stream.
     fn execute_stream(&self, request: Request) -> BoxStream<'static, Response>;
 }
 
@@ -321,6 +323,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// It acts only on the broker's own renderings; queries, mutations and subscribes are
 /// parsed and validated as usual.
+#[derive(Debug)]
 pub struct Prevalidation;
 
 impl ExtensionFactory for Prevalidation {

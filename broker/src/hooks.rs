@@ -17,6 +17,7 @@ use crate::domain::{Connection, ConnectionId, Subscription, SubscriptionKey};
 pub struct Refusal(pub String);
 
 impl Refusal {
+    /// A refusal telling the client `message`.
     pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
@@ -31,6 +32,8 @@ pub enum Ending {
     Server,
 }
 
+/// What an app is told of, and may refuse, in a connection's life; install it with
+/// [`App::hooks`](crate::App::hooks) or [`crate::Broker::with_hooks`].
 #[async_trait]
 pub trait Hooks: Send + Sync + 'static {
     /// `$connect`, after the subprotocol was agreed and a query-string token (if any) was

@@ -11,7 +11,7 @@ use crate::publish::PublishError;
 ///
 /// In stream mode a published change is appended to the event log and the stream publisher
 /// delivers it later; in direct mode it is delivered before `publish` returns.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Outbox {
     broker: Broker,
 }

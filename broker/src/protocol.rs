@@ -24,21 +24,31 @@ pub enum Protocol {
 /// look at whether the socket closed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseCode {
+    /// The socket is closed normally.
     Normal = 1000,
+    /// The broker failed on its side.
     InternalError = 4500,
+    /// The client sent a message the protocol does not allow.
     BadRequest = 4400,
+    /// An operation came before `connection_init` was acknowledged, or the token was refused.
     Unauthorized = 4401,
+    /// The connection's authority ended (its token expired) or a hook refused it.
     Forbidden = 4403,
+    /// No `connection_init` came within the time allowed.
     InitTimeout = 4408,
+    /// A `subscribe` reused the id of an operation still running on the connection.
     SubscriberAlreadyExists = 4409,
+    /// A second `connection_init` on the same connection.
     TooManyInitRequests = 4429,
 }
 
 impl CloseCode {
+    /// The numeric close code sent in the close frame.
     pub fn code(self) -> u16 {
         self as u16
     }
 
+    /// The close code with number `code`, `None` for one the protocol does not define.
     pub fn from_code(code: u16) -> Option<Self> {
         [
             Self::Normal,
@@ -59,12 +69,15 @@ impl CloseCode {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("none of the offered subprotocols is supported: {offered}")]
 pub struct UnsupportedProtocol {
+    /// The `Sec-WebSocket-Protocol` header as the client sent it.
     pub offered: String,
 }
 
 impl Protocol {
+    /// Every subprotocol the broker speaks, the preferred first.
     pub const ALL: [Protocol; 2] = [Protocol::GraphqlTransportWs, Protocol::GraphqlWs];
 
+    /// The subprotocol's name as in `Sec-WebSocket-Protocol`.
     pub fn name(self) -> &'static str {
         match self {
             Protocol::GraphqlTransportWs => "graphql-transport-ws",
@@ -113,6 +126,7 @@ impl Protocol {
         )
     }
 
+    /// `complete`: operation `id` has ended and sends nothing more.
     pub fn complete(self, id: &str) -> String {
         json!({"id": id, "type": "complete"}).to_string()
     }

@@ -11,10 +11,13 @@ use crate::graphql::internal_error;
 use crate::ports::StoreError;
 use crate::{Broker, DeliveryMode};
 
+/// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The payload did not serialize to JSON.
     #[error("event payload is not JSON: {0}")]
     Payload(#[from] serde_json::Error),
+    /// The event log failed to store the event.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The event was not stored within [`crate::BrokerConfig::publish_deadline`] of its

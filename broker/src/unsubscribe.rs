@@ -23,7 +23,12 @@ pub enum SubscriptionsOf {
     /// Every subscription to one topic (the thing it is about is gone).
     Topic(Topic),
     /// One user's subscriptions to one topic (that user lost access to it).
-    UserOnTopic { user: UserId, topic: Topic },
+    UserOnTopic {
+        /// The user whose subscriptions end.
+        user: UserId,
+        /// The topic they listen to.
+        topic: Topic,
+    },
 }
 
 impl Broker {

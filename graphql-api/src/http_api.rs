@@ -82,6 +82,8 @@ impl MediaType {
     }
 }
 
+/// Handles one request of the HTTP API: a GraphQL query or mutation over GET or POST, as the
+/// bearer token's user, answered in the media type the client accepts.
 pub async fn handle(broker: &Broker, event: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
     let method = event.request_context.http.method.clone();
     match method {

@@ -7,14 +7,20 @@ use broker::session::SessionError;
 use broker::{Broker, CloseCode, ConnectOutcome, ConnectionId};
 use http::HeaderValue;
 
+/// Why a WebSocket route could not be handled: Lambda reports it, and API Gateway answers
+/// the route with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum WebSocketError {
+    /// The event carries no `connectionId`: it did not come from a WebSocket API.
     #[error("the request has no connection id")]
     MissingConnectionId,
+    /// The broker's stores or the gateway failed.
     #[error(transparent)]
     Session(#[from] SessionError),
 }
 
+/// Handles one route event (`$connect`, `$disconnect` or `$default`) of the WebSocket API and
+/// answers it as API Gateway expects.
 pub async fn handle(
     broker: &Broker,
     event: ApiGatewayWebsocketProxyRequest,

@@ -15,6 +15,7 @@ pub struct AwsBackend {
     /// One endpoint for DynamoDB, DynamoDB Streams and SQS (moto serves all three); `None`
     /// for the account in the environment.
     pub endpoint: Option<String>,
+    /// The deployed names of the broker's own tables.
     pub tables: TableNames,
     /// The deployed name of each of the app's tables, by [`broker::TableSpec::name`].
     pub app_tables: HashMap<String, String>,

@@ -9,6 +9,7 @@ use aws_lambda_events::query_map::QueryMap;
 use broker::ConnectionId;
 use http::{HeaderMap, Method};
 
+/// The stage every event names in `requestContext.stage`; on AWS, the deployed API's stage.
 pub const STAGE: &str = "local";
 
 /// A WebSocket route event: `$connect` (with the upgrade's headers and query string),

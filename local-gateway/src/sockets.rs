@@ -13,18 +13,24 @@ use tokio::sync::{Notify, mpsc};
 /// [`Sockets::send`].
 pub type Outbox = mpsc::Sender<Message>;
 
-#[derive(Default)]
+/// Every open socket of this gateway, by connection id, and how many were closed for reading
+/// too slowly.
+#[derive(Debug, Default)]
 pub struct Sockets {
     open: Mutex<HashMap<ConnectionId, Socket>>,
     too_slow: AtomicU64,
 }
 
-#[derive(Clone)]
+/// One open socket, as the Management API sees it.
+#[derive(Clone, Debug)]
 pub struct Socket {
+    /// Where frames for the socket are queued for its writer task.
     pub outbox: Outbox,
     /// Told when the outbox overflowed: the writer then closes the socket.
     pub overflow: Arc<Notify>,
+    /// Milliseconds since the Unix epoch when the socket was upgraded (`connectedAt`).
     pub connected_at_ms: u64,
+    /// Milliseconds since the Unix epoch of the last frame the client sent (`lastActiveAt`).
     pub last_active_ms: u64,
 }
 
@@ -33,18 +39,22 @@ impl Sockets {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Registers a newly upgraded socket.
     pub fn insert(&self, id: ConnectionId, socket: Socket) {
         self.lock().insert(id, socket);
     }
 
+    /// Forgets a socket once it is closed.
     pub fn remove(&self, id: &ConnectionId) {
         self.lock().remove(id);
     }
 
+    /// The socket with this id, if it is open.
     pub fn get(&self, id: &ConnectionId) -> Option<Socket> {
         self.lock().get(id).cloned()
     }
 
+    /// Records that the client just sent a frame (`lastActiveAt`).
     pub fn touch(&self, id: &ConnectionId) {
         if let Some(socket) = self.lock().get_mut(id) {
             socket.last_active_ms = broker::domain::now_ms();
@@ -80,10 +90,12 @@ impl Sockets {
         self.too_slow.load(Ordering::Relaxed)
     }
 
+    /// How many sockets are open.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    /// Whether no socket is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

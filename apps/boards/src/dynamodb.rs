@@ -22,12 +22,15 @@ const BOARD_PREFIX: &str = "BOARD#";
 const BOARD_SORT_KEY: &str = "BOARD";
 const CARD_PREFIX: &str = "CARD#";
 
+/// [`BoardStore`] on the app's DynamoDB table, laid out as described above.
+#[derive(Debug)]
 pub struct DynamoDbBoardStore {
     client: Client,
     table: String,
 }
 
 impl DynamoDbBoardStore {
+    /// A store on the deployed table named `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,

@@ -12,13 +12,21 @@ use broker::{StoreError, UserId};
 use crate::schema::{Board, Card};
 use crate::store::BoardStore;
 
+/// [`BoardStore`] on three tables of the local mode's database file.
 pub struct FileBoardStore {
     boards: Table<Board>,
     owners: Table<Board>,
     cards: Table<Card>,
 }
 
+impl std::fmt::Debug for FileBoardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBoardStore").finish_non_exhaustive()
+    }
+}
+
 impl FileBoardStore {
+    /// A store on `store`'s `boards`, `boards-by-owner` and `cards` tables.
     pub fn new(store: &FileStore) -> Self {
         Self {
             boards: store.table("boards"),

@@ -11,26 +11,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::BoardStore;
 
+/// A board: a titled list of cards, owned by the user who created it.
 #[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Board {
+    /// The board's id, a ULID.
     pub id: ID,
+    /// The board's title, trimmed, 1 to 200 characters.
     pub title: String,
     /// The user who created it. Not exposed: other users' ids are nobody's business.
     #[graphql(skip)]
     pub owner: String,
 }
 
+/// One card on a board.
 #[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Card {
+    /// The card's id, a ULID.
     pub id: ID,
+    /// The board it is on.
     pub board_id: ID,
+    /// The card's title, trimmed, 1 to 200 characters.
     pub title: String,
 }
 
+/// The boards app's schema, as built by [`build_schema`].
 pub type BoardsSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
+/// The schema with its data in `store`, with the broker's prevalidation and the app's depth
+/// and complexity limits.
 pub fn build_schema(store: Arc<dyn BoardStore>) -> BoardsSchema {
     Schema::build(Query, Mutation, SubscriptionRoot)
         // Delivery renders each stored subscription without validating it again per event.
@@ -59,6 +69,8 @@ async fn owned_board(ctx: &Context<'_>, user: &UserId, board_id: &str) -> Result
     }
 }
 
+/// The root of the app's queries.
+#[derive(Debug)]
 pub struct Query;
 
 #[Object]
@@ -80,6 +92,8 @@ impl Query {
     }
 }
 
+/// The root of the app's mutations.
+#[derive(Debug)]
 pub struct Mutation;
 
 #[Object]
@@ -151,6 +165,8 @@ fn valid_title(title: &str) -> Result<String> {
     }
 }
 
+/// The root of the app's subscriptions.
+#[derive(Debug)]
 pub struct SubscriptionRoot;
 
 #[Subscription]

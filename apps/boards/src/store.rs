@@ -8,10 +8,12 @@ use broker::{StoreError, UserId};
 
 use crate::schema::{Board, Card};
 
+/// Where the boards app keeps its boards and cards; one implementation per [`broker::Storage`].
 #[async_trait]
 pub trait BoardStore: Send + Sync {
     /// Stores a new board; [`StoreError::Conflict`] if its id is taken.
     async fn create_board(&self, board: &Board) -> Result<(), StoreError>;
+    /// The board with this id, if there is one.
     async fn board(&self, id: &str) -> Result<Option<Board>, StoreError>;
     /// The boards `owner` created, oldest first.
     async fn boards_of(&self, owner: &UserId) -> Result<Vec<Board>, StoreError>;
@@ -23,12 +25,13 @@ pub trait BoardStore: Send + Sync {
     async fn delete_board(&self, id: &str) -> Result<bool, StoreError>;
 }
 
-#[derive(Default)]
+/// [`BoardStore`] in this process's memory: the local mode's `--store memory` and the tests.
+#[derive(Debug, Default)]
 pub struct MemoryBoardStore {
     inner: Mutex<Boards>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Boards {
     boards: Vec<Board>,
     by_id: HashMap<String, usize>,

@@ -7,31 +7,40 @@ use broker::{Audience, EventStream, Outbox, Topic, UserId, listen, principal, pu
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-/// Symbols one subscription may ask for, and how long a symbol may be.
+/// The most symbols one subscription may ask for.
 pub const MAX_SYMBOLS: usize = 50;
+/// The longest symbol, in bytes.
 pub const MAX_SYMBOL_LEN: usize = 12;
 
 /// The role a token needs to publish prices and send alerts (claim `roles`).
 pub const BACKEND_ROLE: &str = "backend";
 
+/// The price of one symbol at one moment, as published by the backend.
 #[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Price {
+    /// The symbol, upper case (see [`MAX_SYMBOL_LEN`]).
     pub symbol: String,
+    /// The price: finite, never negative.
     pub price: f64,
     /// When the backend published it, milliseconds since the Unix epoch.
     pub at: f64,
 }
 
+/// A message the backend sent to one user.
 #[derive(Clone, Debug, PartialEq, SimpleObject, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
+    /// The alert's id, a ULID.
     pub id: ID,
+    /// The message, trimmed, 1 to 500 characters.
     pub message: String,
 }
 
+/// The prices app's schema, as built by [`build_schema`].
 pub type PricesSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
+/// The schema, with the broker's prevalidation and the app's depth and complexity limits.
 pub fn build_schema() -> PricesSchema {
     Schema::build(Query, Mutation, SubscriptionRoot)
         // Delivery renders each stored subscription without validating it again per event.
@@ -78,6 +87,8 @@ fn valid_symbol(symbol: &str) -> Result<String> {
     }
 }
 
+/// The root of the app's queries.
+#[derive(Debug)]
 pub struct Query;
 
 #[Object]
@@ -88,6 +99,8 @@ impl Query {
     }
 }
 
+/// The root of the app's mutations.
+#[derive(Debug)]
 pub struct Mutation;
 
 #[Object]
@@ -132,6 +145,8 @@ impl Mutation {
     }
 }
 
+/// The root of the app's subscriptions.
+#[derive(Debug)]
 pub struct SubscriptionRoot;
 
 #[Subscription]

@@ -154,6 +154,14 @@ pub struct JwksVerifier {
     refresh: Mutex<Option<Instant>>,
 }
 
+impl std::fmt::Debug for JwksVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksVerifier")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl JwksVerifier {
     /// A verifier fetching from `source`; no request is made until the first token.
     pub fn new(config: JwksConfig, source: impl KeySetSource) -> Self {
@@ -397,7 +405,16 @@ mod http {
         client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     }
 
+    impl std::fmt::Debug for HttpKeySetSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("HttpKeySetSource")
+                .field("uri", &self.uri)
+                .finish_non_exhaustive()
+        }
+    }
+
     impl HttpKeySetSource {
+        /// A source fetching `url`, which must be `https` (or `http` on a loopback address).
         pub fn new(url: &str) -> Result<Self, ConfigError> {
             let invalid = |reason: &str| ConfigError::Invalid {
                 name: "JWT_JWKS_URL".into(),

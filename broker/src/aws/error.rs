@@ -18,6 +18,7 @@ pub struct AwsCallError {
 }
 
 impl AwsCallError {
+    /// A failed `operation`, keeping the SDK's `error` as the source.
     pub fn new<E>(operation: &'static str, error: E) -> Self
     where
         E: std::error::Error + Send + Sync + 'static,
@@ -38,6 +39,7 @@ impl AwsCallError {
         }
     }
 
+    /// The name of the AWS operation that failed, e.g. `PutItem`.
     pub fn operation(&self) -> &'static str {
         self.operation
     }

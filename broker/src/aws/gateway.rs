@@ -70,6 +70,8 @@ impl PostClient {
     }
 }
 
+/// [`ConnectionGateway`] on API Gateway's Management API: posts to, and deletes,
+/// connections, retrying what is throttled.
 #[derive(Clone, Debug)]
 pub struct ApiGatewayConnectionGateway {
     client: Client,

@@ -32,14 +32,24 @@ const VISIBILITY_TIMEOUT_SECS: u32 = 180;
 /// Fourteen days, SQS's longest retention: time to look at what failed.
 const DLQ_RETENTION_SECS: u32 = 14 * 24 * 60 * 60;
 
+/// Why creating the tables and queues of a deployment failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
+    /// An AWS call failed.
     #[error(transparent)]
     Aws(#[from] AwsCallError),
+    /// A created table did not become `ACTIVE` in time.
     #[error("table {table} is not active after {waited:?}")]
-    NotActive { table: String, waited: Duration },
+    NotActive {
+        /// The table's deployed name.
+        table: String,
+        /// How long it was waited for.
+        waited: Duration,
+    },
+    /// A queue was created, but its attributes did not name its ARN.
     #[error("queue {0} reports no ARN")]
     MissingQueueArn(String),
+    /// An app's table has no deployed name among those given ([`AppTables`]).
     #[error(transparent)]
     Config(#[from] ConfigError),
 }

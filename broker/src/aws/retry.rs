@@ -42,6 +42,7 @@ impl RetryPolicy {
         Duration::from_millis(random_u64() % (ceiling_ms + 1))
     }
 
+    /// Waits [`RetryPolicy::delay`] before retry number `retry`.
     pub async fn sleep(&self, retry: u32) {
         tokio::time::sleep(self.delay(retry)).await;
     }

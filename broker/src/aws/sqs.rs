@@ -55,6 +55,7 @@ impl SqsFanoutQueue {
         self
     }
 
+    /// The URL of the queue pages are sent to.
     pub fn queue_url(&self) -> &str {
         &self.queue_url
     }

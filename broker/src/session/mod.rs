@@ -30,17 +30,27 @@ pub use operation::MAX_OPERATION_ID_BYTES;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnectOutcome {
     /// Accept; echo `protocol` in `Sec-WebSocket-Protocol` when the client offered one.
-    Accepted { protocol: Option<Protocol> },
+    Accepted {
+        /// The agreed subprotocol, `None` when the client offered none.
+        protocol: Option<Protocol>,
+    },
     /// Refuse the upgrade with this HTTP status; nothing was stored.
-    Rejected { status: u16, reason: String },
+    Rejected {
+        /// The HTTP status of the refusal, e.g. 400 or 403.
+        status: u16,
+        /// Why, as the client may see it.
+        reason: String,
+    },
 }
 
 /// A failure of the broker's own dependencies (not of the client): the route answers 500
 /// and the platform's retry or the client's reconnect takes over.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// A store the session reads or writes failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Posting to or closing a socket through the gateway failed.
     #[error(transparent)]
     Gateway(#[from] GatewayError),
 }

@@ -17,6 +17,7 @@ pub struct DynamoDbConnectionStore {
 }
 
 impl DynamoDbConnectionStore {
+    /// A store on the connections table named `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -24,6 +25,7 @@ impl DynamoDbConnectionStore {
         }
     }
 
+    /// The deployed name of the connections table.
     pub fn table(&self) -> &str {
         &self.table
     }

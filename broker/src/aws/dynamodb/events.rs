@@ -17,6 +17,7 @@ pub struct DynamoDbEventLog {
 }
 
 impl DynamoDbEventLog {
+    /// A log on the events table named `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -24,6 +25,7 @@ impl DynamoDbEventLog {
         }
     }
 
+    /// The deployed name of the events table.
     pub fn table(&self) -> &str {
         &self.table
     }
