@@ -12,13 +12,21 @@ use crate::config::{BrokerConfig, MIN_RESUME_SETTLE_MS};
 use crate::domain::{Principal, UserId};
 use crate::graphql::{self, GraphqlExecutor, Roles};
 use crate::hooks::{Hooks, NoHooks};
-use crate::ports::{ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, SubscriptionStore};
+use crate::ports::{
+    ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, PageMarks, ReplayGate,
+    SubscriptionStore,
+};
 
 /// The adapters a broker runs on.
 #[derive(Clone)]
 pub struct Ports {
     pub connections: Arc<dyn ConnectionStore>,
     pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// The resume's hand-over from replay to live delivery: it acts on the subscriptions
+    /// `subscriptions` stores.
+    pub replay_gate: Arc<dyn ReplayGate>,
+    /// Fan-out pages on their way through an ordered queue.
+    pub page_marks: Arc<dyn PageMarks>,
     pub events: Arc<dyn EventLog>,
     pub gateway: Arc<dyn ConnectionGateway>,
     /// Without a queue every fan-out is delivered inline.

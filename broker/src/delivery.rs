@@ -331,7 +331,7 @@ impl Broker {
         }
         let in_flight = self
             .ports()
-            .subscriptions
+            .page_marks
             .pages_in_flight(&state.topic)
             .await?;
         Ok(*state.paging.insert(in_flight))
@@ -352,7 +352,7 @@ impl Broker {
             let until = crate::domain::now_secs().saturating_add(lifetime);
             let ids: Vec<String> = pages.iter().map(FanoutPage::id).collect();
             self.ports()
-                .subscriptions
+                .page_marks
                 .pages_enqueued(topic, &ids, until)
                 .await?;
         }
@@ -391,7 +391,7 @@ impl Broker {
         }
         let done = self
             .ports()
-            .subscriptions
+            .page_marks
             .page_done(&page.topic, &page.id())
             .await;
         if let Err(error) = done {
@@ -467,7 +467,7 @@ impl Broker {
     }
 
     /// Leaves out of `admitted` the subscriptions whose resume is still replaying: the event
-    /// is held back from each ([`crate::SubscriptionStore::hold`]), and its replay, which
+    /// is held back from each ([`crate::ReplayGate::hold`]), and its replay, which
     /// reads the log once more before it hands over, sends it. A replay that ran out of time
     /// without handing over may not have sent what it held: its connection is closed, so
     /// that the client resumes again instead of living with a gap.
@@ -485,7 +485,7 @@ impl Broker {
             .filter(|s| s.replaying_until_ms != 0)
             .map(|s| (*s).clone())
             .collect();
-        let store = self.ports().subscriptions.clone();
+        let store = self.ports().replay_gate.clone();
         let holds: HashMap<SubscriptionKey, Result<Hold, StoreError>> = stream::iter(replaying)
             .map(|s| {
                 let store = store.clone();
