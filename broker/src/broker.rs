@@ -12,7 +12,10 @@ use crate::config::{BrokerConfig, MIN_RESUME_SETTLE_MS};
 use crate::domain::UserId;
 use crate::graphql::{self, GraphqlExecutor, Roles};
 use crate::hooks::{Hooks, NoHooks};
-use crate::ports::{ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, SubscriptionStore};
+use crate::ports::{
+    ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, PageMarks, ReplayGate,
+    SubscriptionStore,
+};
 
 /// The adapters a broker runs on.
 #[derive(Clone)]
@@ -21,6 +24,11 @@ pub struct Ports {
     pub connections: Arc<dyn ConnectionStore>,
     /// Where subscriptions are stored, by connection and by topic.
     pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// The resume's hand-over from replay to live delivery: it acts on the subscriptions
+    /// `subscriptions` stores.
+    pub replay_gate: Arc<dyn ReplayGate>,
+    /// Fan-out pages on their way through an ordered queue.
+    pub page_marks: Arc<dyn PageMarks>,
     /// The log events are appended to and resumed from.
     pub events: Arc<dyn EventLog>,
     /// How messages reach a connection's socket, and how it is closed.

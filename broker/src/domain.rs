@@ -165,7 +165,7 @@ pub struct Subscription {
     /// Milliseconds since the Unix epoch until which the subscription's resume is replaying
     /// the log to it, 0 once it is not (or never was). Until the replay hands over, live
     /// delivery posts nothing to it: it holds each event back
-    /// ([`crate::SubscriptionStore::hold`]) and the replay sends it, in order. Past this
+    /// ([`crate::ReplayGate::hold`]) and the replay sends it, in order. Past this
     /// time without a hand-over the replay was lost (its process ended), and the
     /// connection is closed so that its client resumes again.
     #[serde(default)]

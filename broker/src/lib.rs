@@ -16,7 +16,8 @@
 //!
 //! use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
 //! use broker::memory::{
-//!     MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+//!     MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemorySubscriptionStore,
+//!     RecordingGateway,
 //! };
 //! use broker::{
 //!     App, AppSchema, Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError,
@@ -78,9 +79,12 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // What the Lambda wiring and the local mode do with an app, here on memory adapters.
+//! let subscriptions = MemorySubscriptionStore::default();
 //! let ports = Ports {
 //!     connections: Arc::new(MemoryConnectionStore::default()),
-//!     subscriptions: Arc::new(MemorySubscriptionStore::default()),
+//!     replay_gate: Arc::new(subscriptions.replay_gate()),
+//!     subscriptions: Arc::new(subscriptions),
+//!     page_marks: Arc::new(MemoryPageMarks::default()),
 //!     events: Arc::new(MemoryEventLog::default()),
 //!     gateway: Arc::new(RecordingGateway::default()),
 //!     fanout: None,
@@ -184,7 +188,7 @@ pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use outbox::Outbox;
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, HandOver,
-    Hold, Inserted, StoreError, SubscriptionStore,
+    Hold, Inserted, PageMarks, ReplayGate, StoreError, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};
 pub use publish::{PUBLISH_TIMEOUT, PublishError, publish_error};

@@ -314,7 +314,7 @@ async fn on_an_unordered_queue_an_event_below_the_threshold_goes_out_inline() {
     let in_flight = s
         .broker
         .ports()
-        .subscriptions
+        .page_marks
         .pages_in_flight(topic)
         .await
         .unwrap();

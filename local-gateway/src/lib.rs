@@ -39,7 +39,8 @@ use broker::auth::jwks::JwksConfig;
 use broker::aws::{ApiGatewayConnectionGateway, PostClient};
 use broker::file::FileStore;
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    MemorySubscriptionStore,
 };
 use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, Ports, Storage};
 use tokio::net::TcpListener;
@@ -149,9 +150,12 @@ impl LocalGateway {
             Backend::Memory => {
                 let events = Arc::new(MemoryEventLog::default());
                 let (queue, pages) = ChannelFanoutQueue::ordered();
+                let subscriptions = MemorySubscriptionStore::default();
                 let ports = Ports {
                     connections: Arc::new(MemoryConnectionStore::default()),
-                    subscriptions: Arc::new(MemorySubscriptionStore::default()),
+                    replay_gate: Arc::new(subscriptions.replay_gate()),
+                    subscriptions: Arc::new(subscriptions),
+                    page_marks: Arc::new(MemoryPageMarks::default()),
                     events: events.clone(),
                     gateway,
                     fanout: Some(Arc::new(queue)),
@@ -187,6 +191,8 @@ impl LocalGateway {
                 let ports = Ports {
                     connections: Arc::new(store.connections()),
                     subscriptions: Arc::new(store.subscriptions()),
+                    replay_gate: Arc::new(store.replay_gate()),
+                    page_marks: Arc::new(store.page_marks()),
                     events: events.clone(),
                     gateway,
                     fanout: Some(Arc::new(queue)),

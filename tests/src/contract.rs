@@ -10,8 +10,8 @@ use std::sync::Arc;
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::{
     Audience, Connection, ConnectionId, ConnectionStore, Event, EventLog, EventRef, FanoutPage,
-    FanoutQueue, HandOver, Hold, Inserted, Protocol, StoreError, Subscription, SubscriptionKey,
-    SubscriptionStore, Topic, UserId,
+    FanoutQueue, HandOver, Hold, Inserted, PageMarks, Protocol, ReplayGate, StoreError,
+    Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId,
 };
 use serde_json::json;
 
@@ -19,6 +19,9 @@ use serde_json::json;
 pub struct Stores {
     pub connections: Arc<dyn ConnectionStore>,
     pub subscriptions: Arc<dyn SubscriptionStore>,
+    /// The replay gate of `subscriptions`.
+    pub replay_gate: Arc<dyn ReplayGate>,
+    pub page_marks: Arc<dyn PageMarks>,
     pub events: Arc<dyn EventLog>,
 }
 
@@ -399,58 +402,58 @@ pub async fn count_by_connection_counts_one_connections_subscriptions(stores: St
 /// (a redelivery) is done once, a page marked twice (a retried enqueue) is one page, each
 /// mark is forgotten once its lifetime is over, and no mark is a subscription to any read.
 pub async fn pages_on_their_way_are_marked_per_topic(stores: Stores) {
-    let subscriptions = stores.subscriptions;
+    let (page_marks, subscriptions) = (stores.page_marks, stores.subscriptions);
     let (busy, other) = (Topic::new("topic/busy"), Topic::new("topic/other"));
     let pages = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     let on_their_way = |topic: &Topic| {
-        let (subscriptions, topic) = (subscriptions.clone(), topic.clone());
-        async move { subscriptions.pages_in_flight(&topic).await.unwrap() }
+        let (page_marks, topic) = (page_marks.clone(), topic.clone());
+        async move { page_marks.pages_in_flight(&topic).await.unwrap() }
     };
     assert!(!on_their_way(&busy).await);
     let until = now_secs() + 600;
-    subscriptions
+    page_marks
         .pages_enqueued(&busy, &pages(&["a", "b", "c"]), until)
         .await
         .unwrap();
     // The same pages again, as a retried enqueue sends them.
-    subscriptions
+    page_marks
         .pages_enqueued(&busy, &pages(&["b", "c"]), until)
         .await
         .unwrap();
-    subscriptions
+    page_marks
         .pages_enqueued(&other, &pages(&["a"]), until)
         .await
         .unwrap();
     assert!(on_their_way(&busy).await);
     assert!(subscriptions.by_topic(&busy).await.unwrap().is_empty());
-    subscriptions.page_done(&busy, "a").await.unwrap();
-    subscriptions.page_done(&busy, "b").await.unwrap();
+    page_marks.page_done(&busy, "a").await.unwrap();
+    page_marks.page_done(&busy, "b").await.unwrap();
     // Page "b" delivered again: still "c" to come.
-    subscriptions.page_done(&busy, "b").await.unwrap();
-    subscriptions.page_done(&busy, "a").await.unwrap();
+    page_marks.page_done(&busy, "b").await.unwrap();
+    page_marks.page_done(&busy, "a").await.unwrap();
     assert!(on_their_way(&busy).await);
-    subscriptions.page_done(&busy, "c").await.unwrap();
+    page_marks.page_done(&busy, "c").await.unwrap();
     assert!(!on_their_way(&busy).await);
     // Another topic's page of the same id is its own.
     assert!(on_their_way(&other).await);
     // Done for a topic with none marked: nothing to take.
-    subscriptions
+    page_marks
         .page_done(&Topic::new("topic/none"), "a")
         .await
         .unwrap();
     // A mark past its lifetime is forgotten; a live one beside it still holds.
-    subscriptions.page_done(&other, "a").await.unwrap();
-    subscriptions
+    page_marks.page_done(&other, "a").await.unwrap();
+    page_marks
         .pages_enqueued(&other, &pages(&["old"]), now_secs())
         .await
         .unwrap();
     assert!(!on_their_way(&other).await);
-    subscriptions
+    page_marks
         .pages_enqueued(&other, &pages(&["new"]), until)
         .await
         .unwrap();
     assert!(on_their_way(&other).await);
-    subscriptions.page_done(&other, "new").await.unwrap();
+    page_marks.page_done(&other, "new").await.unwrap();
     assert!(!on_their_way(&other).await);
 }
 
@@ -459,7 +462,7 @@ pub async fn pages_on_their_way_are_marked_per_topic(stores: Stores) {
 /// shows it live. A subscription never replaying, or gone, is live; one whose replay's time
 /// is over without a hand-over is abandoned.
 pub async fn a_replaying_subscription_holds_events_until_it_hands_over(stores: Stores) {
-    let subscriptions = stores.subscriptions;
+    let (subscriptions, gate) = (stores.subscriptions, stores.replay_gate);
     let replaying = Subscription {
         replaying_until_ms: now_ms() + 60_000,
         ..subscription("c1", "1", "topic/a")
@@ -468,19 +471,19 @@ pub async fn a_replaying_subscription_holds_events_until_it_hands_over(stores: S
     let stored = &subscriptions.by_topic(&replaying.topic).await.unwrap()[0];
     assert_eq!(stored.replaying_until_ms, replaying.replaying_until_ms);
 
-    assert_eq!(subscriptions.hold(&replaying).await.unwrap(), Hold::Held);
+    assert_eq!(gate.hold(&replaying).await.unwrap(), Hold::Held);
     // Held since the replay's count of none: it reads again.
-    let handed = subscriptions.hand_over(&replaying, Some(0)).await.unwrap();
+    let handed = gate.hand_over(&replaying, Some(0)).await.unwrap();
     assert_eq!(handed, HandOver::Held(1));
-    assert_eq!(subscriptions.hold(&replaying).await.unwrap(), Hold::Held);
-    let handed = subscriptions.hand_over(&replaying, Some(1)).await.unwrap();
+    assert_eq!(gate.hold(&replaying).await.unwrap(), Hold::Held);
+    let handed = gate.hand_over(&replaying, Some(1)).await.unwrap();
     assert_eq!(handed, HandOver::Held(2));
     assert_eq!(
-        subscriptions.hand_over(&replaying, Some(2)).await.unwrap(),
+        gate.hand_over(&replaying, Some(2)).await.unwrap(),
         HandOver::Done
     );
     // Live from now on, also for a reader holding the copy it read before.
-    assert_eq!(subscriptions.hold(&replaying).await.unwrap(), Hold::Live);
+    assert_eq!(gate.hold(&replaying).await.unwrap(), Hold::Live);
     let stored = &subscriptions.by_topic(&replaying.topic).await.unwrap()[0];
     assert_eq!(stored.replaying_until_ms, 0);
     let keys = [replaying.key.clone()];
@@ -496,24 +499,21 @@ pub async fn a_replaying_subscription_holds_events_until_it_hands_over(stores: S
         ..subscription("c1", "2", "topic/a")
     };
     subscriptions.insert(&forced).await.unwrap();
-    assert_eq!(subscriptions.hold(&forced).await.unwrap(), Hold::Held);
-    assert_eq!(
-        subscriptions.hand_over(&forced, None).await.unwrap(),
-        HandOver::Done
-    );
-    assert_eq!(subscriptions.hold(&forced).await.unwrap(), Hold::Live);
+    assert_eq!(gate.hold(&forced).await.unwrap(), Hold::Held);
+    assert_eq!(gate.hand_over(&forced, None).await.unwrap(), HandOver::Done);
+    assert_eq!(gate.hold(&forced).await.unwrap(), Hold::Live);
 
     // Never replaying, gone, or out of time.
     let plain = subscription("c1", "3", "topic/a");
     subscriptions.insert(&plain).await.unwrap();
-    assert_eq!(subscriptions.hold(&plain).await.unwrap(), Hold::Live);
+    assert_eq!(gate.hold(&plain).await.unwrap(), Hold::Live);
     let gone = Subscription {
         replaying_until_ms: now_ms() + 60_000,
         ..subscription("c9", "1", "topic/a")
     };
-    assert_eq!(subscriptions.hold(&gone).await.unwrap(), Hold::Live);
+    assert_eq!(gate.hold(&gone).await.unwrap(), Hold::Live);
     assert_eq!(
-        subscriptions.hand_over(&gone, Some(0)).await.unwrap(),
+        gate.hand_over(&gone, Some(0)).await.unwrap(),
         HandOver::Done
     );
     let lost = Subscription {
@@ -521,7 +521,7 @@ pub async fn a_replaying_subscription_holds_events_until_it_hands_over(stores: S
         ..subscription("c1", "4", "topic/a")
     };
     subscriptions.insert(&lost).await.unwrap();
-    assert_eq!(subscriptions.hold(&lost).await.unwrap(), Hold::Abandoned);
+    assert_eq!(gate.hold(&lost).await.unwrap(), Hold::Abandoned);
 }
 
 /// The per-connection limit holds under concurrent inserts on one connection: exactly the
@@ -591,9 +591,13 @@ pub async fn the_per_connection_limit_holds_under_concurrent_inserts(stores: Sto
             .await,
         Err(StoreError::LimitReached(_))
     ));
-    // Once the connection's subscriptions are all gone, it may hold the limit again.
+    // Once the connection's subscriptions are all gone (closed, with a mark that has
+    // lapsed), it may hold the limit again.
     assert_eq!(
-        subscriptions.delete_by_connection(&limited).await.unwrap(),
+        subscriptions
+            .close_connection(&limited, now_secs() - 1)
+            .await
+            .unwrap(),
         LIMIT
     );
     for i in 0..LIMIT {
@@ -604,7 +608,9 @@ pub async fn the_per_connection_limit_holds_under_concurrent_inserts(stores: Sto
     }
 }
 
-pub async fn delete_by_connection_removes_all_of_one_connection(stores: Stores) {
+/// Closing a connection removes every subscription of it, and no other's; with a closed
+/// mark that has lapsed, every operation id is free again at once.
+pub async fn close_connection_removes_all_of_one_connection(stores: Stores) {
     let subscriptions = stores.subscriptions;
     // 30 subscriptions over three topics: more than one DynamoDB batch.
     for i in 0..30 {
@@ -615,8 +621,12 @@ pub async fn delete_by_connection_removes_all_of_one_connection(stores: Stores) 
     subscriptions.insert(&survivor).await.unwrap();
 
     let doomed = ConnectionId::new("doomed");
+    let lapsed = now_secs() - 1;
     assert_eq!(
-        subscriptions.delete_by_connection(&doomed).await.unwrap(),
+        subscriptions
+            .close_connection(&doomed, lapsed)
+            .await
+            .unwrap(),
         30
     );
     assert_eq!(
@@ -633,14 +643,20 @@ pub async fn delete_by_connection_removes_all_of_one_connection(stores: Stores) 
         );
     }
     assert_eq!(
-        subscriptions.delete_by_connection(&doomed).await.unwrap(),
+        subscriptions
+            .close_connection(&doomed, lapsed)
+            .await
+            .unwrap(),
         0
     );
     // Every operation id is free again.
-    subscriptions
-        .insert(&subscription("doomed", "0", "topic/9"))
-        .await
-        .unwrap();
+    assert_eq!(
+        subscriptions
+            .insert(&subscription("doomed", "0", "topic/9"))
+            .await
+            .unwrap(),
+        Inserted::Stored
+    );
 }
 
 pub async fn get_many_answers_in_the_order_asked(stores: Stores) {

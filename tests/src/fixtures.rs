@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
-    RecordingGateway,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    MemorySubscriptionStore, RecordingGateway,
 };
-use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports, SubscriptionStore};
+use broker::{
+    AuthConfig, Authenticator, Broker, BrokerConfig, Ports, ReplayGate, SubscriptionStore,
+};
 use serde::de::DeserializeOwned;
 
 /// The user the fixtures' tokens stand for, and the board they use.
@@ -26,9 +28,12 @@ pub struct Harness {
 
 /// Memory stores, no fan-out queue, and `gateway` to record what is posted.
 pub fn memory_ports(gateway: Arc<RecordingGateway>) -> Ports {
+    let subscriptions = MemorySubscriptionStore::default();
     Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway,
         fanout: None,
@@ -46,17 +51,24 @@ pub fn fixture_authenticator() -> Authenticator {
 
 /// A broker on memory adapters where `user-a` owns board `b1`.
 pub async fn harness() -> Harness {
-    harness_with(Arc::new(MemorySubscriptionStore::default())).await
+    let subscriptions = MemorySubscriptionStore::default();
+    let replay_gate = Arc::new(subscriptions.replay_gate());
+    harness_with(Arc::new(subscriptions), replay_gate).await
 }
 
-/// [`harness`] on the subscription store given.
-pub async fn harness_with(subscriptions: Arc<dyn SubscriptionStore>) -> Harness {
+/// [`harness`] on the subscription store given, and the replay gate of that store.
+pub async fn harness_with(
+    subscriptions: Arc<dyn SubscriptionStore>,
+    replay_gate: Arc<dyn ReplayGate>,
+) -> Harness {
     let gateway = Arc::new(RecordingGateway::default());
     let events = Arc::new(MemoryEventLog::default());
     let (queue, _pages) = ChannelFanoutQueue::new();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
         subscriptions,
+        replay_gate,
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: events.clone(),
         gateway: gateway.clone(),
         fanout: Some(Arc::new(queue)),

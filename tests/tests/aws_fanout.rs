@@ -9,12 +9,13 @@ use std::time::Duration;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use broker::aws::{
-    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, RetryPolicy,
-    SqsFanoutQueue,
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbReplayGate,
+    DynamoDbSubscriptionStore, RetryPolicy, SqsFanoutQueue,
 };
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_secs};
 use broker::memory::{
-    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+    MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemorySubscriptionStore,
+    RecordingGateway,
 };
 use broker::{
     Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConnectionId, Event, FanoutPage,
@@ -115,6 +116,14 @@ async fn above_the_threshold_an_event_goes_out_as_sqs_pages_that_the_worker_deli
             &tables.names.connections,
         )),
         subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        replay_gate: Arc::new(DynamoDbReplayGate::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        page_marks: Arc::new(DynamoDbPageMarks::new(
             client.clone(),
             &tables.names.subscriptions,
         )),
@@ -542,9 +551,12 @@ async fn the_worker_keeps_a_groups_order_and_holds_back_the_rest_of_a_group_afte
     // GIVEN subscribers `failing` and `behind` in one group, `steady` in another, and two
     // events; `failing`'s posts fail
     let gateway = Arc::new(RecordingGateway::default());
+    let subscriptions = MemorySubscriptionStore::default();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: None,
@@ -635,9 +647,12 @@ async fn on_a_fifo_queue_a_partly_failed_page_is_redelivered_in_place_ahead_of_i
     let dead_letters = url.replace(".fifo", "-dlq.fifo");
     let queue = Arc::new(SqsFanoutQueue::new(sqs.clone(), &url));
     let gateway = Arc::new(RecordingGateway::default());
+    let subscriptions = MemorySubscriptionStore::default();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: Some(queue.clone()),

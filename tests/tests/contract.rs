@@ -5,18 +5,23 @@ use std::sync::Arc;
 
 use broker::FanoutPage;
 use broker::aws::{
-    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore, SqsFanoutQueue,
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbReplayGate,
+    DynamoDbSubscriptionStore, SqsFanoutQueue,
 };
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    MemorySubscriptionStore,
 };
 use broker_tests::aws::{FreshTables, SerialMoto, fresh_queue, fresh_tables, fresh_tables_at};
 use broker_tests::contract::{self, Stores};
 
 fn memory() -> Stores {
+    let subscriptions = MemorySubscriptionStore::default();
     Stores {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
     }
 }
@@ -30,6 +35,8 @@ fn file() -> Stores {
     Stores {
         connections: Arc::new(store.connections()),
         subscriptions: Arc::new(store.subscriptions()),
+        replay_gate: Arc::new(store.replay_gate()),
+        page_marks: Arc::new(store.page_marks()),
         events: Arc::new(store.events()),
     }
 }
@@ -46,6 +53,14 @@ fn dynamodb_on(tables: &FreshTables) -> Stores {
             &tables.names.connections,
         )),
         subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        replay_gate: Arc::new(DynamoDbReplayGate::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        page_marks: Arc::new(DynamoDbPageMarks::new(
             client.clone(),
             &tables.names.subscriptions,
         )),
@@ -96,7 +111,7 @@ store_contract!(
     delete_removes_one_subscription_and_frees_its_operation_id,
     expired_subscriptions_are_filtered_on_every_read,
     count_by_connection_counts_one_connections_subscriptions,
-    delete_by_connection_removes_all_of_one_connection,
+    close_connection_removes_all_of_one_connection,
     get_many_answers_in_the_order_asked,
     events_append_once_and_read_back,
     expired_events_are_invisible,

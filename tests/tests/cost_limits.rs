@@ -12,7 +12,8 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use aws_lambda_events::encodings::Body;
 use boards::{Board, BoardStore, Card, MemoryBoardStore, build_schema};
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    MemorySubscriptionStore,
 };
 use broker::{
     AuthConfig, Authenticator, Broker, BrokerConfig, CloseCode, ConnectionGateway, ConnectionId,
@@ -327,9 +328,12 @@ struct Rig {
 async fn rig(with_queue: bool) -> Rig {
     let gateway = Arc::new(FlakyGateway::default());
     let (queue, pages) = ChannelFanoutQueue::new();
+    let subscriptions = MemorySubscriptionStore::default();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: with_queue.then(|| Arc::new(queue) as _),

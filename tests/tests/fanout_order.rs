@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_secs};
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    MemorySubscriptionStore,
 };
 use broker::{
     Audience, AuthConfig, Authenticator, Broker, BrokerConfig, CloseCode, ConnectionGateway,
@@ -189,9 +190,12 @@ async fn watched_board(x_failures: usize, config: BrokerConfig) -> Watched {
     let (queue, pages) = ChannelFanoutQueue::ordered();
     let queue = Arc::new(queue);
     assert!(queue.ordered());
+    let subscriptions = MemorySubscriptionStore::default();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: Some(queue.clone()),
@@ -318,8 +322,8 @@ async fn a_page_the_embedded_queue_gives_up_on_holds_its_topic_no_longer() {
     // WHEN the worker has tried `x`'s page as often as the queue allows
     // THEN its mark is gone with the delivered one: the topic's next events may go inline
     let topic = card_topic("b1");
-    let subscriptions = w.broker.ports().subscriptions.clone();
-    let freed = eventually(async || !subscriptions.pages_in_flight(&topic).await.unwrap()).await;
+    let page_marks = w.broker.ports().page_marks.clone();
+    let freed = eventually(async || !page_marks.pages_in_flight(&topic).await.unwrap()).await;
     worker.abort();
     assert!(freed, "a page given up on still holds the topic");
     assert_eq!(w.gateway.titles(&w.y), ["given up"]);

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use broker::file::FileStore;
-use broker::{Audience, ConnectionStore, Event, EventLog, EventRef, SubscriptionStore, Topic};
+use broker::{
+    Audience, ConnectionStore, Event, EventLog, EventRef, PageMarks, SubscriptionStore, Topic,
+};
 use broker_tests::contract::{connection, subscription};
 use serde_json::json;
 
@@ -79,15 +81,15 @@ async fn forget_connections_drops_connections_subscriptions_and_page_marks_and_k
     // A page on its way through the in-memory queue, which does not outlive the process.
     let until = broker::domain::now_secs() + 600;
     let page = vec!["page".to_owned()];
-    let subscriptions = store.subscriptions();
-    subscriptions
+    let page_marks = store.page_marks();
+    page_marks
         .pages_enqueued(&sub.topic, &page, until)
         .await
         .unwrap();
 
     assert_eq!(store.forget_connections().unwrap(), (1, 1));
 
-    assert!(!subscriptions.pages_in_flight(&sub.topic).await.unwrap());
+    assert!(!page_marks.pages_in_flight(&sub.topic).await.unwrap());
 
     assert_eq!(store.connections().get(&alice.id).await.unwrap(), None);
     assert!(

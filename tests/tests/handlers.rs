@@ -5,7 +5,9 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayWebsocketProxy
 use aws_lambda_events::dynamodb::Event as StreamEvent;
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::SqsEvent;
-use broker::{ConnectionId, Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId};
+use broker::{
+    ConnectionId, PageMarks, Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId,
+};
 use broker_tests::fixtures::*;
 use graphql_api::{http_api, websocket};
 use serde_json::{Value, json};
@@ -473,10 +475,11 @@ async fn a_legacy_stop_handled_before_its_start_leaves_no_subscription() {
 }
 
 /// A subscription store whose inserts wait until the test lets them go: a `subscribe` held
-/// right before its write, while other handlers run.
+/// right before its write, while other handlers run. Its page marks can be made to fail.
 #[derive(Default)]
 struct HeldInserts {
     inner: broker::memory::MemorySubscriptionStore,
+    pages: broker::memory::MemoryPageMarks,
     reached: tokio::sync::Notify,
     release: tokio::sync::Notify,
     /// Until when each tombstone (`complete`) and closed mark was asked to last.
@@ -541,16 +544,17 @@ impl broker::SubscriptionStore for HeldInserts {
     ) -> Result<Vec<SubscriptionKey>, broker::StoreError> {
         self.inner.by_connection(id).await
     }
-    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, broker::StoreError> {
-        self.inner.delete_by_connection(id).await
-    }
+}
+
+#[async_trait::async_trait]
+impl broker::PageMarks for HeldInserts {
     async fn pages_enqueued(
         &self,
         topic: &Topic,
         pages: &[String],
         until: u64,
     ) -> Result<(), broker::StoreError> {
-        self.inner.pages_enqueued(topic, pages, until).await
+        self.pages.pages_enqueued(topic, pages, until).await
     }
     async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), broker::StoreError> {
         if self
@@ -559,20 +563,10 @@ impl broker::SubscriptionStore for HeldInserts {
         {
             return Err(broker::StoreError::backend("the store is down"));
         }
-        self.inner.page_done(topic, page).await
+        self.pages.page_done(topic, page).await
     }
     async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, broker::StoreError> {
-        self.inner.pages_in_flight(topic).await
-    }
-    async fn hold(&self, s: &Subscription) -> Result<broker::Hold, broker::StoreError> {
-        self.inner.hold(s).await
-    }
-    async fn hand_over(
-        &self,
-        s: &Subscription,
-        held: Option<u64>,
-    ) -> Result<broker::HandOver, broker::StoreError> {
-        self.inner.hand_over(s, held).await
+        self.pages.pages_in_flight(topic).await
     }
 }
 
@@ -581,7 +575,11 @@ impl broker::SubscriptionStore for HeldInserts {
 #[tokio::test]
 async fn a_stream_batch_reads_a_topics_subscriptions_once() {
     let store = std::sync::Arc::new(HeldInserts::default());
-    let h = harness_with(store.clone()).await;
+    let h = harness_with(
+        store.clone(),
+        std::sync::Arc::new(store.inner.replay_gate()),
+    )
+    .await;
     // The insert goes on at once.
     store.release.notify_one();
     subscribed(&h).await;
@@ -670,7 +668,7 @@ async fn pages_failed_on_their_last_receive_no_longer_hold_the_topic() {
     for received in 1..=3 {
         let response = publisher::fanout::handle(&broker, batch(received)).await;
         assert_eq!(response.batch_item_failures.len(), 2, "receive {received}");
-        let in_flight = broker.ports().subscriptions.pages_in_flight(&topic).await;
+        let in_flight = broker.ports().page_marks.pages_in_flight(&topic).await;
         assert_eq!(in_flight.unwrap(), received < 3, "receive {received}");
     }
     // One subscriber left, below the threshold: posted inline.
@@ -705,7 +703,9 @@ async fn a_delivered_page_is_done_even_when_its_mark_cannot_be_removed() {
     let gateway = Arc::new(broker::memory::RecordingGateway::default());
     let ports = broker::Ports {
         fanout: Some(Arc::new(queue)),
+        replay_gate: Arc::new(store.inner.replay_gate()),
         subscriptions: store.clone(),
+        page_marks: store.clone(),
         ..memory_ports(gateway.clone())
     };
     let config = broker::BrokerConfig {
@@ -747,7 +747,11 @@ async fn a_delivered_page_is_done_even_when_its_mark_cannot_be_removed() {
 #[tokio::test]
 async fn a_subscribe_handled_after_disconnect_leaves_no_subscription() {
     let store = std::sync::Arc::new(HeldInserts::default());
-    let h = harness_with(store.clone()).await;
+    let h = harness_with(
+        store.clone(),
+        std::sync::Arc::new(store.inner.replay_gate()),
+    )
+    .await;
     for name in ["connect.json", "connection-init.json"] {
         websocket::handle(&h.broker, ws(&h, name)).await.unwrap();
     }
@@ -779,7 +783,11 @@ async fn a_subscribe_handled_after_disconnect_leaves_no_subscription() {
     );
 
     // Tombstones last 10 minutes: a `complete` before its `subscribe`, and the closed mark.
-    let h = harness_with(store.clone()).await;
+    let h = harness_with(
+        store.clone(),
+        std::sync::Arc::new(store.inner.replay_gate()),
+    )
+    .await;
     for name in ["connect.json", "connection-init.json", "complete.json"] {
         websocket::handle(&h.broker, ws(&h, name)).await.unwrap();
     }

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use broker::memory::{
-    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+    MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemoryReplayGate,
+    MemorySubscriptionStore, RecordingGateway,
 };
 use broker::resume::{RESUME_EXPIRED, RESUME_FROM};
 use broker::{
     Audience, Broker, BrokerConfig, ConnectionId, DeliveryMode, Event, EventLog, EventRef, Ports,
-    StoreError, Topic, UserId,
+    ReplayGate, StoreError, Topic, UserId,
 };
 use broker_tests::aws::{fresh_tables, moto_endpoint};
 use broker_tests::local::*;
@@ -520,13 +521,17 @@ struct Raced {
 
 impl Raced {
     async fn new(slow: Duration) -> Self {
-        Self::on(slow, |_| Arc::new(MemorySubscriptionStore::default())).await
+        Self::on(slow, |_, subscriptions| {
+            Arc::new(subscriptions.replay_gate())
+        })
+        .await
     }
 
-    /// [`Self::new`] on the subscription store `stores` makes, given the event log.
+    /// [`Self::new`] with the replay gate `gate` makes, given the event log and the
+    /// subscription store.
     async fn on(
         slow: Duration,
-        stores: impl FnOnce(Arc<dyn EventLog>) -> Arc<dyn broker::SubscriptionStore>,
+        gate: impl FnOnce(Arc<dyn EventLog>, &MemorySubscriptionStore) -> Arc<dyn ReplayGate>,
     ) -> Self {
         use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
         // Direct mode: live delivery happens in the publishing call, so what live delivery
@@ -535,9 +540,12 @@ impl Raced {
         let gateway = Arc::new(RecordingGateway::default());
         let events: Arc<dyn EventLog> =
             Arc::new(ScriptedLog::new(Appends::SlowWhenTitledSlow(slow)));
+        let subscriptions = MemorySubscriptionStore::default();
         let ports = Ports {
             connections: Arc::new(MemoryConnectionStore::default()),
-            subscriptions: stores(events.clone()),
+            replay_gate: gate(events.clone(), &subscriptions),
+            subscriptions: Arc::new(subscriptions),
+            page_marks: Arc::new(MemoryPageMarks::default()),
             events,
             gateway: gateway.clone(),
             fanout: None,
@@ -754,9 +762,12 @@ async fn a_publish_not_stored_within_its_deadline_fails_and_reaches_no_one() {
 
 /// A broker of the boards app on memory stores and the event log `events`.
 fn broker_on(events: Arc<dyn EventLog>, config: BrokerConfig) -> Broker {
+    let subscriptions = MemorySubscriptionStore::default();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events,
         gateway: Arc::new(RecordingGateway::default()),
         fanout: None,
@@ -826,18 +837,18 @@ enum Probe {
     FailingHold,
 }
 
-/// A subscription store that does what its [`Probe`] says to replays.
+/// A replay gate that does what its [`Probe`] says to replays.
 struct HandOverProbe {
-    inner: MemorySubscriptionStore,
+    inner: MemoryReplayGate,
     events: Arc<dyn EventLog>,
     probe: Probe,
     held: std::sync::atomic::AtomicU64,
 }
 
 impl HandOverProbe {
-    fn new(events: Arc<dyn EventLog>, probe: Probe) -> Self {
+    fn new(events: Arc<dyn EventLog>, inner: MemoryReplayGate, probe: Probe) -> Self {
         Self {
-            inner: MemorySubscriptionStore::default(),
+            inner,
             events,
             probe,
             held: Default::default(),
@@ -846,7 +857,7 @@ impl HandOverProbe {
 }
 
 #[async_trait]
-impl broker::SubscriptionStore for HandOverProbe {
+impl ReplayGate for HandOverProbe {
     async fn hand_over(
         &self,
         s: &broker::Subscription,
@@ -865,73 +876,23 @@ impl broker::SubscriptionStore for HandOverProbe {
         self.events.append(&event).await?;
         self.inner.hand_over(s, None).await
     }
-    async fn insert_within(
-        &self,
-        s: &broker::Subscription,
-        max: usize,
-    ) -> Result<broker::Inserted, StoreError> {
-        self.inner.insert_within(s, max).await
-    }
-    async fn complete(
-        &self,
-        key: &broker::SubscriptionKey,
-        until: u64,
-    ) -> Result<bool, StoreError> {
-        self.inner.complete(key, until).await
-    }
-    async fn close_connection(&self, id: &ConnectionId, until: u64) -> Result<usize, StoreError> {
-        self.inner.close_connection(id, until).await
-    }
-    async fn contains(&self, key: &broker::SubscriptionKey) -> Result<bool, StoreError> {
-        self.inner.contains(key).await
-    }
-    async fn delete(&self, key: &broker::SubscriptionKey) -> Result<bool, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn by_topic(&self, topic: &Topic) -> Result<Vec<broker::Subscription>, StoreError> {
-        self.inner.by_topic(topic).await
-    }
-    async fn get_many(
-        &self,
-        topic: &Topic,
-        keys: &[broker::SubscriptionKey],
-    ) -> Result<Vec<broker::Subscription>, StoreError> {
-        self.inner.get_many(topic, keys).await
-    }
-    async fn count_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
-        self.inner.count_by_connection(id).await
-    }
-    async fn by_connection(
-        &self,
-        id: &ConnectionId,
-    ) -> Result<Vec<broker::SubscriptionKey>, StoreError> {
-        self.inner.by_connection(id).await
-    }
-    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
-        self.inner.delete_by_connection(id).await
-    }
     async fn hold(&self, s: &broker::Subscription) -> Result<broker::Hold, StoreError> {
         if self.probe == Probe::FailingHold {
             return Err(StoreError::backend("the store is down"));
         }
         self.inner.hold(s).await
     }
-    async fn pages_enqueued(&self, t: &Topic, p: &[String], until: u64) -> Result<(), StoreError> {
-        self.inner.pages_enqueued(t, p, until).await
-    }
-    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
-        self.inner.page_done(topic, page).await
-    }
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
-        self.inner.pages_in_flight(topic).await
-    }
 }
 
 #[tokio::test]
 async fn a_replay_that_cannot_hand_over_on_its_count_still_sends_what_was_held() {
     // GIVEN a topic on which every conditional hand-over finds one more event held back
-    let raced = Raced::on(Duration::ZERO, |events| {
-        Arc::new(HandOverProbe::new(events, Probe::BusyTopic))
+    let raced = Raced::on(Duration::ZERO, |events, subscriptions| {
+        Arc::new(HandOverProbe::new(
+            events,
+            subscriptions.replay_gate(),
+            Probe::BusyTopic,
+        ))
     })
     .await;
     // WHEN a subscriber resumes: its replay reads again and again, then hands over as it
@@ -944,8 +905,12 @@ async fn a_replay_that_cannot_hand_over_on_its_count_still_sends_what_was_held()
 
 #[tokio::test]
 async fn a_replay_whose_hand_over_fails_closes_the_connection_for_a_new_resume() {
-    let raced = Raced::on(Duration::ZERO, |events| {
-        Arc::new(HandOverProbe::new(events, Probe::FailingHandOver))
+    let raced = Raced::on(Duration::ZERO, |events, subscriptions| {
+        Arc::new(HandOverProbe::new(
+            events,
+            subscriptions.replay_gate(),
+            Probe::FailingHandOver,
+        ))
     })
     .await;
     raced.resume_soon().await.unwrap();
@@ -962,8 +927,12 @@ async fn a_replay_whose_hand_over_fails_closes_the_connection_for_a_new_resume()
 #[tokio::test]
 async fn an_event_that_cannot_be_held_back_closes_the_resumer_and_reaches_the_others() {
     // GIVEN a subscription still replaying beside a live one, on a store failing holds
-    let raced = Raced::on(Duration::ZERO, |events| {
-        Arc::new(HandOverProbe::new(events, Probe::FailingHold))
+    let raced = Raced::on(Duration::ZERO, |events, subscriptions| {
+        Arc::new(HandOverProbe::new(
+            events,
+            subscriptions.replay_gate(),
+            Probe::FailingHold,
+        ))
     })
     .await;
     let subscriptions = raced.broker.ports().subscriptions.clone();

@@ -8,13 +8,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
-use broker::aws::{DynamoDbConnectionStore, DynamoDbSubscriptionStore};
+use broker::aws::{
+    DynamoDbConnectionStore, DynamoDbPageMarks, DynamoDbReplayGate, DynamoDbSubscriptionStore,
+};
 use broker::memory::{
-    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+    MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemorySubscriptionStore,
+    RecordingGateway,
 };
 use broker::{
     AuthConfig, Authenticator, Broker, BrokerConfig, ConnectionId, ConnectionStore, Inserted,
-    Ports, StoreError, Subscription, SubscriptionKey, SubscriptionStore, Topic,
+    PageMarks, Ports, ReplayGate, StoreError, Subscription, SubscriptionKey, SubscriptionStore,
+    Topic,
 };
 use broker_tests::aws::{SerialMoto, fresh_tables_at};
 use serde_json::json;
@@ -25,11 +29,15 @@ const SUBSCRIBES: usize = 30;
 async fn concurrent_subscribes_stay_within_the_limit(
     connections: Arc<dyn ConnectionStore>,
     subscriptions: Arc<dyn SubscriptionStore>,
+    replay_gate: Arc<dyn ReplayGate>,
+    page_marks: Arc<dyn PageMarks>,
 ) {
     let gateway = Arc::new(RecordingGateway::default());
     let ports = Ports {
         connections,
         subscriptions: subscriptions.clone(),
+        replay_gate,
+        page_marks,
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: None,
@@ -151,46 +159,17 @@ impl SubscriptionStore for Yielding {
         tokio::task::yield_now().await;
         self.0.by_connection(id).await
     }
-    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
-        tokio::task::yield_now().await;
-        self.0.delete_by_connection(id).await
-    }
-    async fn pages_enqueued(
-        &self,
-        topic: &Topic,
-        pages: &[String],
-        until: u64,
-    ) -> Result<(), StoreError> {
-        tokio::task::yield_now().await;
-        self.0.pages_enqueued(topic, pages, until).await
-    }
-    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
-        tokio::task::yield_now().await;
-        self.0.page_done(topic, page).await
-    }
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
-        tokio::task::yield_now().await;
-        self.0.pages_in_flight(topic).await
-    }
-    async fn hold(&self, s: &Subscription) -> Result<broker::Hold, StoreError> {
-        tokio::task::yield_now().await;
-        self.0.hold(s).await
-    }
-    async fn hand_over(
-        &self,
-        s: &Subscription,
-        held: Option<u64>,
-    ) -> Result<broker::HandOver, StoreError> {
-        tokio::task::yield_now().await;
-        self.0.hand_over(s, held).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_subscribes_on_one_connection_stay_within_the_limit_in_memory() {
+    let subscriptions = Yielding::default();
+    let replay_gate = Arc::new(subscriptions.0.replay_gate());
     concurrent_subscribes_stay_within_the_limit(
         Arc::new(MemoryConnectionStore::default()),
-        Arc::new(Yielding::default()),
+        Arc::new(subscriptions),
+        replay_gate,
+        Arc::new(MemoryPageMarks::default()),
     )
     .await;
 }
@@ -208,6 +187,14 @@ async fn concurrent_subscribes_on_one_connection_stay_within_the_limit_on_dynamo
             tables.dynamodb.clone(),
             &tables.names.subscriptions,
         )),
+        Arc::new(DynamoDbReplayGate::new(
+            tables.dynamodb.clone(),
+            &tables.names.subscriptions,
+        )),
+        Arc::new(DynamoDbPageMarks::new(
+            tables.dynamodb.clone(),
+            &tables.names.subscriptions,
+        )),
     )
     .await;
 }
@@ -220,6 +207,8 @@ async fn concurrent_subscribes_on_one_connection_stay_within_the_limit_in_the_da
     concurrent_subscribes_stay_within_the_limit(
         Arc::new(store.connections()),
         Arc::new(store.subscriptions()),
+        Arc::new(store.replay_gate()),
+        Arc::new(store.page_marks()),
     )
     .await;
 }

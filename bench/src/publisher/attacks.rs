@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_graphql::{Executor, Request};
 use boards::{MemoryBoardStore, build_schema};
 use broker::memory::{
-    MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore, RecordingGateway,
+    MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemorySubscriptionStore,
+    RecordingGateway,
 };
 use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports, UserId};
 
@@ -125,9 +126,12 @@ pub(crate) fn run(interleaved: bool) -> anyhow::Result<()> {
             audience: None,
         });
         let token = auth.mint("attacker", 600);
+        let subscriptions = MemorySubscriptionStore::default();
         let ports = Ports {
             connections: Arc::new(MemoryConnectionStore::default()),
-            subscriptions: Arc::new(MemorySubscriptionStore::default()),
+            replay_gate: Arc::new(subscriptions.replay_gate()),
+            subscriptions: Arc::new(subscriptions),
+            page_marks: Arc::new(MemoryPageMarks::default()),
             events: Arc::new(MemoryEventLog::default()),
             gateway: Arc::new(RecordingGateway::default()),
             fanout: None,

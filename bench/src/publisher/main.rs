@@ -22,10 +22,13 @@ use anyhow::Context as _;
 use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord};
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema, card_topic};
 use broker::aws::{
-    ApiGatewayConnectionGateway, DynamoDbConnectionStore, DynamoDbEventLog,
-    DynamoDbSubscriptionStore, PostClient, TableNames, event_to_image, provision,
+    ApiGatewayConnectionGateway, DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks,
+    DynamoDbReplayGate, DynamoDbSubscriptionStore, PostClient, TableNames, event_to_image,
+    provision,
 };
-use broker::memory::{MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore};
+use broker::memory::{
+    MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemorySubscriptionStore,
+};
 use broker::{
     Audience, AuthConfig, Authenticator, Broker, BrokerConfig, Connection, ConnectionId, Event,
     Ports, Protocol, Subscription, SubscriptionKey, UserId,
@@ -512,9 +515,12 @@ async fn publisher_case(
     // On the emulator: its client and the subscriptions table.
     let (broker, ports, emulator) = match store {
         Store::Embedded => {
+            let subscriptions = MemorySubscriptionStore::default();
             let ports = Ports {
                 connections: Arc::new(MemoryConnectionStore::default()),
-                subscriptions: Arc::new(MemorySubscriptionStore::default()),
+                replay_gate: Arc::new(subscriptions.replay_gate()),
+                subscriptions: Arc::new(subscriptions),
+                page_marks: Arc::new(MemoryPageMarks::default()),
                 events: Arc::new(MemoryEventLog::default()),
                 gateway,
                 fanout: None,
@@ -563,6 +569,14 @@ async fn publisher_case(
                     &tables.connections,
                 )),
                 subscriptions: Arc::new(DynamoDbSubscriptionStore::new(
+                    dynamodb.clone(),
+                    &tables.subscriptions,
+                )),
+                replay_gate: Arc::new(DynamoDbReplayGate::new(
+                    dynamodb.clone(),
+                    &tables.subscriptions,
+                )),
+                page_marks: Arc::new(DynamoDbPageMarks::new(
                     dynamodb.clone(),
                     &tables.subscriptions,
                 )),

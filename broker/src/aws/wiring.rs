@@ -39,6 +39,15 @@ pub fn ports(
             dynamodb.clone(),
             tables.subscriptions.clone(),
         )),
+        // The replay gate and the page marks keep their items in the subscriptions table.
+        replay_gate: Arc::new(super::dynamodb::DynamoDbReplayGate::new(
+            dynamodb.clone(),
+            tables.subscriptions.clone(),
+        )),
+        page_marks: Arc::new(super::dynamodb::DynamoDbPageMarks::new(
+            dynamodb.clone(),
+            tables.subscriptions.clone(),
+        )),
         events: Arc::new(DynamoDbEventLog::new(dynamodb, tables.events.clone())),
         gateway,
         fanout,

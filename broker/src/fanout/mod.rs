@@ -34,7 +34,7 @@ impl Broker {
         }
         let in_flight = self
             .ports()
-            .subscriptions
+            .page_marks
             .pages_in_flight(&state.topic)
             .await?;
         Ok(*state.paging.insert(in_flight))
@@ -55,7 +55,7 @@ impl Broker {
             let until = crate::domain::now_secs().saturating_add(lifetime);
             let ids: Vec<String> = pages.iter().map(FanoutPage::id).collect();
             self.ports()
-                .subscriptions
+                .page_marks
                 .pages_enqueued(topic, &ids, until)
                 .await?;
         }
@@ -94,7 +94,7 @@ impl Broker {
         }
         let done = self
             .ports()
-            .subscriptions
+            .page_marks
             .page_done(&page.topic, &page.id())
             .await;
         if let Err(error) = done {

@@ -20,9 +20,9 @@
 //!
 //! Until the replay is over, live delivery posts nothing to the subscription: it is stored
 //! replaying ([`Subscription::replaying_until_ms`]), and live delivery holds each event
-//! back, counting it ([`crate::SubscriptionStore::hold`]). The replay is the one sender
+//! back, counting it ([`crate::ReplayGate::hold`]). The replay is the one sender
 //! meanwhile, so nothing live overtakes what it sends. It ends by handing over
-//! ([`crate::SubscriptionStore::hand_over`]) on the condition that no event was held back
+//! ([`crate::ReplayGate::hand_over`]) on the condition that no event was held back
 //! since its last read began (every held event was stored before it was held, so that
 //! read found it); otherwise it reads once more. After the hand-over, live delivery posts
 //! again: every live event comes after everything the replay sent, which it sent read by
@@ -256,13 +256,13 @@ impl Broker {
         if wait > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
-        let subscriptions = &self.ports().subscriptions;
+        let replay_gate = &self.ports().replay_gate;
         let mut held = 0;
         for _ in 0..HAND_OVER_READS {
             if !self.replay_read_and_send(subscription, &mut replay).await? {
                 return Ok(());
             }
-            match subscriptions.hand_over(subscription, Some(held)).await? {
+            match replay_gate.hand_over(subscription, Some(held)).await? {
                 HandOver::Done => return Ok(()),
                 HandOver::Held(now) => held = now,
             }
@@ -271,7 +271,7 @@ impl Broker {
         // then read once more. Whatever was held is in the log by now, so nothing is missed;
         // an event held in that instant may come after a live one.
         tracing::warn!(subscription = %subscription.key.encode(), "events kept being held back; handing over");
-        subscriptions.hand_over(subscription, None).await?;
+        replay_gate.hand_over(subscription, None).await?;
         self.replay_read_and_send(subscription, &mut replay).await?;
         Ok(())
     }
@@ -300,7 +300,7 @@ impl Broker {
                 self.resume_expired(subscription, "further behind than one replay sends")
                     .await?;
                 self.ports()
-                    .subscriptions
+                    .replay_gate
                     .hand_over(subscription, None)
                     .await?;
                 return Ok(false);
@@ -373,7 +373,7 @@ impl Broker {
 
 impl Broker {
     /// Leaves out of `admitted` the subscriptions whose resume is still replaying: the event
-    /// is held back from each ([`crate::SubscriptionStore::hold`]), and its replay, which
+    /// is held back from each ([`crate::ReplayGate::hold`]), and its replay, which
     /// reads the log once more before it hands over, sends it. A replay that ran out of time
     /// without handing over may not have sent what it held: its connection is closed, so
     /// that the client resumes again instead of living with a gap.
@@ -391,7 +391,7 @@ impl Broker {
             .filter(|s| s.replaying_until_ms != 0)
             .map(|s| (*s).clone())
             .collect();
-        let store = self.ports().subscriptions.clone();
+        let store = self.ports().replay_gate.clone();
         let holds: HashMap<SubscriptionKey, Result<Hold, StoreError>> = stream::iter(replaying)
             .map(|s| {
                 let store = store.clone();

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_graphql::{ComplexObject, Context, EmptyMutation, Object, Schema, SimpleObject};
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
-    RecordingGateway,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    MemorySubscriptionStore, RecordingGateway,
 };
 use broker::{
     Audience, AuthConfig, Authenticator, Broker, BrokerConfig, Connection, ConnectionId, Event,
@@ -95,9 +95,12 @@ fn setup_on(
         .data(renders.clone())
         .finish();
     let gateway = Arc::new(RecordingGateway::default());
+    let subscriptions = MemorySubscriptionStore::default();
     let ports = Ports {
         connections: Arc::new(MemoryConnectionStore::default()),
-        subscriptions: Arc::new(MemorySubscriptionStore::default()),
+        replay_gate: Arc::new(subscriptions.replay_gate()),
+        subscriptions: Arc::new(subscriptions),
+        page_marks: Arc::new(MemoryPageMarks::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: with_queue.then(|| Arc::new(queue) as _),

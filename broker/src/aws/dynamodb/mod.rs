@@ -13,7 +13,9 @@
 
 mod connections;
 mod events;
+mod page_marks;
 mod records;
+mod replay_gate;
 mod subscriptions;
 
 use std::collections::HashMap;
@@ -32,6 +34,8 @@ use crate::ports::StoreError;
 
 pub use connections::DynamoDbConnectionStore;
 pub use events::{DynamoDbEventLog, event_from_image, event_to_image};
+pub use page_marks::DynamoDbPageMarks;
+pub use replay_gate::DynamoDbReplayGate;
 pub use subscriptions::DynamoDbSubscriptionStore;
 
 /// An item as the SDK holds it.
@@ -54,6 +58,10 @@ where
 
 fn string(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
+}
+
+fn number(n: i64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
 }
 
 /// A record as a DynamoDB item.

@@ -1,32 +1,25 @@
+//! The subscription store on the subscriptions table.
+
 use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, Put, TransactWriteItem, Update,
 };
 
 use super::records::{
     COUNTER_KEY, ClaimItem, SubscriptionItem, claim_partition, closed_partition, counter_partition,
-    pages_partition,
 };
 use super::{
-    Item, backend, batch_delete, batch_get, batch_put, decode_listing, from_item, query_all,
-    string, to_item,
+    Item, backend, batch_delete, batch_get, decode_listing, from_item, number, query_all, string,
+    to_item,
 };
 use crate::aws::retry::RetryPolicy;
-use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_ms, now_secs};
-use crate::ports::{HandOver, Hold, Inserted, StoreError, SubscriptionStore};
-
-/// Whether a conditional `UpdateItem` failed its condition (and nothing else).
-fn is_condition_failure(error: &SdkError<UpdateItemError>) -> bool {
-    error
-        .as_service_error()
-        .is_some_and(|e| e.is_conditional_check_failed_exception())
-}
+use crate::domain::{ConnectionId, Subscription, SubscriptionKey, Topic, now_secs};
+use crate::ports::{Inserted, StoreError, SubscriptionStore};
 
 /// [`SubscriptionStore`] on the subscriptions table.
 ///
@@ -34,7 +27,7 @@ fn is_condition_failure(error: &SdkError<UpdateItemError>) -> bool {
 /// connection's own partition `#claims/{connectionId}`, written and deleted in the same
 /// transaction as the subscription. The claim is what makes an operation id unique per
 /// connection across topics, and it names the subscription's topic, so `delete` and
-/// `delete_by_connection` read one partition, strongly consistently, where a global
+/// closing a connection read one partition, strongly consistently, where a global
 /// secondary index would only be eventually consistent: a `complete` or a disconnect
 /// arriving right after a `subscribe` still finds it. The table has no index, so a
 /// subscription costs no write beyond its two items and its connection's counter (see
@@ -49,6 +42,15 @@ pub struct DynamoDbSubscriptionStore {
     client: Client,
     table: String,
     retry: RetryPolicy,
+}
+
+/// The key of an item of the subscriptions table: its partition (a topic, or one of the
+/// store's own partitions) and its sort key.
+pub(super) fn item_key(topic: &str, subscription_key: &str) -> Item {
+    HashMap::from([
+        ("topic".to_owned(), string(topic)),
+        ("subscriptionKey".to_owned(), string(subscription_key)),
+    ])
 }
 
 /// What a transaction came to, beyond success.
@@ -80,10 +82,7 @@ impl DynamoDbSubscriptionStore {
     }
 
     fn key(&self, topic: &str, subscription_key: &str) -> Item {
-        HashMap::from([
-            ("topic".to_owned(), string(topic)),
-            ("subscriptionKey".to_owned(), string(subscription_key)),
-        ])
+        item_key(topic, subscription_key)
     }
 
     /// Runs a transaction, retrying it while it only collides with concurrent ones.
@@ -179,6 +178,36 @@ impl DynamoDbSubscriptionStore {
 impl DynamoDbSubscriptionStore {
     fn closed_key(&self, id: &ConnectionId) -> Item {
         self.key(&closed_partition(id), id.as_str())
+    }
+
+    /// Deletes every subscription of a connection, with its claims and tombstones and its
+    /// counter; returns how many subscriptions there were.
+    async fn delete_all_of(&self, id: &ConnectionId) -> Result<usize, StoreError> {
+        let claims = self.claims(id).await?;
+        let partition = claim_partition(id);
+        // Subscriptions first, claims last: should a batch fail half-way, the claims left
+        // behind still lead a retry to whatever remains.
+        let subscriptions = claims
+            .iter()
+            .filter(|claim| claim.is_subscription())
+            .map(|claim| self.key(&claim.subscribed_topic, &claim.subscription_key));
+        let own_claims = claims
+            .iter()
+            .map(|claim| self.key(&partition, &claim.subscription_key));
+        let keys = subscriptions.chain(own_claims).collect();
+        batch_delete(&self.client, &self.table, keys, self.retry).await?;
+        // The counter last, once nothing it counts is left.
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&counter_partition(id), COUNTER_KEY)))
+            .send()
+            .await
+            .map_err(backend("DeleteItem"))?;
+        Ok(claims
+            .iter()
+            .filter(|claim| claim.is_subscription())
+            .count())
     }
 
     /// Whether the connection carries an unexpired closed mark (a consistent read).
@@ -465,7 +494,7 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .send()
             .await
             .map_err(backend("PutItem"))?;
-        self.delete_by_connection(id).await
+        self.delete_all_of(id).await
     }
 
     async fn contains(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
@@ -537,162 +566,6 @@ impl SubscriptionStore for DynamoDbSubscriptionStore {
             .filter_map(|claim| SubscriptionKey::decode(&claim.subscription_key))
             .collect())
     }
-
-    async fn delete_by_connection(&self, id: &ConnectionId) -> Result<usize, StoreError> {
-        let claims = self.claims(id).await?;
-        let partition = claim_partition(id);
-        // Subscriptions first, claims last: should a batch fail half-way, the claims left
-        // behind still lead a retry to whatever remains.
-        let subscriptions = claims
-            .iter()
-            .filter(|claim| claim.is_subscription())
-            .map(|claim| self.key(&claim.subscribed_topic, &claim.subscription_key));
-        let own_claims = claims
-            .iter()
-            .map(|claim| self.key(&partition, &claim.subscription_key));
-        let keys = subscriptions.chain(own_claims).collect();
-        batch_delete(&self.client, &self.table, keys, self.retry).await?;
-        // The counter last, once nothing it counts is left.
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(self.key(&counter_partition(id), COUNTER_KEY)))
-            .send()
-            .await
-            .map_err(backend("DeleteItem"))?;
-        Ok(claims
-            .iter()
-            .filter(|claim| claim.is_subscription())
-            .count())
-    }
-
-    async fn hold(&self, subscription: &Subscription) -> Result<Hold, StoreError> {
-        let key = self.key(subscription.topic.as_str(), &subscription.key.encode());
-        let held = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key.clone()))
-            .update_expression("ADD #held :one")
-            .condition_expression("#until > :now")
-            .expression_attribute_names("#held", "held")
-            .expression_attribute_names("#until", "replayingUntil")
-            .expression_attribute_values(":one", number(1))
-            .expression_attribute_values(":now", number(now_ms() as i64))
-            .send()
-            .await;
-        match held {
-            Ok(_) => return Ok(Hold::Held),
-            Err(error) if !is_condition_failure(&error) => {
-                return Err(backend("UpdateItem")(error));
-            }
-            Err(_) => {}
-        }
-        // Not replaying any more: handed over (no `replayingUntil`), gone, or out of time.
-        let item = self.get(key).await?;
-        Ok(match item.as_ref().and_then(|i| i.get("replayingUntil")) {
-            Some(_) => Hold::Abandoned,
-            None => Hold::Live,
-        })
-    }
-
-    async fn hand_over(
-        &self,
-        subscription: &Subscription,
-        held: Option<u64>,
-    ) -> Result<HandOver, StoreError> {
-        let key = self.key(subscription.topic.as_str(), &subscription.key.encode());
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key.clone()))
-            .update_expression("REMOVE #until, #held")
-            .expression_attribute_names("#until", "replayingUntil")
-            .expression_attribute_names("#held", "held")
-            .expression_attribute_names("#key", "subscriptionKey");
-        let update = match held {
-            Some(held) => update
-                .condition_expression("attribute_exists(#key) AND #held = :held")
-                .expression_attribute_values(":held", number(held as i64)),
-            None => update.condition_expression("attribute_exists(#key)"),
-        };
-        match update.send().await {
-            Ok(_) => return Ok(HandOver::Done),
-            Err(error) if !is_condition_failure(&error) => {
-                return Err(backend("UpdateItem")(error));
-            }
-            Err(_) => {}
-        }
-        // Gone (nothing to hand over), or more were held back since.
-        let count = self
-            .get(key)
-            .await?
-            .and_then(|item| match item.get("held") {
-                Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
-                _ => None,
-            });
-        Ok(count.map_or(HandOver::Done, HandOver::Held))
-    }
-
-    async fn pages_enqueued(
-        &self,
-        topic: &Topic,
-        pages: &[String],
-        expires_at: u64,
-    ) -> Result<(), StoreError> {
-        let partition = pages_partition(topic);
-        let until = number(i64::try_from(expires_at).unwrap_or(i64::MAX));
-        let items = pages
-            .iter()
-            .map(|page| {
-                let mut item = self.key(&partition, page);
-                item.insert("ttl".to_owned(), until.clone());
-                item
-            })
-            .collect();
-        batch_put(&self.client, &self.table, items, self.retry).await
-    }
-
-    async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(self.key(&pages_partition(topic), page)))
-            .send()
-            .await
-            .map_err(backend("DeleteItem"))?;
-        Ok(())
-    }
-
-    async fn pages_in_flight(&self, topic: &Topic) -> Result<bool, StoreError> {
-        // DynamoDB removes expired items only eventually: the filter skips them. The first
-        // page of results that holds one live mark answers.
-        let mut marks = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#topic = :pages")
-            .filter_expression("#ttl > :now")
-            .expression_attribute_names("#topic", "topic")
-            .expression_attribute_names("#ttl", "ttl")
-            .expression_attribute_values(":pages", string(pages_partition(topic)))
-            .expression_attribute_values(":now", number(now_secs() as i64))
-            .projection_expression("#topic")
-            .consistent_read(true)
-            .into_paginator()
-            .send();
-        while let Some(page) = marks.next().await {
-            if page.map_err(backend("Query"))?.count > 0 {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-}
-
-fn number(n: i64) -> AttributeValue {
-    AttributeValue::N(n.to_string())
 }
 
 /// The subscriptions among `items` that have not expired.

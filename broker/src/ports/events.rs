@@ -1,0 +1,49 @@
+//! The event log port.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::domain::{Event, EventRef, Topic};
+
+/// The append-only log of published events (the events table; its stream drives delivery).
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Appends; never overwrites an event with the same id.
+    async fn append(&self, event: &Event) -> Result<(), StoreError>;
+
+    /// [`Self::append`], confirmed by `deadline_ms` (milliseconds since the epoch), or
+    /// [`StoreError::TooLate`]. This one stops waiting at the deadline (and refuses an
+    /// answer that came after it), so a remote store may still store the event; a store
+    /// that checks the deadline inside its write (the embedded file) stores nothing then.
+    /// A wrapper of another log must forward this, or it falls back to stopping waiting.
+    async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
+        let now = crate::domain::now_ms();
+        if now > deadline_ms {
+            return Err(StoreError::TooLate);
+        }
+        let left = std::time::Duration::from_millis(deadline_ms - now);
+        match tokio::time::timeout(left, self.append(event)).await {
+            // Polled late (a starved process), the answer may be in after the deadline.
+            Ok(Ok(())) if crate::domain::now_ms() > deadline_ms => Err(StoreError::TooLate),
+            Ok(stored) => stored,
+            Err(_) => Err(StoreError::TooLate),
+        }
+    }
+
+    /// One unexpired event, `None` when the log does not hold it (any more).
+    async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError>;
+    /// Up to `limit` unexpired events of `topic` whose id sorts after `after`, in id order
+    /// (a consistent read): what a subscriber resuming from `after` missed. Page on with the
+    /// last id returned.
+    async fn after(
+        &self,
+        topic: &Topic,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// Whether `event` was delivered in full already: a retried stream batch skips it
+    /// instead of delivering it twice.
+    async fn is_delivered(&self, event: &EventRef) -> Result<bool, StoreError>;
+    /// Records that `event` was delivered in full.
+    async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError>;
+}
