@@ -8,7 +8,11 @@
 //! 1. its length ([`CostLimits::max_document_bytes`]), before anything else;
 //! 2. a scan of its bytes for bracket nesting ([`CostLimits::max_nesting`]), so the parser
 //!    never recurses deeper than that;
-//! 3. after parsing, one walk over every operation and fragment that computes the operation
+//! 3. a scan of its tokens that counts the fields and aliases each operation and fragment
+//!    writes out itself: a lower bound of what it costs once its spreads are expanded, so a
+//!    long flat document over the limits is refused at the cost of reading it, before the
+//!    parser builds its tree;
+//! 4. after parsing, one walk over every operation and fragment that computes the operation
 //!    *as executed* (fields after fragment expansion, depth, aliases, directives). Each
 //!    fragment's cost is computed once and reused at every spread, so a fragment bomb is
 //!    priced in microseconds and refused.
@@ -136,7 +140,8 @@ impl CostLimits {
         Ok(parsed)
     }
 
-    /// The checks that need no parsing: length and bracket nesting.
+    /// The checks that need no parsing: length, bracket nesting, and the fields and aliases
+    /// each definition writes out.
     pub fn check_text(&self, document: &str) -> Result<(), CostError> {
         if document.len() > self.max_document_bytes {
             return Err(CostError::DocumentTooLarge {
@@ -149,7 +154,7 @@ impl CostLimits {
                 limit: self.max_nesting,
             });
         }
-        Ok(())
+        self.check_written_selections(document.as_bytes())
     }
 
     /// The cost of every operation (and every fragment, used or not) of a parsed document.
@@ -365,9 +370,222 @@ fn nesting(text: &[u8]) -> usize {
     deepest
 }
 
+impl CostLimits {
+    /// Counts, token by token, the fields and aliases each top-level definition (operation
+    /// or fragment) writes in its own selection sets, and refuses the document as soon as
+    /// one of them is over [`Self::max_fields`] or [`Self::max_aliases`]. The walk after
+    /// parsing prices every definition with its spreads expanded, which can only add to
+    /// what is written: whatever this refuses, the walk would refuse with the same error.
+    /// Arguments, variable definitions, directives and fragment spreads are skipped over;
+    /// anything the scan does not understand is left to the parser.
+    fn check_written_selections(&self, text: &[u8]) -> Result<(), CostError> {
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Frame {
+            /// A selection set: its names at the top level are fields.
+            Selection,
+            /// An input object in an argument or a default value.
+            Value,
+        }
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Last {
+            Other,
+            Spread,
+            At,
+            Colon,
+            On,
+        }
+        let mut frames: Vec<Frame> = Vec::new();
+        let (mut parens, mut fields, mut aliases) = (0usize, 0u64, 0u64);
+        let mut last = Last::Other;
+        let mut i = 0;
+        while i < text.len() {
+            let selecting = parens == 0 && frames.last() == Some(&Frame::Selection);
+            let byte = text[i];
+            match byte {
+                b'#' => {
+                    while i < text.len() && text[i] != b'\n' && text[i] != b'\r' {
+                        i += 1;
+                    }
+                    continue;
+                }
+                b'"' if text[i..].starts_with(b"\"\"\"") => {
+                    i += 3;
+                    while i < text.len() && !text[i..].starts_with(b"\"\"\"") {
+                        i += if text[i..].starts_with(b"\\\"\"\"") {
+                            4
+                        } else {
+                            1
+                        };
+                    }
+                    i += 3;
+                    last = Last::Other;
+                    continue;
+                }
+                b'"' => {
+                    i += 1;
+                    while i < text.len() && text[i] != b'"' && text[i] != b'\n' {
+                        i += if text[i] == b'\\' { 2 } else { 1 };
+                    }
+                    i += 1;
+                    last = Last::Other;
+                    continue;
+                }
+                b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
+                    let start = i;
+                    while i < text.len()
+                        && matches!(text[i], b'_' | b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9')
+                    {
+                        i += 1;
+                    }
+                    if selecting {
+                        last = match last {
+                            Last::Spread if &text[start..i] == b"on" => Last::On,
+                            // A fragment's name, a type condition, a directive, or the
+                            // field an alias names: not a field of its own.
+                            Last::Spread | Last::On | Last::At | Last::Colon => Last::Other,
+                            Last::Other => {
+                                fields += 1;
+                                if fields > self.max_fields {
+                                    return Err(CostError::TooManyFields {
+                                        limit: self.max_fields,
+                                    });
+                                }
+                                Last::Other
+                            }
+                        };
+                    } else {
+                        last = Last::Other;
+                    }
+                    continue;
+                }
+                b'.' if text[i..].starts_with(b"...") => {
+                    i += 3;
+                    last = Last::Spread;
+                    continue;
+                }
+                b'@' => last = Last::At,
+                b':' if selecting => {
+                    aliases += 1;
+                    if aliases > self.max_aliases {
+                        return Err(CostError::TooManyAliases {
+                            limit: self.max_aliases,
+                        });
+                    }
+                    last = Last::Colon;
+                }
+                b'(' => parens += 1,
+                b')' => parens = parens.saturating_sub(1),
+                b'{' => {
+                    let value = parens > 0 || frames.last() == Some(&Frame::Value);
+                    frames.push(if value {
+                        Frame::Value
+                    } else {
+                        Frame::Selection
+                    });
+                    last = Last::Other;
+                }
+                b'}' => {
+                    frames.pop();
+                    if frames.is_empty() {
+                        // The end of a definition: the next one counts afresh.
+                        (fields, aliases) = (0, 0);
+                    }
+                    last = Last::Other;
+                }
+                b' ' | b'\t' | b'\n' | b'\r' | b',' => {}
+                _ => last = Last::Other,
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_flat_document_is_refused_before_it_is_parsed() {
+        let limits = CostLimits::default();
+        // Over the field limit, and not even a document: the scan refuses it before the
+        // parser could say so.
+        let flat = format!("subscription {{ {} }} }} {{ (", "a ".repeat(1_001));
+        assert!(flat.len() < limits.max_document_bytes);
+        let error = limits.parse(&flat).expect_err("refused");
+        assert_eq!(
+            error.message,
+            CostError::TooManyFields { limit: 1_000 }.to_string()
+        );
+        let aliased = format!(
+            "{{ {} }} }} (",
+            (0..limits.max_aliases + 1)
+                .map(|i| format!("a{i}: b"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let error = limits.parse(&aliased).expect_err("refused");
+        assert_eq!(
+            error.message,
+            CostError::TooManyAliases {
+                limit: limits.max_aliases
+            }
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn the_scan_counts_no_more_than_the_walk() {
+        // What is not a field of the definition it is written in: arguments, input objects,
+        // strings, comments, directives, spreads, type conditions, variables' defaults, and
+        // the fields of other definitions.
+        let decoys = r##"
+            query Q($v: In = {a: 1, b: {c: "{ d e f }"}}) @dir(x: [1, 2]) {
+              # a comment { g h i }
+              one(arg: {j: 1, k: """ { l m n \""" o } """}) @include(if: true) { two }
+              alias: three
+              ...F @skip(if: false)
+              ... on Query { four }
+              ... @include(if: true) { five }
+            }
+            fragment F on Query { six seven }
+            mutation M { eight }
+        "##;
+        let walked = |limits: &CostLimits| {
+            let parsed = parse_query(decoys).expect("a valid document");
+            limits.check_document(&parsed)
+        };
+        // Query Q selects 5 fields itself (one, two, three, four, five) and two through
+        // its spread: the walk's count is 7, the scan's 5.
+        for max_fields in [5, 6, 7] {
+            let limits = CostLimits {
+                max_fields,
+                ..CostLimits::default()
+            };
+            assert!(limits.check_text(decoys).is_ok(), "scan at {max_fields}");
+            assert_eq!(
+                walked(&limits).is_ok(),
+                max_fields == 7,
+                "walk at {max_fields}"
+            );
+        }
+        let four = CostLimits {
+            max_fields: 4,
+            ..CostLimits::default()
+        };
+        assert!(matches!(
+            four.check_text(decoys),
+            Err(CostError::TooManyFields { limit: 4 })
+        ));
+        let no_alias = CostLimits {
+            max_aliases: 0,
+            ..CostLimits::default()
+        };
+        assert!(matches!(
+            no_alias.check_text(decoys),
+            Err(CostError::TooManyAliases { limit: 0 })
+        ));
+    }
 
     fn refused(document: &str) -> String {
         CostLimits::default()
