@@ -17,14 +17,26 @@ use serde_json::json;
 
 /// Fresh, empty stores of one backend.
 pub struct Stores {
+    /// The connection store under test.
     pub connections: Arc<dyn ConnectionStore>,
+    /// The subscription store under test.
     pub subscriptions: Arc<dyn SubscriptionStore>,
     /// The replay gate of `subscriptions`.
     pub replay_gate: Arc<dyn ReplayGate>,
+    /// The marks of fan-out pages on their way, under test.
     pub page_marks: Arc<dyn PageMarks>,
+    /// The event log under test.
     pub events: Arc<dyn EventLog>,
 }
 
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
+/// A live connection `id` speaking graphql-transport-ws, not initialised yet; with a
+/// `principal`, authorized for the next hour.
 pub fn connection(id: &str, principal: Option<&str>) -> Connection {
     Connection {
         id: ConnectionId::new(id),
@@ -37,6 +49,9 @@ pub fn connection(id: &str, principal: Option<&str>) -> Connection {
     }
 }
 
+/// A live graphql-ws subscription of `connection` with operation id `operation` to
+/// `topic`, made by alice, with an operation name and nested variables, so a round trip
+/// shows every field survives.
 pub fn subscription(connection: &str, operation: &str, topic: &str) -> Subscription {
     Subscription {
         key: SubscriptionKey {
@@ -83,6 +98,9 @@ fn reference(event: &Event) -> EventRef {
 
 // --- connections -------------------------------------------------------------------------
 
+/// A connection put is read back as it was, with or without a principal; a missing one
+/// reads as `None`; a deleted one is gone from `get` and `by_user`, and deleting it again
+/// is no error.
 pub async fn connection_put_get_delete_round_trip(stores: Stores) {
     let connections = stores.connections;
     let anonymous = connection("conn-a", None);
@@ -117,6 +135,8 @@ pub async fn connection_put_get_delete_round_trip(stores: Stores) {
     connections.delete(&known.id).await.unwrap();
 }
 
+/// A put under an id already stored replaces the connection whole, and `by_user` follows
+/// the new principal.
 pub async fn a_second_put_replaces_the_connection(stores: Stores) {
     let connections = stores.connections;
     let first = connection("conn-1", Some("alice"));
@@ -143,6 +163,8 @@ pub async fn a_second_put_replaces_the_connection(stores: Stores) {
     );
 }
 
+/// A connection past its `expires_at`, still stored until the TTL removes it, is read by
+/// neither `get` nor `by_user`.
 pub async fn expired_connections_are_invisible_to_get_and_by_user(stores: Stores) {
     let connections = stores.connections;
     let stale = expired(connection("stale", Some("alice")), |c, t| c.expires_at = t);
@@ -157,6 +179,8 @@ pub async fn expired_connections_are_invisible_to_get_and_by_user(stores: Stores
     );
 }
 
+/// `mark_initialised` sets the principal and the token's expiry once; a second call, or a
+/// call for a connection not stored, is a [`StoreError::Conflict`] and creates nothing.
 pub async fn mark_initialised_succeeds_once_then_conflicts(stores: Stores) {
     let connections = stores.connections;
     let anonymous = connection("conn-1", None);
@@ -188,6 +212,8 @@ pub async fn mark_initialised_succeeds_once_then_conflicts(stores: Stores) {
     assert_eq!(connections.get(&unknown).await.unwrap(), None);
 }
 
+/// `by_user` lists every connection of one user, including one whose principal was learnt
+/// at `connection_init`, and none of another user or of nobody.
 pub async fn by_user_finds_every_connection_of_one_user(stores: Stores) {
     let connections = stores.connections;
     let mut alices = Vec::new();
@@ -225,6 +251,7 @@ pub async fn by_user_finds_every_connection_of_one_user(stores: Stores) {
 
 // --- subscriptions -----------------------------------------------------------------------
 
+/// Inserted subscriptions are read back whole by `by_topic`, each under its own topic only.
 pub async fn subscriptions_round_trip_through_by_topic(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let first = subscription("c1", "1", "board/b1/cardAdded");
@@ -253,6 +280,8 @@ pub async fn subscriptions_round_trip_through_by_topic(stores: Stores) {
     );
 }
 
+/// `by_topic` returns every subscription of a topic larger than one page of the backend's
+/// reads (DynamoDB's 1 MB per Query).
 pub async fn by_topic_returns_every_subscription_of_a_large_topic(stores: Stores) {
     let subscriptions = stores.subscriptions;
     // DynamoDB returns at most 1 MB per Query page: 30 x 50 KB needs two.
@@ -272,6 +301,7 @@ pub async fn by_topic_returns_every_subscription_of_a_large_topic(stores: Stores
     assert_eq!(sorted(found), stored);
 }
 
+/// `contains` is true from the insert until the delete, and for that connection only.
 pub async fn contains_tells_whether_an_operation_id_is_taken(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let s = subscription("c1", "op", "topic/a");
@@ -287,6 +317,9 @@ pub async fn contains_tells_whether_an_operation_id_is_taken(stores: Stores) {
     assert!(!subscriptions.contains(&s.key).await.unwrap());
 }
 
+/// Operation ids are unique per connection across topics: a second insert with one is a
+/// [`StoreError::Conflict`] that leaves nothing behind, while another connection may use
+/// the same id.
 pub async fn a_duplicate_operation_id_conflicts_whatever_the_topic(stores: Stores) {
     let subscriptions = stores.subscriptions;
     subscriptions
@@ -319,6 +352,8 @@ pub async fn a_duplicate_operation_id_conflicts_whatever_the_topic(stores: Store
         .unwrap();
 }
 
+/// `delete` removes one subscription, answers whether it was there, and frees its operation
+/// id for any topic.
 pub async fn delete_removes_one_subscription_and_frees_its_operation_id(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let kept = subscription("c1", "1", "topic/a");
@@ -342,6 +377,8 @@ pub async fn delete_removes_one_subscription_and_frees_its_operation_id(stores: 
         .unwrap();
 }
 
+/// A subscription past its `expires_at` is left out of `by_topic` and `get_many`, yet stays
+/// stored until the TTL removes it: its id is still taken and deleting it works.
 pub async fn expired_subscriptions_are_filtered_on_every_read(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let live = subscription("c1", "live", "topic/a");
@@ -368,6 +405,8 @@ pub async fn expired_subscriptions_are_filtered_on_every_read(stores: Stores) {
     assert!(subscriptions.delete(&stale.key).await.unwrap());
 }
 
+/// `count_by_connection` counts one connection's subscriptions over every topic, and a
+/// delete takes one off.
 pub async fn count_by_connection_counts_one_connections_subscriptions(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let counted = ConnectionId::new("counted");
@@ -659,6 +698,9 @@ pub async fn close_connection_removes_all_of_one_connection(stores: Stores) {
     );
 }
 
+/// `get_many` answers the keys in the order asked, more than one backend batch of them
+/// (DynamoDB's 100 keys per BatchGetItem), a duplicate key twice, and skips keys not stored
+/// or stored under another topic; no keys, no subscriptions.
 pub async fn get_many_answers_in_the_order_asked(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let topic = "topic/big";
@@ -699,6 +741,9 @@ pub async fn get_many_answers_in_the_order_asked(stores: Stores) {
 
 // --- the event log -----------------------------------------------------------------------
 
+/// Appended events are read back by `get` as they were, whatever their audience; an append
+/// under an id already logged is a [`StoreError::Conflict`] and leaves the first; an id is
+/// looked up within its topic only.
 pub async fn events_append_once_and_read_back(stores: Stores) {
     let events = stores.events;
     let public = Event::new(
@@ -741,6 +786,8 @@ pub async fn events_append_once_and_read_back(stores: Stores) {
     assert_eq!(events.get(&other_topic).await.unwrap(), None);
 }
 
+/// `append_by` with a deadline already past is [`StoreError::TooLate`] and stores nothing;
+/// with one ahead it is a plain append.
 pub async fn an_append_past_its_deadline_stores_nothing(stores: Stores) {
     let events = stores.events;
     let topic = Topic::new("board/b1/cardAdded");
@@ -758,6 +805,7 @@ pub async fn an_append_past_its_deadline_stores_nothing(stores: Stores) {
     assert_eq!(events.after(&topic, "", 10).await.unwrap(), [on_time]);
 }
 
+/// An event past its `expires_at`, still stored until the TTL removes it, is not read back.
 pub async fn expired_events_are_invisible(stores: Stores) {
     let events = stores.events;
     let stale = expired(
@@ -768,6 +816,7 @@ pub async fn expired_events_are_invisible(stores: Stores) {
     assert_eq!(events.get(&reference(&stale)).await.unwrap(), None);
 }
 
+/// An event addressed to a user named `*` is [`StoreError::Malformed`] and not stored.
 pub async fn a_user_called_star_is_refused_as_an_audience(stores: Stores) {
     // `*` is how a stored event says "everyone": a user of that name would read back as
     // everyone, so no log accepts it.
@@ -784,6 +833,9 @@ pub async fn a_user_called_star_is_refused_as_an_audience(stores: Stores) {
     assert_eq!(events.get(&reference(&ambiguous)).await.unwrap(), None);
 }
 
+/// `after` pages through one topic's live events in id order, whatever order they were
+/// appended in, leaving out expired events and other topics; past the last id, and for a
+/// topic with no events, it is empty.
 pub async fn events_after_a_cursor_come_in_id_order(stores: Stores) {
     let events = stores.events;
     let topic = Topic::new("board/b1/cardAdded");
@@ -831,6 +883,8 @@ pub async fn events_after_a_cursor_come_in_id_order(stores: Stores) {
     );
 }
 
+/// `mark_delivered` is read back by `is_delivered`, may be repeated, and leaves the event as
+/// it was; marking an event that is not logged creates nothing.
 pub async fn delivery_marks_are_read_back(stores: Stores) {
     let events = stores.events;
     let event = Event::new(Topic::new("t"), json!({"n": 1}), Audience::Everyone);
@@ -891,6 +945,8 @@ pub async fn fanout_pages_come_back_whole(
     assert_eq!(received[3].keys()[1].operation_id, "op#2");
 }
 
+/// `by_connection` lists the keys of one connection's live subscriptions over every topic,
+/// leaving out expired and deleted ones and other connections'.
 pub async fn by_connection_lists_the_live_subscriptions_of_one_connection(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let mine: Vec<Subscription> = (0..3)
@@ -933,6 +989,10 @@ fn key(connection: &str, operation: &str) -> SubscriptionKey {
     }
 }
 
+/// A `complete` that finds nothing leaves a tombstone of its key, invisible to every read,
+/// which makes the next insert of that key store nothing ([`Inserted::Completed`]) and is
+/// used up by it; a `complete` that finds its subscription removes it and leaves none; a
+/// tombstone is for its own key only.
 pub async fn a_complete_before_its_subscribe_leaves_a_tombstone_the_insert_respects(
     stores: Stores,
 ) {
@@ -1021,6 +1081,7 @@ pub async fn a_complete_before_its_subscribe_leaves_a_tombstone_the_insert_respe
     );
 }
 
+/// A tombstone past its time stops nothing: the insert of its key is stored.
 pub async fn an_expired_tombstone_is_ignored(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let late = subscription("c1", "op", "topic/a");
@@ -1034,6 +1095,10 @@ pub async fn an_expired_tombstone_is_ignored(stores: Stores) {
     assert!(subscriptions.contains(&late.key).await.unwrap());
 }
 
+/// `close_connection` removes the connection's subscriptions (counting only live ones, not
+/// tombstones), and until its time every insert for that connection stores nothing
+/// ([`Inserted::ConnectionClosed`]); other connections are unaffected, and a closed mark
+/// already past its time stops nothing.
 pub async fn a_closed_connection_stores_no_subscription(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let until = now_secs() + 600;

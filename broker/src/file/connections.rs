@@ -10,6 +10,7 @@ use crate::domain::{Connection, ConnectionId, UserId, now_secs};
 use crate::ports::{ConnectionStore, StoreError};
 
 /// Connections in the database file, without fsync (see the documentation of [`crate::file`]).
+#[derive(Debug)]
 pub struct FileConnectionStore {
     pub(super) store: FileStore,
 }

@@ -17,6 +17,7 @@ const STREAM_POSITION: &str = "stream.position";
 /// The event log. Besides the events by topic and id it keeps the order they were appended
 /// in (a one-shard stream, as DynamoDB Streams gives the events table) and how far the local
 /// mode's stream reader got, so a restarted process hands the publisher what it had not.
+#[derive(Debug)]
 pub struct FileEventLog {
     pub(super) store: FileStore,
 }

@@ -10,6 +10,7 @@ use crate::domain::{Topic, now_secs};
 use crate::ports::{PageMarks, StoreError};
 
 /// Fan-out pages on their way, in the database file ([`FileStore::page_marks`]).
+#[derive(Debug)]
 pub struct FilePageMarks {
     pub(super) store: FileStore,
 }

@@ -11,6 +11,7 @@ use crate::ports::{HandOver, Hold, ReplayGate, StoreError};
 
 /// The replay gate of the database's subscriptions ([`FileStore::replay_gate`]): each check
 /// and its change are one write transaction on the subscription's own row and its count.
+#[derive(Debug)]
 pub struct FileReplayGate {
     pub(super) store: FileStore,
 }

@@ -24,6 +24,12 @@ pub struct FileStore {
     pub(super) inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for FileStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStore").finish_non_exhaustive()
+    }
+}
+
 pub(super) struct Inner {
     db: Database,
     /// Notified on every append to the event log.

@@ -14,6 +14,7 @@ const PRUNE_AT: u64 = 1024;
 
 /// Subscriptions in the database file, with their tombstones and closed connections,
 /// without fsync (see the documentation of [`crate::file`]).
+#[derive(Debug)]
 pub struct FileSubscriptionStore {
     pub(super) store: FileStore,
 }

@@ -34,6 +34,14 @@ pub struct Table<V> {
     pub(super) values: PhantomData<fn() -> V>,
 }
 
+impl<V> std::fmt::Debug for Table<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<V> Clone for Table<V> {
     fn clone(&self) -> Self {
         Self {

@@ -15,6 +15,13 @@ pub struct MemoryConnectionStore {
     connections: Mutex<HashMap<ConnectionId, Connection>>,
 }
 
+impl std::fmt::Debug for MemoryConnectionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryConnectionStore")
+            .finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
 impl ConnectionStore for MemoryConnectionStore {
     async fn put(&self, connection: &Connection) -> Result<(), StoreError> {

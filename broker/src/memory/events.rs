@@ -19,6 +19,12 @@ pub struct MemoryEventLog {
     appended: Notify,
 }
 
+impl std::fmt::Debug for MemoryEventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryEventLog").finish_non_exhaustive()
+    }
+}
+
 /// Events in stream order. Positions are absolute: `events[0]` is at position `base`, and
 /// the expired events before it have been removed.
 #[derive(Default)]
@@ -84,6 +90,7 @@ impl MemoryEventLog {
         lock(&self.inner).events.len()
     }
 
+    /// Whether the log holds no event (see [`Self::len`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

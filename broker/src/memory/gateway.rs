@@ -26,6 +26,12 @@ struct RecordingState {
     failing: HashSet<ConnectionId>,
 }
 
+impl std::fmt::Debug for RecordingGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingGateway").finish_non_exhaustive()
+    }
+}
+
 impl RecordingGateway {
     /// Takes the frames posted to `id` so far, parsed as JSON.
     pub fn take(&self, id: &ConnectionId) -> Vec<serde_json::Value> {
@@ -40,14 +46,20 @@ impl RecordingGateway {
         lock(&self.inner).frames.remove(id).unwrap_or_default()
     }
 
+    /// Every connection closed so far and the code it was closed with, in the order of the
+    /// calls.
     pub fn closed(&self) -> Vec<(ConnectionId, CloseCode)> {
         lock(&self.inner).closed.clone()
     }
 
+    /// From now on `id` answers every post and close with [`GatewayError::Gone`], as API
+    /// Gateway does once the client has disconnected.
     pub fn set_gone(&self, id: &ConnectionId) {
         lock(&self.inner).gone.insert(id.clone());
     }
 
+    /// From now on posts to `id` fail with [`GatewayError::Backend`], as from a gateway that
+    /// is down; a retry fails again.
     pub fn set_failing(&self, id: &ConnectionId) {
         lock(&self.inner).failing.insert(id.clone());
     }

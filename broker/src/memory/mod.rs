@@ -2,7 +2,8 @@
 //! per file.
 //!
 //! Each keeps its state behind a `std::sync::Mutex`: critical sections are a few map
-//! operations and never span an `.await`, which is what std's mutex is good at.
+//! operations and never span an `.await`, which is what std's mutex is good at. Their
+//! `Debug` shows none of that state: it would take the lock and print every entry.
 
 mod connections;
 mod events;

@@ -16,6 +16,12 @@ pub struct MemoryPageMarks {
     pages: Mutex<HashMap<Topic, HashMap<String, u64>>>,
 }
 
+impl std::fmt::Debug for MemoryPageMarks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryPageMarks").finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
 impl PageMarks for MemoryPageMarks {
     async fn pages_enqueued(

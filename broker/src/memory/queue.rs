@@ -6,6 +6,7 @@ use tokio::sync::mpsc;
 use crate::ports::{FanoutPage, FanoutQueue, StoreError};
 
 /// A fan-out queue over a tokio channel: the local mode runs the worker on the other end.
+#[derive(Debug)]
 pub struct ChannelFanoutQueue {
     sender: mpsc::UnboundedSender<FanoutPage>,
     ordered: bool,

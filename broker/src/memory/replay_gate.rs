@@ -17,6 +17,12 @@ pub struct MemoryReplayGate {
     index: Arc<Mutex<SubscriptionIndex>>,
 }
 
+impl std::fmt::Debug for MemoryReplayGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryReplayGate").finish_non_exhaustive()
+    }
+}
+
 impl MemoryReplayGate {
     pub(super) fn new(index: Arc<Mutex<SubscriptionIndex>>) -> Self {
         Self { index }

@@ -16,6 +16,13 @@ pub struct MemorySubscriptionStore {
     inner: Arc<Mutex<SubscriptionIndex>>,
 }
 
+impl std::fmt::Debug for MemorySubscriptionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySubscriptionStore")
+            .finish_non_exhaustive()
+    }
+}
+
 /// The maps behind one [`MemorySubscriptionStore`], shared with its replay gate.
 #[derive(Default)]
 pub(super) struct SubscriptionIndex {
@@ -109,6 +116,7 @@ impl MemorySubscriptionStore {
         lock(&self.inner).topic_of.len()
     }
 
+    /// Whether no subscription is stored (see [`Self::len`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -24,6 +24,7 @@ pub enum StoreError {
     /// The backend itself failed (unreachable, throttled, refused the request).
     #[error("storage backend failed: {source}")]
     Backend {
+        /// The backend's own error (an SDK error, a redb error, a stopped channel).
         #[source]
         source: BoxError,
     },
@@ -48,12 +49,15 @@ pub enum GatewayError {
     /// error such as 403 Forbidden or 413 Payload Too Large); retrying cannot help.
     #[error("gateway rejected the frame: {source}")]
     Rejected {
+        /// What the gateway answered, as its client reported it.
         #[source]
         source: BoxError,
     },
     /// The gateway itself failed; a retry may succeed.
     #[error("gateway failed: {source}")]
     Backend {
+        /// Why the call failed (throttled, a server error, no answer), as its client
+        /// reported it.
         #[source]
         source: BoxError,
     },

@@ -63,6 +63,8 @@ enum Cancelled {
 }
 
 impl DynamoDbSubscriptionStore {
+    /// A store on the subscriptions table named `table`, retrying with the default
+    /// [`RetryPolicy`].
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -77,6 +79,7 @@ impl DynamoDbSubscriptionStore {
         self
     }
 
+    /// The deployed name of the subscriptions table.
     pub fn table(&self) -> &str {
         &self.table
     }
