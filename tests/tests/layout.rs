@@ -1,7 +1,7 @@
-//! What the architecture claims about the code's layout: the broker, the Lambda handlers,
-//! the publisher and the local gateway's library serve any app and name none. Only an app's
-//! own crate under `apps/` and the binaries that choose an app (the app's Lambda mains,
-//! `broker-local`'s `main.rs`, the tests, the benchmark) may name it.
+//! What the architecture claims about the code's layout: the broker, the Lambda bootstrap,
+//! the Lambda handlers, the publisher and the local gateway's library serve any app and name
+//! none. Only an app's own crate under `apps/` and the binaries that choose an app (the app's
+//! Lambda mains, `broker-local`'s `main.rs`, the tests, the benchmark) may name it.
 //!
 //! A file's unit tests (from a top-level `#[cfg(test)]` on) are left out: their sample
 //! GraphQL documents may use any field names, and they ship in no binary.
@@ -51,7 +51,7 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
 fn app_agnostic_files() -> Vec<PathBuf> {
     let root = root();
     let mut files = Vec::new();
-    for krate in ["broker", "graphql-api", "publisher"] {
+    for krate in ["broker", "lambda-bootstrap", "graphql-api", "publisher"] {
         files.push(root.join(krate).join("Cargo.toml"));
         sources(&root.join(krate).join("src"), &mut files);
     }
