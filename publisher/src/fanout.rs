@@ -4,6 +4,8 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use broker::{Broker, FanoutPage};
 use futures_util::StreamExt;
 
+use crate::DeliveryError;
+
 /// The system attribute SQS gives every message of a FIFO queue: the group it is ordered in.
 pub const MESSAGE_GROUP_ID: &str = "MessageGroupId";
 
@@ -89,13 +91,9 @@ fn in_groups(records: Vec<SqsMessage>) -> Vec<Vec<SqsMessage>> {
     groups
 }
 
-async fn deliver(broker: &Broker, body: &str) -> Result<(), String> {
-    let page: FanoutPage =
-        serde_json::from_str(body).map_err(|e| format!("not a fan-out page: {e}"))?;
-    let report = broker
-        .deliver_page(&page)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn deliver(broker: &Broker, body: &str) -> Result<(), DeliveryError> {
+    let page: FanoutPage = serde_json::from_str(body).map_err(DeliveryError::MalformedPage)?;
+    let report = broker.deliver_page(&page).await?;
     // A page holds only the event's id, whose ULID carries its publication time.
     broker::metrics::record(
         &report,
@@ -105,6 +103,8 @@ async fn deliver(broker: &Broker, body: &str) -> Result<(), String> {
     if report.is_complete() {
         Ok(())
     } else {
-        Err(format!("{} posts failed", report.failed))
+        Err(DeliveryError::Incomplete {
+            failed: report.failed,
+        })
     }
 }

@@ -7,6 +7,8 @@ use broker::{Broker, Event, Topic, TopicRead};
 use futures_util::StreamExt;
 use futures_util::stream;
 
+use crate::DeliveryError;
+
 /// Topics of one batch delivered at once, at most.
 const TOPIC_CONCURRENCY: usize = 16;
 
@@ -22,7 +24,7 @@ type Pending = (usize, Event, Option<u64>);
 /// marked delivered. Topics are independent, so they are delivered concurrently: a topic
 /// whose rendering or posts are slow holds back only itself.
 pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventResponse {
-    let mut failed: Vec<(usize, String)> = Vec::new();
+    let mut failed: Vec<(usize, DeliveryError)> = Vec::new();
     // Each topic's records in batch order, keyed by topic in order of first appearance.
     let mut topics: Vec<(Topic, Vec<Pending>)> = Vec::new();
     for (index, record) in batch.records.iter().enumerate() {
@@ -31,7 +33,7 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
             continue;
         }
         match event_from_image(record.change.new_image.clone()) {
-            Err(e) => failed.push((index, format!("undecodable event: {e}"))),
+            Err(e) => failed.push((index, DeliveryError::UndecodableEvent(e))),
             Ok(event) => {
                 // The age at delivery counts from when the item was written to the table.
                 let created_at_ms = record
@@ -48,7 +50,7 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
             }
         }
     }
-    let per_topic: Vec<Vec<(usize, String)>> = stream::iter(topics)
+    let per_topic: Vec<Vec<(usize, DeliveryError)>> = stream::iter(topics)
         .map(|(topic, events)| async move {
             let mut failed = Vec::new();
             let mut blocked = false;
@@ -58,7 +60,9 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
                 if blocked {
                     failed.push((
                         index,
-                        format!("held back behind an earlier failure on {topic}"),
+                        DeliveryError::HeldBack {
+                            topic: topic.clone(),
+                        },
                     ));
                 } else if let Err(reason) = deliver(broker, event, created_at_ms, &mut read).await {
                     blocked = true;
@@ -93,7 +97,7 @@ async fn deliver(
     event: Event,
     created_at_ms: Option<u64>,
     read: &mut TopicRead,
-) -> Result<(), String> {
+) -> Result<(), DeliveryError> {
     let id = event.id.clone();
     // A successful publish stored its event within the settle time of its stamp; one
     // stored later (a publish that timed out, yet was stored) still goes out live, but a
@@ -108,22 +112,20 @@ async fn deliver(
             .ports()
             .events
             .is_delivered(&event.reference())
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
     {
         let late_ms = created - event.published_ms();
         tracing::warn!(event = %id, late_ms, "event stored after the resume settle time");
         broker::metrics::record_late_store();
     }
-    let report = broker
-        .deliver_event_in(event, read)
-        .await
-        .map_err(|e| e.to_string())?;
+    let report = broker.deliver_event_in(event, read).await?;
     broker::metrics::record(&report, created_at_ms);
     tracing::info!(event = %id, ?report, "event delivered");
     if report.is_complete() {
         Ok(())
     } else {
-        Err(format!("{} posts failed", report.failed))
+        Err(DeliveryError::Incomplete {
+            failed: report.failed,
+        })
     }
 }

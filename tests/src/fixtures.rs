@@ -1,7 +1,6 @@
-//! The `events/` sample events (also used with `sam local invoke`), and a broker on memory
-//! adapters with a recording gateway to feed them to.
+//! The `events/` sample events (also used with `sam local invoke`; [`testkit::fixtures`]),
+//! and a broker on memory adapters with a recording gateway to feed them to.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use boards::{Board, BoardStore, MemoryBoardStore, build_schema};
@@ -12,12 +11,7 @@ use broker::memory::{
 use broker::{
     AuthConfig, Authenticator, Broker, BrokerConfig, Ports, ReplayGate, SubscriptionStore,
 };
-use serde::de::DeserializeOwned;
-
-/// The user the fixtures' tokens stand for, and the board they use.
-pub const USER: &str = "user-a";
-pub const BOARD: &str = "b1";
-pub const CONNECTION: &str = "L0SM9cOFvHcCIhw=";
+pub use testkit::fixtures::{BOARD, CONNECTION, USER, fixture};
 
 pub struct Harness {
     pub broker: Broker,
@@ -91,15 +85,4 @@ pub async fn harness_with(
         events,
         token,
     }
-}
-
-/// `events/<name>`, with its token placeholder replaced.
-pub fn fixture<T: DeserializeOwned>(name: &str, token: &str) -> T {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../events")
-        .join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .replace("JWT_PLACEHOLDER", token);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
 }

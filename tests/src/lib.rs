@@ -1,8 +1,9 @@
 //! Helpers shared by the end-to-end tests: a local gateway on a free port, a WebSocket client
-//! that speaks either subprotocol, GraphQL over HTTP.
+//! that speaks either subprotocol, GraphQL over HTTP. What the benchmarks use too lives in
+//! [`testkit`], re-exported here under the paths the tests name.
 
-pub mod aws;
 pub mod contract;
 pub mod fixtures;
-pub mod lambda;
 pub mod local;
+
+pub use testkit::{aws, documents, lambda};

@@ -41,52 +41,6 @@ fn is_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>) -> bool {
 
 // --- events ------------------------------------------------------------------------------
 
-/// Every record of the events table's stream so far, oldest first.
-async fn stream_records(tables: &FreshTables) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
-    let table = tables
-        .dynamodb
-        .describe_table()
-        .table_name(&tables.names.events)
-        .send()
-        .await
-        .unwrap();
-    let stream_arn = table
-        .table
-        .and_then(|t| t.latest_stream_arn)
-        .expect("events table has a stream");
-    let streams = aws_sdk_dynamodbstreams::Client::new(&tables.config);
-    let description = streams
-        .describe_stream()
-        .stream_arn(&stream_arn)
-        .send()
-        .await
-        .unwrap();
-    let shard = description
-        .stream_description
-        .and_then(|d| d.shards)
-        .and_then(|s| s.into_iter().next())
-        .and_then(|s| s.shard_id)
-        .expect("one shard");
-    let iterator = streams
-        .get_shard_iterator()
-        .stream_arn(&stream_arn)
-        .shard_id(shard)
-        .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator
-        .expect("an iterator");
-    streams
-        .get_records()
-        .shard_iterator(iterator)
-        .send()
-        .await
-        .unwrap()
-        .records
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn appended_events_come_out_of_the_stream_as_new_images() {
     let tables = fresh_tables().await;
@@ -98,7 +52,8 @@ async fn appended_events_come_out_of_the_stream_as_new_images() {
     );
     events.append(&event).await.unwrap();
 
-    let image = stream_records(&tables)
+    let image = tables
+        .stream_records()
         .await
         .into_iter()
         .find_map(|r| r.dynamodb.and_then(|d| d.new_image))
@@ -179,11 +134,7 @@ async fn an_event_item_without_an_audience_is_malformed_not_public() {
 
     // The stream publisher reports the records without an audience as failed (they go to
     // the failure queue after the retries) instead of delivering them to everyone.
-    let records: Vec<_> = stream_records(&tables)
-        .await
-        .iter()
-        .filter_map(local_gateway::stream::dynamodb::lambda_record)
-        .collect();
+    let records = tables.stream_lambda_records().await;
     assert_eq!(records.len(), 4);
     let sequence = |id: &str| {
         records

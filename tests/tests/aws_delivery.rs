@@ -9,7 +9,6 @@ use broker::{DeliveryMode, Subscription, SubscriptionKey, SubscriptionStore, Top
 use broker_tests::aws::{FreshTables, fresh_queue, fresh_tables, moto_endpoint};
 use broker_tests::local::*;
 use local_gateway::aws::AwsBackend;
-use local_gateway::stream::dynamodb::lambda_record;
 use local_gateway::{Backend, LocalGateway};
 use serde_json::json;
 
@@ -146,7 +145,6 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
     let (gateway, tables) = start_on_moto(100, false).await;
     let events_table = tables.names.events.clone();
     let dynamodb = tables.dynamodb.clone();
-    let streams = aws_sdk_dynamodbstreams::Client::new(&tables.config);
     let alice = token(&gateway, "alice");
     let board = create_board(&gateway, &alice, "b").await;
     let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &alice).await;
@@ -172,40 +170,7 @@ async fn stream_records_redelivered_are_not_delivered_twice_and_bad_ones_fail_al
         .unwrap();
 
     // Read every record from the start of the stream, as a retried batch would bring them.
-    let stream_arn = dynamodb
-        .describe_table()
-        .table_name(&events_table)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .and_then(|t| t.latest_stream_arn())
-        .unwrap()
-        .to_owned();
-    let description = streams
-        .describe_stream()
-        .stream_arn(&stream_arn)
-        .send()
-        .await
-        .unwrap();
-    let mut records = Vec::new();
-    for shard in description.stream_description().unwrap().shards() {
-        let iterator = streams
-            .get_shard_iterator()
-            .stream_arn(&stream_arn)
-            .shard_id(shard.shard_id().unwrap())
-            .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap();
-        let output = streams
-            .get_records()
-            .shard_iterator(iterator.shard_iterator().unwrap())
-            .send()
-            .await
-            .unwrap();
-        records.extend(output.records().iter().filter_map(lambda_record));
-    }
+    let records = tables.stream_lambda_records().await;
     let bad_sequence = records
         .iter()
         .find(|r| {

@@ -19,24 +19,10 @@ use broker::{
     AuthConfig, Authenticator, Broker, BrokerConfig, CloseCode, ConnectionGateway, ConnectionId,
     FanoutPage, GatewayError, Ports, StoreError, Topic, UserId,
 };
+use broker_tests::documents::fragment_bomb;
 use broker_tests::fixtures::*;
 use graphql_api::http_api;
 use serde_json::{Value, json};
-
-/// `{ ...F0 } fragment F0 on Query { ...F1 ...F1 } ... fragment F20 on Query { __typename }`:
-/// 2^20 fields from about 800 bytes.
-fn fragment_bomb(levels: usize) -> String {
-    let mut doc = String::from("{ ...F0 }\n");
-    for i in 0..levels {
-        doc.push_str(&format!(
-            "fragment F{i} on Query {{ ...F{} ...F{} }}\n",
-            i + 1,
-            i + 1
-        ));
-    }
-    doc.push_str(&format!("fragment F{levels} on Query {{ __typename }}\n"));
-    doc
-}
 
 fn post(h: &Harness, body: String) -> ApiGatewayV2httpRequest {
     let mut request: ApiGatewayV2httpRequest = fixture("http-query.json", &h.token);

@@ -11,10 +11,9 @@ use std::path::PathBuf;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use broker::{AuthConfig, Authenticator};
-use broker_tests::aws::{Reply, ScriptedServer, fresh_fifo_queue, fresh_tables, moto_endpoint};
+use broker_tests::aws::{Reply, ScriptedServer, fresh_fifo_queue, fresh_tables};
 use broker_tests::fixtures::{CONNECTION, USER, fixture};
-use broker_tests::lambda::{Function, app_binaries};
-use local_gateway::stream::dynamodb::lambda_record;
+use broker_tests::lambda::{Function, app_binaries, function_environment};
 use serde_json::{Value, json};
 
 const SECRET: &str = "lambda-functions-secret-0123456789-0123456789";
@@ -63,28 +62,16 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
     // FIFO, as the template deploys it.
     let (sqs, queue_url) = fresh_fifo_queue().await;
     let management = ScriptedServer::start(vec![Reply::new(200, "{}")]).await;
-    let variables: Vec<(String, String)> = [
-        ("CONNECTIONS_TABLE", tables.names.connections.as_str()),
-        ("SUBSCRIPTIONS_TABLE", tables.names.subscriptions.as_str()),
-        ("EVENTS_TABLE", tables.names.events.as_str()),
-        ("BOARDS_TABLE", tables.app_table.as_str()),
-        ("FANOUT_QUEUE_URL", queue_url.as_str()),
-        ("FANOUT_THRESHOLD", "1"),
-        ("FANOUT_PAGE_SIZE", "1"),
-        ("FANOUT_GROUPS", "4"),
-        ("DELIVERY_MODE", "stream"),
-        ("JWT_SECRET", SECRET),
-        ("MANAGEMENT_ENDPOINT", management.endpoint.as_str()),
-        ("AWS_ENDPOINT_URL", &moto_endpoint()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let mut variables = function_environment(&tables, &queue_url, &management.endpoint, SECRET);
+    variables.extend(
+        [
+            ("FANOUT_THRESHOLD", "1"),
+            ("FANOUT_PAGE_SIZE", "1"),
+            ("FANOUT_GROUPS", "4"),
+            ("DELIVERY_MODE", "stream"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
     let names = [
         "WebSocketFunction",
         "HttpFunction",
@@ -159,42 +146,7 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
     assert_eq!(data(&added)["addCard"]["title"], "Hello");
 
     // The stream function, with the events table's records as Lambda's mapping reads them.
-    let streams = aws_sdk_dynamodbstreams::Client::new(&tables.config);
-    let stream_arn = tables
-        .dynamodb
-        .describe_table()
-        .table_name(&tables.names.events)
-        .send()
-        .await
-        .unwrap()
-        .table()
-        .and_then(|t| t.latest_stream_arn())
-        .expect("the events table has a stream")
-        .to_owned();
-    let description = streams
-        .describe_stream()
-        .stream_arn(&stream_arn)
-        .send()
-        .await
-        .unwrap();
-    let mut records = Vec::new();
-    for shard in description.stream_description().unwrap().shards() {
-        let iterator = streams
-            .get_shard_iterator()
-            .stream_arn(&stream_arn)
-            .shard_id(shard.shard_id().unwrap())
-            .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap();
-        let output = streams
-            .get_records()
-            .shard_iterator(iterator.shard_iterator().unwrap())
-            .send()
-            .await
-            .unwrap();
-        records.extend(output.records().iter().filter_map(lambda_record));
-    }
+    let records = tables.stream_lambda_records().await;
     let card_event = records
         .iter()
         .find(|r| {

@@ -1,7 +1,9 @@
-//! What the architecture claims about the code's layout: the broker, the Lambda handlers,
-//! the publisher and the local gateway's library serve any app and name none. Only an app's
-//! own crate under `apps/` and the binaries that choose an app (the app's Lambda mains,
-//! `broker-local`'s `main.rs`, the tests, the benchmark) may name it.
+//! What the architecture claims about the code's layout: the broker, the Lambda bootstrap,
+//! the Lambda handlers, the publisher and the local gateway's library serve any app and name
+//! none. Only an app's own crate under `apps/` and the binaries that choose an app (the app's
+//! Lambda mains, `broker-local`'s `main.rs`, the tests and their kit, the benchmark) may name
+//! it. And the crates depend on each other one way: the functions' crates on the bootstrap,
+//! not on each other's; the tests and the benchmarks on the test kit, not on each other.
 //!
 //! A file's unit tests (from a top-level `#[cfg(test)]` on) are left out: their sample
 //! GraphQL documents may use any field names, and they ship in no binary.
@@ -51,7 +53,7 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
 fn app_agnostic_files() -> Vec<PathBuf> {
     let root = root();
     let mut files = Vec::new();
-    for krate in ["broker", "graphql-api", "publisher"] {
+    for krate in ["broker", "lambda-bootstrap", "graphql-api", "publisher"] {
         files.push(root.join(krate).join("Cargo.toml"));
         sources(&root.join(krate).join("src"), &mut files);
     }
@@ -462,4 +464,60 @@ fn the_broker_keeps_one_concern_a_room() {
         "files over {MAX_FILE_LINES} lines of shipped code:\n{}",
         too_large.join("\n")
     );
+}
+
+/// The names of the packages the manifest in folder `krate` depends on, in any of its
+/// dependency tables (`[dependencies]`, `[dev-dependencies]`, ...).
+fn dependencies_of(krate: &str) -> Vec<String> {
+    let manifest = root().join(krate).join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    let mut in_dependencies = false;
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_dependencies = line.trim_matches(['[', ']']).ends_with("dependencies");
+        } else if in_dependencies && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['=', '.']).next().unwrap_or_default().trim();
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dependency_reader_finds_every_table() {
+    let names = dependencies_of("bench");
+    assert!(names.iter().any(|n| n == "broker"), "{names:?}");
+    assert!(names.iter().any(|n| n == "mimalloc"), "{names:?}");
+    assert!(dependencies_of("tests").iter().any(|n| n == "serde_norway"));
+}
+
+#[test]
+fn crates_depend_on_the_bootstrap_and_the_test_kit_not_on_each_other() {
+    // (crate folder, packages it must not depend on)
+    let forbidden = [
+        ("lambda-bootstrap", &["graphql-api", "publisher"][..]),
+        ("publisher", &["graphql-api"][..]),
+        ("graphql-api", &["publisher"][..]),
+        ("testkit", &["broker-tests"][..]),
+        ("bench", &["broker-tests"][..]),
+    ];
+    let mut found = Vec::new();
+    for (krate, not) in forbidden {
+        for name in dependencies_of(krate) {
+            if not.contains(&name.as_str()) {
+                found.push(format!("{krate} depends on {name}"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    for krate in ["graphql-api", "publisher"] {
+        assert!(
+            dependencies_of(krate)
+                .iter()
+                .any(|n| n == "lambda-bootstrap"),
+            "{krate} starts its functions with the bootstrap"
+        );
+    }
 }

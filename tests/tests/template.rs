@@ -4,11 +4,14 @@
 //! function has its errors alarm, and only the HTTP and WebSocket functions join the VPC,
 //! with the ENI permissions only then; a fan-out page's lifetime and last receive follow the
 //! queue's settings, and every delivering function may clean up after a connection that is
-//! gone and hold an event back from a replaying resume.
+//! gone and hold an event back from a replaying resume; and the environment the Lambda test
+//! and the cold-start benchmark run the functions with is the one the template sets.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use broker::aws::TableNames;
+use broker_tests::lambda::template_variables;
 use serde_norway::Value;
 use serde_norway::value::TaggedValue;
 
@@ -53,13 +56,14 @@ fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Va
         .collect()
 }
 
-/// The `Function` dimension values the Lambda mains pass to `emit_to_stdout`.
+/// The `Function` dimension values the Lambda mains pass to `lambda_bootstrap::run` (the
+/// first string of each call), which hands them to `emit_to_stdout`.
 fn function_names_in_runtimes() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for file in ["graphql-api/src/runtime.rs", "publisher/src/runtime.rs"] {
         let text = std::fs::read_to_string(root().join(file)).unwrap();
-        for piece in text.split("emit_to_stdout(\"").skip(1) {
-            names.insert(piece.split('"').next().unwrap().to_owned());
+        for piece in text.split("lambda_bootstrap::run(").skip(1) {
+            names.insert(piece.split('"').nth(1).unwrap().to_owned());
         }
     }
     names
@@ -381,4 +385,19 @@ fn the_websocket_function_may_read_the_event_log_for_a_resume() {
     let template = template();
     let events = actions_on(&template, "WebSocketFunction", "EventsTable");
     assert!(events.contains("dynamodb:Query"), "{events:?}");
+}
+
+#[test]
+fn the_functions_environment_on_one_machine_names_only_the_templates_variables() {
+    let template = template();
+    let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+    let tables = TableNames::new("connections", "subscriptions", "events");
+    let variables = template_variables(&tables, "boards", "queue", "endpoint", "secret");
+    assert!(!variables.is_empty());
+    for (name, _) in variables {
+        assert!(
+            globals.get(name).is_some(),
+            "{name} is not among the template's Globals variables"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each binary is started `--runs` times as Lambda starts it: a fresh process with the
 //! function's variables, polling a Lambda Runtime API served by this process
-//! (`broker_tests::lambda`), against moto (`MOTO_ENDPOINT`) and a Management API stand-in.
+//! (`testkit::lambda`), against moto (`MOTO_ENDPOINT`) and a Management API stand-in.
 //! For each start it measures the time from spawning the process to its first
 //! `GET /2018-06-01/runtime/invocation/next` (the init phase Lambda reports as Init
 //! Duration), the first invocation (from handing the event over to the posted result), and
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use broker::{AuthConfig, Authenticator};
-use broker_tests::aws::{Reply, ScriptedServer, fresh_queue, fresh_tables, moto_endpoint};
-use broker_tests::fixtures::{USER, fixture};
-use broker_tests::lambda::{Function, Outcome};
 use clap::Parser;
 use serde_json::Value;
+use testkit::aws::{Reply, ScriptedServer, fresh_queue, fresh_tables};
+use testkit::fixtures::{USER, fixture};
+use testkit::lambda::{Function, Outcome, function_environment};
 
 const SECRET: &str = "coldstart-bench-secret-0123456789-0123456789";
 const LIMIT: Duration = Duration::from_secs(30);
@@ -52,24 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let tables = fresh_tables().await;
     let (_sqs, queue_url) = fresh_queue().await;
     let management = ScriptedServer::start(vec![Reply::new(200, "{}")]).await;
-    let variables: Vec<(String, String)> = [
-        ("CONNECTIONS_TABLE", tables.names.connections.as_str()),
-        ("SUBSCRIPTIONS_TABLE", tables.names.subscriptions.as_str()),
-        ("EVENTS_TABLE", tables.names.events.as_str()),
-        ("BOARDS_TABLE", tables.app_table.as_str()),
-        ("FANOUT_QUEUE_URL", queue_url.as_str()),
-        ("JWT_SECRET", SECRET),
-        ("MANAGEMENT_ENDPOINT", management.endpoint.as_str()),
-        ("AWS_ENDPOINT_URL", &moto_endpoint()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let variables = function_environment(&tables, &queue_url, &management.endpoint, SECRET);
     let token = Authenticator::new(AuthConfig {
         secret: SECRET.into(),
         issuer: None,

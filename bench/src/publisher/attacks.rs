@@ -18,23 +18,11 @@ use broker::memory::{
     RecordingGateway,
 };
 use broker::{AuthConfig, Authenticator, Broker, BrokerConfig, Ports, UserId};
+use testkit::documents::fragment_bomb;
 
 fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
-fn fragment_bomb(levels: usize) -> String {
-    let mut doc = String::from("{ ...F0 }\n");
-    for i in 0..levels {
-        doc.push_str(&format!(
-            "fragment F{i} on Query {{ ...F{} ...F{} }}\n",
-            i + 1,
-            i + 1
-        ));
-    }
-    doc.push_str(&format!("fragment F{levels} on Query {{ __typename }}\n"));
-    doc
 }
 
 fn attacks() -> Vec<(String, String)> {

@@ -2,7 +2,8 @@
 //! runs them: each binary is a process that asks its Runtime API for the next event
 //! (`GET /2018-06-01/runtime/invocation/next`) and posts the result back (`…/response`,
 //! `…/error`, or `/runtime/init/error` when it cannot start). [`RuntimeApi`] serves one
-//! function; [`Function`] starts a binary against one; [`app_binaries`] builds the binaries.
+//! function; [`Function`] starts a binary against one; [`app_binaries`] builds the binaries;
+//! [`function_environment`] is the environment they run with, as the template sets it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +17,14 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use broker::aws::TableNames;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::aws::{FreshTables, moto_endpoint};
 
 /// Events waiting for the function to ask for them.
 const QUEUED_EVENTS: usize = 16;
@@ -62,6 +66,7 @@ pub struct RuntimeApi {
 }
 
 impl RuntimeApi {
+    /// Starts serving on a free loopback port.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -215,7 +220,9 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
 /// Lambda sets and the ones given (no variable of the calling process leaks in). Killed
 /// when dropped.
 pub struct Function {
+    /// The function's name (`AWS_LAMBDA_FUNCTION_NAME`), which failures name.
     pub name: String,
+    /// Its Runtime API.
     pub api: RuntimeApi,
     /// When the process was started.
     pub started: Instant,
@@ -224,6 +231,7 @@ pub struct Function {
 }
 
 impl Function {
+    /// Starts `binary` as the function `name` with `variables` beside Lambda's own.
     pub async fn start(name: &str, binary: &Path, variables: &[(String, String)]) -> Self {
         let api = RuntimeApi::start().await;
         let mut command = Command::new(binary);
@@ -364,4 +372,64 @@ pub fn app_binaries(app: &str) -> Vec<PathBuf> {
         .unwrap_or_else(|e| panic!("cargo build: {e}"));
     assert!(status.success(), "cargo build of {names:?} failed");
     names.iter().map(|name| profile_dir.join(name)).collect()
+}
+
+/// The variables of the template's `Globals` (`template.yaml`) a function needs on one
+/// machine, pointing at `tables` (with `app_table`, the boards app's `BOARDS_TABLE`), the
+/// fan-out queue at `fanout_queue_url`, the Management API at `management_endpoint`, and
+/// signing tokens with `jwt_secret`. The others keep their defaults, as they do when the
+/// template passes an empty parameter. `tests/tests/template.rs` checks that the template
+/// declares every one of them.
+pub fn template_variables(
+    tables: &TableNames,
+    app_table: &str,
+    fanout_queue_url: &str,
+    management_endpoint: &str,
+    jwt_secret: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("CONNECTIONS_TABLE", tables.connections.clone()),
+        ("SUBSCRIPTIONS_TABLE", tables.subscriptions.clone()),
+        ("EVENTS_TABLE", tables.events.clone()),
+        ("BOARDS_TABLE", app_table.to_owned()),
+        ("FANOUT_QUEUE_URL", fanout_queue_url.to_owned()),
+        ("JWT_SECRET", jwt_secret.to_owned()),
+        ("MANAGEMENT_ENDPOINT", management_endpoint.to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+}
+
+/// What Lambda (and the function's role) give a function on AWS, for the SDK on moto at
+/// `endpoint`: the endpoint, dummy credentials, a region, and no instance metadata probe.
+pub fn emulator_variables(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+/// The environment of the app's functions on moto (`MOTO_ENDPOINT`), as [`Function::start`]
+/// takes it: the [`template_variables`] for `tables`, the fan-out queue at
+/// `fanout_queue_url`, the Management API at `management_endpoint` and `jwt_secret`, then
+/// the [`emulator_variables`]. A caller adds the tunables its run changes.
+pub fn function_environment(
+    tables: &FreshTables,
+    fanout_queue_url: &str,
+    management_endpoint: &str,
+    jwt_secret: &str,
+) -> Vec<(String, String)> {
+    template_variables(
+        &tables.names,
+        &tables.app_table,
+        fanout_queue_url,
+        management_endpoint,
+        jwt_secret,
+    )
+    .into_iter()
+    .chain(emulator_variables(&moto_endpoint()))
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect()
 }

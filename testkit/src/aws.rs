@@ -1,7 +1,7 @@
-//! Helpers for the tests against moto, the AWS emulator `scripts/test-all` starts: SDK
-//! configuration with dummy credentials, fresh uniquely named tables and queues (tests run
-//! in parallel on one moto), and a scripted HTTP server standing in for API Gateway where
-//! moto cannot (it never answers 410 Gone).
+//! Helpers for the tests and benchmarks against moto, the AWS emulator `scripts/test-all`
+//! starts: SDK configuration with dummy credentials, fresh uniquely named tables and queues
+//! (tests run in parallel on one moto), the events table's stream read back, and a scripted
+//! HTTP server standing in for API Gateway where moto cannot (it never answers 410 Gone).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,9 +10,11 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_config::retry::RetryConfig;
 use aws_credential_types::Credentials;
+use aws_lambda_events::dynamodb::EventRecord;
 use boards::Boards;
 use broker::App;
 use broker::aws::{AppTables, TableNames, provision};
+use local_gateway::stream::dynamodb::lambda_record;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -54,8 +56,11 @@ pub fn unique(prefix: &str) -> String {
 
 /// Freshly created tables on moto and a client for them.
 pub struct FreshTables {
+    /// The SDK configuration for the moto they are on.
     pub config: SdkConfig,
+    /// A DynamoDB client for them.
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The broker's tables.
     pub names: TableNames,
     /// The boards app's table.
     pub app_table: String,
@@ -65,6 +70,82 @@ impl FreshTables {
     /// The boards app's tables by name, as `AwsBackend::app_tables` and `AppTables` take them.
     pub fn app_tables(&self) -> HashMap<String, String> {
         HashMap::from([(boards::TABLE.to_owned(), self.app_table.clone())])
+    }
+
+    /// Every record of the events table's stream so far: each shard read once from its
+    /// oldest record (TRIM_HORIZON), shards in the order the stream lists them. What a
+    /// retried batch would bring, and enough on moto, which answers one read with all of a
+    /// shard's records.
+    pub async fn stream_records(&self) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
+        let stream_arn = self
+            .dynamodb
+            .describe_table()
+            .table_name(&self.names.events)
+            .send()
+            .await
+            .expect("DescribeTable answers")
+            .table()
+            .and_then(|t| t.latest_stream_arn())
+            .expect("the events table has a stream")
+            .to_owned();
+        let streams = aws_sdk_dynamodbstreams::Client::new(&self.config);
+        let mut shards = Vec::new();
+        let mut exclusive_start = None;
+        loop {
+            let description = streams
+                .describe_stream()
+                .stream_arn(&stream_arn)
+                .set_exclusive_start_shard_id(exclusive_start.take())
+                .send()
+                .await
+                .expect("DescribeStream answers");
+            let description = description
+                .stream_description()
+                .expect("a stream description");
+            shards.extend(
+                description
+                    .shards()
+                    .iter()
+                    .filter_map(|s| s.shard_id())
+                    .map(str::to_owned),
+            );
+            match description.last_evaluated_shard_id() {
+                Some(last) => exclusive_start = Some(last.to_owned()),
+                None => break,
+            }
+        }
+        let mut records = Vec::new();
+        for shard in shards {
+            let iterator = streams
+                .get_shard_iterator()
+                .stream_arn(&stream_arn)
+                .shard_id(shard)
+                .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .expect("GetShardIterator answers");
+            let Some(iterator) = iterator.shard_iterator() else {
+                continue;
+            };
+            let output = streams
+                .get_records()
+                .shard_iterator(iterator)
+                .send()
+                .await
+                .expect("GetRecords answers");
+            records.extend(output.records().iter().cloned());
+        }
+        records
+    }
+
+    /// [`FreshTables::stream_records`] as Lambda's event source mapping hands them to the
+    /// stream publisher (the local gateway's [`lambda_record`]).
+    pub async fn stream_lambda_records(&self) -> Vec<EventRecord> {
+        self.stream_records()
+            .await
+            .iter()
+            .filter_map(lambda_record)
+            .collect()
     }
 }
 
@@ -105,6 +186,7 @@ pub async fn fresh_tables_at(endpoint: &str) -> FreshTables {
 /// a test of what concurrent transactions may store needs this one. Stopped when dropped.
 pub struct SerialMoto {
     _server: tokio::process::Child,
+    /// Where it listens: `http://127.0.0.1:<port>`.
     pub endpoint: String,
 }
 
@@ -183,12 +265,16 @@ pub fn base64(bytes: &[u8]) -> String {
 /// One canned HTTP response.
 #[derive(Clone, Debug)]
 pub struct Reply {
+    /// The HTTP status code.
     pub status: u16,
+    /// Headers beside `content-length` and `content-type: application/json`.
     pub headers: Vec<(String, String)>,
+    /// The body, sent as it is.
     pub body: String,
 }
 
 impl Reply {
+    /// A reply with `status` and `body`, and no other headers.
     pub fn new(status: u16, body: &str) -> Self {
         Self {
             status,
@@ -197,6 +283,7 @@ impl Reply {
         }
     }
 
+    /// The reply with the header `name: value` added.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
@@ -206,14 +293,18 @@ impl Reply {
 /// A request as the scripted server saw it.
 #[derive(Clone, Debug)]
 pub struct SeenRequest {
+    /// The request's method, as sent (`POST`).
     pub method: String,
+    /// The request's target: path and query, as sent.
     pub path: String,
     /// Names in lower case.
     pub headers: Vec<(String, String)>,
+    /// The body, `content-length` bytes.
     pub body: Vec<u8>,
 }
 
 impl SeenRequest {
+    /// The value of the header `name`, in any case.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -225,11 +316,13 @@ impl SeenRequest {
 /// An HTTP/1.1 server on a free loopback port that answers with `replies` in turn (the
 /// last one again once they run out) and records every request. Dropped with the runtime.
 pub struct ScriptedServer {
+    /// Where it listens: `http://127.0.0.1:<port>`.
     pub endpoint: String,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
 }
 
 impl ScriptedServer {
+    /// Starts serving on a free port.
     pub async fn start(replies: Vec<Reply>) -> Self {
         assert!(!replies.is_empty(), "a scripted server needs a reply");
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -247,6 +340,7 @@ impl ScriptedServer {
         Self { endpoint, seen }
     }
 
+    /// The requests received so far, in order.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -1,0 +1,10 @@
+//! What the tests (`tests/`) and the benchmarks (`bench/`) share, so neither depends on the
+//! other: moto helpers and a scripted HTTP server ([`aws`]), the Lambda Runtime API on one
+//! machine and the functions' environment ([`lambda`]), the `events/` sample events
+//! ([`fixtures`]), and hostile GraphQL documents ([`documents`]). Dev-only: no shipped
+//! binary links it.
+
+pub mod aws;
+pub mod documents;
+pub mod fixtures;
+pub mod lambda;
