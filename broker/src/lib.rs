@@ -145,6 +145,7 @@ pub mod ports;
 pub mod protocol;
 pub mod resume;
 pub mod session;
+pub mod settings;
 pub mod unsubscribe;
 
 pub use app::{App, AppSchema, ConfigError, IndexSpec, Outbox, Storage, TableSpec};

@@ -41,16 +41,15 @@ use broker::file::FileStore;
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemorySubscriptionStore,
 };
-use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, Ports, Storage};
+use broker::{
+    App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, Ports, Storage, settings,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::server::AppState;
 use crate::sockets::Sockets;
 pub use crate::web::{CorsOrigins, WebOptions};
-
-/// Lambda polls a stream shard four times a second.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How the local mode runs.
 #[derive(Clone)]
@@ -87,30 +86,20 @@ pub enum Backend {
 impl Options {
     /// The configuration the Lambda functions read (`JWT_*` including `JWT_JWKS_URL`,
     /// `DELIVERY_MODE`, `FANOUT_*`),
-    /// with the documented development secret when `JWT_SECRET` is unset, and
-    /// `STREAM_POLL_INTERVAL_MS` (default 250), and the web app from `BROKER_WEB_DIR` (default:
-    /// this source tree's `web/dist`); serving `app`. The development sign-in is on only
+    /// with the documented development secret when `JWT_SECRET` is unset, and the local
+    /// mode's own variables of [`broker::settings`]: `STREAM_POLL_INTERVAL_MS`, the web app
+    /// from `BROKER_WEB_DIR` (default: this source tree's `web/dist`), `CORS_ALLOWED_ORIGINS`
+    /// and the gateway's limits; serving `app`. The development sign-in is on only
     /// while the development secret is in use.
     pub fn from_env(app: Arc<dyn App>) -> Result<Self, ConfigError> {
-        let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
+        let auth = AuthConfig::from_env(settings::JWT_SECRET.local_default())?;
         let key_set = JwksConfig::from_env()?;
         let broker = BrokerConfig::from_env()?;
-        let poll_interval = match std::env::var("STREAM_POLL_INTERVAL_MS") {
-            Ok(ms) if !ms.trim().is_empty() => {
-                Duration::from_millis(ms.trim().parse().map_err(|e: std::num::ParseIntError| {
-                    ConfigError::Invalid {
-                        name: "STREAM_POLL_INTERVAL_MS".into(),
-                        value: ms.clone(),
-                        reason: e.to_string(),
-                    }
-                })?)
-            }
-            _ => DEFAULT_POLL_INTERVAL,
-        };
+        let poll_interval = Duration::from_millis(settings::STREAM_POLL_INTERVAL_MS.value()?);
         let web = WebOptions {
-            dir: Some(match std::env::var_os("BROKER_WEB_DIR") {
-                Some(dir) if !dir.is_empty() => dir.into(),
-                _ => WebOptions::source_tree_dir(),
+            dir: Some(match settings::BROKER_WEB_DIR.get()? {
+                Some(dir) => dir,
+                None => WebOptions::source_tree_dir(),
             }),
             dev_tokens: key_set.is_none() && auth.secret == broker::auth::DEVELOPMENT_SECRET,
             cors_origins: web::CorsOrigins::from_env()?,

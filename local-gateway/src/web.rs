@@ -52,17 +52,12 @@ pub enum CorsOrigins {
 }
 
 impl CorsOrigins {
-    /// From `CORS_ALLOWED_ORIGINS`: unset, empty or `*` is any origin; otherwise a
-    /// comma-separated list of origins such as `https://app.example.com`.
+    /// From `CORS_ALLOWED_ORIGINS` ([`broker::settings`]): unset, blank or `*` is any
+    /// origin; otherwise a comma-separated list of origins such as `https://app.example.com`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        match std::env::var("CORS_ALLOWED_ORIGINS") {
-            Ok(value) => Self::parse(&value).map_err(|reason| ConfigError::Invalid {
-                name: "CORS_ALLOWED_ORIGINS".into(),
-                value,
-                reason,
-            }),
-            Err(_) => Ok(Self::Any),
-        }
+        let var = &broker::settings::CORS_ALLOWED_ORIGINS;
+        let value = var.value()?;
+        Self::parse(&value).map_err(|reason| var.invalid(value, reason))
     }
 
     pub fn parse(value: &str) -> Result<Self, String> {

@@ -6,10 +6,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-use crate::ConfigError;
-
-/// The region used when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is set.
-const FALLBACK_REGION: &str = "us-east-1";
+use crate::{ConfigError, settings};
 
 /// Longest wait for a TCP and TLS connection to an AWS endpoint.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,12 +58,11 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
 }
 
 fn region_from_env() -> String {
-    ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .into_iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .map(|value| value.trim().to_owned())
-        .find(|value| !value.is_empty())
-        .unwrap_or_else(|| FALLBACK_REGION.to_owned())
+    // Names, never malformed.
+    let region = |var: &settings::Var<String>| var.get().ok().flatten();
+    region(&settings::AWS_REGION)
+        .or_else(|| region(&settings::AWS_DEFAULT_REGION))
+        .unwrap_or_else(|| settings::AWS_DEFAULT_REGION.default_value())
 }
 
 /// The broker's three tables.
@@ -90,25 +86,12 @@ impl TableNames {
         }
     }
 
-    /// Reads `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE` and `EVENTS_TABLE`.
+    /// Reads `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE` and `EVENTS_TABLE`, which must be set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            connections: required_var("CONNECTIONS_TABLE")?,
-            subscriptions: required_var("SUBSCRIPTIONS_TABLE")?,
-            events: required_var("EVENTS_TABLE")?,
+            connections: settings::CONNECTIONS_TABLE.value()?,
+            subscriptions: settings::SUBSCRIPTIONS_TABLE.value()?,
+            events: settings::EVENTS_TABLE.value()?,
         })
     }
-}
-
-/// The value of an environment variable that must be set (and not blank).
-pub fn required_var(name: &str) -> Result<String, ConfigError> {
-    optional_var(name).ok_or_else(|| ConfigError::Missing(name.to_owned()))
-}
-
-/// The value of an environment variable, `None` when unset or blank.
-pub fn optional_var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
 }
