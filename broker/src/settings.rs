@@ -624,7 +624,7 @@ pub const EVENTS_TABLE: Var<String> = Var {
 pub const APP_TABLE: Var<String> = Var {
     setting: Setting {
         name: "{NAME}_TABLE",
-        meaning: "one per table of the app (`BOARDS_TABLE`): its deployed name",
+        meaning: "one per table of the app: its deployed name",
         fallback: Fallback::Local {
             lambda: "required",
             local: "broker-{name}",
@@ -721,7 +721,7 @@ pub const BROKER_APP: Var<String> = Var {
     setting: Setting {
         name: "BROKER_APP",
         meaning: "the app `broker-local` serves (`--app`)",
-        fallback: Fallback::None("the first the binary serves: `boards`"),
+        fallback: Fallback::None("the first the binary serves"),
         place: Place::Local,
         blank: Blank::Unset,
     },
