@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use crate::domain::{UserId, now_secs};
+use crate::settings;
 
 /// The secret the local mode uses when `JWT_SECRET` is not set. Never use it on AWS: the SAM
 /// template requires a secret of its own.
@@ -104,17 +105,19 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// Reads `JWT_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE`. Without a secret, `fallback_secret`
-    /// is used if given (the local mode), else it is an error.
+    /// Reads `JWT_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE` ([`crate::settings`]). Without a
+    /// secret (unset or empty), `fallback_secret` is used if given (the local mode), else it
+    /// is an error.
     pub fn from_env(fallback_secret: Option<&str>) -> Result<Self, AuthError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let secret = var("JWT_SECRET")
+        // Free text: never malformed, so the errors below cannot occur.
+        let text = |var: &settings::Var<String>| var.get().ok().flatten();
+        let secret = text(&settings::JWT_SECRET)
             .or_else(|| fallback_secret.map(str::to_owned))
             .ok_or_else(|| AuthError::invalid("JWT_SECRET is not set"))?;
         Ok(Self {
             secret,
-            issuer: var("JWT_ISSUER"),
-            audience: var("JWT_AUDIENCE"),
+            issuer: text(&settings::JWT_ISSUER),
+            audience: text(&settings::JWT_AUDIENCE),
         })
     }
 

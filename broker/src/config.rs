@@ -1,39 +1,19 @@
 //! The broker's tunables ([`BrokerConfig`]) and where a published event goes
 //! ([`DeliveryMode`]).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::cost::CostLimits;
-use crate::domain;
+use crate::settings;
 
-/// Where a published event goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DeliveryMode {
-    /// Append the event to the log and return; the stream publisher delivers it.
-    #[default]
-    Stream,
-    /// Deliver inside the publishing call (the resolver waits for every post).
-    Direct,
-}
-
-impl FromStr for DeliveryMode {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "stream" => Ok(Self::Stream),
-            "direct" => Ok(Self::Direct),
-            other => Err(format!(
-                "unknown delivery mode {other:?} (expected \"stream\" or \"direct\")"
-            )),
-        }
-    }
-}
+pub use crate::domain::DeliveryMode;
+pub use crate::settings::ConfigError;
 
 /// Tunables, with defaults that suit API Gateway's limits.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
+    /// Where a published event goes: to the log for the stream publisher, or delivered
+    /// inside the publishing call.
     pub delivery_mode: DeliveryMode,
     /// Above this many subscribers an event is split into fan-out pages (when a queue is set).
     pub fanout_threshold: usize,
@@ -89,25 +69,29 @@ pub struct BrokerConfig {
 }
 
 impl Default for BrokerConfig {
+    /// The defaults declared in [`settings`].
     fn default() -> Self {
         Self {
-            delivery_mode: DeliveryMode::Stream,
-            fanout_threshold: 100,
-            fanout_page_size: 50,
-            fanout_groups: 32,
-            post_concurrency: 64,
-            init_timeout: Duration::from_secs(30),
+            delivery_mode: settings::DELIVERY_MODE.default_value(),
+            fanout_threshold: settings::FANOUT_THRESHOLD.default_value(),
+            fanout_page_size: settings::FANOUT_PAGE_SIZE.default_value(),
+            fanout_groups: settings::FANOUT_GROUPS.default_value(),
+            post_concurrency: settings::POST_CONCURRENCY.default_value(),
+            init_timeout: Duration::from_secs(settings::INIT_TIMEOUT_SECS.default_value()),
             limits: CostLimits::default(),
-            max_request_bytes: 128 * 1024,
-            max_subscriptions_per_connection: 100,
-            render_timeout: Duration::from_secs(5),
+            max_request_bytes: settings::MAX_REQUEST_BYTES.default_value(),
+            max_subscriptions_per_connection: settings::MAX_SUBSCRIPTIONS_PER_CONNECTION
+                .default_value(),
+            render_timeout: Duration::from_millis(settings::RENDER_TIMEOUT_MS.default_value()),
             render_concurrency: 16,
-            merge_renderings: true,
-            fanout_page_lifetime: Duration::from_secs(24 * 60 * 60 + 180),
+            merge_renderings: settings::MERGE_RENDERINGS.default_value(),
+            fanout_page_lifetime: Duration::from_secs(
+                settings::FANOUT_PAGE_LIFETIME_SECS.default_value(),
+            ),
             fanout_max_receives: None,
-            event_retention: Duration::from_secs(domain::EVENT_LIFETIME_SECS),
-            resume_settle: Duration::from_millis(2000),
-            max_replay_events: 10_000,
+            event_retention: Duration::from_secs(settings::EVENT_RETENTION_SECS.default_value()),
+            resume_settle: Duration::from_millis(settings::RESUME_SETTLE_MS.default_value()),
+            max_replay_events: settings::MAX_REPLAY_EVENTS.default_value(),
         }
     }
 }
@@ -126,122 +110,36 @@ impl BrokerConfig {
         self.resume_settle - self.resume_settle / 4
     }
 
-    /// Reads `DELIVERY_MODE`, `FANOUT_THRESHOLD`, `FANOUT_PAGE_SIZE`, `FANOUT_GROUPS` (at
-    /// least 1), `FANOUT_PAGE_LIFETIME_SECS`, `FANOUT_MAX_RECEIVES`, `POST_CONCURRENCY`, `INIT_TIMEOUT_SECS`, `MAX_REQUEST_BYTES`,
-    /// `MAX_DOCUMENT_BYTES`, `MAX_FIELDS`, `MAX_DEPTH`, `MAX_SUBSCRIPTIONS_PER_CONNECTION`, `RENDER_TIMEOUT_MS`, `EVENT_RETENTION_SECS`,
-    /// `RESUME_SETTLE_MS` (at least [`MIN_RESUME_SETTLE_MS`], see [`crate::Broker::new`]), `MAX_REPLAY_EVENTS`; absent variables keep their defaults,
-    /// malformed ones are an error.
+    /// The tunables from the environment: every variable of [`settings`] this struct has a
+    /// field for (from `DELIVERY_MODE` to `MAX_REPLAY_EVENTS`, `MAX_DOCUMENT_BYTES`,
+    /// `MAX_FIELDS` and `MAX_DEPTH` for [`Self::limits`]), read by the module's one rule:
+    /// unset or blank keeps the declared default, a malformed value is an error, clamps are
+    /// declared with each variable. `RESUME_SETTLE_MS` is raised to [`MIN_RESUME_SETTLE_MS`]
+    /// by `Broker::new`, whatever the configuration.
     pub fn from_env() -> Result<Self, ConfigError> {
-        fn var<T: FromStr>(name: &str) -> Result<Option<T>, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => {
-                    v.trim()
-                        .parse()
-                        .map(Some)
-                        .map_err(|e: T::Err| ConfigError::Invalid {
-                            name: name.to_owned(),
-                            value: v.clone(),
-                            reason: e.to_string(),
-                        })
-                }
-                _ => Ok(None),
-            }
-        }
-        let mut config = Self::default();
-        if let Some(mode) = var("DELIVERY_MODE")? {
-            config.delivery_mode = mode;
-        }
-        if let Some(n) = var("FANOUT_THRESHOLD")? {
-            config.fanout_threshold = n;
-        }
-        if let Some(n) = var::<usize>("FANOUT_PAGE_SIZE")? {
-            config.fanout_page_size = n.max(1);
-        }
-        if let Some(n) = var::<usize>("FANOUT_GROUPS")? {
-            if n == 0 {
-                return Err(ConfigError::Invalid {
-                    name: "FANOUT_GROUPS".to_owned(),
-                    value: n.to_string(),
-                    reason: "at least one group is needed".to_owned(),
-                });
-            }
-            config.fanout_groups = n;
-        }
-        if let Some(n) = var::<usize>("POST_CONCURRENCY")? {
-            config.post_concurrency = n.max(1);
-        }
-        if let Some(n) = var::<usize>("MAX_REQUEST_BYTES")? {
-            config.max_request_bytes = n.clamp(1024, 6 * 1024 * 1024);
-        }
-        if let Some(n) = var::<usize>("MAX_DOCUMENT_BYTES")? {
-            config.limits.max_document_bytes = n.max(64);
-        }
-        if let Some(n) = var::<u64>("MAX_FIELDS")? {
-            config.limits.max_fields = n.max(1);
-        }
-        if let Some(n) = var::<usize>("MAX_DEPTH")? {
-            config.limits.max_depth = n.max(1);
-        }
-        if let Some(n) = var("MAX_SUBSCRIPTIONS_PER_CONNECTION")? {
-            config.max_subscriptions_per_connection = n;
-        }
-        if let Some(secs) = var::<u64>("INIT_TIMEOUT_SECS")? {
-            config.init_timeout = Duration::from_secs(secs.max(1));
-        }
-        if let Some(ms) = var::<u64>("RENDER_TIMEOUT_MS")? {
-            config.render_timeout = Duration::from_millis(ms.max(1));
-        }
-        if let Some(secs) = var::<u64>("FANOUT_PAGE_LIFETIME_SECS")? {
-            config.fanout_page_lifetime = Duration::from_secs(secs);
-        }
-        if let Some(n) = var::<u32>("FANOUT_MAX_RECEIVES")? {
-            config.fanout_max_receives = Some(n.max(1));
-        }
-        if let Some(merge) = var::<bool>("MERGE_RENDERINGS")? {
-            config.merge_renderings = merge;
-        }
-        if let Some(secs) = var::<u64>("EVENT_RETENTION_SECS")? {
-            config.event_retention = Duration::from_secs(secs.max(1));
-        }
-        if let Some(ms) = var::<u64>("RESUME_SETTLE_MS")? {
-            config.resume_settle = Duration::from_millis(ms);
-        }
-        if let Some(n) = var::<usize>("MAX_REPLAY_EVENTS")? {
-            config.max_replay_events = n.max(1);
-        }
-        Ok(config)
+        Ok(Self {
+            delivery_mode: settings::DELIVERY_MODE.value()?,
+            fanout_threshold: settings::FANOUT_THRESHOLD.value()?,
+            fanout_page_size: settings::FANOUT_PAGE_SIZE.value()?,
+            fanout_groups: settings::FANOUT_GROUPS.value()?,
+            post_concurrency: settings::POST_CONCURRENCY.value()?,
+            max_request_bytes: settings::MAX_REQUEST_BYTES.value()?,
+            limits: CostLimits {
+                max_document_bytes: settings::MAX_DOCUMENT_BYTES.value()?,
+                max_fields: settings::MAX_FIELDS.value()?,
+                max_depth: settings::MAX_DEPTH.value()?,
+                ..CostLimits::default()
+            },
+            max_subscriptions_per_connection: settings::MAX_SUBSCRIPTIONS_PER_CONNECTION.value()?,
+            init_timeout: Duration::from_secs(settings::INIT_TIMEOUT_SECS.value()?),
+            render_timeout: Duration::from_millis(settings::RENDER_TIMEOUT_MS.value()?),
+            fanout_page_lifetime: Duration::from_secs(settings::FANOUT_PAGE_LIFETIME_SECS.value()?),
+            fanout_max_receives: settings::FANOUT_MAX_RECEIVES.get()?,
+            merge_renderings: settings::MERGE_RENDERINGS.value()?,
+            event_retention: Duration::from_secs(settings::EVENT_RETENTION_SECS.value()?),
+            resume_settle: Duration::from_millis(settings::RESUME_SETTLE_MS.value()?),
+            max_replay_events: settings::MAX_REPLAY_EVENTS.value()?,
+            ..Self::default()
+        })
     }
-}
-
-/// Configuration that cannot work: a variable missing or malformed, a storage an app cannot
-/// use. Raised at start, before anything is served.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A required environment variable is not set.
-    #[error("environment variable {0} is not set")]
-    Missing(String),
-    /// A setting has a value that cannot be used.
-    #[error("{name}={value:?}: {reason}")]
-    Invalid {
-        /// The environment variable (or setting) read.
-        name: String,
-        /// The value it had.
-        value: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The app cannot keep its data in the storage the process chose
-    /// ([`crate::Storage::name`]).
-    #[error("this app cannot keep its data in {0}")]
-    UnsupportedStorage(&'static str),
-    /// A table was asked for by a name the app's [`crate::App::tables`] does not list.
-    #[error("the app has no table named {0:?}")]
-    UnknownTable(String),
-    /// The authentication settings cannot work (a missing secret, a bad key-set URL): an
-    /// [`crate::auth::AuthError`].
-    #[error(transparent)]
-    Auth(Box<dyn std::error::Error + Send + Sync>),
 }

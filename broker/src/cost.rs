@@ -53,11 +53,11 @@ pub struct CostLimits {
 impl Default for CostLimits {
     fn default() -> Self {
         Self {
-            max_document_bytes: 32 * 1024,
+            max_document_bytes: crate::settings::MAX_DOCUMENT_BYTES.default_value(),
             max_nesting: 64,
             max_operations: 16,
-            max_fields: 1_000,
-            max_depth: 16,
+            max_fields: crate::settings::MAX_FIELDS.default_value(),
+            max_depth: crate::settings::MAX_DEPTH.default_value(),
             max_fragment_nesting: 32,
             max_aliases: 100,
             max_directives: 64,

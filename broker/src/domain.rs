@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
 
 use crate::protocol::Protocol;
 
@@ -311,5 +312,29 @@ mod tests {
         assert!(Audience::Everyone.admits(&a));
         assert!(Audience::User(a.clone()).admits(&a));
         assert!(!Audience::User(a).admits(&b));
+    }
+}
+
+/// Where a published event goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeliveryMode {
+    /// Append the event to the log and return; the stream publisher delivers it.
+    #[default]
+    Stream,
+    /// Deliver inside the publishing call (the resolver waits for every post).
+    Direct,
+}
+
+impl FromStr for DeliveryMode {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "stream" => Ok(Self::Stream),
+            "direct" => Ok(Self::Direct),
+            other => Err(format!(
+                "unknown delivery mode {other:?} (expected \"stream\" or \"direct\")"
+            )),
+        }
     }
 }

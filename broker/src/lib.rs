@@ -167,6 +167,7 @@ pub mod protocol;
 pub mod publish;
 mod push;
 pub mod session;
+pub mod settings;
 pub mod unsubscribe;
 
 pub use app::{App, AppSchema, IndexSpec, Storage, TableSpec};

@@ -20,8 +20,11 @@ use serde::Serialize;
 use crate::delivery::{Counters, DeliveryReport};
 use crate::domain::now_ms;
 
-/// The CloudWatch namespace when `METRICS_NAMESPACE` is not set.
-pub const DEFAULT_NAMESPACE: &str = "RealtimeGraphQL";
+/// The CloudWatch namespace when `METRICS_NAMESPACE` is not set (its declared default).
+pub const DEFAULT_NAMESPACE: &str = match crate::settings::METRICS_NAMESPACE.setting.fallback {
+    crate::settings::Fallback::Value(namespace) => namespace,
+    _ => panic!("METRICS_NAMESPACE declares its default"),
+};
 
 /// EMF takes at most 100 values for one metric in one object; ages beyond are left out.
 pub const MAX_AGE_VALUES: usize = 100;
@@ -97,9 +100,8 @@ impl InvocationMetrics {
         if self.reports == 0 && self.publish_timeouts == 0 && self.late_stores == 0 {
             return Ok(());
         }
-        let namespace = std::env::var("METRICS_NAMESPACE")
-            .ok()
-            .filter(|n| !n.trim().is_empty());
+        // Free text: never malformed.
+        let namespace = crate::settings::METRICS_NAMESPACE.get().ok().flatten();
         let namespace = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
         let mut line = self.to_emf(namespace, function, now_ms()).to_string();
         line.push('\n');

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use broker::App;
+use broker::{App, ConfigError, settings};
 use clap::{Parser, Subcommand};
 
 use crate::{LocalGateway, Options};
@@ -21,22 +21,17 @@ pub type AppChoice = (&'static str, fn() -> Arc<dyn App>);
     about = "Serverless realtime GraphQL, locally: no AWS account needed"
 )]
 struct Cli {
-    /// The app to serve (default: the first the binary was built with).
-    #[arg(long, env = "BROKER_APP", global = true)]
+    /// The app to serve [env: BROKER_APP] (default: the first the binary was built with).
+    #[arg(long, global = true)]
     app: Option<String>,
     /// Where state lives: `file:PATH` (a database file, created when missing; state
     /// survives restarts) or `memory` (gone at exit). Default: `file:DATA_DIR/APP.redb`.
-    /// Ignored with --dynamodb-endpoint.
-    #[arg(long, env = "BROKER_STORE", global = true, value_parser = parse_store)]
+    /// Ignored with --dynamodb-endpoint. [env: BROKER_STORE]
+    #[arg(long, global = true, value_parser = parse_store)]
     store: Option<Store>,
-    /// The folder of the default database file.
-    #[arg(
-        long,
-        env = "BROKER_DATA_DIR",
-        global = true,
-        default_value = ".broker-local"
-    )]
-    data_dir: PathBuf,
+    /// The folder of the default database file [env: BROKER_DATA_DIR] [default: .broker-local]
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -83,22 +78,22 @@ fn choose(apps: &[AppChoice], name: Option<&str>) -> anyhow::Result<(&'static st
 enum Command {
     /// Serve GraphQL over HTTP and WebSocket, and the Management API (the default command).
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "BROKER_LISTEN", default_value = "127.0.0.1:4000")]
-        listen: SocketAddr,
+        /// Address to listen on [env: BROKER_LISTEN] [default: 127.0.0.1:4000]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Keep state in DynamoDB at this endpoint (e.g. a moto server) instead of in memory,
         /// and poll the events table's stream. Table names come from CONNECTIONS_TABLE,
         /// SUBSCRIPTIONS_TABLE, EVENTS_TABLE and one {NAME}_TABLE per table of the app
-        /// (defaults: broker-connections, …, broker-{name}).
-        #[arg(long, env = "DYNAMODB_ENDPOINT")]
+        /// (defaults: broker-connections, …, broker-{name}). [env: DYNAMODB_ENDPOINT]
+        #[arg(long)]
         dynamodb_endpoint: Option<String>,
         /// With --dynamodb-endpoint: create the tables when missing.
         #[arg(long)]
         create_tables: bool,
         /// With --dynamodb-endpoint: split large fan-outs into this SQS queue (same
         /// endpoint), or "create" to create the FIFO queue `broker-fanout.fifo` with its
-        /// dead-letter queue.
-        #[arg(long, env = "FANOUT_QUEUE_URL")]
+        /// dead-letter queue. [env: FANOUT_QUEUE_URL]
+        #[arg(long)]
         fanout_queue: Option<String>,
     },
     /// Print a development token for a user id, signed with the configured JWT_SECRET
@@ -119,12 +114,27 @@ pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let (app_name, app) = choose(apps, cli.app.as_deref())?;
+    // A flag wins over its variable, which wins over the default.
+    let app_name = or_env_opt(cli.app, &settings::BROKER_APP)?;
+    let (app_name, app) = choose(apps, app_name.as_deref())?;
     let mut options = Options::from_env(app)?;
-    options.backend = match cli.store {
+    let store = match cli.store {
+        Some(store) => Some(store),
+        None => match settings::BROKER_STORE.get()? {
+            Some(value) => Some(
+                parse_store(&value)
+                    .map_err(|reason| settings::BROKER_STORE.invalid(value, reason))?,
+            ),
+            None => None,
+        },
+    };
+    options.backend = match store {
         Some(Store::Memory) => crate::Backend::Memory,
         Some(Store::File(path)) => crate::Backend::File(path),
-        None => crate::Backend::File(cli.data_dir.join(format!("{app_name}.redb"))),
+        None => {
+            let data_dir = or_env(cli.data_dir, &settings::BROKER_DATA_DIR)?;
+            crate::Backend::File(data_dir.join(format!("{app_name}.redb")))
+        }
     };
     match cli.command {
         Some(Command::Token { user_id, ttl }) => {
@@ -138,26 +148,36 @@ pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
             create_tables,
             fanout_queue,
         }) => {
-            if let Some(endpoint) = dynamodb_endpoint {
+            let listen = or_env(listen, &settings::BROKER_LISTEN)?;
+            if let Some(endpoint) = or_env_opt(dynamodb_endpoint, &settings::DYNAMODB_ENDPOINT)? {
+                let fanout_queue = or_env_opt(fanout_queue, &settings::FANOUT_QUEUE_URL)?;
                 options.backend =
                     aws_backend(&options, endpoint, create_tables, fanout_queue).await?;
             }
             serve(listen, options).await
         }
-        None => {
-            let listen = std::env::var("BROKER_LISTEN")
-                .ok()
-                .map(|v| v.parse())
-                .transpose()
-                .context("BROKER_LISTEN")?
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4000)));
-            serve(listen, options).await
-        }
+        None => serve(settings::BROKER_LISTEN.value()?, options).await,
+    }
+}
+
+/// The flag's value when given, else the variable's or its declared default.
+fn or_env<T>(flag: Option<T>, var: &settings::Var<T>) -> Result<T, ConfigError> {
+    match flag {
+        Some(value) => Ok(value),
+        None => var.value(),
+    }
+}
+
+/// The flag's value when given, else the variable's; `None` when neither is set.
+fn or_env_opt<T>(flag: Option<T>, var: &settings::Var<T>) -> Result<Option<T>, ConfigError> {
+    match flag {
+        Some(value) => Ok(Some(value)),
+        None => var.get(),
     }
 }
 
 async fn serve(listen: SocketAddr, options: Options) -> anyhow::Result<()> {
-    if std::env::var("JWT_SECRET").is_err() {
+    if !settings::JWT_SECRET.is_present() {
         tracing::warn!("JWT_SECRET is not set: using the documented development secret");
     }
     let listener = tokio::net::TcpListener::bind(listen)
@@ -195,12 +215,10 @@ async fn aws_backend(
     create_tables: bool,
     fanout_queue: Option<String>,
 ) -> anyhow::Result<crate::Backend> {
-    let var =
-        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     let tables = broker::aws::TableNames {
-        connections: var("CONNECTIONS_TABLE", "broker-connections"),
-        subscriptions: var("SUBSCRIPTIONS_TABLE", "broker-subscriptions"),
-        events: var("EVENTS_TABLE", "broker-events"),
+        connections: settings::CONNECTIONS_TABLE.local_value()?,
+        subscriptions: settings::SUBSCRIPTIONS_TABLE.local_value()?,
+        events: settings::EVENTS_TABLE.local_value()?,
     };
     let fanout_queue_url = match fanout_queue.as_deref() {
         Some("create") => {
@@ -218,10 +236,16 @@ async fn aws_backend(
             .tables()
             .iter()
             .map(|spec| {
-                let default = format!("broker-{}", spec.name);
-                (spec.name.to_owned(), var(&spec.env_var(), &default))
+                let name = match settings::APP_TABLE.get_named(&spec.env_var())? {
+                    Some(name) => name,
+                    None => settings::APP_TABLE
+                        .local_default()
+                        .expect("{NAME}_TABLE declares its local default")
+                        .replace("{name}", spec.name),
+                };
+                Ok((spec.name.to_owned(), name))
             })
-            .collect(),
+            .collect::<Result<_, ConfigError>>()?,
         fanout_queue_url,
         create_tables,
     }))

@@ -42,7 +42,9 @@ use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
     MemorySubscriptionStore,
 };
-use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, Ports, Storage};
+use broker::{
+    App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, Ports, Storage, settings,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -50,11 +52,12 @@ use crate::server::AppState;
 use crate::sockets::Sockets;
 pub use crate::web::{CorsOrigins, WebOptions};
 
-/// Lambda polls a stream shard four times a second.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
-
 /// How the local mode runs.
 #[derive(Clone)]
+#[expect(
+    missing_debug_implementations,
+    reason = "holds the app and its secrets; nothing of it is printed"
+)]
 pub struct Options {
     /// The app served: its schema, and its tables on DynamoDB.
     pub app: Arc<dyn App>,
@@ -62,9 +65,11 @@ pub struct Options {
     pub auth: AuthConfig,
     /// Tokens of an identity provider, verified against its published key set (`JWT_JWKS_URL`).
     pub key_set: Option<JwksConfig>,
+    /// The broker's tunables (delivery mode, limits, fan-out).
     pub broker: BrokerConfig,
     /// Wait between two polls of an empty stream; zero waits for the next append instead.
     pub poll_interval: Duration,
+    /// Where state lives: memory, a database file, or DynamoDB.
     pub backend: Backend,
     /// The web app and the development sign-in.
     pub web: WebOptions,
@@ -82,36 +87,27 @@ pub enum Backend {
     /// restart, even a `kill -9`. Connections and subscriptions of an earlier process are
     /// removed at start: their sockets died with it.
     File(PathBuf),
+    /// DynamoDB (and optionally SQS) at an endpoint: the AWS adapters themselves.
     Aws(aws::AwsBackend),
 }
 
 impl Options {
     /// The configuration the Lambda functions read (`JWT_*` including `JWT_JWKS_URL`,
     /// `DELIVERY_MODE`, `FANOUT_*`),
-    /// with the documented development secret when `JWT_SECRET` is unset, and
-    /// `STREAM_POLL_INTERVAL_MS` (default 250), and the web app from `BROKER_WEB_DIR` (default:
-    /// this source tree's `web/dist`); serving `app`. The development sign-in is on only
+    /// with the documented development secret when `JWT_SECRET` is unset, and the local
+    /// mode's own variables of [`broker::settings`]: `STREAM_POLL_INTERVAL_MS`, the web app
+    /// from `BROKER_WEB_DIR` (default: this source tree's `web/dist`), `CORS_ALLOWED_ORIGINS`
+    /// and the gateway's limits; serving `app`. The development sign-in is on only
     /// while the development secret is in use.
     pub fn from_env(app: Arc<dyn App>) -> Result<Self, ConfigError> {
-        let auth = AuthConfig::from_env(Some(broker::auth::DEVELOPMENT_SECRET))?;
+        let auth = AuthConfig::from_env(settings::JWT_SECRET.local_default())?;
         let key_set = JwksConfig::from_env()?;
         let broker = BrokerConfig::from_env()?;
-        let poll_interval = match std::env::var("STREAM_POLL_INTERVAL_MS") {
-            Ok(ms) if !ms.trim().is_empty() => {
-                Duration::from_millis(ms.trim().parse().map_err(|e: std::num::ParseIntError| {
-                    ConfigError::Invalid {
-                        name: "STREAM_POLL_INTERVAL_MS".into(),
-                        value: ms.clone(),
-                        reason: e.to_string(),
-                    }
-                })?)
-            }
-            _ => DEFAULT_POLL_INTERVAL,
-        };
+        let poll_interval = Duration::from_millis(settings::STREAM_POLL_INTERVAL_MS.value()?);
         let web = WebOptions {
-            dir: Some(match std::env::var_os("BROKER_WEB_DIR") {
-                Some(dir) if !dir.is_empty() => dir.into(),
-                _ => WebOptions::source_tree_dir(),
+            dir: Some(match settings::BROKER_WEB_DIR.get()? {
+                Some(dir) => dir,
+                None => WebOptions::source_tree_dir(),
             }),
             dev_tokens: key_set.is_none() && auth.secret == broker::auth::DEVELOPMENT_SECRET,
             cors_origins: web::CorsOrigins::from_env()?,
@@ -130,6 +126,10 @@ impl Options {
 }
 
 /// A running local gateway. Dropping it does not stop it: call [`LocalGateway::shutdown`].
+#[expect(
+    missing_debug_implementations,
+    reason = "a handle to running tasks, with nothing to print"
+)]
 pub struct LocalGateway {
     addr: SocketAddr,
     broker: Broker,
@@ -259,6 +259,7 @@ impl LocalGateway {
         })
     }
 
+    /// The address the gateway listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -268,14 +269,17 @@ impl LocalGateway {
         format!("http://{}/", self.addr)
     }
 
+    /// The broker the gateway runs.
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
 
+    /// The URL of GraphQL over HTTP.
     pub fn graphql_url(&self) -> String {
         format!("http://{}/graphql", self.addr)
     }
 
+    /// The URL of the WebSocket API.
     pub fn websocket_url(&self) -> String {
         format!("ws://{}/graphql", self.addr)
     }
@@ -291,10 +295,12 @@ impl LocalGateway {
         self.sockets.closed_too_slow()
     }
 
+    /// How many sockets are open now.
     pub fn open_sockets(&self) -> usize {
         self.sockets.len()
     }
 
+    /// Stops serving and waits for the server's tasks to end.
     pub async fn shutdown(self) {
         for task in &self.tasks {
             task.abort();

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use broker::aws::{CLOSE_CODE_HEADER, CLOSE_REASON_HEADER};
-use broker::{Broker, ConfigError, ConnectionId};
+use broker::{Broker, ConfigError, ConnectionId, settings};
 use futures_util::{SinkExt, StreamExt};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -38,10 +38,18 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// rest, bounded by frames): one message of the largest size, and then some.
 const MAX_WRITE_BUFFER_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 
+/// What every route of the server shares.
 #[derive(Clone)]
+#[expect(
+    missing_debug_implementations,
+    reason = "shared handles to the broker and the sockets, with nothing to print"
+)]
 pub struct AppState {
+    /// The broker the routes call.
     pub broker: Broker,
+    /// The open sockets, by connection id.
     pub sockets: Arc<Sockets>,
+    /// The server's own bounds (connections, message sizes, rates).
     pub limits: Limits,
 }
 
@@ -67,13 +75,16 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults declared in [`broker::settings`].
     fn default() -> Self {
         Self {
-            idle_timeout: Duration::from_secs(10 * 60),
-            max_duration: Duration::from_secs(2 * 60 * 60),
-            outbox_frames: 64,
-            max_connections: 20_000,
-            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(settings::SOCKET_IDLE_TIMEOUT_SECS.default_value()),
+            max_duration: Duration::from_secs(settings::SOCKET_MAX_DURATION_SECS.default_value()),
+            outbox_frames: settings::SOCKET_OUTBOX_FRAMES.default_value(),
+            max_connections: settings::MAX_CONNECTIONS.default_value(),
+            header_read_timeout: Duration::from_secs(
+                settings::HTTP_HEADER_TIMEOUT_SECS.default_value(),
+            ),
         }
     }
 }
@@ -81,37 +92,13 @@ impl Default for Limits {
 impl Limits {
     /// The defaults, overridden by the environment variables named on each field.
     pub fn from_env() -> Result<Self, ConfigError> {
-        fn var(name: &str) -> Result<Option<u64>, ConfigError> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v
-                    .trim()
-                    .parse::<u64>()
-                    .map(|n| Some(n.max(1)))
-                    .map_err(|e| ConfigError::Invalid {
-                        name: name.into(),
-                        value: v.clone(),
-                        reason: e.to_string(),
-                    }),
-                _ => Ok(None),
-            }
-        }
-        let mut limits = Self::default();
-        if let Some(secs) = var("SOCKET_IDLE_TIMEOUT_SECS")? {
-            limits.idle_timeout = Duration::from_secs(secs);
-        }
-        if let Some(secs) = var("SOCKET_MAX_DURATION_SECS")? {
-            limits.max_duration = Duration::from_secs(secs);
-        }
-        if let Some(n) = var("SOCKET_OUTBOX_FRAMES")? {
-            limits.outbox_frames = n as usize;
-        }
-        if let Some(n) = var("MAX_CONNECTIONS")? {
-            limits.max_connections = n as usize;
-        }
-        if let Some(secs) = var("HTTP_HEADER_TIMEOUT_SECS")? {
-            limits.header_read_timeout = Duration::from_secs(secs);
-        }
-        Ok(limits)
+        Ok(Self {
+            idle_timeout: Duration::from_secs(settings::SOCKET_IDLE_TIMEOUT_SECS.value()?),
+            max_duration: Duration::from_secs(settings::SOCKET_MAX_DURATION_SECS.value()?),
+            outbox_frames: settings::SOCKET_OUTBOX_FRAMES.value()?,
+            max_connections: settings::MAX_CONNECTIONS.value()?,
+            header_read_timeout: Duration::from_secs(settings::HTTP_HEADER_TIMEOUT_SECS.value()?),
+        })
     }
 }
 
@@ -153,6 +140,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
     }
 }
 
+/// The routes of GraphQL over HTTP, the WebSocket API and the Management API.
 pub fn router(state: AppState, cors: CorsLayer) -> Router {
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post).layer(cors))

@@ -29,6 +29,7 @@ pub const DEV_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
 /// Longest user name the development sign-in accepts.
 pub const MAX_USER_CHARS: usize = 64;
 
+/// Where the web app is served from, and which origins may call the APIs.
 #[derive(Clone, Debug, Default)]
 pub struct WebOptions {
     /// The built app (`web/dist`); `None` serves nothing at `/`.
@@ -46,25 +47,23 @@ pub struct WebOptions {
 /// no CORS to WebSockets; the development sign-in never answers another origin.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum CorsOrigins {
+    /// Every origin.
     #[default]
     Any,
+    /// These origins only.
     List(Vec<HeaderValue>),
 }
 
 impl CorsOrigins {
-    /// From `CORS_ALLOWED_ORIGINS`: unset, empty or `*` is any origin; otherwise a
-    /// comma-separated list of origins such as `https://app.example.com`.
+    /// From `CORS_ALLOWED_ORIGINS` ([`broker::settings`]): unset, blank or `*` is any
+    /// origin; otherwise a comma-separated list of origins such as `https://app.example.com`.
     pub fn from_env() -> Result<Self, ConfigError> {
-        match std::env::var("CORS_ALLOWED_ORIGINS") {
-            Ok(value) => Self::parse(&value).map_err(|reason| ConfigError::Invalid {
-                name: "CORS_ALLOWED_ORIGINS".into(),
-                value,
-                reason,
-            }),
-            Err(_) => Ok(Self::Any),
-        }
+        let var = &broker::settings::CORS_ALLOWED_ORIGINS;
+        let value = var.value()?;
+        Self::parse(&value).map_err(|reason| var.invalid(value, reason))
     }
 
+    /// Reads `*` or a comma-separated list of origins.
     pub fn parse(value: &str) -> Result<Self, String> {
         let origins: Vec<&str> = value
             .split(',')
@@ -106,6 +105,7 @@ impl WebOptions {
     }
 }
 
+/// The web app's files and the development sign-in.
 pub fn router(options: &WebOptions, authenticator: Authenticator) -> Router {
     let mut router = Router::new();
     if options.dev_tokens {

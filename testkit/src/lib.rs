@@ -4,6 +4,12 @@
 //! ([`fixtures`]), and hostile GraphQL documents ([`documents`]). Dev-only: no shipped
 //! binary links it.
 
+#![allow(
+    missing_docs,
+    missing_debug_implementations,
+    reason = "test support shared by the tests and the benchmarks, read where they call it"
+)]
+
 pub mod aws;
 pub mod documents;
 pub mod fixtures;

@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use super::{AuthError, Identity, TokenVerifier, check_header, validation, verify_jwt};
 use crate::ConfigError;
+use crate::settings;
 
 /// The largest key set accepted from a source: providers publish a handful of keys.
 pub const MAX_KEY_SET_BYTES: usize = 64 * 1024;
@@ -70,35 +71,29 @@ impl JwksConfig {
             url: url.into(),
             issuer: None,
             audience: None,
-            algorithms: vec![Algorithm::RS256],
+            algorithms: settings::JWT_ALGORITHMS.default_value(),
             max_age: Duration::from_secs(3600),
             min_refresh_interval: Duration::from_secs(30),
         }
     }
 
     /// Reads `JWT_JWKS_URL` (`None` when unset: the HS256 secret is used), `JWT_ISSUER`,
-    /// `JWT_AUDIENCE` and `JWT_ALGORITHMS` (a comma-separated list, default `RS256`).
+    /// `JWT_AUDIENCE` and `JWT_ALGORITHMS` (a comma-separated list, default `RS256`), as
+    /// declared in [`crate::settings`].
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let Some(url) = var("JWT_JWKS_URL") else {
+        let Some(url) = settings::JWT_JWKS_URL.get()? else {
             return Ok(None);
         };
-        let mut config = Self::new(url.trim());
-        config.issuer = var("JWT_ISSUER");
-        config.audience = var("JWT_AUDIENCE");
-        if let Some(list) = var("JWT_ALGORITHMS") {
-            config.algorithms = parse_algorithms(&list).map_err(|reason| ConfigError::Invalid {
-                name: "JWT_ALGORITHMS".into(),
-                value: list.clone(),
-                reason,
-            })?;
-        }
+        let mut config = Self::new(url);
+        config.issuer = settings::JWT_ISSUER.get()?;
+        config.audience = settings::JWT_AUDIENCE.get()?;
+        config.algorithms = settings::JWT_ALGORITHMS.value()?;
         Ok(Some(config))
     }
 }
 
 /// Parses a comma-separated list of asymmetric JWS algorithms.
-fn parse_algorithms(list: &str) -> Result<Vec<Algorithm>, String> {
+pub(crate) fn parse_algorithms(list: &str) -> Result<Vec<Algorithm>, String> {
     let algorithms = list
         .split(',')
         .map(str::trim)

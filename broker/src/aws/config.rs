@@ -6,10 +6,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-use crate::ConfigError;
-
-/// The region used when neither `AWS_REGION` nor `AWS_DEFAULT_REGION` is set.
-const FALLBACK_REGION: &str = "us-east-1";
+use crate::{ConfigError, settings};
 
 /// Longest wait for a TCP and TLS connection to an AWS endpoint.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,23 +58,27 @@ pub async fn sdk_config(endpoint_url: Option<&str>) -> SdkConfig {
 }
 
 fn region_from_env() -> String {
-    ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .into_iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .map(|value| value.trim().to_owned())
-        .find(|value| !value.is_empty())
-        .unwrap_or_else(|| FALLBACK_REGION.to_owned())
+    // Names, never malformed.
+    let region = |var: &settings::Var<String>| var.get().ok().flatten();
+    region(&settings::AWS_REGION)
+        .or_else(|| region(&settings::AWS_DEFAULT_REGION))
+        .unwrap_or_else(|| settings::AWS_DEFAULT_REGION.default_value())
 }
 
 /// The broker's three tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableNames {
+    /// The connections table (`CONNECTIONS_TABLE`).
     pub connections: String,
+    /// The subscriptions table (`SUBSCRIPTIONS_TABLE`), which also holds the resume
+    /// hand-over's and the fan-out page marks' items.
     pub subscriptions: String,
+    /// The events table (`EVENTS_TABLE`), whose stream drives delivery.
     pub events: String,
 }
 
 impl TableNames {
+    /// The three names, as given.
     pub fn new(
         connections: impl Into<String>,
         subscriptions: impl Into<String>,
@@ -90,25 +91,12 @@ impl TableNames {
         }
     }
 
-    /// Reads `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE` and `EVENTS_TABLE`.
+    /// Reads `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE` and `EVENTS_TABLE`, which must be set.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            connections: required_var("CONNECTIONS_TABLE")?,
-            subscriptions: required_var("SUBSCRIPTIONS_TABLE")?,
-            events: required_var("EVENTS_TABLE")?,
+            connections: settings::CONNECTIONS_TABLE.value()?,
+            subscriptions: settings::SUBSCRIPTIONS_TABLE.value()?,
+            events: settings::EVENTS_TABLE.value()?,
         })
     }
-}
-
-/// The value of an environment variable that must be set (and not blank).
-pub fn required_var(name: &str) -> Result<String, ConfigError> {
-    optional_var(name).ok_or_else(|| ConfigError::Missing(name.to_owned()))
-}
-
-/// The value of an environment variable, `None` when unset or blank.
-pub fn optional_var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
 }

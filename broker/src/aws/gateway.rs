@@ -12,14 +12,13 @@ use aws_sdk_apigatewaymanagement::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 
 use super::answer::{Failure, classify_answer};
-use super::config::optional_var;
 use super::error::AwsCallError;
 use super::retry::RetryPolicy;
 use super::signed_post::SignedPoster;
-use crate::ConfigError;
 use crate::domain::ConnectionId;
 use crate::ports::{ConnectionGateway, GatewayError};
 use crate::protocol::CloseCode;
+use crate::{ConfigError, settings};
 
 /// Request header carrying the WebSocket close code on `DELETE /@connections/{id}`. API
 /// Gateway cannot close with a code and ignores it; the local gateway honours it.
@@ -51,22 +50,15 @@ pub enum PostClient {
 
 impl PostClient {
     /// The environment variable that chooses: `signed` (the default) or `sdk`.
-    pub const ENV_VAR: &str = "MANAGEMENT_POST";
+    pub const ENV_VAR: &str = settings::MANAGEMENT_POST.setting.name;
 
-    /// From [`Self::ENV_VAR`]; unset or blank is [`PostClient::Signed`].
+    /// From [`Self::ENV_VAR`] ([`settings::MANAGEMENT_POST`]); unset or blank is
+    /// [`PostClient::Signed`].
     pub fn from_env() -> Result<Self, ConfigError> {
-        match optional_var(Self::ENV_VAR) {
-            None => Ok(Self::default()),
-            Some(value) => match value.to_ascii_lowercase().as_str() {
-                "signed" => Ok(Self::Signed),
-                "sdk" => Ok(Self::Sdk),
-                _ => Err(ConfigError::Invalid {
-                    name: Self::ENV_VAR.to_owned(),
-                    value,
-                    reason: "expected signed or sdk".to_owned(),
-                }),
-            },
-        }
+        Ok(match settings::MANAGEMENT_POST.value()? {
+            "sdk" => Self::Sdk,
+            _ => Self::Signed,
+        })
     }
 }
 

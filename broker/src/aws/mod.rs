@@ -32,7 +32,7 @@ mod signed_post;
 mod sqs;
 mod wiring;
 
-pub use config::{TableNames, config_loader, optional_var, required_var, sdk_config};
+pub use config::{TableNames, config_loader, sdk_config};
 pub use dynamodb::{
     DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbReplayGate,
     DynamoDbSubscriptionStore, event_from_image, event_to_image,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use aws_config::SdkConfig;
 
-use super::config::{TableNames, optional_var, required_var, sdk_config};
+use super::config::{TableNames, sdk_config};
 use super::dynamodb::{DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbSubscriptionStore};
 use super::gateway::{ApiGatewayConnectionGateway, PostClient};
 use super::sqs::SqsFanoutQueue;
 use crate::{
     App, Authenticator, Broker, BrokerConfig, ConfigError, ConnectionGateway, FanoutQueue, Ports,
-    Storage, TableSpec,
+    Storage, TableSpec, settings,
 };
 
 /// The broker's ports on AWS: the three DynamoDB tables, `gateway` to post to connections,
@@ -82,11 +82,18 @@ impl AppTables {
     ) -> Result<Self, ConfigError> {
         let names = specs
             .iter()
-            .map(|spec| Ok((spec.name.to_owned(), required_var(&spec.env_var())?)))
+            .map(|spec| {
+                let var = spec.env_var();
+                let name = settings::APP_TABLE
+                    .get_named(&var)?
+                    .ok_or(ConfigError::Missing(var))?;
+                Ok((spec.name.to_owned(), name))
+            })
             .collect::<Result<HashMap<_, _>, ConfigError>>()?;
         Ok(Self { client, names })
     }
 
+    /// The DynamoDB client the app's tables are read and written with.
     pub fn client(&self) -> &aws_sdk_dynamodb::Client {
         &self.client
     }
@@ -101,23 +108,22 @@ impl AppTables {
 }
 
 /// The broker a Lambda function runs, serving `app`, configured from the environment the
-/// SAM template sets: `CONNECTIONS_TABLE`, `SUBSCRIPTIONS_TABLE`, `EVENTS_TABLE`, one
-/// `{NAME}_TABLE` per table of the app, `MANAGEMENT_ENDPOINT`, `JWT_SECRET` or `JWT_JWKS_URL`
-/// (with `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_ALGORITHMS`), `MANAGEMENT_POST`, `DELIVERY_MODE`,
-/// `FANOUT_*`, `POST_CONCURRENCY`, and `FANOUT_QUEUE_URL`
-/// for the functions that split large fan-outs. Built once per cold start.
+/// SAM template sets: every Lambda variable of [`crate::settings`] (the tables, one
+/// `{NAME}_TABLE` per table of the app, `MANAGEMENT_ENDPOINT`, `JWT_*`, `MANAGEMENT_POST`,
+/// the tunables of [`BrokerConfig::from_env`], and `FANOUT_QUEUE_URL` for the functions that
+/// split large fan-outs). Built once per cold start.
 pub async fn broker_from_env(app: &dyn App) -> Result<Broker, ConfigError> {
     let sdk = sdk_config(None).await;
     let gateway = ApiGatewayConnectionGateway::from_config_with(
         &sdk,
-        &required_var("MANAGEMENT_ENDPOINT")?,
+        &settings::MANAGEMENT_ENDPOINT.value()?,
         PostClient::from_env()?,
     );
     let ports = ports(
         &sdk,
         &TableNames::from_env()?,
         Arc::new(gateway),
-        optional_var("FANOUT_QUEUE_URL").as_deref(),
+        settings::FANOUT_QUEUE_URL.get()?.as_deref(),
     );
     let tables = AppTables::from_env(aws_sdk_dynamodb::Client::new(&sdk), &app.tables())?;
     let schema = app.schema(&Storage::DynamoDb(tables))?;

@@ -1,0 +1,1028 @@
+//! Every environment variable the broker's processes read, declared once as data: its name,
+//! its type (what its parser gives), its default, what it means, and where it applies (the
+//! Lambda functions, `broker-local`, or both) with what the SAM template does with it.
+//! [`ALL`] lists them; the README's configuration table and the template are checked
+//! against it (`tests/tests/settings.rs`).
+//!
+//! One reader applies one rule to all of them ([`Var::get`]):
+//! - a value that is empty or only whitespace means unset, so the default applies: the SAM
+//!   template passes an empty string for a parameter left empty, and `FOO= cmd` in a shell
+//!   reads the same. `JWT_SECRET` alone counts only the empty string as unset
+//!   ([`Blank::EmptyOnly`]);
+//! - a value that is not valid Unicode means unset too;
+//! - a value the variable's parser refuses is [`ConfigError::Invalid`] with the variable's
+//!   name, the value as set and the reason; a clamp (`at least 1`) is part of the parser, so
+//!   a value out of range is raised or lowered to the bound, as declared next to it.
+//!
+//! Numbers, names, addresses and lists are read with surrounding whitespace ignored; free
+//! text (secrets, claims, the metrics namespace, paths) is taken as written.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use jsonwebtoken::Algorithm;
+
+use crate::domain::DeliveryMode;
+
+/// Where a variable is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// By the Lambda functions only.
+    Lambda(Template),
+    /// By `broker-local` only.
+    Local,
+    /// By the Lambda functions and `broker-local`.
+    Both(Template),
+}
+
+impl Place {
+    /// What the SAM template does with the variable, if the Lambda functions read it.
+    pub fn template(self) -> Option<Template> {
+        match self {
+            Self::Lambda(template) | Self::Both(template) => Some(template),
+            Self::Local => None,
+        }
+    }
+
+    /// The README's `where` column.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Lambda(_) => "Lambda",
+            Self::Local => "`broker-local`",
+            Self::Both(_) => "both",
+        }
+    }
+}
+
+/// What the SAM template does with a variable the Lambda functions read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Template {
+    /// Sets it, in `Globals: Function: Environment: Variables` or a function's own.
+    Sets,
+    /// Leaves it to its default, for the reason given.
+    Default(&'static str),
+}
+
+/// What a variable is when unset (or blank).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// This value, written as one would set it: the variable's own parser reads it.
+    Value(&'static str),
+    /// No value; what its reader does then.
+    None(&'static str),
+    /// No value on Lambda (`lambda` says what then); `broker-local` uses `local`, written as
+    /// one would set it.
+    Local {
+        /// What a reader on Lambda does without a value.
+        lambda: &'static str,
+        /// The value `broker-local` uses, as one would set it.
+        local: &'static str,
+    },
+}
+
+/// Which values count as unset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blank {
+    /// Empty or whitespace only: the rule.
+    Unset,
+    /// Only the empty string; whitespace is a value like any other (`JWT_SECRET`, as it has
+    /// always been read).
+    EmptyOnly,
+}
+
+/// A variable's declaration, whatever its type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setting {
+    /// The variable's name; `{NAME}_TABLE` stands for one variable per table of the app.
+    pub name: &'static str,
+    /// What it means, in one line.
+    pub meaning: &'static str,
+    /// What it is when unset.
+    pub fallback: Fallback,
+    /// Where it is read.
+    pub place: Place,
+    /// Which values count as unset.
+    pub blank: Blank,
+}
+
+impl Setting {
+    /// The default as the README's configuration table states it.
+    pub fn default_doc(&self) -> String {
+        match self.fallback {
+            Fallback::Value(value) => format!("`{value}`"),
+            Fallback::None(what) => what.to_owned(),
+            Fallback::Local { lambda, local } => format!("{lambda}; `broker-local`: `{local}`"),
+        }
+    }
+
+    /// The value `broker-local` uses when the variable is unset, if it has one.
+    pub fn local_default(&self) -> Option<&'static str> {
+        match self.fallback {
+            Fallback::Value(value) | Fallback::Local { local: value, .. } => Some(value),
+            Fallback::None(_) => None,
+        }
+    }
+
+    /// The value of variable `name` in the environment, `None` when unset, blank (by
+    /// [`Self::blank`]) or not Unicode.
+    fn raw(&self, name: &str) -> Option<String> {
+        let value = std::env::var(name).ok()?;
+        let blank = match self.blank {
+            Blank::Unset => value.trim().is_empty(),
+            Blank::EmptyOnly => value.is_empty(),
+        };
+        (!blank).then_some(value)
+    }
+
+    /// The error for `value` of this variable, refused for `reason`: for readers that parse
+    /// a variable further than its declared type (a type of their own crate).
+    pub fn invalid(&self, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            name: self.name.to_owned(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A variable of type `T`: its declaration and its parser (clamps included).
+#[derive(Clone, Copy, Debug)]
+pub struct Var<T: 'static> {
+    /// The declaration.
+    pub setting: Setting,
+    /// Reads a value that is set (not blank), or the declared default.
+    pub parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> std::ops::Deref for Var<T> {
+    type Target = Setting;
+
+    fn deref(&self) -> &Setting {
+        &self.setting
+    }
+}
+
+impl<T> Var<T> {
+    /// The value set, else the declared default ([`Fallback::Value`]), else `None`.
+    pub fn get(&self) -> Result<Option<T>, ConfigError> {
+        match self.get_named(self.name)? {
+            Some(value) => Ok(Some(value)),
+            None => match self.fallback {
+                Fallback::Value(value) => self.parse_named(self.name, value).map(Some),
+                Fallback::None(_) | Fallback::Local { .. } => Ok(None),
+            },
+        }
+    }
+
+    /// The value set or the declared default; [`ConfigError::Missing`] without either.
+    pub fn value(&self) -> Result<T, ConfigError> {
+        self.get()?
+            .ok_or_else(|| ConfigError::Missing(self.name.to_owned()))
+    }
+
+    /// As `broker-local` reads it: the value set, else its default there
+    /// ([`Setting::local_default`]); [`ConfigError::Missing`] without either.
+    pub fn local_value(&self) -> Result<T, ConfigError> {
+        match self.get_named(self.name)? {
+            Some(value) => Ok(value),
+            None => match self.local_default() {
+                Some(value) => self.parse_named(self.name, value),
+                None => Err(ConfigError::Missing(self.name.to_owned())),
+            },
+        }
+    }
+
+    /// The value set in the variable `name` under this declaration's rules, without any
+    /// default: for a family of variables such as `{NAME}_TABLE`.
+    pub fn get_named(&self, name: &str) -> Result<Option<T>, ConfigError> {
+        self.raw(name)
+            .map(|value| self.parse_named(name, &value))
+            .transpose()
+    }
+
+    /// Whether the variable is in the environment at all, even empty (the local mode warns
+    /// when `JWT_SECRET` is not).
+    pub fn is_present(&self) -> bool {
+        std::env::var(self.name).is_ok()
+    }
+
+    /// The declared default, parsed: the value a struct's `Default` gives its field.
+    ///
+    /// # Panics
+    /// When the variable declares no [`Fallback::Value`] or its parser refuses it, which
+    /// the module's tests rule out.
+    pub fn default_value(&self) -> T {
+        match self.fallback {
+            Fallback::Value(value) => (self.parse)(value)
+                .unwrap_or_else(|reason| panic!("{}'s default {value:?}: {reason}", self.name)),
+            _ => panic!("{} declares no default value", self.name),
+        }
+    }
+
+    fn parse_named(&self, name: &str, value: &str) -> Result<T, ConfigError> {
+        (self.parse)(value).map_err(|reason| ConfigError::Invalid {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            reason,
+        })
+    }
+}
+
+/// A number (or anything [`FromStr`]), surrounding whitespace ignored.
+fn parsed<T: FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// A name, an address: surrounding whitespace ignored.
+fn trimmed(value: &str) -> Result<String, String> {
+    Ok(value.trim().to_owned())
+}
+
+/// Free text, taken as written.
+fn text(value: &str) -> Result<String, String> {
+    Ok(value.to_owned())
+}
+
+/// A path, taken as written.
+fn path(value: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(value))
+}
+
+/// Why a tunable of the broker is left to its default by the template.
+const TUNED_IN_CODE: &str = "its default suits API Gateway's limits and the template's \
+                             functions; set it on the functions to tune a deployment";
+
+// ---------------------------------------------------------------- authentication
+
+/// The HS256 secret tokens are signed with.
+pub const JWT_SECRET: Var<String> = Var {
+    setting: Setting {
+        name: "JWT_SECRET",
+        meaning: "HS256 secret tokens are signed with (at least 32 bytes on AWS)",
+        fallback: Fallback::Local {
+            lambda: "required unless `JWT_JWKS_URL` is set",
+            local: crate::auth::DEVELOPMENT_SECRET,
+        },
+        place: Place::Both(Template::Sets),
+        // A secret of spaces is a secret: only an empty value falls back.
+        blank: Blank::EmptyOnly,
+    },
+    parse: text,
+};
+
+/// The `iss` every token must carry.
+pub const JWT_ISSUER: Var<String> = Var {
+    setting: Setting {
+        name: "JWT_ISSUER",
+        meaning: "the `iss` every token must carry",
+        fallback: Fallback::None("not checked"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: text,
+};
+
+/// The `aud` every token must carry.
+pub const JWT_AUDIENCE: Var<String> = Var {
+    setting: Setting {
+        name: "JWT_AUDIENCE",
+        meaning: "the `aud` every token must carry",
+        fallback: Fallback::None("not checked"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: text,
+};
+
+/// An identity provider's key set; when set, `JWT_SECRET` is not used.
+pub const JWT_JWKS_URL: Var<String> = Var {
+    setting: Setting {
+        name: "JWT_JWKS_URL",
+        meaning: "an identity provider's key set; when set, `JWT_SECRET` is not used",
+        fallback: Fallback::None("unset: `JWT_SECRET` signs"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The algorithms accepted from the key set: asymmetric ones, comma-separated.
+pub const JWT_ALGORITHMS: Var<Vec<Algorithm>> = Var {
+    setting: Setting {
+        name: "JWT_ALGORITHMS",
+        meaning: "the algorithms accepted from the key set, comma-separated",
+        fallback: Fallback::Value("RS256"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: crate::auth::jwks::parse_algorithms,
+};
+
+// ---------------------------------------------------------------- the broker's tunables
+
+/// Where a published event goes: `stream` or `direct`.
+pub const DELIVERY_MODE: Var<DeliveryMode> = Var {
+    setting: Setting {
+        name: "DELIVERY_MODE",
+        meaning: "`stream` (the stream publisher delivers) or `direct` (the resolver does)",
+        fallback: Fallback::Value("stream"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// Subscribers above which an event is split into fan-out pages.
+pub const FANOUT_THRESHOLD: Var<usize> = Var {
+    setting: Setting {
+        name: "FANOUT_THRESHOLD",
+        meaning: "subscribers above which an event is split into fan-out pages",
+        fallback: Fallback::Value("100"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// Subscriptions per fan-out page (at least 1).
+pub const FANOUT_PAGE_SIZE: Var<usize> = Var {
+    setting: Setting {
+        name: "FANOUT_PAGE_SIZE",
+        meaning: "subscriptions per fan-out page (at least 1)",
+        fallback: Fallback::Value("50"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// Buckets a topic's subscribers are spread over; 0 is refused.
+pub const FANOUT_GROUPS: Var<usize> = Var {
+    setting: Setting {
+        name: "FANOUT_GROUPS",
+        meaning: "buckets a topic's subscribers are spread over, one FIFO group each (0 refused)",
+        fallback: Fallback::Value("32"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: |value| match parsed(value)? {
+        0 => Err("at least one group is needed".to_owned()),
+        n => Ok(n),
+    },
+};
+
+/// How long a fan-out page can be in the ordered queue.
+pub const FANOUT_PAGE_LIFETIME_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "FANOUT_PAGE_LIFETIME_SECS",
+        meaning: "how long a fan-out page can be in the ordered queue (retention + visibility)",
+        fallback: Fallback::Value("86580"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// The ordered queue's `maxReceiveCount` (at least 1).
+pub const FANOUT_MAX_RECEIVES: Var<u32> = Var {
+    setting: Setting {
+        name: "FANOUT_MAX_RECEIVES",
+        meaning: "the ordered queue's `maxReceiveCount` (at least 1)",
+        fallback: Fallback::None("unset: a failed page's mark expires with its lifetime"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u32| n.max(1)),
+};
+
+/// Posts in flight per delivery (at least 1).
+pub const POST_CONCURRENCY: Var<usize> = Var {
+    setting: Setting {
+        name: "POST_CONCURRENCY",
+        meaning: "posts in flight per delivery (at least 1)",
+        fallback: Fallback::Value("64"),
+        place: Place::Both(Template::Default(
+            "API Gateway's account throttle bounds it, not the stack; lower it when throttled",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// How frames are posted to connections: `signed` or `sdk`.
+pub const MANAGEMENT_POST: Var<&'static str> = Var {
+    setting: Setting {
+        name: "MANAGEMENT_POST",
+        meaning: "how frames are posted: `signed` or `sdk`",
+        fallback: Fallback::Value("signed"),
+        place: Place::Both(Template::Default(
+            "`signed` is the faster of two equivalent clients; `sdk` is for comparison",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: |value| match value.trim().to_ascii_lowercase().as_str() {
+        "signed" => Ok("signed"),
+        "sdk" => Ok("sdk"),
+        _ => Err("expected signed or sdk".to_owned()),
+    },
+};
+
+/// How long events stay in the log (at least 1 s).
+pub const EVENT_RETENTION_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "EVENT_RETENTION_SECS",
+        meaning: "how long events stay in the log: the window a resume reaches (at least 1)",
+        fallback: Fallback::Value("86400"),
+        place: Place::Both(Template::Default(
+            "events are written to expire after this default, so a longer one reaches nothing more",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// How long after a resume began the log is read once more; the broker raises it to
+/// [`crate::MIN_RESUME_SETTLE_MS`] (`Broker::new`).
+pub const RESUME_SETTLE_MS: Var<u64> = Var {
+    setting: Setting {
+        name: "RESUME_SETTLE_MS",
+        meaning: "how long after a resume began the log is read once more (the broker raises it to 100)",
+        fallback: Fallback::Value("2000"),
+        place: Place::Both(Template::Default(
+            "raise it only when publishes time out (the `PublishTimeouts` metric)",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// The most events one resume replays (at least 1).
+pub const MAX_REPLAY_EVENTS: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_REPLAY_EVENTS",
+        meaning: "the most events one resume replays (at least 1)",
+        fallback: Fallback::Value("10000"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// Bytes of one HTTP request body or query string (1 KiB to 6 MiB).
+pub const MAX_REQUEST_BYTES: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_REQUEST_BYTES",
+        meaning: "bytes of one HTTP request body or query string (1024 to 6 MiB)",
+        fallback: Fallback::Value("131072"),
+        place: Place::Both(Template::Default(
+            "its default is API Gateway's WebSocket message limit, so both APIs refuse alike",
+        )),
+        blank: Blank::Unset,
+    },
+    // At most what one Lambda invocation can carry.
+    parse: |value| parsed(value).map(|n: usize| n.clamp(1024, 6 * 1024 * 1024)),
+};
+
+/// Bytes of one GraphQL document (at least 64).
+pub const MAX_DOCUMENT_BYTES: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_DOCUMENT_BYTES",
+        meaning: "bytes of one GraphQL document (at least 64)",
+        fallback: Fallback::Value("32768"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(64)),
+};
+
+/// Fields one GraphQL document may select (at least 1).
+pub const MAX_FIELDS: Var<u64> = Var {
+    setting: Setting {
+        name: "MAX_FIELDS",
+        meaning: "fields one GraphQL document may select (at least 1)",
+        fallback: Fallback::Value("1000"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// Depth of one GraphQL document (at least 1).
+pub const MAX_DEPTH: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_DEPTH",
+        meaning: "depth of one GraphQL document (at least 1)",
+        fallback: Fallback::Value("16"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// Subscriptions one connection may hold at once.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        meaning: "subscriptions one connection may hold at once",
+        fallback: Fallback::Value("100"),
+        place: Place::Both(Template::Default("its default is AppSync's limit")),
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// Seconds after `$connect` a `connection_init` may arrive (at least 1).
+pub const INIT_TIMEOUT_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "INIT_TIMEOUT_SECS",
+        meaning: "seconds after `$connect` a `connection_init` may arrive (at least 1)",
+        fallback: Fallback::Value("30"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// Milliseconds rendering one event for one group of subscribers may take (at least 1).
+pub const RENDER_TIMEOUT_MS: Var<u64> = Var {
+    setting: Setting {
+        name: "RENDER_TIMEOUT_MS",
+        meaning: "milliseconds rendering one event for one group may take (at least 1)",
+        fallback: Fallback::Value("5000"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// Whether documents that differ only in their selection share one execution.
+pub const MERGE_RENDERINGS: Var<bool> = Var {
+    setting: Setting {
+        name: "MERGE_RENDERINGS",
+        meaning: "whether documents that differ only in their selection share one execution",
+        fallback: Fallback::Value("true"),
+        place: Place::Both(Template::Default(
+            "it depends on the app's resolvers, not on the deployment",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+// ---------------------------------------------------------------- AWS resources
+
+/// The table of connections.
+pub const CONNECTIONS_TABLE: Var<String> = Var {
+    setting: Setting {
+        name: "CONNECTIONS_TABLE",
+        meaning: "the table of connections",
+        fallback: Fallback::Local {
+            lambda: "required",
+            local: "broker-connections",
+        },
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The table of subscriptions.
+pub const SUBSCRIPTIONS_TABLE: Var<String> = Var {
+    setting: Setting {
+        name: "SUBSCRIPTIONS_TABLE",
+        meaning: "the table of subscriptions",
+        fallback: Fallback::Local {
+            lambda: "required",
+            local: "broker-subscriptions",
+        },
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The event log's table.
+pub const EVENTS_TABLE: Var<String> = Var {
+    setting: Setting {
+        name: "EVENTS_TABLE",
+        meaning: "the event log's table",
+        fallback: Fallback::Local {
+            lambda: "required",
+            local: "broker-events",
+        },
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// One variable per table of the app ([`crate::TableSpec::env_var`]): its deployed name.
+/// Read with [`Var::get_named`]; `{name}` in the local default is the table's name.
+pub const APP_TABLE: Var<String> = Var {
+    setting: Setting {
+        name: "{NAME}_TABLE",
+        meaning: "one per table of the app: its deployed name",
+        fallback: Fallback::Local {
+            lambda: "required",
+            local: "broker-{name}",
+        },
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The Management API endpoint the functions post to.
+pub const MANAGEMENT_ENDPOINT: Var<String> = Var {
+    setting: Setting {
+        name: "MANAGEMENT_ENDPOINT",
+        meaning: "the WebSocket API's Management API endpoint",
+        fallback: Fallback::None("required"),
+        place: Place::Lambda(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The SQS queue large fan-outs are split into.
+pub const FANOUT_QUEUE_URL: Var<String> = Var {
+    setting: Setting {
+        name: "FANOUT_QUEUE_URL",
+        meaning: "the SQS queue large fan-outs are split into (`broker-local`: or `create`)",
+        fallback: Fallback::None("unset: large fan-outs are delivered inline"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The region of the AWS clients.
+pub const AWS_REGION: Var<String> = Var {
+    setting: Setting {
+        name: "AWS_REGION",
+        meaning: "the region of the AWS clients",
+        fallback: Fallback::None("`AWS_DEFAULT_REGION`"),
+        place: Place::Both(Template::Default(
+            "the Lambda runtime sets it to the function's region",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// The region of the AWS clients when `AWS_REGION` is unset.
+pub const AWS_DEFAULT_REGION: Var<String> = Var {
+    setting: Setting {
+        name: "AWS_DEFAULT_REGION",
+        meaning: "the region of the AWS clients when `AWS_REGION` is unset",
+        fallback: Fallback::Value("us-east-1"),
+        place: Place::Both(Template::Default(
+            "`AWS_REGION`, which the Lambda runtime sets, comes first",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+// ---------------------------------------------------------------- operations
+
+/// The CloudWatch namespace of the delivery metrics.
+pub const METRICS_NAMESPACE: Var<String> = Var {
+    setting: Setting {
+        name: "METRICS_NAMESPACE",
+        meaning: "the CloudWatch namespace of the delivery metrics",
+        fallback: Fallback::Value("RealtimeGraphQL"),
+        place: Place::Lambda(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: text,
+};
+
+/// The log filter. tracing-subscriber's `EnvFilter` reads it itself (its syntax is
+/// tracing-subscriber's): declared here so it is documented and set like the others.
+pub const RUST_LOG: Var<String> = Var {
+    setting: Setting {
+        name: "RUST_LOG",
+        meaning: "the log filter (tracing-subscriber's `EnvFilter` syntax)",
+        fallback: Fallback::Value("info"),
+        place: Place::Both(Template::Sets),
+        blank: Blank::Unset,
+    },
+    parse: text,
+};
+
+// ---------------------------------------------------------------- broker-local
+
+/// The app `broker-local` serves (`--app`).
+pub const BROKER_APP: Var<String> = Var {
+    setting: Setting {
+        name: "BROKER_APP",
+        meaning: "the app `broker-local` serves (`--app`)",
+        fallback: Fallback::None("the first the binary serves"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// Where `broker-local` keeps its state (`--store`): `file:PATH` or `memory`.
+pub const BROKER_STORE: Var<String> = Var {
+    setting: Setting {
+        name: "BROKER_STORE",
+        meaning: "where `broker-local` keeps its state (`--store`): `file:PATH` or `memory`",
+        fallback: Fallback::None("`file:$BROKER_DATA_DIR/{app}.redb`"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: text,
+};
+
+/// The folder of `broker-local`'s default database file (`--data-dir`).
+pub const BROKER_DATA_DIR: Var<PathBuf> = Var {
+    setting: Setting {
+        name: "BROKER_DATA_DIR",
+        meaning: "the folder of `broker-local`'s default database file (`--data-dir`)",
+        fallback: Fallback::Value(".broker-local"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: path,
+};
+
+/// `broker-local`'s address (`--listen`).
+pub const BROKER_LISTEN: Var<SocketAddr> = Var {
+    setting: Setting {
+        name: "BROKER_LISTEN",
+        meaning: "`broker-local`'s address (`--listen`)",
+        fallback: Fallback::Value("127.0.0.1:4000"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// DynamoDB (e.g. a moto server) for `broker-local`'s state (`--dynamodb-endpoint`).
+pub const DYNAMODB_ENDPOINT: Var<String> = Var {
+    setting: Setting {
+        name: "DYNAMODB_ENDPOINT",
+        meaning: "DynamoDB for `broker-local`'s state, e.g. a moto server (`--dynamodb-endpoint`)",
+        fallback: Fallback::None("unset: `BROKER_STORE`"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: trimmed,
+};
+
+/// Milliseconds between two polls of an empty stream; 0 waits for the next append.
+pub const STREAM_POLL_INTERVAL_MS: Var<u64> = Var {
+    setting: Setting {
+        name: "STREAM_POLL_INTERVAL_MS",
+        meaning: "`broker-local`'s stream polling (Lambda polls every 250 ms; 0: at once)",
+        fallback: Fallback::Value("250"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: parsed,
+};
+
+/// Origins whose pages may call `broker-local`'s `/graphql` from a browser.
+pub const CORS_ALLOWED_ORIGINS: Var<String> = Var {
+    setting: Setting {
+        name: "CORS_ALLOWED_ORIGINS",
+        meaning: "origins whose pages may call `/graphql` from a browser, comma-separated",
+        fallback: Fallback::Value("*"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: text,
+};
+
+/// The built web app `broker-local` serves at `/`.
+pub const BROKER_WEB_DIR: Var<PathBuf> = Var {
+    setting: Setting {
+        name: "BROKER_WEB_DIR",
+        meaning: "the built web app `broker-local` serves at `/`",
+        fallback: Fallback::None("`web/dist` of this source tree"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: path,
+};
+
+/// Seconds a socket may send nothing before it is closed (at least 1).
+pub const SOCKET_IDLE_TIMEOUT_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "SOCKET_IDLE_TIMEOUT_SECS",
+        meaning: "seconds a socket may send nothing before it is closed with 1001 (at least 1)",
+        fallback: Fallback::Value("600"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// Seconds after which every socket is closed (at least 1).
+pub const SOCKET_MAX_DURATION_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "SOCKET_MAX_DURATION_SECS",
+        meaning: "seconds after which every socket is closed with 1001 (at least 1)",
+        fallback: Fallback::Value("7200"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// Frames queued for one socket (at least 1).
+pub const SOCKET_OUTBOX_FRAMES: Var<usize> = Var {
+    setting: Setting {
+        name: "SOCKET_OUTBOX_FRAMES",
+        meaning: "frames queued for one socket; a full queue closes it with 1013 (at least 1)",
+        fallback: Fallback::Value("64"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// Open TCP connections (at least 1).
+pub const MAX_CONNECTIONS: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_CONNECTIONS",
+        meaning: "open TCP connections; more are refused at once (at least 1)",
+        fallback: Fallback::Value("20000"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// Seconds a request's headers may take to arrive (at least 1).
+pub const HTTP_HEADER_TIMEOUT_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "HTTP_HEADER_TIMEOUT_SECS",
+        meaning: "seconds a request's headers may take to arrive (at least 1)",
+        fallback: Fallback::Value("10"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.max(1)),
+};
+
+/// Every variable, in the README's order.
+pub const ALL: &[&Setting] = &[
+    &JWT_SECRET.setting,
+    &JWT_ISSUER.setting,
+    &JWT_AUDIENCE.setting,
+    &JWT_JWKS_URL.setting,
+    &JWT_ALGORITHMS.setting,
+    &DELIVERY_MODE.setting,
+    &FANOUT_THRESHOLD.setting,
+    &FANOUT_PAGE_SIZE.setting,
+    &FANOUT_GROUPS.setting,
+    &FANOUT_PAGE_LIFETIME_SECS.setting,
+    &FANOUT_MAX_RECEIVES.setting,
+    &POST_CONCURRENCY.setting,
+    &MANAGEMENT_POST.setting,
+    &EVENT_RETENTION_SECS.setting,
+    &RESUME_SETTLE_MS.setting,
+    &MAX_REPLAY_EVENTS.setting,
+    &MAX_REQUEST_BYTES.setting,
+    &MAX_DOCUMENT_BYTES.setting,
+    &MAX_FIELDS.setting,
+    &MAX_DEPTH.setting,
+    &MAX_SUBSCRIPTIONS_PER_CONNECTION.setting,
+    &INIT_TIMEOUT_SECS.setting,
+    &RENDER_TIMEOUT_MS.setting,
+    &MERGE_RENDERINGS.setting,
+    &CONNECTIONS_TABLE.setting,
+    &SUBSCRIPTIONS_TABLE.setting,
+    &EVENTS_TABLE.setting,
+    &APP_TABLE.setting,
+    &MANAGEMENT_ENDPOINT.setting,
+    &FANOUT_QUEUE_URL.setting,
+    &AWS_REGION.setting,
+    &AWS_DEFAULT_REGION.setting,
+    &METRICS_NAMESPACE.setting,
+    &RUST_LOG.setting,
+    &BROKER_APP.setting,
+    &BROKER_STORE.setting,
+    &BROKER_DATA_DIR.setting,
+    &BROKER_LISTEN.setting,
+    &DYNAMODB_ENDPOINT.setting,
+    &STREAM_POLL_INTERVAL_MS.setting,
+    &CORS_ALLOWED_ORIGINS.setting,
+    &BROKER_WEB_DIR.setting,
+    &SOCKET_IDLE_TIMEOUT_SECS.setting,
+    &SOCKET_MAX_DURATION_SECS.setting,
+    &SOCKET_OUTBOX_FRAMES.setting,
+    &MAX_CONNECTIONS.setting,
+    &HTTP_HEADER_TIMEOUT_SECS.setting,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every declared default value reads with its variable's own parser; the `Default`
+    /// impls build on them.
+    #[test]
+    fn every_default_value_parses() {
+        fn check<T>(var: &Var<T>) {
+            if let Fallback::Value(value) = var.fallback {
+                assert!((var.parse)(value).is_ok(), "{}={value:?}", var.name);
+            }
+        }
+        check(&JWT_ALGORITHMS);
+        check(&DELIVERY_MODE);
+        check(&FANOUT_THRESHOLD);
+        check(&FANOUT_PAGE_SIZE);
+        check(&FANOUT_GROUPS);
+        check(&FANOUT_PAGE_LIFETIME_SECS);
+        check(&POST_CONCURRENCY);
+        check(&MANAGEMENT_POST);
+        check(&EVENT_RETENTION_SECS);
+        check(&RESUME_SETTLE_MS);
+        check(&MAX_REPLAY_EVENTS);
+        check(&MAX_REQUEST_BYTES);
+        check(&MAX_DOCUMENT_BYTES);
+        check(&MAX_FIELDS);
+        check(&MAX_DEPTH);
+        check(&MAX_SUBSCRIPTIONS_PER_CONNECTION);
+        check(&INIT_TIMEOUT_SECS);
+        check(&RENDER_TIMEOUT_MS);
+        check(&MERGE_RENDERINGS);
+        check(&AWS_DEFAULT_REGION);
+        check(&METRICS_NAMESPACE);
+        check(&BROKER_DATA_DIR);
+        check(&BROKER_LISTEN);
+        check(&STREAM_POLL_INTERVAL_MS);
+        check(&SOCKET_IDLE_TIMEOUT_SECS);
+        check(&SOCKET_MAX_DURATION_SECS);
+        check(&SOCKET_OUTBOX_FRAMES);
+        check(&MAX_CONNECTIONS);
+        check(&HTTP_HEADER_TIMEOUT_SECS);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = ALL.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let count = names.len();
+        names.dedup();
+        assert_eq!(names.len(), count);
+    }
+
+    #[test]
+    fn the_retention_default_is_the_events_lifetime() {
+        assert_eq!(
+            EVENT_RETENTION_SECS.default_value(),
+            crate::domain::EVENT_LIFETIME_SECS
+        );
+    }
+
+    #[test]
+    fn clamps_and_refusals_are_the_parsers() {
+        assert_eq!((FANOUT_PAGE_SIZE.parse)(" 0 "), Ok(1));
+        assert_eq!((MAX_REQUEST_BYTES.parse)("1"), Ok(1024));
+        assert_eq!((MAX_REQUEST_BYTES.parse)("999999999"), Ok(6 * 1024 * 1024));
+        assert_eq!((MAX_DOCUMENT_BYTES.parse)("1"), Ok(64));
+        assert!((FANOUT_GROUPS.parse)("0").is_err());
+        assert!((FANOUT_THRESHOLD.parse)("many").is_err());
+        assert_eq!((MANAGEMENT_POST.parse)(" SDK "), Ok("sdk"));
+    }
+}
+
+/// Configuration that cannot work: a variable missing or malformed, a storage an app cannot
+/// use. Raised at start, before anything is served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required environment variable is not set.
+    #[error("environment variable {0} is not set")]
+    Missing(String),
+    /// A setting has a value that cannot be used.
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        /// The environment variable (or setting) read.
+        name: String,
+        /// The value it had.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The app cannot keep its data in the storage the process chose
+    /// ([`crate::Storage::name`]).
+    #[error("this app cannot keep its data in {0}")]
+    UnsupportedStorage(&'static str),
+    /// A table was asked for by a name the app's [`crate::App::tables`] does not list.
+    #[error("the app has no table named {0:?}")]
+    UnknownTable(String),
+    /// The authentication settings cannot work (a missing secret, a bad key-set URL): an
+    /// [`crate::auth::AuthError`].
+    #[error(transparent)]
+    Auth(Box<dyn std::error::Error + Send + Sync>),
+}
