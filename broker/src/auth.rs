@@ -28,9 +28,7 @@ use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCa
 use crate::domain::{UserId, now_secs};
 use crate::settings;
 
-/// The secret the local mode uses when `JWT_SECRET` is not set. Never use it on AWS: the SAM
-/// template requires a secret of its own.
-pub const DEVELOPMENT_SECRET: &str = "local-development-secret-change-me-0123456789";
+pub use crate::settings::DEVELOPMENT_SECRET;
 
 /// The longest user id a token may carry: user ids become parts of storage keys.
 pub const MAX_SUBJECT_BYTES: usize = 256;

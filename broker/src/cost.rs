@@ -374,7 +374,7 @@ impl CostLimits {
     /// Counts, token by token, the fields and aliases each top-level definition (operation
     /// or fragment) writes in its own selection sets, and refuses the document as soon as
     /// one of them is over [`Self::max_fields`] or [`Self::max_aliases`]. The walk after
-    /// parsing prices every definition with its spreads expanded, which can only add to
+    /// parsing weighs every definition with its spreads expanded, which can only add to
     /// what is written: whatever this refuses, the walk would refuse with the same error.
     /// Arguments, variable definitions, directives and fragment spreads are skipped over;
     /// anything the scan does not understand is left to the parser.

@@ -265,7 +265,7 @@ pub const JWT_SECRET: Var<String> = Var {
         meaning: "HS256 secret tokens are signed with (at least 32 bytes on AWS)",
         fallback: Fallback::Local {
             lambda: "required unless `JWT_JWKS_URL` is set",
-            local: crate::auth::DEVELOPMENT_SECRET,
+            local: DEVELOPMENT_SECRET,
         },
         place: Place::Both(Template::Sets),
         // A secret of spaces is a secret: only an empty value falls back.
@@ -319,7 +319,7 @@ pub const JWT_ALGORITHMS: Var<Vec<Algorithm>> = Var {
         place: Place::Both(Template::Sets),
         blank: Blank::Unset,
     },
-    parse: crate::auth::jwks::parse_algorithms,
+    parse: parse_algorithms,
 };
 
 // ---------------------------------------------------------------- the broker's tunables
@@ -997,6 +997,35 @@ mod tests {
     }
 }
 
+/// The secret the local mode uses when `JWT_SECRET` is not set. Never use it on AWS: the SAM
+/// template requires a secret of its own.
+pub const DEVELOPMENT_SECRET: &str = "local-development-secret-change-me-0123456789";
+
+/// Parses a comma-separated list of asymmetric JWS algorithms.
+pub(crate) fn parse_algorithms(list: &str) -> Result<Vec<Algorithm>, String> {
+    let algorithms = list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            let algorithm: Algorithm = name
+                .parse()
+                .map_err(|_| format!("{name} is not a JWS algorithm"))?;
+            if matches!(
+                algorithm,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            ) {
+                return Err(format!("{name} is symmetric: a key set holds public keys"));
+            }
+            Ok(algorithm)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if algorithms.is_empty() {
+        return Err("no algorithm given".into());
+    }
+    Ok(algorithms)
+}
+
 /// Configuration that cannot work: a variable missing or malformed, a storage an app cannot
 /// use. Raised at start, before anything is served.
 #[derive(Debug, thiserror::Error)]
@@ -1022,7 +1051,7 @@ pub enum ConfigError {
     #[error("the app has no table named {0:?}")]
     UnknownTable(String),
     /// The authentication settings cannot work (a missing secret, a bad key-set URL): an
-    /// [`crate::auth::AuthError`].
+    /// `AuthError` of the auth module.
     #[error(transparent)]
     Auth(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -92,35 +92,6 @@ impl JwksConfig {
     }
 }
 
-/// Parses a comma-separated list of asymmetric JWS algorithms.
-pub(crate) fn parse_algorithms(list: &str) -> Result<Vec<Algorithm>, String> {
-    let algorithms = list
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(|name| {
-            let algorithm: Algorithm = name
-                .parse()
-                .map_err(|_| format!("{name} is not a JWS algorithm"))?;
-            if is_symmetric(algorithm) {
-                return Err(format!("{name} is symmetric: a key set holds public keys"));
-            }
-            Ok(algorithm)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if algorithms.is_empty() {
-        return Err("no algorithm given".into());
-    }
-    Ok(algorithms)
-}
-
-fn is_symmetric(algorithm: Algorithm) -> bool {
-    matches!(
-        algorithm,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-    )
-}
-
 /// A usable verification key and the one algorithm it verifies, if its JWK names one.
 struct Key {
     decoding: DecodingKey,
@@ -469,6 +440,7 @@ mod tests {
 
     use super::*;
     use crate::domain::now_secs;
+    use crate::settings::parse_algorithms;
 
     const KEY_A: &[u8] = include_bytes!("../../../tests/fixtures/jwks/rsa-a.der");
     const KEY_B: &[u8] = include_bytes!("../../../tests/fixtures/jwks/rsa-b.der");
