@@ -124,6 +124,7 @@ fn options(mode: DeliveryMode) -> Options {
             ..BrokerConfig::default()
         },
         poll_interval: Duration::ZERO,
+        stream: Default::default(),
         backend: Backend::Memory,
         web: local_gateway::WebOptions::default(),
         limits: local_gateway::server::Limits::default(),
