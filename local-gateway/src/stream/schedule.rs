@@ -261,13 +261,14 @@ struct Run {
     running: usize,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct TopicQueue {
     records: VecDeque<(u64, EventRecord)>,
     /// Failed attempts of the first record so far.
     failures: u32,
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Step {
     /// A batch was handled: the first record that failed, if one did.
     Handled { len: usize, failed: Option<usize> },
