@@ -187,6 +187,7 @@ fn local_options(config: &Config, mode: Mode) -> Options {
         key_set: None,
         broker: broker_config(config, mode),
         poll_interval: config.poll_interval,
+        stream: Default::default(),
         // The emulator modes switch it when they start.
         backend: Backend::Memory,
         web: local_gateway::WebOptions::default(),

@@ -214,24 +214,8 @@ pub fn check_claims(claims: &Map<String, Value>) -> Result<Identity, AuthError> 
         Some(_) => return Err(AuthError::invalid("sub is not a string")),
         None => return Err(AuthError::invalid("sub is missing")),
     };
-    if !sub.chars().any(is_visible) {
-        return Err(AuthError::invalid("sub has no visible character"));
-    }
-    if sub.len() > MAX_SUBJECT_BYTES {
-        return Err(AuthError::invalid(format!(
-            "sub has {} bytes, more than {MAX_SUBJECT_BYTES}",
-            sub.len()
-        )));
-    }
-    if sub.chars().any(char::is_control) {
-        return Err(AuthError::invalid("sub contains a control character"));
-    }
-    // Invisible, or breaking a line of a log or a header where the id is written: two ids
-    // that print alike must not be two users.
-    if sub.chars().any(is_separator_or_format) {
-        return Err(AuthError::invalid(
-            "sub contains a line or paragraph separator or a format character",
-        ));
+    if let Some(problem) = user_id_problem(sub) {
+        return Err(AuthError::invalid(format!("sub {problem}")));
     }
     // The roles the issuer grants (`"roles": ["backend"]`); a claim of another shape makes
     // the token invalid rather than role-less.
@@ -249,6 +233,31 @@ pub fn check_claims(claims: &Map<String, Value>) -> Result<Identity, AuthError> 
         roles,
         expires_at,
     })
+}
+
+/// What makes `id` unfit to be a user id, if anything: the rules a token's `sub` must
+/// satisfy ([`check_claims`]): at least one visible character, at most
+/// [`MAX_SUBJECT_BYTES`], no control character, no line or paragraph separator nor format
+/// character (two ids that print alike must not be two users). Audiences of published
+/// events are checked against them too ([`crate::publish::check_audience`]).
+pub fn user_id_problem(id: &str) -> Option<String> {
+    if !id.chars().any(is_visible) {
+        return Some("has no visible character".to_owned());
+    }
+    if id.len() > MAX_SUBJECT_BYTES {
+        return Some(format!(
+            "has {} bytes, more than {MAX_SUBJECT_BYTES}",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Some("contains a control character".to_owned());
+    }
+    // Invisible, or breaking a line of a log or a header where the id is written.
+    if id.chars().any(is_separator_or_format) {
+        return Some("contains a line or paragraph separator or a format character".to_owned());
+    }
+    None
 }
 
 /// Whether `c` shows: a letter, mark, number, punctuation or symbol, not a space, separator,

@@ -192,6 +192,6 @@ pub use ports::{
     Hold, Inserted, PageMarks, ReplayGate, StoreError, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};
-pub use publish::{PUBLISH_TIMEOUT, PublishError, publish_error};
+pub use publish::{INVALID_AUDIENCE, PUBLISH_TIMEOUT, PublishError, check_audience, publish_error};
 pub use session::{ConnectOutcome, resume};
 pub use unsubscribe::SubscriptionsOf;

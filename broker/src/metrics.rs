@@ -43,6 +43,9 @@ pub struct InvocationMetrics {
     /// stamp: a publish that timed out, yet was stored (delivered live in stream mode). A
     /// resume may not replay such an event.
     pub late_stores: usize,
+    /// Stream records the publisher gave up without retrying, since no retry could deliver
+    /// them: an image that is not an event, or an audience no user can have.
+    pub undeliverable: usize,
     /// Milliseconds from an event's creation to its delivery, one value per delivered event.
     pub event_age_ms: Vec<u64>,
 }
@@ -71,7 +74,11 @@ impl InvocationMetrics {
             .iter()
             .copied()
             .map(count)
-            .chain([count("PublishTimeouts"), count("LateStores")])
+            .chain([
+                count("PublishTimeouts"),
+                count("LateStores"),
+                count("Undeliverable"),
+            ])
             .chain([MetricDefinition {
                 name: "EventAge",
                 unit: "Milliseconds",
@@ -90,6 +97,7 @@ impl InvocationMetrics {
             counts: self.counts.metrics().collect(),
             publish_timeouts: self.publish_timeouts,
             late_stores: self.late_stores,
+            undeliverable: self.undeliverable,
             event_age: &self.event_age_ms,
         };
         serde_json::to_value(document).expect("an EMF document is plain JSON")
@@ -97,7 +105,11 @@ impl InvocationMetrics {
 
     /// Writes the EMF line, if the invocation recorded anything.
     pub fn write_emf(&self, function: &str, out: &mut dyn Write) -> std::io::Result<()> {
-        if self.reports == 0 && self.publish_timeouts == 0 && self.late_stores == 0 {
+        if self.reports == 0
+            && self.publish_timeouts == 0
+            && self.late_stores == 0
+            && self.undeliverable == 0
+        {
             return Ok(());
         }
         // Free text: never malformed.
@@ -124,6 +136,8 @@ struct EmfDocument<'a> {
     publish_timeouts: usize,
     #[serde(rename = "LateStores")]
     late_stores: usize,
+    #[serde(rename = "Undeliverable")]
+    undeliverable: usize,
     /// An empty list is valid EMF: no age sample for this invocation.
     #[serde(rename = "EventAge")]
     event_age: &'a [u64],
@@ -169,6 +183,12 @@ pub fn record_publish_timeout() {
 /// Counts an event stored late, in the invocation being collected, if any.
 pub fn record_late_store() {
     let _ = CURRENT.try_with(|m| m.borrow_mut().late_stores += 1);
+}
+
+/// Counts a stream record given up as undeliverable, in the invocation being collected, if
+/// any.
+pub fn record_undeliverable() {
+    let _ = CURRENT.try_with(|m| m.borrow_mut().undeliverable += 1);
 }
 
 /// Runs one invocation, collecting what it records.
@@ -272,6 +292,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["PublishTimeouts"], 1);
         assert_eq!(v["LateStores"], 2);
+        assert_eq!(v["Undeliverable"], 0);
+        assert_eq!(v["Deliveries"], 0);
+    }
+
+    #[tokio::test]
+    async fn an_undeliverable_record_alone_is_written() {
+        let mut out = Vec::new();
+        emit("Test", &mut out, async {
+            record_undeliverable();
+        })
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["Undeliverable"], 1);
         assert_eq!(v["Deliveries"], 0);
     }
 

@@ -26,22 +26,49 @@ pub enum PublishError {
     /// stays saved: publishing again makes another event, with a new id.
     #[error("the event was not stored within {} ms; it may still be stored, and then reach subscribers late", .0.as_millis())]
     TimedOut(Duration),
+    /// The event's audience names no user an event could ever be delivered to
+    /// ([`check_audience`]): nothing was stored.
+    #[error("invalid audience: {0}")]
+    Audience(String),
 }
 
 /// The `extensions.code` of the GraphQL error for a publish that timed out
 /// ([`PublishError::TimedOut`], through [`crate::publish_error`]).
 pub const PUBLISH_TIMEOUT: &str = "PUBLISH_TIMEOUT";
 
+/// The `extensions.code` of the GraphQL error for a publish refused because of its audience
+/// ([`PublishError::Audience`], through [`crate::publish_error`]).
+pub const INVALID_AUDIENCE: &str = "INVALID_AUDIENCE";
+
 /// The GraphQL error for a publish that failed: [`internal_error`], except a publish that
 /// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): what the
 /// mutation saved is saved, but its subscribers were not told, so the client should
-/// re-query rather than count on the event.
+/// re-query rather than count on the event; and one refused for its audience
+/// (`extensions.code` `INVALID_AUDIENCE`, saying why).
 pub fn publish_error(error: PublishError) -> async_graphql::Error {
     use async_graphql::ErrorExtensions;
-    match error {
-        PublishError::TimedOut(_) => async_graphql::Error::new(error.to_string())
-            .extend_with(|_, e| e.set("code", PUBLISH_TIMEOUT)),
-        other => internal_error(other),
+    let code = match error {
+        PublishError::TimedOut(_) => PUBLISH_TIMEOUT,
+        PublishError::Audience(_) => INVALID_AUDIENCE,
+        other => return internal_error(other),
+    };
+    async_graphql::Error::new(error.to_string()).extend_with(|_, e| e.set("code", code))
+}
+
+/// Whether an event for `audience` can be delivered: a user audience must name a user id
+/// a token could carry ([`crate::auth::user_id_problem`]), and not `*`, which the
+/// DynamoDB log stores for everyone. An event that fails this could never reach anyone;
+/// it is refused at publish, and the stream publisher gives it up without retrying.
+pub fn check_audience(audience: &Audience) -> Result<(), String> {
+    match audience {
+        Audience::Everyone => Ok(()),
+        Audience::User(user) if user.as_str() == "*" => {
+            Err("`*` is not a user id (an event for everyone has the audience Everyone)".into())
+        }
+        Audience::User(user) => match crate::auth::user_id_problem(user.as_str()) {
+            Some(problem) => Err(format!("the user id {problem}")),
+            None => Ok(()),
+        },
     }
 }
 
@@ -56,6 +83,7 @@ impl Broker {
         payload: &impl Serialize,
         audience: Audience,
     ) -> Result<Event, PublishError> {
+        check_audience(&audience).map_err(PublishError::Audience)?;
         let mut event = Event::new(topic, serde_json::to_value(payload)?, audience);
         event.expires_at = event.published_at_ms / 1000 + self.config().event_retention.as_secs();
         match self.config().delivery_mode {
@@ -116,5 +144,49 @@ impl Broker {
     async fn stored_as_is(&self, event: &Event) -> Result<bool, StoreError> {
         let stored = self.ports().events.get(&event.reference()).await?;
         Ok(stored.as_ref() == Some(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UserId;
+
+    fn user(id: &str) -> Audience {
+        Audience::User(UserId::new(id))
+    }
+
+    #[test]
+    fn an_audience_no_token_could_name_is_refused() {
+        assert_eq!(check_audience(&Audience::Everyone), Ok(()));
+        assert_eq!(check_audience(&user("alice")), Ok(()));
+        assert_eq!(check_audience(&user("é")), Ok(()));
+        let longest = "u".repeat(crate::auth::MAX_SUBJECT_BYTES);
+        assert_eq!(check_audience(&user(&longest)), Ok(()));
+        let too_long = "u".repeat(crate::auth::MAX_SUBJECT_BYTES + 1);
+        for bad in [
+            "",
+            "*",
+            " ",
+            "\u{3000}",
+            "al\tice",
+            "al\u{2028}ice",
+            "\u{feff}alice",
+            too_long.as_str(),
+        ] {
+            let refused = check_audience(&user(bad));
+            assert!(refused.is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_refused_audience_is_a_graphql_error_with_its_code() {
+        let error = publish_error(PublishError::Audience("the user id is empty".into()));
+        let extensions = error.extensions.expect("extensions");
+        assert_eq!(
+            extensions.get("code"),
+            Some(&async_graphql::Value::from(INVALID_AUDIENCE))
+        );
+        assert!(error.message.contains("the user id is empty"));
     }
 }

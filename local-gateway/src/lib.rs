@@ -69,6 +69,8 @@ pub struct Options {
     pub broker: BrokerConfig,
     /// Wait between two polls of an empty stream; zero waits for the next append instead.
     pub poll_interval: Duration,
+    /// How the stream hands records to the publisher: concurrency, read-ahead, retries.
+    pub stream: stream::StreamOptions,
     /// Where state lives: memory, a database file, or DynamoDB.
     pub backend: Backend,
     /// The web app and the development sign-in.
@@ -118,6 +120,7 @@ impl Options {
             key_set,
             broker,
             poll_interval,
+            stream: stream::StreamOptions::default(),
             backend: Backend::Memory,
             web,
             limits: server::Limits::from_env()?,
@@ -134,6 +137,7 @@ pub struct LocalGateway {
     addr: SocketAddr,
     broker: Broker,
     sockets: Arc<Sockets>,
+    given_up: stream::GivenUp,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -146,7 +150,7 @@ impl LocalGateway {
             Some(key_set) => Authenticator::from_key_set(key_set.clone())?,
             None => Authenticator::new(options.auth.clone()),
         };
-        let (broker, mut tasks) = match &options.backend {
+        let (broker, given_up, mut tasks) = match &options.backend {
             Backend::Memory => {
                 let events = Arc::new(MemoryEventLog::default());
                 let (queue, pages) = ChannelFanoutQueue::ordered();
@@ -163,15 +167,17 @@ impl LocalGateway {
                 let schema = options.app.schema(&Storage::Memory)?;
                 let broker = Broker::new(schema, ports, auth, options.broker.clone())
                     .with_app_hooks(options.app.as_ref());
+                let scheduler = stream::Scheduler::start(broker.clone(), options.stream.clone());
+                let given_up = scheduler.given_up().clone();
                 let tasks = vec![
                     tokio::spawn(stream::feed_embedded(
-                        broker.clone(),
                         events,
                         options.poll_interval,
+                        scheduler,
                     )),
                     tokio::spawn(fanout::work_embedded(broker.clone(), pages)),
                 ];
-                (broker, tasks)
+                (broker, given_up, tasks)
             }
             Backend::File(path) => {
                 let store = FileStore::open(path)
@@ -200,25 +206,25 @@ impl LocalGateway {
                 let schema = options.app.schema(&Storage::File(store))?;
                 let broker = Broker::new(schema, ports, auth, options.broker.clone())
                     .with_app_hooks(options.app.as_ref());
+                let scheduler = stream::Scheduler::start(broker.clone(), options.stream.clone());
+                let given_up = scheduler.given_up().clone();
                 let tasks = vec![
-                    tokio::spawn(stream::feed_file(
-                        broker.clone(),
-                        events,
-                        options.poll_interval,
-                    )),
+                    tokio::spawn(stream::feed_file(events, options.poll_interval, scheduler)),
                     tokio::spawn(fanout::work_embedded(broker.clone(), pages)),
                 ];
-                (broker, tasks)
+                (broker, given_up, tasks)
             }
             Backend::Aws(backend) => {
                 let parts = aws::connect(backend, options.app.as_ref(), gateway).await?;
                 let broker = Broker::new(parts.schema, parts.ports, auth, options.broker.clone())
                     .with_app_hooks(options.app.as_ref());
+                let scheduler = stream::Scheduler::start(broker.clone(), options.stream.clone());
+                let given_up = scheduler.given_up().clone();
                 let mut tasks = vec![tokio::spawn(stream::dynamodb::poll(
-                    broker.clone(),
                     parts.streams,
                     parts.stream_arn,
                     options.poll_interval,
+                    scheduler,
                 ))];
                 if let Some((sqs, url)) = parts.sqs {
                     // Lambda runs several workers at once; two pollers stand in for them.
@@ -233,7 +239,7 @@ impl LocalGateway {
                         tasks.push(tokio::spawn(poller));
                     }
                 }
-                (broker, tasks)
+                (broker, given_up, tasks)
             }
         };
         let sockets = Arc::new(Sockets::default());
@@ -255,6 +261,7 @@ impl LocalGateway {
             addr,
             broker,
             sockets,
+            given_up,
             tasks,
         })
     }
@@ -293,6 +300,12 @@ impl LocalGateway {
     /// Sockets closed because their outbox overflowed (clients reading too slowly).
     pub fn sockets_closed_too_slow(&self) -> u64 {
         self.sockets.closed_too_slow()
+    }
+
+    /// The stream records given up after failing every retry (the local on-failure
+    /// destination).
+    pub fn stream_given_up(&self) -> &stream::GivenUp {
+        &self.given_up
     }
 
     /// How many sockets are open now.

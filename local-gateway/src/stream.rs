@@ -1,65 +1,24 @@
 //! Feeding the stream publisher as Lambda's DynamoDB Stream event source mapping does: poll
-//! the shard, hand the new records over in batches, retry from the first failed record.
-//! The embedded and file event logs are read here; the events table's real stream in
-//! [`dynamodb`].
+//! the log, hand the new records over in batches, retry a failing record, and step it aside
+//! once it has failed too often. The embedded and file event logs are read here; the events
+//! table's real stream in [`dynamodb`]; the scheduling of the records in [`schedule`].
 
 pub mod dynamodb;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::dynamodb::{Event as StreamEvent, EventRecord, StreamViewType};
+use aws_lambda_events::dynamodb::{EventRecord, StreamViewType};
+use broker::Event;
 use broker::file::FileEventLog;
 use broker::memory::MemoryEventLog;
-use broker::{Broker, Event};
 
-/// Records per batch: the event source mapping's default.
+pub use schedule::{GivenUp, Handler, Scheduler, StreamOptions};
+
+/// Records read from the log at once, and handed to the publisher in one batch at most: the
+/// event source mapping's default batch size.
 pub const BATCH_SIZE: usize = 100;
-/// Retries of a failing record before it is dropped (the template's MaximumRetryAttempts);
-/// on AWS it would go to the on-failure destination.
-const MAX_RETRIES: u32 = 5;
-
-/// Runs the publisher over one batch, retrying failures from the first failed record, as
-/// Lambda does with `ReportBatchItemFailures` (records after it are retried too; the
-/// publisher skips those it delivered already).
-pub async fn drive(broker: &Broker, mut records: Vec<EventRecord>) {
-    let mut attempt = 0;
-    while !records.is_empty() {
-        let mut batch = StreamEvent::default();
-        batch.records = records.clone();
-        let response = publisher::stream::handle(broker, batch).await;
-        let Some(first_failed) = response
-            .batch_item_failures
-            .iter()
-            .filter_map(|f| f.item_identifier.as_deref())
-            .filter_map(|seq| {
-                records
-                    .iter()
-                    .position(|r| r.change.sequence_number.as_deref() == Some(seq))
-            })
-            .min()
-        else {
-            return;
-        };
-        attempt += 1;
-        if attempt > MAX_RETRIES {
-            let dropped = &records[first_failed];
-            tracing::error!(
-                sequence = dropped
-                    .change
-                    .sequence_number
-                    .as_deref()
-                    .unwrap_or_default(),
-                "stream record failed {MAX_RETRIES} retries; dropping it"
-            );
-            records.drain(..=first_failed);
-            attempt = 0;
-            continue;
-        }
-        records.drain(..first_failed);
-        tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
-    }
-}
 
 /// A stream record for an event, as DynamoDB Streams delivers an INSERT with NEW_IMAGE.
 pub fn insert_record(event: &Event, sequence: usize) -> EventRecord {
@@ -83,8 +42,12 @@ pub fn insert_record(event: &Event, sequence: usize) -> EventRecord {
 }
 
 /// The embedded store's stream: polls the in-memory log every `poll_interval` (0 waits for
-/// the next append instead) and drives the publisher with what is new.
-pub async fn feed_embedded(broker: Broker, log: Arc<MemoryEventLog>, poll_interval: Duration) {
+/// the next append instead) and hands what is new to `scheduler`.
+pub async fn feed_embedded(
+    log: Arc<MemoryEventLog>,
+    poll_interval: Duration,
+    scheduler: Scheduler,
+) {
     let mut position = 0;
     loop {
         let (events, next) = log.read_from(position, BATCH_SIZE);
@@ -101,7 +64,7 @@ pub async fn feed_embedded(broker: Broker, log: Arc<MemoryEventLog>, poll_interv
             .enumerate()
             .map(|(i, e)| insert_record(e, position + i))
             .collect();
-        drive(&broker, records).await;
+        scheduler.push(records).await;
         position = next;
     }
 }
@@ -110,15 +73,19 @@ pub async fn feed_embedded(broker: Broker, log: Arc<MemoryEventLog>, poll_interv
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The database file's stream: as [`feed_embedded`], but from the position the previous
-/// process saved, saving it after each batch. Events accepted before a restart (even a
-/// `kill -9` mid-delivery) that the publisher had not finished are handed to it again after
-/// the restart; it skips those marked delivered. Expired events are purged at start and
-/// every minute.
-pub async fn feed_file(broker: Broker, log: Arc<FileEventLog>, poll_interval: Duration) {
+/// process saved. The position saved is the start of the oldest read that still has a
+/// record not handled (nor given up): events accepted before a restart (even a `kill -9`
+/// mid-delivery) that the publisher had not finished are handed to it again after the
+/// restart; it skips those marked delivered. Expired events are purged at start and every
+/// minute.
+pub async fn feed_file(log: Arc<FileEventLog>, poll_interval: Duration, scheduler: Scheduler) {
     let mut position = log.stream_position().await.unwrap_or_else(|error| {
         tracing::error!(%error, "cannot read the saved stream position; reading from the start");
         0
     });
+    let mut saved = position;
+    // Reads with records still outstanding: their push indexes and where they started.
+    let mut reads: std::collections::VecDeque<(std::ops::Range<u64>, u64)> = Default::default();
     let mut last_purge: Option<std::time::Instant> = None;
     loop {
         if last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
@@ -129,6 +96,20 @@ pub async fn feed_file(broker: Broker, log: Arc<FileEventLog>, poll_interval: Du
             }
             last_purge = Some(std::time::Instant::now());
         }
+        let outstanding = scheduler.first_outstanding();
+        while reads
+            .front()
+            .is_some_and(|(range, _)| outstanding.is_none_or(|first| range.end <= first))
+        {
+            reads.pop_front();
+        }
+        let safe = reads.front().map_or(position, |(_, start)| *start);
+        if safe != saved {
+            match log.save_stream_position(safe).await {
+                Ok(()) => saved = safe,
+                Err(error) => tracing::warn!(%error, "cannot save the stream position"),
+            }
+        }
         let (events, next) = match log.read_from(position, BATCH_SIZE).await {
             Ok(read) => read,
             Err(error) => {
@@ -138,23 +119,30 @@ pub async fn feed_file(broker: Broker, log: Arc<FileEventLog>, poll_interval: Du
             }
         };
         if next == position {
-            if poll_interval.is_zero() {
-                let _ = tokio::time::timeout(PURGE_INTERVAL, log.appended()).await;
-            } else {
-                tokio::time::sleep(poll_interval).await;
+            let idle = async {
+                if poll_interval.is_zero() {
+                    let _ = tokio::time::timeout(PURGE_INTERVAL, log.appended()).await;
+                } else {
+                    tokio::time::sleep(poll_interval).await;
+                }
+            };
+            // Woken by progress too, to save the position once records are handled.
+            tokio::select! {
+                () = idle => {}
+                () = scheduler.progressed(), if !reads.is_empty() => {}
             }
             continue;
         }
         let first = usize::try_from(position).unwrap_or_default();
-        let records = events
+        let records: Vec<_> = events
             .iter()
             .enumerate()
             .map(|(i, e)| insert_record(e, first + i))
             .collect();
-        drive(&broker, records).await;
-        position = next;
-        if let Err(error) = log.save_stream_position(position).await {
-            tracing::warn!(%error, "cannot save the stream position");
+        if !records.is_empty() {
+            let pushed = scheduler.push(records).await;
+            reads.push_back((pushed, position));
         }
+        position = next;
     }
 }

@@ -7,9 +7,17 @@ use broker::{StoreError, Topic};
 /// `reason` the functions log with the failed record.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// The stream record's new image is not an event.
+    /// The stream record's new image is not an event. No retry can deliver it.
     #[error("undecodable event: {0}")]
     UndecodableEvent(#[source] StoreError),
+    /// The event's audience is no user a token could carry. No retry can deliver it.
+    #[error("event {id}: {reason}")]
+    Audience {
+        /// The event's id.
+        id: String,
+        /// What is wrong with its audience.
+        reason: String,
+    },
     /// The SQS message's body is not a fan-out page.
     #[error("not a fan-out page: {0}")]
     MalformedPage(#[source] serde_json::Error),

@@ -22,7 +22,13 @@ type Pending = (usize, Event, Option<u64>);
 /// are not delivered now but reported as failed too. Lambda retries from the lowest failed
 /// sequence number; records of other topics are skipped on that retry because they are
 /// marked delivered. Topics are independent, so they are delivered concurrently: a topic
-/// whose rendering or posts are slow holds back only itself.
+/// whose rendering or posts are slow holds back only itself. When a batch has more topics
+/// than are delivered at once, those with the fewest events go first: a topic with one
+/// event does not wait behind another's long run.
+///
+/// A record no retry could deliver (an image that is not an event, an audience no user can
+/// have: see [`broker::check_audience`]) is logged, counted (`Undeliverable`) and reported
+/// as processed: retrying it would only hold back the records behind it.
 pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventResponse {
     let mut failed: Vec<(usize, DeliveryError)> = Vec::new();
     // Each topic's records in batch order, keyed by topic in order of first appearance.
@@ -33,7 +39,11 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
             continue;
         }
         match event_from_image(record.change.new_image.clone()) {
-            Err(e) => failed.push((index, DeliveryError::UndecodableEvent(e))),
+            Err(e) => undeliverable(record, &DeliveryError::UndecodableEvent(e)),
+            Ok(event) if let Err(reason) = broker::check_audience(&event.audience) => {
+                let id = event.id.to_string();
+                undeliverable(record, &DeliveryError::Audience { id, reason });
+            }
             Ok(event) => {
                 // The age at delivery counts from when the item was written to the table.
                 let created_at_ms = record
@@ -50,6 +60,8 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
             }
         }
     }
+    // Stable: topics of equal size keep their order of first appearance.
+    topics.sort_by_key(|(_, events)| events.len());
     let per_topic: Vec<Vec<(usize, DeliveryError)>> = stream::iter(topics)
         .map(|(topic, events)| async move {
             let mut failed = Vec::new();
@@ -90,6 +102,17 @@ pub async fn handle(broker: &Broker, batch: StreamEvent) -> DynamoDbEventRespons
         response.batch_item_failures.push(failure);
     }
     response
+}
+
+/// Logs and counts a record given up without a retry.
+fn undeliverable(record: &aws_lambda_events::dynamodb::EventRecord, reason: &DeliveryError) {
+    tracing::error!(
+        record = %record.event_id,
+        sequence = record.change.sequence_number.as_deref().unwrap_or_default(),
+        %reason,
+        "stream record cannot be delivered; skipped without retrying"
+    );
+    broker::metrics::record_undeliverable();
 }
 
 async fn deliver(

@@ -37,6 +37,7 @@ pub fn options(mode: DeliveryMode) -> Options {
         },
         // Tests do not need Lambda's polling delay; the benchmark measures with it.
         poll_interval: Duration::ZERO,
+        stream: Default::default(),
         backend: local_gateway::Backend::Memory,
         web: local_gateway::WebOptions::default(),
         limits: Default::default(),

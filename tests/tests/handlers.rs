@@ -217,7 +217,7 @@ async fn stream_fixture_delivers_inserts_once_and_ignores_ttl_removals() {
 }
 
 #[tokio::test]
-async fn a_bad_stream_record_fails_alone_by_its_sequence_number() {
+async fn a_bad_stream_record_is_skipped_not_retried_and_the_rest_delivered() {
     let h = harness().await;
     subscribed(&h).await;
     let mut batch: StreamEvent = published_now(fixture("stream-batch.json", ""));
@@ -226,15 +226,17 @@ async fn a_bad_stream_record_fails_alone_by_its_sequence_number() {
         "payload".to_owned(),
         serde_dynamo::AttributeValue::S("not json".to_owned()),
     );
-    let bad_sequence = bad.change.sequence_number.clone();
 
-    let response = publisher::stream::handle(&h.broker, batch).await;
-    let failed: Vec<_> = response
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.clone())
-        .collect();
-    assert_eq!(failed, vec![bad_sequence]);
+    // No retry could decode it: it is reported processed (Lambda would otherwise retry it
+    // and every record after it), and counted.
+    let (response, metrics) =
+        broker::metrics::collect(publisher::stream::handle(&h.broker, batch)).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "{:?}",
+        response.batch_item_failures
+    );
+    assert_eq!(metrics.undeliverable, 1);
     let frames = h.gateway.take(&ConnectionId::from(CONNECTION));
     assert_eq!(frames.len(), 1, "the good record is still delivered");
     assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "World");
@@ -398,6 +400,79 @@ async fn a_failed_event_holds_back_later_events_of_its_topic_only() {
     let frames = h.gateway.take(&"reachable".into());
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "card");
+}
+
+#[tokio::test]
+async fn an_undeliverable_record_is_not_retried_and_does_not_hold_back_its_topic() {
+    let h = harness().await;
+    let cards = "subscription { cardAdded(boardId: \"b1\") { title } }";
+    let topic = Topic::from("board/b1/cardAdded");
+    h.broker
+        .ports()
+        .subscriptions
+        .insert(&subscription("reachable", topic.as_str(), cards))
+        .await
+        .unwrap();
+    let event = |audience: &str, title: &str| {
+        broker::Event::new(
+            topic.clone(),
+            json!({"id": title, "boardId": "b1", "title": title}),
+            broker::Audience::User(audience.into()),
+        )
+    };
+    // GIVEN a batch whose first record's image is not an event (an empty audience), whose
+    // second names a user id no token can carry (a zero-width space), and whose third is a
+    // card of the same topic...
+    let records = [
+        event("", "empty audience"),
+        event("us\u{200b}er", "invisible audience"),
+        event(USER, "card"),
+    ];
+    let mut batch = StreamEvent::default();
+    batch.records = records
+        .iter()
+        .enumerate()
+        .map(|(i, e)| local_gateway::stream::insert_record(e, i))
+        .collect();
+
+    // WHEN the publisher handles it...
+    let (response, metrics) =
+        broker::metrics::collect(publisher::stream::handle(&h.broker, batch)).await;
+
+    // THEN no record is reported failed (Lambda would retry from it), the two bad ones are
+    // counted as undeliverable, and the card behind them is delivered in the same call.
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "{:?}",
+        response.batch_item_failures
+    );
+    assert_eq!(metrics.undeliverable, 2);
+    let frames = h.gateway.take(&"reachable".into());
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["payload"]["data"]["cardAdded"]["title"], "card");
+}
+
+#[tokio::test]
+async fn an_event_for_an_invalid_user_is_refused_at_publish_and_not_stored() {
+    let h = harness().await;
+    let topic = Topic::from("board/b1/cardAdded");
+    for bad in ["", "*", "a\u{0}b"] {
+        let refused = h
+            .broker
+            .publish(
+                topic.clone(),
+                &json!({"title": "never"}),
+                broker::Audience::User(bad.into()),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(broker::PublishError::Audience(_))),
+            "{bad:?}: {refused:?}"
+        );
+    }
+    // Nothing reached the log: a read from the start finds no event of the topic.
+    let stored = h.broker.ports().events.after(&topic, "", 10).await.unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
 // --- the races API Gateway allows --------------------------------------------------------

@@ -243,3 +243,36 @@ async fn bad_symbol_lists_are_refused_at_subscribe() {
     }
     gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_alert_for_an_invalid_user_id_is_refused_at_publish() {
+    for mode in MODES {
+        let gateway = start_prices(mode).await;
+        let quotes = backend(&gateway);
+        // GIVEN the backend's token, WHEN it sends an alert to an empty user id, to `*`, to a
+        // blank one, one with a control or format character or a too long one, THEN each
+        // is refused with INVALID_AUDIENCE and nothing reaches the log.
+        let long = "u".repeat(broker::auth::MAX_SUBJECT_BYTES + 1);
+        for user in ["", "*", "   ", "al\nice", "al\u{200b}ice", long.as_str()] {
+            let answer = alert(&gateway, &quotes, user, "never sent").await;
+            assert_eq!(
+                answer["errors"][0]["extensions"]["code"], "INVALID_AUDIENCE",
+                "{mode:?} {user:?}: {answer}"
+            );
+            assert!(answer["data"].is_null(), "{answer}");
+        }
+        // AND a valid user id still gets its alert, in order after the refused ones.
+        let mut tab =
+            WsClient::ready(&gateway, "graphql-transport-ws", &token(&gateway, "bob")).await;
+        tab.subscribe("alerts", ALERTS, json!({})).await;
+        synced(&mut tab).await;
+        let answer = alert(&gateway, &quotes, "bob", "sent").await;
+        assert!(answer["errors"].is_null(), "{answer}");
+        let message = tab.recv().await.unwrap();
+        assert_eq!(
+            message["payload"]["data"]["alerts"]["message"], "sent",
+            "{mode:?}: {message}"
+        );
+        gateway.shutdown().await;
+    }
+}

@@ -160,6 +160,7 @@ fn options(backend: Backend) -> Options {
             ..BrokerConfig::default()
         },
         poll_interval: Duration::ZERO,
+        stream: Default::default(),
         backend,
         web: local_gateway::WebOptions::default(),
         // The local gateway's own limits, from the environment as `broker-local` reads them

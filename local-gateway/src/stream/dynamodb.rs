@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use aws_lambda_events::dynamodb::{EventRecord, StreamViewType};
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
-use broker::Broker;
 
-use super::{BATCH_SIZE, drive};
+use super::{BATCH_SIZE, Scheduler};
 
 /// A DynamoDB Streams record as Lambda hands it to a function.
 pub fn lambda_record(record: &Record) -> Option<EventRecord> {
@@ -88,12 +87,13 @@ impl ShardCursor {
     }
 }
 
-/// Polls every shard of the stream from the newest record on, driving the publisher.
+/// Polls every shard of the stream from the newest record on, handing the records to
+/// `scheduler`.
 pub(crate) async fn poll(
-    broker: Broker,
     streams: aws_sdk_dynamodbstreams::Client,
     stream_arn: String,
     poll_interval: Duration,
+    scheduler: Scheduler,
 ) {
     // An empty poll interval would spin; Lambda itself never polls faster than this.
     let pause = poll_interval.max(Duration::from_millis(10));
@@ -133,7 +133,7 @@ pub(crate) async fn poll(
                     let records: Vec<EventRecord> =
                         output.records().iter().filter_map(lambda_record).collect();
                     if !records.is_empty() {
-                        drive(&broker, records).await;
+                        scheduler.push(records).await;
                     }
                     cursor.advance(output.records(), output.next_shard_iterator());
                     if cursor.finished {
