@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::RateLimit;
 use crate::domain::{Audience, Event, Topic, now_ms};
 use crate::graphql::internal_error;
+use crate::limits::RATE_LIMITED;
 use crate::ports::StoreError;
 use crate::{Broker, DeliveryMode};
 
@@ -26,6 +28,10 @@ pub enum PublishError {
     /// stays saved: publishing again makes another event, with a new id.
     #[error("the event was not stored within {} ms; it may still be stored, and then reach subscribers late", .0.as_millis())]
     TimedOut(Duration),
+    /// The caller has published as many events as [`crate::BrokerConfig::publish_rate`]
+    /// allows in its current window; nothing was published.
+    #[error("too many publishes: at most {} per {} ms; try again later", .0.max, .0.window.as_millis())]
+    RateLimited(RateLimit),
 }
 
 /// The `extensions.code` of the GraphQL error for a publish that timed out
@@ -35,12 +41,15 @@ pub const PUBLISH_TIMEOUT: &str = "PUBLISH_TIMEOUT";
 /// The GraphQL error for a publish that failed: [`internal_error`], except a publish that
 /// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): what the
 /// mutation saved is saved, but its subscribers were not told, so the client should
-/// re-query rather than count on the event.
+/// re-query rather than count on the event; and a publish over the caller's rate
+/// (`extensions.code` [`RATE_LIMITED`]), which published nothing.
 pub fn publish_error(error: PublishError) -> async_graphql::Error {
     use async_graphql::ErrorExtensions;
     match error {
         PublishError::TimedOut(_) => async_graphql::Error::new(error.to_string())
             .extend_with(|_, e| e.set("code", PUBLISH_TIMEOUT)),
+        PublishError::RateLimited(_) => async_graphql::Error::new(error.to_string())
+            .extend_with(|_, e| e.set("code", RATE_LIMITED)),
         other => internal_error(other),
     }
 }

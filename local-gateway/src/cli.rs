@@ -113,6 +113,15 @@ enum Command {
 
 /// Runs the command line, serving one of `apps` (the first by default).
 pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
+    main_with(apps, |_| {}).await
+}
+
+/// [`main`], with `adjust` applied to the options read from the environment before they
+/// are used (a test's binary setting what has no variable).
+pub async fn main_with(
+    apps: &[AppChoice],
+    adjust: impl FnOnce(&mut Options),
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -121,6 +130,7 @@ pub async fn main(apps: &[AppChoice]) -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (app_name, app) = choose(apps, cli.app.as_deref())?;
     let mut options = Options::from_env(app)?;
+    adjust(&mut options);
     options.backend = match cli.store {
         Some(Store::Memory) => crate::Backend::Memory,
         Some(Store::File(path)) => crate::Backend::File(path),
