@@ -160,7 +160,8 @@ struct Endpoints {
 
 /// The broker configuration a mode stands for.
 pub fn broker_config(config: &Config, mode: Mode) -> BrokerConfig {
-    let defaults = BrokerConfig::default();
+    // Every subscriber is one user's: the per-user limits would refuse all but the first.
+    let defaults = BrokerConfig::default().without_user_limits();
     let (delivery_mode, fanout_threshold) = match mode {
         Mode::Direct => (DeliveryMode::Direct, usize::MAX),
         // The embedded store always has a fan-out queue: keep every size off it.

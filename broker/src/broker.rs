@@ -13,7 +13,7 @@ use crate::domain::UserId;
 use crate::graphql::{self, GraphqlExecutor, Roles};
 use crate::hooks::{Hooks, NoHooks};
 use crate::ports::{
-    ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, PageMarks, ReplayGate,
+    ConnectionGateway, ConnectionStore, EventLog, FanoutQueue, PageMarks, Quotas, ReplayGate,
     SubscriptionStore,
 };
 
@@ -29,6 +29,8 @@ pub struct Ports {
     pub replay_gate: Arc<dyn ReplayGate>,
     /// Fan-out pages on their way through an ordered queue.
     pub page_marks: Arc<dyn PageMarks>,
+    /// The counters of the per-user limits ([`crate::limits`]), shared by every process.
+    pub quotas: Arc<dyn Quotas>,
     /// The log events are appended to and resumed from.
     pub events: Arc<dyn EventLog>,
     /// How messages reach a connection's socket, and how it is closed.

@@ -9,6 +9,34 @@ use crate::settings;
 pub use crate::domain::DeliveryMode;
 pub use crate::settings::ConfigError;
 
+/// At most `max` actions per `window` (a per-user rate, [`crate::limits`]); `max` 0 (or a
+/// zero window) is no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Actions allowed in one window; 0: unlimited.
+    pub max: u64,
+    /// The window's length (whole milliseconds).
+    pub window: Duration,
+}
+
+impl RateLimit {
+    /// No limit.
+    pub const UNLIMITED: Self = Self {
+        max: 0,
+        window: Duration::ZERO,
+    };
+
+    /// At most `max` actions per `window`.
+    pub const fn new(max: u64, window: Duration) -> Self {
+        Self { max, window }
+    }
+
+    /// Whether this allows everything.
+    pub fn is_unlimited(&self) -> bool {
+        self.max == 0 || self.window.as_millis() == 0
+    }
+}
+
 /// Tunables, with defaults that suit API Gateway's limits.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -66,6 +94,28 @@ pub struct BrokerConfig {
     pub resume_settle: Duration,
     /// The most events one resume replays; a subscriber further behind is told to re-query.
     pub max_replay_events: usize,
+    /// Sockets one user may hold at once, across every process ([`crate::limits`]); 0:
+    /// unlimited. Counted when a connection gets its user (a token at `$connect`, else
+    /// `connection_init`); over it `$connect` is refused with 429 and `connection_init`
+    /// closes the socket with 4429. Default 20: a user's browser tabs and devices, with
+    /// room to spare; far below what exhausts a gateway.
+    pub max_sockets_per_user: u64,
+    /// Subscriptions one user may hold at once across all of their connections
+    /// ([`crate::limits`]); 0: unlimited. Over it a subscribe gets an `error` with
+    /// `extensions.code` `RATE_LIMITED`. Default 200: twice one connection's limit, so one
+    /// event reaches one user at most 200 times.
+    pub max_subscriptions_per_user: u64,
+    /// Events one user may publish through resolvers ([`crate::Outbox::publish`]): the
+    /// caller of the mutation counts, whoever the event is for. Over it the publish fails
+    /// with `extensions.code` `RATE_LIMITED` and nothing is published. A backend calling
+    /// [`crate::Broker::publish`] itself is not counted. Default 40 per 2 s: 20 a second on
+    /// average, with a burst of 40.
+    pub publish_rate: RateLimit,
+    /// Subscribes with `resumeFrom` one user may make ([`crate::resume`]); over it the
+    /// subscribe gets an `error` with `extensions.code` `RATE_LIMITED` and is not stored (the
+    /// client re-queries and subscribes without `resumeFrom`). Default 10 a minute: a replay
+    /// costs up to [`Self::max_replay_events`] renderings.
+    pub replay_rate: RateLimit,
 }
 
 impl Default for BrokerConfig {
@@ -92,6 +142,16 @@ impl Default for BrokerConfig {
             event_retention: Duration::from_secs(settings::EVENT_RETENTION_SECS.default_value()),
             resume_settle: Duration::from_millis(settings::RESUME_SETTLE_MS.default_value()),
             max_replay_events: settings::MAX_REPLAY_EVENTS.default_value(),
+            max_sockets_per_user: settings::MAX_SOCKETS_PER_USER.default_value(),
+            max_subscriptions_per_user: settings::MAX_SUBSCRIPTIONS_PER_USER.default_value(),
+            publish_rate: RateLimit::new(
+                settings::PUBLISH_RATE_MAX.default_value(),
+                Duration::from_millis(settings::PUBLISH_RATE_WINDOW_MS.default_value()),
+            ),
+            replay_rate: RateLimit::new(
+                settings::REPLAY_RATE_MAX.default_value(),
+                Duration::from_secs(settings::REPLAY_RATE_WINDOW_SECS.default_value()),
+            ),
         }
     }
 }
@@ -101,6 +161,18 @@ impl Default for BrokerConfig {
 pub const MIN_RESUME_SETTLE_MS: u64 = 100;
 
 impl BrokerConfig {
+    /// The same configuration without any per-user limit ([`crate::limits`]): a single-user
+    /// benchmark or test, or a deployment that limits users in front of the broker.
+    pub fn without_user_limits(self) -> Self {
+        Self {
+            max_sockets_per_user: 0,
+            max_subscriptions_per_user: 0,
+            publish_rate: RateLimit::UNLIMITED,
+            replay_rate: RateLimit::UNLIMITED,
+            ..self
+        }
+    }
+
     /// How long a publish waits for its event to be stored, counted from the event's stamp:
     /// three quarters of [`Self::resume_settle`]. The quarter left covers the difference
     /// between the clocks of the publishing and the resuming process. An event whose
@@ -111,7 +183,7 @@ impl BrokerConfig {
     }
 
     /// The tunables from the environment: every variable of [`settings`] this struct has a
-    /// field for (from `DELIVERY_MODE` to `MAX_REPLAY_EVENTS`, `MAX_DOCUMENT_BYTES`,
+    /// field for (from `DELIVERY_MODE` to `REPLAY_RATE_WINDOW_SECS`, `MAX_DOCUMENT_BYTES`,
     /// `MAX_FIELDS` and `MAX_DEPTH` for [`Self::limits`]), read by the module's one rule:
     /// unset or blank keeps the declared default, a malformed value is an error, clamps are
     /// declared with each variable. `RESUME_SETTLE_MS` is raised to [`MIN_RESUME_SETTLE_MS`]
@@ -139,6 +211,16 @@ impl BrokerConfig {
             event_retention: Duration::from_secs(settings::EVENT_RETENTION_SECS.value()?),
             resume_settle: Duration::from_millis(settings::RESUME_SETTLE_MS.value()?),
             max_replay_events: settings::MAX_REPLAY_EVENTS.value()?,
+            max_sockets_per_user: settings::MAX_SOCKETS_PER_USER.value()?,
+            max_subscriptions_per_user: settings::MAX_SUBSCRIPTIONS_PER_USER.value()?,
+            publish_rate: RateLimit::new(
+                settings::PUBLISH_RATE_MAX.value()?,
+                Duration::from_millis(settings::PUBLISH_RATE_WINDOW_MS.value()?),
+            ),
+            replay_rate: RateLimit::new(
+                settings::REPLAY_RATE_MAX.value()?,
+                Duration::from_secs(settings::REPLAY_RATE_WINDOW_SECS.value()?),
+            ),
             ..Self::default()
         })
     }

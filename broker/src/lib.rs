@@ -16,8 +16,8 @@
 //!
 //! use async_graphql::{Context, Object, Result, Schema, SimpleObject, Subscription};
 //! use broker::memory::{
-//!     MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemorySubscriptionStore,
-//!     RecordingGateway,
+//!     MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemoryQuotas,
+//!     MemorySubscriptionStore, RecordingGateway,
 //! };
 //! use broker::{
 //!     App, AppSchema, Audience, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError,
@@ -85,6 +85,7 @@
 //!     replay_gate: Arc::new(subscriptions.replay_gate()),
 //!     subscriptions: Arc::new(subscriptions),
 //!     page_marks: Arc::new(MemoryPageMarks::default()),
+//!     quotas: Arc::new(MemoryQuotas::default()),
 //!     events: Arc::new(MemoryEventLog::default()),
 //!     gateway: Arc::new(RecordingGateway::default()),
 //!     fanout: None,
@@ -129,6 +130,8 @@
 //! - `push`: a frame to, or a close of, every connection of one user.
 //! - [`unsubscribe`]: ending subscriptions from the server side (of a topic, a user, a
 //!   connection), with a `complete` to each client.
+//! - [`limits`]: limits per user (sockets, subscriptions, publishes, replays), counted in
+//!   the [`Quotas`] port so they hold across processes.
 //! - [`metrics`]: each invocation's delivery counts in CloudWatch's embedded metric format.
 //!
 //! What it is written against, and what it runs on:
@@ -159,6 +162,7 @@ pub mod fanout;
 pub mod file;
 pub mod graphql;
 pub mod hooks;
+pub mod limits;
 pub mod memory;
 pub mod metrics;
 mod outbox;
@@ -174,7 +178,7 @@ pub use app::{App, AppSchema, IndexSpec, Storage, TableSpec};
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator, Identity};
 pub use broker::{Broker, Ports};
-pub use config::{BrokerConfig, ConfigError, DeliveryMode, MIN_RESUME_SETTLE_MS};
+pub use config::{BrokerConfig, ConfigError, DeliveryMode, MIN_RESUME_SETTLE_MS, RateLimit};
 pub use cost::{CostError, CostLimits};
 pub use delivery::{DeliveryReport, TopicRead};
 pub use domain::{
@@ -186,10 +190,11 @@ pub use graphql::{
     principal, registering,
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
+pub use limits::RATE_LIMITED;
 pub use outbox::Outbox;
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, HandOver,
-    Hold, Inserted, PageMarks, ReplayGate, StoreError, SubscriptionStore,
+    Hold, Inserted, PageMarks, Quotas, ReplayGate, StoreError, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};
 pub use publish::{INVALID_AUDIENCE, PUBLISH_TIMEOUT, PublishError, check_audience, publish_error};

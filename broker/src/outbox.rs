@@ -7,27 +7,41 @@ use crate::Broker;
 use crate::domain::{Audience, Event, Principal, Topic, UserId};
 use crate::publish::PublishError;
 
+/// The rate counter of publishes ([`crate::limits`]).
+const PUBLISHES: &str = "publishes";
+
 /// The handle resolvers publish changes with: `ctx.data::<Outbox>()?.publish(...)`.
 ///
 /// In stream mode a published change is appended to the event log and the stream publisher
 /// delivers it later; in direct mode it is delivered before `publish` returns.
+///
+/// Every publish counts against the caller's [`crate::BrokerConfig::publish_rate`] (the user
+/// whose request runs, whoever the event is for): over it the publish fails with
+/// [`PublishError::RateLimited`] and nothing is published.
 #[derive(Clone, Debug)]
 pub struct Outbox {
     broker: Broker,
+    /// Whose request publishes.
+    caller: UserId,
 }
 
 impl Outbox {
-    pub(crate) fn new(broker: Broker) -> Self {
-        Self { broker }
+    pub(crate) fn new(broker: Broker, caller: UserId) -> Self {
+        Self { broker, caller }
     }
 
-    /// Publishes `payload` on `topic` for `audience`: see [`Broker::publish`].
+    /// Publishes `payload` on `topic` for `audience`: see [`Broker::publish`]. Counted
+    /// against the caller's publish rate first.
     pub async fn publish(
         &self,
         topic: Topic,
         payload: &impl Serialize,
         audience: Audience,
     ) -> Result<Event, PublishError> {
+        let rate = self.broker.config().publish_rate;
+        if !self.broker.take_rate(PUBLISHES, rate, &self.caller).await? {
+            return Err(PublishError::RateLimited(rate));
+        }
         self.broker.publish(topic, payload, audience).await
     }
 
@@ -49,7 +63,7 @@ impl Broker {
         request: async_graphql::Request,
     ) -> async_graphql::Request {
         request
+            .data(Outbox::new(self.clone(), user.clone()))
             .data(Principal { user })
-            .data(Outbox::new(self.clone()))
     }
 }

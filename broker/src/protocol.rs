@@ -38,7 +38,8 @@ pub enum CloseCode {
     InitTimeout = 4408,
     /// A `subscribe` reused the id of an operation still running on the connection.
     SubscriberAlreadyExists = 4409,
-    /// A second `connection_init` on the same connection.
+    /// A second `connection_init` on the same connection, or one that would give its user
+    /// more sockets than [`crate::BrokerConfig::max_sockets_per_user`].
     TooManyInitRequests = 4429,
 }
 

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::RateLimit;
 use crate::domain::{Audience, Event, Topic, now_ms};
 use crate::graphql::internal_error;
+use crate::limits::RATE_LIMITED;
 use crate::ports::StoreError;
 use crate::{Broker, DeliveryMode};
 
@@ -30,6 +32,10 @@ pub enum PublishError {
     /// ([`check_audience`]): nothing was stored.
     #[error("invalid audience: {0}")]
     Audience(String),
+    /// The caller has published as many events as [`crate::BrokerConfig::publish_rate`]
+    /// allows in its current window; nothing was published.
+    #[error("too many publishes: at most {} per {} ms; try again later", .0.max, .0.window.as_millis())]
+    RateLimited(RateLimit),
 }
 
 /// The `extensions.code` of the GraphQL error for a publish that timed out
@@ -43,13 +49,15 @@ pub const INVALID_AUDIENCE: &str = "INVALID_AUDIENCE";
 /// The GraphQL error for a publish that failed: [`internal_error`], except a publish that
 /// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): what the
 /// mutation saved is saved, but its subscribers were not told, so the client should
-/// re-query rather than count on the event; and one refused for its audience
-/// (`extensions.code` `INVALID_AUDIENCE`, saying why).
+/// re-query rather than count on the event; one refused for its audience
+/// (`extensions.code` `INVALID_AUDIENCE`, saying why); and a publish over the caller's rate
+/// (`extensions.code` [`RATE_LIMITED`]), which published nothing.
 pub fn publish_error(error: PublishError) -> async_graphql::Error {
     use async_graphql::ErrorExtensions;
     let code = match error {
         PublishError::TimedOut(_) => PUBLISH_TIMEOUT,
         PublishError::Audience(_) => INVALID_AUDIENCE,
+        PublishError::RateLimited(_) => RATE_LIMITED,
         other => return internal_error(other),
     };
     async_graphql::Error::new(error.to_string()).extend_with(|_, e| e.set("code", code))

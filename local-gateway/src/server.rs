@@ -1,6 +1,7 @@
 //! The local API Gateway: GraphQL over HTTP and WebSocket at `/graphql`, and the Management
 //! API at `/@connections/{id}`, in one axum router.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tower_http::cors::CorsLayer;
 
 use crate::events;
-use crate::sockets::{Socket, Sockets};
+use crate::sockets::{Socket, Sockets, Uninitialised};
 
 /// API Gateway's WebSocket frame limit.
 const MAX_FRAME_BYTES: usize = 32 * 1024;
@@ -72,6 +73,13 @@ pub struct Limits {
     /// An HTTP request whose headers have not all arrived after this long is dropped
     /// (`HTTP_HEADER_TIMEOUT_SECS`).
     pub header_read_timeout: Duration,
+    /// WebSockets one client address may hold before `connection_init` is accepted; one
+    /// more upgrade from it is refused with 429, so sockets that never initialise cannot
+    /// take [`Self::max_connections`] from everyone else (`MAX_UNINITIALISED_PER_ADDRESS`).
+    /// 0: unlimited. The address is the
+    /// TCP peer's: behind a reverse proxy every client has the proxy's, so raise it or set
+    /// 0 there.
+    pub max_uninitialised_per_address: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +93,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(
                 settings::HTTP_HEADER_TIMEOUT_SECS.default_value(),
             ),
+            max_uninitialised_per_address: settings::MAX_UNINITIALISED_PER_ADDRESS.default_value(),
         }
     }
 }
@@ -98,6 +107,7 @@ impl Limits {
             outbox_frames: settings::SOCKET_OUTBOX_FRAMES.value()?,
             max_connections: settings::MAX_CONNECTIONS.value()?,
             header_read_timeout: Duration::from_secs(settings::HTTP_HEADER_TIMEOUT_SECS.value()?),
+            max_uninitialised_per_address: settings::MAX_UNINITIALISED_PER_ADDRESS.value()?,
         })
     }
 }
@@ -123,7 +133,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone().layer(axum::Extension(ClientAddress(peer.ip())));
+        let service = TowerToHyperService::new(app);
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -164,8 +175,9 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     if !wants_upgrade {
         return http_request(state, Request::from_parts(parts, body)).await;
     }
+    let client = parts.extensions.get::<ClientAddress>().map(|a| a.0);
     match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-        Ok(upgrade) => connect(state, parts.headers, parts.uri.query(), upgrade).await,
+        Ok(upgrade) => connect(state, client, parts.headers, parts.uri.query(), upgrade).await,
         Err(rejection) => rejection.into_response(),
     }
 }
@@ -230,6 +242,7 @@ fn body_bytes(body: Option<aws_lambda_events::encodings::Body>) -> Vec<u8> {
 /// `$connect`: the handler decides, as on API Gateway, before the upgrade completes.
 async fn connect(
     state: AppState,
+    client: Option<IpAddr>,
     headers: HeaderMap,
     query: Option<&str>,
     upgrade: WebSocketUpgrade,
@@ -237,6 +250,21 @@ async fn connect(
     if state.sockets.len() >= state.limits.max_connections {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     }
+    // Counted until `connection_init` is accepted or the socket ends.
+    let limit = state.limits.max_uninitialised_per_address;
+    let uninitialised = match client {
+        Some(address) => match state.sockets.hold_uninitialised(address, limit) {
+            Some(held) => Some(held),
+            None => {
+                tracing::info!(%address, limit, "too many uninitialised sockets from one address");
+                let reason = format!(
+                    "too many sockets not initialised yet from this address (at most {limit})"
+                );
+                return (StatusCode::TOO_MANY_REQUESTS, reason).into_response();
+            }
+        },
+        None => None,
+    };
     let id = new_connection_id();
     let connected_at_ms = broker::domain::now_ms();
     let query: QueryMap = query.and_then(|q| q.parse().ok()).unwrap_or_default();
@@ -269,14 +297,25 @@ async fn connect(
         // Every frame is flushed as it is sent: nothing to gather in a write buffer.
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| run_socket(state, id, connected_at_ms, socket))
+        .on_upgrade(move |socket| run_socket(state, id, connected_at_ms, uninitialised, socket))
 }
+
+/// The TCP peer's address of a request, set on every request of its connection by
+/// [`serve`].
+#[derive(Clone, Copy, Debug)]
+struct ClientAddress(IpAddr);
 
 /// One socket's life: a writer task drains its outbox (frames posted through the Management
 /// API); this task reads frames and runs `$default` for each, one at a time and in order, and
 /// keeps the socket's timers (API Gateway's idle timeout and maximum duration, the token's
 /// expiry).
-async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, socket: WebSocket) {
+async fn run_socket(
+    state: AppState,
+    id: ConnectionId,
+    connected_at_ms: u64,
+    mut uninitialised: Option<Uninitialised>,
+    socket: WebSocket,
+) {
     let (mut sink, mut stream) = socket.split();
     let limits = state.limits.clone();
     let (outbox, mut pending) = mpsc::channel::<Message>(limits.outbox_frames);
@@ -415,6 +454,10 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
             Some(body),
         );
         run_default(&state, &id, event).await;
+        // No longer counted against its address once `connection_init` was accepted.
+        if uninitialised.is_some() && is_initialised(&state.broker, &id).await {
+            uninitialised = None;
+        }
         if authority.is_none() {
             authority = authority_deadline(&state.broker, &id).await;
             if let Some(at) = authority {
@@ -438,6 +481,17 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
     );
     if let Err(e) = graphql_api::websocket::handle(&state.broker, event).await {
         tracing::error!(connection = %id, error = %e, "$disconnect failed");
+    }
+}
+
+/// Whether the connection's `connection_init` was accepted; `false` when it cannot be read.
+async fn is_initialised(broker: &Broker, id: &ConnectionId) -> bool {
+    match broker.ports().connections.get(id).await {
+        Ok(connection) => connection.is_some_and(|c| c.initialised),
+        Err(e) => {
+            tracing::warn!(connection = %id, error = %e, "reading the connection failed");
+            false
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The live sockets, by connection id: what the Management API posts to and closes.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,33 @@ pub type Outbox = mpsc::Sender<Message>;
 pub struct Sockets {
     open: Mutex<HashMap<ConnectionId, Socket>>,
     too_slow: AtomicU64,
+    /// Sockets not initialised yet, by client address: at most one entry per open socket
+    /// (an address leaves the map when its count drops to zero).
+    uninitialised: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One socket of `address` not initialised yet, counted in [`Sockets`] until it is dropped
+/// (the socket was initialised, or it ended).
+#[derive(Debug)]
+pub struct Uninitialised {
+    sockets: Arc<Sockets>,
+    address: IpAddr,
+}
+
+impl Drop for Uninitialised {
+    fn drop(&mut self) {
+        let mut counts = self
+            .sockets
+            .uninitialised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// One open socket, as the Management API sees it.
@@ -83,6 +111,36 @@ impl Sockets {
                 false
             }
         }
+    }
+
+    /// Counts one more socket of `address` not initialised yet, unless `address` has `limit`
+    /// of them already (`None`); a `limit` of 0 is no limit. The socket counts until the
+    /// returned guard is dropped.
+    pub fn hold_uninitialised(
+        self: &Arc<Self>,
+        address: IpAddr,
+        limit: usize,
+    ) -> Option<Uninitialised> {
+        let mut counts = self.uninitialised.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(address).or_insert(0);
+        if limit > 0 && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Uninitialised {
+            sockets: self.clone(),
+            address,
+        })
+    }
+
+    /// How many sockets of `address` are not initialised yet.
+    pub fn uninitialised_of(&self, address: IpAddr) -> usize {
+        self.uninitialised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&address)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// How many sockets were closed because they could not keep up.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::{
     Audience, Connection, ConnectionId, ConnectionStore, Event, EventLog, EventRef, FanoutPage,
-    FanoutQueue, HandOver, Hold, Inserted, PageMarks, Protocol, ReplayGate, StoreError,
+    FanoutQueue, HandOver, Hold, Inserted, PageMarks, Protocol, Quotas, ReplayGate, StoreError,
     Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId,
 };
 use serde_json::json;
@@ -25,6 +25,8 @@ pub struct Stores {
     pub replay_gate: Arc<dyn ReplayGate>,
     /// The marks of fan-out pages on their way, under test.
     pub page_marks: Arc<dyn PageMarks>,
+    /// The counters of the per-user limits.
+    pub quotas: Arc<dyn Quotas>,
     /// The event log under test.
     pub events: Arc<dyn EventLog>,
 }
@@ -1219,4 +1221,103 @@ pub async fn racing_completes_and_closes_leave_no_subscription(stores: Stores) {
             .unwrap(),
         vec![]
     );
+}
+
+/// A counter's takes stop at the limit; a release frees a slot, and never goes below zero.
+pub async fn quota_takes_stop_at_the_limit_and_releases_free_slots(stores: Stores) {
+    let quotas = stores.quotas;
+    let until = now_secs() + 600;
+    for _ in 0..3 {
+        assert!(quotas.take("sockets/alice", 3, until).await.unwrap());
+    }
+    assert!(!quotas.take("sockets/alice", 3, until).await.unwrap());
+    assert_eq!(quotas.get("sockets/alice").await.unwrap(), 3);
+    // Another key is another counter.
+    assert!(quotas.take("sockets/bob", 3, until).await.unwrap());
+    assert_eq!(quotas.get("sockets/bob").await.unwrap(), 1);
+
+    quotas.release("sockets/alice", 1).await.unwrap();
+    assert_eq!(quotas.get("sockets/alice").await.unwrap(), 2);
+    assert!(quotas.take("sockets/alice", 3, until).await.unwrap());
+    assert!(!quotas.take("sockets/alice", 3, until).await.unwrap());
+
+    // Released more than it holds: zero, not below.
+    quotas.release("sockets/alice", 10).await.unwrap();
+    assert_eq!(quotas.get("sockets/alice").await.unwrap(), 0);
+    assert!(quotas.take("sockets/alice", 1, until).await.unwrap());
+    assert!(!quotas.take("sockets/alice", 1, until).await.unwrap());
+
+    // A limit of zero grants nothing; a release of an unknown counter is no error.
+    assert!(!quotas.take("nothing/alice", 0, until).await.unwrap());
+    quotas.release("unknown/alice", 1).await.unwrap();
+    assert_eq!(quotas.get("unknown/alice").await.unwrap(), 0);
+}
+
+/// A counter past its expiry counts as zero: a full window is over once it expires, and
+/// the next take starts it afresh with the expiry it gives.
+pub async fn an_expired_quota_counts_as_zero(stores: Stores) {
+    let quotas = stores.quotas;
+    let past = now_secs() - 1;
+    let later = now_secs() + 600;
+    assert!(quotas.take("replays/1/alice", 2, past).await.unwrap());
+    assert_eq!(quotas.get("replays/1/alice").await.unwrap(), 0);
+    // Expired: taken again from zero, twice, and then full until `later`.
+    assert!(quotas.take("replays/1/alice", 2, later).await.unwrap());
+    assert!(quotas.take("replays/1/alice", 2, later).await.unwrap());
+    assert!(!quotas.take("replays/1/alice", 2, later).await.unwrap());
+    assert_eq!(quotas.get("replays/1/alice").await.unwrap(), 2);
+    // A release of an expired counter leaves it as it is.
+    quotas.set("gauge/alice", 5, past).await.unwrap();
+    quotas.release("gauge/alice", 1).await.unwrap();
+    assert_eq!(quotas.get("gauge/alice").await.unwrap(), 0);
+    assert!(quotas.take("gauge/alice", 1, later).await.unwrap());
+    assert_eq!(quotas.get("gauge/alice").await.unwrap(), 1);
+}
+
+/// A recount sets a counter to what the stores hold: takes then go on from there.
+pub async fn a_quota_set_replaces_the_count(stores: Stores) {
+    let quotas = stores.quotas;
+    let until = now_secs() + 600;
+    for _ in 0..4 {
+        assert!(quotas.take("subscriptions/alice", 4, until).await.unwrap());
+    }
+    assert!(!quotas.take("subscriptions/alice", 4, until).await.unwrap());
+    quotas.set("subscriptions/alice", 1, until).await.unwrap();
+    assert_eq!(quotas.get("subscriptions/alice").await.unwrap(), 1);
+    for _ in 0..3 {
+        assert!(quotas.take("subscriptions/alice", 4, until).await.unwrap());
+    }
+    assert!(!quotas.take("subscriptions/alice", 4, until).await.unwrap());
+}
+
+/// Fifty concurrent takes of a counter with limit ten: exactly ten are granted, and the
+/// counter says ten; ten concurrent releases then free all ten slots.
+pub async fn concurrent_quota_takes_grant_exactly_the_limit(stores: Stores) {
+    const LIMIT: u64 = 10;
+    const ATTEMPTS: usize = 50;
+    let quotas = stores.quotas;
+    let until = now_secs() + 600;
+    let mut takes = tokio::task::JoinSet::new();
+    for _ in 0..ATTEMPTS {
+        let quotas = quotas.clone();
+        takes.spawn(async move { quotas.take("sockets/carol", LIMIT, until).await });
+    }
+    let mut granted = 0;
+    while let Some(result) = takes.join_next().await {
+        if result.unwrap().unwrap() {
+            granted += 1;
+        }
+    }
+    assert_eq!(granted, LIMIT);
+    assert_eq!(quotas.get("sockets/carol").await.unwrap(), LIMIT);
+
+    let mut releases = tokio::task::JoinSet::new();
+    for _ in 0..LIMIT {
+        let quotas = quotas.clone();
+        releases.spawn(async move { quotas.release("sockets/carol", 1).await });
+    }
+    while let Some(result) = releases.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(quotas.get("sockets/carol").await.unwrap(), 0);
 }

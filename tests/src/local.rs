@@ -145,6 +145,50 @@ impl WsClient {
         }
     }
 
+    /// Connects as [`Self::connect`] does, from the local address `from` (any of
+    /// `127.0.0.0/8` reaches the gateway on Linux): a client of another address.
+    pub async fn connect_from(
+        gateway: &LocalGateway,
+        from: std::net::IpAddr,
+        protocol: Option<&str>,
+    ) -> Result<Self, Refused> {
+        let url = gateway.websocket_url();
+        let mut request = url.as_str().into_client_request().expect("valid URL");
+        if let Some(p) = protocol {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_str(p).unwrap());
+        }
+        let authority = request.uri().authority().expect("an authority").to_string();
+        let server: std::net::SocketAddr = authority.parse().expect("host:port");
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::new(from, 0))
+            .expect("bind the client address");
+        let stream = socket.connect(server).await.expect("TCP connect");
+        match tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await {
+            Ok((socket, response)) => Ok(Self {
+                socket,
+                protocol: response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            }),
+            Err(WsError::Http(response)) => Err(Refused {
+                status: response.status().as_u16(),
+            }),
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    /// Sends `connection_init` with the token and waits for the ack.
+    pub async fn init(&mut self, token: &str) {
+        self.send(json!({"type": "connection_init", "payload": {"token": token}}))
+            .await;
+        let ack = self.recv().await.expect("ack");
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+    }
+
     /// Connects, sends `connection_init` with the token and waits for the ack.
     pub async fn ready(gateway: &LocalGateway, protocol: &str, token: &str) -> Self {
         let mut client = Self::connect(gateway, Some(protocol), None)

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use broker::FanoutPage;
 use broker::aws::{
-    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbReplayGate,
-    DynamoDbSubscriptionStore, SqsFanoutQueue,
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbQuotas,
+    DynamoDbReplayGate, DynamoDbSubscriptionStore, SqsFanoutQueue,
 };
 use broker::memory::{
-    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks,
+    ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemoryQuotas,
     MemorySubscriptionStore,
 };
 use broker_tests::aws::{FreshTables, SerialMoto, fresh_queue, fresh_tables, fresh_tables_at};
@@ -22,6 +22,7 @@ fn memory() -> Stores {
         replay_gate: Arc::new(subscriptions.replay_gate()),
         subscriptions: Arc::new(subscriptions),
         page_marks: Arc::new(MemoryPageMarks::default()),
+        quotas: Arc::new(MemoryQuotas::default()),
         events: Arc::new(MemoryEventLog::default()),
     }
 }
@@ -37,6 +38,7 @@ fn file() -> Stores {
         subscriptions: Arc::new(store.subscriptions()),
         replay_gate: Arc::new(store.replay_gate()),
         page_marks: Arc::new(store.page_marks()),
+        quotas: Arc::new(store.quotas()),
         events: Arc::new(store.events()),
     }
 }
@@ -61,6 +63,10 @@ fn dynamodb_on(tables: &FreshTables) -> Stores {
             &tables.names.subscriptions,
         )),
         page_marks: Arc::new(DynamoDbPageMarks::new(
+            client.clone(),
+            &tables.names.subscriptions,
+        )),
+        quotas: Arc::new(DynamoDbQuotas::new(
             client.clone(),
             &tables.names.subscriptions,
         )),
@@ -125,6 +131,9 @@ store_contract!(
     a_closed_connection_stores_no_subscription,
     pages_on_their_way_are_marked_per_topic,
     a_replaying_subscription_holds_events_until_it_hands_over,
+    quota_takes_stop_at_the_limit_and_releases_free_slots,
+    an_expired_quota_counts_as_zero,
+    a_quota_set_replaces_the_count,
 );
 
 /// The checks of concurrent calls, one test per backend. On DynamoDB they run on a moto of
@@ -167,6 +176,7 @@ macro_rules! concurrency_contract {
 concurrency_contract!(
     racing_completes_and_closes_leave_no_subscription,
     the_per_connection_limit_holds_under_concurrent_inserts,
+    concurrent_quota_takes_grant_exactly_the_limit,
 );
 
 #[tokio::test]

@@ -52,6 +52,13 @@ impl Local {
             // which keeps a topic's order (fan-out pages of different events run
             // concurrently, and order only by event id).
             .env("FANOUT_THRESHOLD", "1000")
+            // One user plays every subscriber, from one address: no per-user or per-address
+            // limit applies (tests/tests/user_limits.rs tests them).
+            .env("MAX_SOCKETS_PER_USER", "0")
+            .env("MAX_SUBSCRIPTIONS_PER_USER", "0")
+            .env("PUBLISH_RATE_MAX", "0")
+            .env("REPLAY_RATE_MAX", "0")
+            .env("MAX_UNINITIALISED_PER_ADDRESS", "0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .kill_on_drop(true)

@@ -50,6 +50,9 @@ fn poisoned(times: Option<usize>, attempts: Arc<AtomicUsize>) -> Handler {
 async fn start_with(stream: StreamOptions) -> LocalGateway {
     let mut options = options(DeliveryMode::Stream);
     options.stream = stream;
+    // What the stream's scheduling does when publishes are not limited (a backend's
+    // `Broker::publish`, or a limit set high): the per-user limits are off here.
+    options.broker = options.broker.without_user_limits();
     start(options).await
 }
 

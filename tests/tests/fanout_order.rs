@@ -30,10 +30,11 @@ use serde_json::{Value, json};
 /// event goes out as a dozen pages.
 fn fanning_out() -> Options {
     let mut options = options(DeliveryMode::Stream);
+    // One user's many sockets and quick cards: no per-user limit.
     options.broker = BrokerConfig {
         fanout_threshold: 3,
         fanout_page_size: 2,
-        ..options.broker
+        ..options.broker.without_user_limits()
     };
     options
 }
@@ -196,6 +197,7 @@ async fn watched_board(x_failures: usize, config: BrokerConfig) -> Watched {
         replay_gate: Arc::new(subscriptions.replay_gate()),
         subscriptions: Arc::new(subscriptions),
         page_marks: Arc::new(MemoryPageMarks::default()),
+        quotas: Arc::new(broker::memory::MemoryQuotas::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: Some(queue.clone()),

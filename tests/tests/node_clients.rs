@@ -78,6 +78,9 @@ async fn run_reconnect(script: &str, mode: DeliveryMode) -> Value {
     options.limits.max_duration = std::time::Duration::from_millis(1500);
     // The client's pings keep a socket open past the idle timeout.
     options.limits.idle_timeout = std::time::Duration::from_secs(1);
+    // The script publishes faster than one user may and resumes on every reconnect: the
+    // per-user limits are off here (tests/tests/user_limits.rs tests them).
+    options.broker = options.broker.without_user_limits();
     options.broker.resume_settle = std::time::Duration::from_millis(200);
     let gateway = start(options).await;
     let alice = token(&gateway, "alice");
@@ -169,6 +172,13 @@ async fn start_local(addr: &str, file: &std::path::Path, mode: DeliveryMode) -> 
         .env("RESUME_SETTLE_MS", "1000")
         .env("SOCKET_MAX_DURATION_SECS", "2")
         .env("SOCKET_IDLE_TIMEOUT_SECS", "1")
+        // One user plays every subscriber, from one address: no per-user or per-address
+        // limit applies (tests/tests/user_limits.rs tests them).
+        .env("MAX_SOCKETS_PER_USER", "0")
+        .env("MAX_SUBSCRIPTIONS_PER_USER", "0")
+        .env("PUBLISH_RATE_MAX", "0")
+        .env("REPLAY_RATE_MAX", "0")
+        .env("MAX_UNINITIALISED_PER_ADDRESS", "0")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true)

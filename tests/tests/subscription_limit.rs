@@ -38,6 +38,7 @@ async fn concurrent_subscribes_stay_within_the_limit(
         subscriptions: subscriptions.clone(),
         replay_gate,
         page_marks,
+        quotas: Arc::new(broker::memory::MemoryQuotas::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: None,

@@ -120,6 +120,7 @@ pub(crate) fn run(interleaved: bool) -> anyhow::Result<()> {
             replay_gate: Arc::new(subscriptions.replay_gate()),
             subscriptions: Arc::new(subscriptions),
             page_marks: Arc::new(MemoryPageMarks::default()),
+            quotas: Arc::new(broker::memory::MemoryQuotas::default()),
             events: Arc::new(MemoryEventLog::default()),
             gateway: Arc::new(RecordingGateway::default()),
             fanout: None,

@@ -521,6 +521,7 @@ async fn publisher_case(
                 replay_gate: Arc::new(subscriptions.replay_gate()),
                 subscriptions: Arc::new(subscriptions),
                 page_marks: Arc::new(MemoryPageMarks::default()),
+                quotas: Arc::new(broker::memory::MemoryQuotas::default()),
                 events: Arc::new(MemoryEventLog::default()),
                 gateway,
                 fanout: None,
@@ -577,6 +578,10 @@ async fn publisher_case(
                     &tables.subscriptions,
                 )),
                 page_marks: Arc::new(DynamoDbPageMarks::new(
+                    dynamodb.clone(),
+                    &tables.subscriptions,
+                )),
+                quotas: Arc::new(broker::aws::DynamoDbQuotas::new(
                     dynamodb.clone(),
                     &tables.subscriptions,
                 )),

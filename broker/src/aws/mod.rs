@@ -34,8 +34,8 @@ mod wiring;
 
 pub use config::{TableNames, config_loader, sdk_config};
 pub use dynamodb::{
-    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbReplayGate,
-    DynamoDbSubscriptionStore, event_from_image, event_to_image,
+    DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbQuotas,
+    DynamoDbReplayGate, DynamoDbSubscriptionStore, event_from_image, event_to_image,
 };
 pub use error::AwsCallError;
 pub use gateway::{

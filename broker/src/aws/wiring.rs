@@ -48,6 +48,11 @@ pub fn ports(
             dynamodb.clone(),
             tables.subscriptions.clone(),
         )),
+        // The per-user limits' counters too (`#quota/{key}` partitions).
+        quotas: Arc::new(super::dynamodb::DynamoDbQuotas::new(
+            dynamodb.clone(),
+            tables.subscriptions.clone(),
+        )),
         events: Arc::new(DynamoDbEventLog::new(dynamodb, tables.events.clone())),
         gateway,
         fanout,

@@ -15,11 +15,12 @@
 //!
 //! One store per file, each with the tables it owns: the database itself ([`FileStore`],
 //! which hands out the stores), connections, subscriptions, their replay gate, the fan-out
-//! page marks, the event log, and the apps' [`Table`]s.
+//! page marks, the quotas of the per-user limits, the event log, and the apps' [`Table`]s.
 
 mod connections;
 mod events;
 mod page_marks;
+mod quotas;
 mod replay_gate;
 mod store;
 mod subscriptions;
@@ -34,6 +35,7 @@ use crate::ports::StoreError;
 pub use connections::FileConnectionStore;
 pub use events::FileEventLog;
 pub use page_marks::FilePageMarks;
+pub use quotas::FileQuotas;
 pub use replay_gate::FileReplayGate;
 pub use store::FileStore;
 pub use subscriptions::FileSubscriptionStore;

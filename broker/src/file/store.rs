@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::backend;
 use super::tables::{
-    CLOSED, CONNECTIONS, CONNECTIONS_BY_USER, DELIVERED, EVENTS, EXPIRY, HELD, META, PAGES, STREAM,
-    SUBSCRIPTION_TOPICS, SUBSCRIPTIONS, TOMBSTONES,
+    CLOSED, CONNECTIONS, CONNECTIONS_BY_USER, DELIVERED, EVENTS, EXPIRY, HELD, META, PAGES, QUOTAS,
+    STREAM, SUBSCRIPTION_TOPICS, SUBSCRIPTIONS, TOMBSTONES,
 };
 use crate::ports::StoreError;
 
@@ -77,13 +77,14 @@ impl FileStore {
             tx.open_table(STREAM).map_err(backend)?;
             tx.open_table(EXPIRY).map_err(backend)?;
             tx.open_table(META).map_err(backend)?;
+            tx.open_table(QUOTAS).map_err(backend)?;
             Ok(())
         })?;
         Ok(store)
     }
 
-    /// Removes every connection and subscription (and their tombstones, and the marks of
-    /// fan-out pages on their way): a new process calls it at start, since the sockets they
+    /// Removes every connection and subscription (and their tombstones, the marks of
+    /// fan-out pages on their way, and the per-user quotas): a new process calls it at start, since the sockets they
     /// stood for, and the in-memory queue, died with the process that stored them. Returns how many
     /// connections and subscriptions there were.
     pub fn forget_connections(&self) -> Result<(u64, u64), StoreError> {
@@ -107,6 +108,8 @@ impl FileStore {
             tx.delete_table(HELD).map_err(backend)?;
             // The queue is in memory: none of its pages outlived the process.
             tx.delete_table(PAGES).map_err(backend)?;
+            // The sockets and subscriptions they counted are gone; the rates start afresh.
+            tx.delete_table(QUOTAS).map_err(backend)?;
             tx.open_table(CONNECTIONS).map_err(backend)?;
             tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
             tx.open_table(SUBSCRIPTIONS).map_err(backend)?;
@@ -115,6 +118,7 @@ impl FileStore {
             tx.open_table(CLOSED).map_err(backend)?;
             tx.open_table(HELD).map_err(backend)?;
             tx.open_table(PAGES).map_err(backend)?;
+            tx.open_table(QUOTAS).map_err(backend)?;
             Ok((connections, subscriptions))
         })
     }

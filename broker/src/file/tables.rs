@@ -64,3 +64,8 @@ pub(super) const TOMBSTONES: TableDefinition<(&str, &str), u64> =
 
 /// Connection id → until when: a closed connection stores no subscription.
 pub(super) const CLOSED: TableDefinition<&str, u64> = TableDefinition::new("closed_connections");
+
+// quotas
+
+/// Counter key → (value, until when): the per-user limits' rates and gauges.
+pub(super) const QUOTAS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("quotas");

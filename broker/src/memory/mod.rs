@@ -10,6 +10,7 @@ mod events;
 mod gateway;
 mod page_marks;
 mod queue;
+mod quotas;
 mod replay_gate;
 mod subscriptions;
 
@@ -20,6 +21,7 @@ pub use events::MemoryEventLog;
 pub use gateway::RecordingGateway;
 pub use page_marks::MemoryPageMarks;
 pub use queue::ChannelFanoutQueue;
+pub use quotas::MemoryQuotas;
 pub use replay_gate::MemoryReplayGate;
 pub use subscriptions::MemorySubscriptionStore;
 

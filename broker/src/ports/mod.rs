@@ -8,6 +8,7 @@ mod events;
 mod fanout_queue;
 mod gateway;
 mod page_marks;
+mod quotas;
 mod replay_gate;
 mod subscriptions;
 
@@ -17,5 +18,6 @@ pub use events::EventLog;
 pub use fanout_queue::{FanoutPage, FanoutQueue};
 pub use gateway::ConnectionGateway;
 pub use page_marks::PageMarks;
+pub use quotas::Quotas;
 pub use replay_gate::{HandOver, Hold, ReplayGate};
 pub use subscriptions::{Inserted, SubscriptionStore};

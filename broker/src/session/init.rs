@@ -1,12 +1,14 @@
 //! `connection_init`: who the connection speaks for and until when, and closing it when
-//! that authority ends (4403) or never began in time (4408).
+//! that authority ends (4403), never began in time (4408), or would give its user more
+//! sockets than [`crate::BrokerConfig::max_sockets_per_user`] (4429).
 
 use crate::Broker;
 use crate::auth::{AuthError, Identity, token_from_init_payload};
 use crate::domain::{Connection, ConnectionId, now_ms, now_secs};
+use crate::limits::Gauge;
 use crate::ports::StoreError;
 use crate::protocol::CloseCode;
-use crate::session::SessionError;
+use crate::session::{SessionError, too_many_sockets};
 
 impl Broker {
     /// Closes the connection with 4408 if it has not been initialised yet. A gateway that can
@@ -82,11 +84,23 @@ impl Broker {
                 .close(id, CloseCode::Forbidden, &refusal.to_string())
                 .await;
         }
+        // The connection gets its user now, unless its token at `$connect` gave it one (and
+        // took the socket's slot then).
+        let takes_slot = connection.principal.is_none();
+        if takes_slot && !self.take_slot(Gauge::Sockets, &identity.user).await? {
+            let limit = self.config().max_sockets_per_user;
+            return self
+                .close(id, CloseCode::TooManyInitRequests, &too_many_sockets(limit))
+                .await;
+        }
         let marked = self
             .ports()
             .connections
             .mark_initialised(id, &identity.user, identity.expires_at)
             .await;
+        if marked.is_err() && takes_slot {
+            self.release_slots(Gauge::Sockets, &identity.user, 1).await;
+        }
         match marked {
             Ok(()) => {}
             // Two inits raced and the other one won.

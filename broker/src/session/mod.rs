@@ -21,6 +21,7 @@ use crate::Broker;
 use crate::domain::{
     CONNECTION_LIFETIME_SECS, Connection, ConnectionId, TOMBSTONE_SECS, now_ms, now_secs,
 };
+use crate::limits::Gauge;
 use crate::ports::{GatewayError, StoreError};
 use crate::protocol::{CloseCode, Protocol, parse_client_message};
 
@@ -41,6 +42,11 @@ pub enum ConnectOutcome {
         /// Why, as the client may see it.
         reason: String,
     },
+}
+
+/// Why a connection over [`crate::BrokerConfig::max_sockets_per_user`] is refused.
+pub(crate) fn too_many_sockets(limit: u64) -> String {
+    format!("too many sockets: a user may hold at most {limit} at once")
 }
 
 /// A failure of the broker's own dependencies (not of the client): the route answers 500
@@ -102,17 +108,31 @@ impl Broker {
                 reason: refusal.to_string(),
             });
         }
-        self.ports().connections.put(&connection).await?;
+        // The connection has its user now: it takes one of the user's sockets.
+        if let Some(user) = &connection.principal
+            && !self.take_slot(Gauge::Sockets, user).await?
+        {
+            return Ok(ConnectOutcome::Rejected {
+                status: 429,
+                reason: too_many_sockets(self.config().max_sockets_per_user),
+            });
+        }
+        if let Err(error) = self.ports().connections.put(&connection).await {
+            if let Some(user) = &connection.principal {
+                self.release_slots(Gauge::Sockets, user, 1).await;
+            }
+            return Err(error.into());
+        }
         Ok(ConnectOutcome::Accepted { protocol: offered })
     }
 
     /// `$disconnect`: forget the connection and everything it subscribed to.
     pub async fn disconnect(&self, id: &ConnectionId) -> Result<(), SessionError> {
+        let connection = self.ports().connections.get(id).await?;
         if self.has_hooks() {
-            let connection = self.ports().connections.get(id).await?;
             self.hooks().on_disconnect(id, connection.as_ref()).await;
         }
-        self.forget_connection(id).await
+        self.forget_and_release(id, connection.as_ref()).await
     }
 
     /// `$default`: one text frame from the client.
@@ -149,7 +169,10 @@ impl Broker {
     pub(crate) async fn post(&self, id: &ConnectionId, frame: &str) -> Result<(), SessionError> {
         match self.ports().gateway.post(id, frame).await {
             Ok(()) => Ok(()),
-            Err(GatewayError::Gone) => self.forget_connection(id).await,
+            Err(GatewayError::Gone) => {
+                let connection = self.ports().connections.get(id).await?;
+                self.forget_and_release(id, connection.as_ref()).await
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -167,17 +190,39 @@ impl Broker {
             Ok(()) | Err(GatewayError::Gone) => {}
             Err(e) => tracing::warn!(connection = %id, error = %e, "close failed"),
         }
-        self.forget_connection(id).await
+        let connection = self.ports().connections.get(id).await?;
+        self.forget_and_release(id, connection.as_ref()).await
     }
 
-    pub(crate) async fn forget_connection(&self, id: &ConnectionId) -> Result<(), SessionError> {
+    /// Forgets a connection (see [`Self::forget_connection`]) and gives the slots it held
+    /// back to its user's limits: its socket, and the subscriptions removed with it.
+    /// `connection` is the connection as stored before, `None` when it was not.
+    pub(crate) async fn forget_and_release(
+        &self,
+        id: &ConnectionId,
+        connection: Option<&Connection>,
+    ) -> Result<(), SessionError> {
+        let removed = self.forget_connection(id).await?;
+        if let Some(user) = connection.and_then(|c| c.principal.as_ref()) {
+            self.release_slots(Gauge::Sockets, user, 1).await;
+            self.release_slots(Gauge::Subscriptions, user, removed as u64)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Removes a connection and its subscriptions (returns how many); the slots they held
+    /// of their user's limits stay taken until the user's gauges are recounted
+    /// ([`crate::limits`]) unless the caller releases them ([`Self::forget_and_release`]).
+    pub(crate) async fn forget_connection(&self, id: &ConnectionId) -> Result<usize, SessionError> {
         // A `subscribe` of this connection still being handled stores nothing after this.
         let until = now_secs() + TOMBSTONE_SECS;
-        self.ports()
+        let removed = self
+            .ports()
             .subscriptions
             .close_connection(id, until)
             .await?;
         self.ports().connections.delete(id).await?;
-        Ok(())
+        Ok(removed)
     }
 }

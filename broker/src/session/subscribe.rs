@@ -1,5 +1,6 @@
 //! Storing a subscription (its document registered, the app's hook asked, the connection's
-//! limit kept, a resume begun), and ending one at the client's request.
+//! limit and the user's limits kept, a resume begun), and ending one at the client's
+//! request.
 
 use crate::Broker;
 use crate::domain::{
@@ -8,9 +9,13 @@ use crate::domain::{
 };
 use crate::graphql::{self, errors_json};
 use crate::hooks::Ending;
+use crate::limits::{Gauge, rate_limited};
 use crate::ports::{Inserted, StoreError};
 use crate::protocol::{CloseCode, Protocol};
 use crate::session::SessionError;
+
+/// The rate counter of subscribes with `resumeFrom` ([`crate::limits`]).
+const REPLAYS: &str = "replays";
 
 impl Broker {
     /// Stores the subscription `request` asks for under `key`, once its document is known
@@ -75,8 +80,40 @@ impl Broker {
             let frame = protocol.error(&operation_id, errors_json(&[error]));
             return self.post(id, &frame).await;
         }
+        // The user's limits, before anything is read of the log: a replay counts against
+        // the user's rate of replays, and the subscription takes one of the user's slots
+        // (given back below unless it is stored).
+        let replays = self.config().replay_rate;
+        if resume_from.is_some()
+            && !self
+                .take_rate(REPLAYS, replays, &subscription.principal)
+                .await?
+        {
+            let message = format!(
+                "too many resumes: at most {} per {} s; re-query, and subscribe without resumeFrom",
+                replays.max,
+                replays.window.as_secs_f64()
+            );
+            return self
+                .refuse_rate_limited(id, protocol, &operation_id, message)
+                .await;
+        }
+        let user = subscription.principal.clone();
+        if !self.take_slot(Gauge::Subscriptions, &user).await? {
+            let limit = self.config().max_subscriptions_per_user;
+            let message = format!("too many subscriptions: a user may hold at most {limit}");
+            return self
+                .refuse_rate_limited(id, protocol, &operation_id, message)
+                .await;
+        }
         let replay = match resume_from {
-            Some(cursor) => self.replay_begin(&subscription, cursor).await?,
+            Some(cursor) => match self.replay_begin(&subscription, cursor).await {
+                Ok(replay) => replay,
+                Err(error) => {
+                    self.release_slots(Gauge::Subscriptions, &user, 1).await;
+                    return Err(error);
+                }
+            },
             None => None,
         };
         // Stamped when stored: live delivery starts here, the replay covers what came before,
@@ -90,6 +127,9 @@ impl Broker {
             .subscriptions
             .insert_within(&subscription, limit)
             .await;
+        if !matches!(stored, Ok(Inserted::Stored)) {
+            self.release_slots(Gauge::Subscriptions, &user, 1).await;
+        }
         match stored {
             Ok(Inserted::Stored) => match replay {
                 Some(replay) => {
@@ -143,6 +183,9 @@ impl Broker {
         if !self.ports().subscriptions.complete(&key, until).await? {
             return Ok(());
         }
+        if let Some(user) = &connection.principal {
+            self.release_slots(Gauge::Subscriptions, user, 1).await;
+        }
         self.hooks().on_complete(&key, Ending::Client).await;
         // A legacy `stop` of a stored subscription is answered by `complete`, as
         // subscriptions-transport-ws servers do; after a `graphql-transport-ws`
@@ -168,6 +211,20 @@ impl Broker {
             format!("a connection may hold at most {limit} subscriptions"),
             None,
         );
+        self.post(id, &protocol.error(operation_id, errors_json(&[error])))
+            .await
+    }
+
+    /// The `error` for a subscribe over one of the user's limits (`extensions.code`
+    /// [`crate::RATE_LIMITED`]); the connection stays open.
+    async fn refuse_rate_limited(
+        &self,
+        id: &ConnectionId,
+        protocol: Protocol,
+        operation_id: &str,
+        message: String,
+    ) -> Result<(), SessionError> {
+        let error = rate_limited(message);
         self.post(id, &protocol.error(operation_id, errors_json(&[error])))
             .await
     }

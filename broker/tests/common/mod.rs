@@ -101,6 +101,7 @@ fn setup_on(
         replay_gate: Arc::new(subscriptions.replay_gate()),
         subscriptions: Arc::new(subscriptions),
         page_marks: Arc::new(MemoryPageMarks::default()),
+        quotas: Arc::new(broker::memory::MemoryQuotas::default()),
         events: Arc::new(MemoryEventLog::default()),
         gateway: gateway.clone(),
         fanout: with_queue.then(|| Arc::new(queue) as _),

@@ -14,6 +14,7 @@
 mod connections;
 mod events;
 mod page_marks;
+mod quotas;
 mod records;
 mod replay_gate;
 mod subscriptions;
@@ -35,6 +36,7 @@ use crate::ports::StoreError;
 pub use connections::DynamoDbConnectionStore;
 pub use events::{DynamoDbEventLog, event_from_image, event_to_image};
 pub use page_marks::DynamoDbPageMarks;
+pub use quotas::DynamoDbQuotas;
 pub use replay_gate::DynamoDbReplayGate;
 pub use subscriptions::DynamoDbSubscriptionStore;
 

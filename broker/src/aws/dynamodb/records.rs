@@ -34,6 +34,15 @@ pub(super) fn pages_partition(topic: &Topic) -> String {
     format!("#pages/{topic}")
 }
 
+/// The partition of one counter of the per-user limits (see
+/// [`super::DynamoDbQuotas`]): a single item, sort key [`QUOTA_KEY`].
+pub(super) fn quota_partition(key: &str) -> String {
+    format!("#quota/{key}")
+}
+
+/// The sort key of a counter item in its [`quota_partition`].
+pub(super) const QUOTA_KEY: &str = "#quota";
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ConnectionItem {
