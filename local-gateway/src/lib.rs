@@ -13,6 +13,8 @@
 //!   embedded queue, or ([`fanout::sqs`]) a real SQS queue.
 //! - [`aws`]: the state on DynamoDB (an emulator or an account): the tables, their
 //!   provisioning, and what the DynamoDB stream and SQS pollers read.
+//! - [`cleanup`]: closed sockets' `$disconnect`s, a bounded batch at a time, off the path
+//!   of the sockets still open.
 //! - [`events`]: the API Gateway event shapes.
 //! - [`web`]: the web app at `/` and its development sign-in (local mode only).
 //! - [`cli`]: the `broker-local` command line, for the apps a binary is built with.
@@ -21,6 +23,7 @@
 //! at this process's own Management API: every frame takes the hop it takes on AWS.
 
 pub mod aws;
+pub mod cleanup;
 pub mod cli;
 pub mod events;
 pub mod fanout;
@@ -46,6 +49,7 @@ use broker::{App, AuthConfig, Authenticator, Broker, BrokerConfig, ConfigError, 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cleanup::Cleanup;
 use crate::server::AppState;
 use crate::sockets::Sockets;
 pub use crate::web::{CorsOrigins, WebOptions};
@@ -134,6 +138,7 @@ pub struct LocalGateway {
     addr: SocketAddr,
     broker: Broker,
     sockets: Arc<Sockets>,
+    cleanup: Cleanup,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -237,11 +242,18 @@ impl LocalGateway {
             }
         };
         let sockets = Arc::new(Sockets::default());
+        let (cleanup, worker) = Cleanup::start(
+            broker.clone(),
+            options.limits.cleanup_batch,
+            options.limits.cleanup_queue,
+        );
+        tasks.push(worker);
         let app = server::router(
             AppState {
                 broker: broker.clone(),
                 sockets: sockets.clone(),
                 limits: options.limits.clone(),
+                cleanup: cleanup.clone(),
             },
             options.web.cors_origins.layer(),
         )
@@ -255,6 +267,7 @@ impl LocalGateway {
             addr,
             broker,
             sockets,
+            cleanup,
             tasks,
         })
     }
@@ -293,6 +306,11 @@ impl LocalGateway {
 
     pub fn open_sockets(&self) -> usize {
         self.sockets.len()
+    }
+
+    /// Closed sockets whose `$disconnect` has not finished yet (see [`cleanup`]).
+    pub fn cleanup_backlog(&self) -> usize {
+        self.cleanup.backlog()
     }
 
     pub async fn shutdown(self) {

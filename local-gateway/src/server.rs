@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tower_http::cors::CorsLayer;
 
+use crate::cleanup::Cleanup;
 use crate::events;
 use crate::sockets::{Socket, Sockets};
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub broker: Broker,
     pub sockets: Arc<Sockets>,
     pub limits: Limits,
+    /// Where closed sockets' `$disconnect`s wait their turn.
+    pub cleanup: Cleanup,
 }
 
 /// What one client may hold of the local gateway. The defaults are API Gateway's where it has
@@ -64,6 +67,12 @@ pub struct Limits {
     /// An HTTP request whose headers have not all arrived after this long is dropped
     /// (`HTTP_HEADER_TIMEOUT_SECS`).
     pub header_read_timeout: Duration,
+    /// `$disconnect`s of closed sockets run at once, at most (see [`crate::cleanup`]): a
+    /// live socket's store writes wait behind at most this many (default 64).
+    pub cleanup_batch: usize,
+    /// Closed sockets whose `$disconnect` waits to run, at most; a socket closing while the
+    /// queue is full waits for room, having let go of its TCP connection (default 65,536).
+    pub cleanup_queue: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +83,8 @@ impl Default for Limits {
             outbox_frames: 64,
             max_connections: 20_000,
             header_read_timeout: Duration::from_secs(10),
+            cleanup_batch: 64,
+            cleanup_queue: 65_536,
         }
     }
 }
@@ -440,17 +451,10 @@ async fn run_socket(state: AppState, id: ConnectionId, connected_at_ms: u64, soc
     // Let a queued close reach the client before the socket is dropped.
     let _ = tokio::time::timeout(CLOSE_GRACE, closed.wait_for(|c| *c)).await;
     writer.abort();
-    let event = events::websocket(
-        "$disconnect",
-        &id,
-        connected_at_ms,
-        HeaderMap::new(),
-        QueryMap::default(),
-        None,
-    );
-    if let Err(e) = graphql_api::websocket::handle(&state.broker, event).await {
-        tracing::error!(connection = %id, error = %e, "$disconnect failed");
-    }
+    drop(stream);
+    // `$disconnect` waits its turn in the clean-up, behind the sockets that closed before,
+    // and never ahead of what the open sockets ask.
+    state.cleanup.disconnected(id, connected_at_ms).await;
 }
 
 /// How long a closing socket waits for the other side.
