@@ -14,6 +14,8 @@
 //! - [`client`]: the WebSocket subscriber and the HTTP mutation client.
 //! - [`echo`]: the floor, a raw WebSocket echo round trip on loopback.
 //! - [`idle`]: `--idle-sockets`, the local gateway's memory per idle subscribed socket.
+//! - [`storm`]: `--close-storm N` (another user's `connection_init` while N sockets close at
+//!   once) and `--mutation-burst N` (N mutations at once), against `broker-local`.
 //! - [`report`]: the Markdown table, the CSV and the SVG plot.
 //! - [`backend`]: which store the in-process local mode runs on; the DynamoDB emulator.
 //! - [`limits`], [`cpu`], [`stats`], [`progress`]: machine limits, CPU time per thread
@@ -30,6 +32,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod storm;
 
 pub use config::{Config, Emulator, Mode, Remote, Target};
 pub use report::{CaseResult, Measurement, Outcome, Report, Written};

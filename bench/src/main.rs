@@ -122,6 +122,23 @@ struct Cli {
     /// resident memory before, with them open, after they closed and with them open again.
     #[arg(long, value_name = "N")]
     idle_sockets: Option<usize>,
+    /// Instead of the latency cases: start `broker-local` (--gateway-bin), open this many
+    /// subscribed sockets, drop them all at once, and time another user's `connection_init`
+    /// round trips for --probe-secs (see `storm`).
+    #[arg(long, value_name = "N")]
+    close_storm: Option<usize>,
+    /// Seconds --close-storm probes for after the drop.
+    #[arg(long, default_value_t = 30)]
+    probe_secs: u64,
+    /// Instead of the latency cases: start `broker-local` (--gateway-bin) per mode of
+    /// --modes (default direct,stream), send this many mutations at once, and count
+    /// `PUBLISH_TIMEOUT`s, lost and duplicated deliveries (see `storm`).
+    #[arg(long, value_name = "N")]
+    mutation_burst: Option<usize>,
+    /// The store of `broker-local` for --close-storm and --mutation-burst: `memory`, or a
+    /// fresh database file when not given.
+    #[arg(long)]
+    storm_store: Option<String>,
     /// The `broker-local` binary --idle-sockets starts [default: the one next to this
     /// executable].
     #[arg(long)]
@@ -226,6 +243,38 @@ fn run() -> anyhow::Result<ExitCode> {
             connect_concurrency: cli.connect_concurrency,
         };
         println!("{}", broker_bench::idle::run(&config)?.markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.close_storm.is_some() || cli.mutation_burst.is_some() {
+        let gateway_bin = cli
+            .gateway_bin
+            .clone()
+            .unwrap_or_else(broker_bench::storm::default_gateway_bin);
+        broker_bench::storm::check_gateway_bin(&gateway_bin)?;
+        let config = broker_bench::storm::StormConfig {
+            gateway_bin,
+            store: cli.storm_store.clone(),
+            connect_concurrency: cli.connect_concurrency,
+        };
+        if let Some(sockets) = cli.close_storm {
+            let window = Duration::from_secs(cli.probe_secs);
+            let report = broker_bench::storm::close_storm(&config, sockets, window)?;
+            println!("{}", broker_bench::storm::CloseStormReport::HEADER);
+            println!("{}", report.markdown());
+        }
+        if let Some(mutations) = cli.mutation_burst {
+            let modes = if cli.modes.is_empty() {
+                vec![Mode::Direct, Mode::Stream]
+            } else {
+                cli.modes.clone()
+            };
+            println!("{}", broker_bench::storm::BurstReport::HEADER);
+            for mode in modes {
+                let report =
+                    broker_bench::storm::mutation_burst(&config, mode, mutations, cli.subscribers)?;
+                println!("{}", report.markdown());
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let config = cli.config()?;

@@ -13,6 +13,8 @@
 //!   embedded queue, or ([`fanout::sqs`]) a real SQS queue.
 //! - [`aws`]: the state on DynamoDB (an emulator or an account): the tables, their
 //!   provisioning, and what the DynamoDB stream and SQS pollers read.
+//! - [`cleanup`]: closed sockets' `$disconnect`s, a bounded number at once, off the path
+//!   of the sockets still open.
 //! - [`events`]: the API Gateway event shapes.
 //! - [`web`]: the web app at `/` and its development sign-in (local mode only).
 //! - [`cli`]: the `broker-local` command line, for the apps a binary is built with.
@@ -21,6 +23,7 @@
 //! at this process's own Management API: every frame takes the hop it takes on AWS.
 
 pub mod aws;
+pub mod cleanup;
 pub mod cli;
 pub mod events;
 pub mod fanout;
@@ -48,6 +51,7 @@ use broker::{
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cleanup::Cleanup;
 use crate::server::AppState;
 use crate::sockets::Sockets;
 pub use crate::web::{CorsOrigins, WebOptions};
@@ -138,6 +142,7 @@ pub struct LocalGateway {
     broker: Broker,
     sockets: Arc<Sockets>,
     given_up: stream::GivenUp,
+    cleanup: Cleanup,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -245,11 +250,18 @@ impl LocalGateway {
             }
         };
         let sockets = Arc::new(Sockets::default());
+        let (cleanup, worker) = Cleanup::start(
+            broker.clone(),
+            options.limits.cleanup_concurrency,
+            options.limits.cleanup_queue,
+        );
+        tasks.push(worker);
         let app = server::router(
             AppState {
                 broker: broker.clone(),
                 sockets: sockets.clone(),
                 limits: options.limits.clone(),
+                cleanup: cleanup.clone(),
             },
             options.web.cors_origins.layer(),
         )
@@ -264,6 +276,7 @@ impl LocalGateway {
             broker,
             sockets,
             given_up,
+            cleanup,
             tasks,
         })
     }
@@ -313,6 +326,11 @@ impl LocalGateway {
     /// How many sockets are open now.
     pub fn open_sockets(&self) -> usize {
         self.sockets.len()
+    }
+
+    /// Closed sockets whose `$disconnect` has not finished yet (see [`cleanup`]).
+    pub fn cleanup_backlog(&self) -> usize {
+        self.cleanup.backlog()
     }
 
     /// Stops serving and waits for the server's tasks to end.

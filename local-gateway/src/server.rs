@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tower_http::cors::CorsLayer;
 
+use crate::cleanup::Cleanup;
 use crate::events;
 use crate::sockets::{Socket, Sockets, Uninitialised};
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub sockets: Arc<Sockets>,
     /// The server's own bounds (connections, message sizes, rates).
     pub limits: Limits,
+    /// Where closed sockets' `$disconnect`s wait their turn.
+    pub cleanup: Cleanup,
 }
 
 /// What one client may hold of the local gateway. The defaults are API Gateway's where it has
@@ -76,10 +79,15 @@ pub struct Limits {
     /// WebSockets one client address may hold before `connection_init` is accepted; one
     /// more upgrade from it is refused with 429, so sockets that never initialise cannot
     /// take [`Self::max_connections`] from everyone else (`MAX_UNINITIALISED_PER_ADDRESS`).
-    /// 0: unlimited. The address is the
-    /// TCP peer's: behind a reverse proxy every client has the proxy's, so raise it or set
-    /// 0 there.
+    /// 0: unlimited. The address is the TCP peer's: behind a reverse proxy every client has
+    /// the proxy's, so raise it or set 0 there.
     pub max_uninitialised_per_address: usize,
+    /// `$disconnect`s of closed sockets at work at once, at most (see [`crate::cleanup`]): a
+    /// live socket's store writes wait behind at most this many (default 64).
+    pub cleanup_concurrency: usize,
+    /// Closed sockets whose `$disconnect` waits to run, at most; a socket closing while the
+    /// queue is full waits for room, having let go of its TCP connection (default 65,536).
+    pub cleanup_queue: usize,
 }
 
 impl Default for Limits {
@@ -94,6 +102,8 @@ impl Default for Limits {
                 settings::HTTP_HEADER_TIMEOUT_SECS.default_value(),
             ),
             max_uninitialised_per_address: settings::MAX_UNINITIALISED_PER_ADDRESS.default_value(),
+            cleanup_concurrency: 64,
+            cleanup_queue: 65_536,
         }
     }
 }
@@ -108,6 +118,7 @@ impl Limits {
             max_connections: settings::MAX_CONNECTIONS.value()?,
             header_read_timeout: Duration::from_secs(settings::HTTP_HEADER_TIMEOUT_SECS.value()?),
             max_uninitialised_per_address: settings::MAX_UNINITIALISED_PER_ADDRESS.value()?,
+            ..Self::default()
         })
     }
 }
@@ -471,17 +482,11 @@ async fn run_socket(
     // Let a queued close reach the client before the socket is dropped.
     let _ = tokio::time::timeout(CLOSE_GRACE, closed.wait_for(|c| *c)).await;
     writer.abort();
-    let event = events::websocket(
-        "$disconnect",
-        &id,
-        connected_at_ms,
-        HeaderMap::new(),
-        QueryMap::default(),
-        None,
-    );
-    if let Err(e) = graphql_api::websocket::handle(&state.broker, event).await {
-        tracing::error!(connection = %id, error = %e, "$disconnect failed");
-    }
+    drop(stream);
+    drop(uninitialised);
+    // `$disconnect` waits its turn in the clean-up, behind the sockets that closed before,
+    // and never ahead of what the open sockets ask.
+    state.cleanup.disconnected(id, connected_at_ms).await;
 }
 
 /// Whether the connection's `connection_init` was accepted; `false` when it cannot be read.

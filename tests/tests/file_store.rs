@@ -206,3 +206,97 @@ async fn app_tables_keep_partitions_in_sort_order_and_refuse_a_taken_key() {
     drop(store);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Concurrent writes of every kind share the writer's transactions, and each caller gets
+/// its own result: appends refused as duplicates or as too late, and subscriptions over a
+/// connection's limit, fail alone, while every other append, connection and subscription
+/// is stored once; the event log's stream holds each accepted event exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_each_get_their_own_result_and_nothing_is_lost_or_duplicated() {
+    use broker::domain::now_ms;
+    use futures_util::future::join_all;
+
+    let dir = new_path();
+    let store = FileStore::open(dir.join("state.redb")).unwrap();
+    let log = store.events();
+    let topic = Topic::new("board/b1/cardAdded");
+    let events: Vec<Event> = (0..300)
+        .map(|n| Event::new(topic.clone(), json!({"n": n}), Audience::Everyone))
+        .collect();
+    // One in ten is appended twice (one of the two is refused), one in ten too late.
+    let appends = events.iter().enumerate().flat_map(|(n, event)| {
+        let twice = if n % 10 == 3 { 2 } else { 1 };
+        (0..twice).map(move |_| (n, event))
+    });
+    let log = &log;
+    let appended = join_all(appends.map(|(n, event)| async move {
+        let result = if n % 10 == 5 {
+            log.append_by(event, now_ms().saturating_sub(1_000)).await
+        } else {
+            log.append(event).await
+        };
+        (n, result)
+    }));
+    let connections = store.connections();
+    let subscriptions = store.subscriptions();
+    let (connections, subscriptions) = (&connections, &subscriptions);
+    let stored = join_all((0..100).map(|n| async move {
+        let c = connection(&format!("c{}", n % 50), Some("alice"));
+        connections.put(&c).await.unwrap();
+        // Two per connection, with a limit of one: one of the two is refused.
+        let s = subscription(&format!("c{}", n % 50), &format!("op{n}"), "t/1");
+        subscriptions.insert_within(&s, 1).await
+    }));
+    let (appended, stored) = tokio::join!(appended, stored);
+
+    let (mut accepted, mut duplicates) = (Vec::new(), 0);
+    for (n, result) in appended {
+        match result {
+            Ok(()) if n % 10 != 5 => accepted.push(n),
+            Err(broker::StoreError::Conflict(_)) if n % 10 == 3 => duplicates += 1,
+            Err(broker::StoreError::TooLate) if n % 10 == 5 => {}
+            other => panic!("append {n}: {other:?}"),
+        }
+    }
+    assert_eq!(duplicates, 30);
+    accepted.sort_unstable();
+    let expected: Vec<usize> = (0..300).filter(|n| n % 10 != 5).collect();
+    assert_eq!(accepted, expected);
+    // The stream holds every accepted event once, and nothing else.
+    let (streamed, next) = log.read_from(0, 1_000).await.unwrap();
+    assert_eq!(next, streamed.len() as u64);
+    let mut streamed_ids: Vec<String> = streamed.iter().map(|e| e.id.clone()).collect();
+    streamed_ids.sort();
+    let mut accepted_ids: Vec<String> = expected.iter().map(|&n| events[n].id.clone()).collect();
+    accepted_ids.sort();
+    assert_eq!(streamed_ids, accepted_ids);
+
+    let (mut inserted, mut refused) = (0, 0);
+    for result in stored {
+        match result {
+            Ok(broker::Inserted::Stored) => inserted += 1,
+            Err(broker::StoreError::LimitReached(_)) => refused += 1,
+            other => panic!("insert: {other:?}"),
+        }
+    }
+    assert_eq!((inserted, refused), (50, 50));
+    assert_eq!(
+        subscriptions
+            .by_topic(&Topic::new("t/1"))
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
+    for n in 0..50 {
+        let id = broker::ConnectionId::new(format!("c{n}"));
+        assert!(connections.get(&id).await.unwrap().is_some());
+        assert_eq!(subscriptions.count_by_connection(&id).await.unwrap(), 1);
+    }
+    // Every committed write counted once: 270 appends, 100 puts, 50 subscriptions.
+    let stats = store.write_stats();
+    assert_eq!(stats.writes, 270 + 100 + 50);
+    assert!(stats.transactions <= stats.writes);
+    drop(store);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -25,27 +25,25 @@ impl ConnectionStore for FileConnectionStore {
     async fn put(&self, connection: &Connection) -> Result<(), StoreError> {
         let connection = connection.clone();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let mut table = tx.open_table(CONNECTIONS).map_err(backend)?;
-                    let mut by_user = tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
-                    let id = connection.id.as_str();
-                    let previous = table
-                        .get(id)
-                        .map_err(backend)?
-                        .map(|v| from_json::<Connection>(v.value()))
-                        .transpose()?;
-                    if let Some(user) = previous.and_then(|c| c.principal) {
-                        by_user.remove((user.as_str(), id)).map_err(backend)?;
-                    }
-                    table
-                        .insert(id, to_json(&connection)?.as_slice())
-                        .map_err(backend)?;
-                    if let Some(user) = &connection.principal {
-                        by_user.insert((user.as_str(), id), ()).map_err(backend)?;
-                    }
-                    Ok(())
-                })
+            .write(Commit::Light, move |tx| {
+                let mut table = tx.open_table(CONNECTIONS).map_err(backend)?;
+                let mut by_user = tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
+                let id = connection.id.as_str();
+                let previous = table
+                    .get(id)
+                    .map_err(backend)?
+                    .map(|v| from_json::<Connection>(v.value()))
+                    .transpose()?;
+                if let Some(user) = previous.and_then(|c| c.principal) {
+                    by_user.remove((user.as_str(), id)).map_err(backend)?;
+                }
+                table
+                    .insert(id, to_json(&connection)?.as_slice())
+                    .map_err(backend)?;
+                if let Some(user) = &connection.principal {
+                    by_user.insert((user.as_str(), id), ()).map_err(backend)?;
+                }
+                Ok(())
             })
             .await
     }
@@ -72,40 +70,36 @@ impl ConnectionStore for FileConnectionStore {
     ) -> Result<(), StoreError> {
         let (id, user) = (id.clone(), user.clone());
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let mut table = tx.open_table(CONNECTIONS).map_err(backend)?;
-                    let found = table
-                        .get(id.as_str())
-                        .map_err(backend)?
-                        .map(|v| from_json::<Connection>(v.value()))
-                        .transpose()?;
-                    let mut connection = match found {
-                        Some(c) if !c.initialised => c,
-                        Some(_) => {
-                            return Err(StoreError::Conflict(format!(
-                                "{id} is already initialised"
-                            )));
-                        }
-                        None => return Err(StoreError::Conflict(format!("{id} does not exist"))),
-                    };
-                    let mut by_user = tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
-                    if let Some(previous) = &connection.principal {
-                        by_user
-                            .remove((previous.as_str(), id.as_str()))
-                            .map_err(backend)?;
+            .write(Commit::Light, move |tx| {
+                let mut table = tx.open_table(CONNECTIONS).map_err(backend)?;
+                let found = table
+                    .get(id.as_str())
+                    .map_err(backend)?
+                    .map(|v| from_json::<Connection>(v.value()))
+                    .transpose()?;
+                let mut connection = match found {
+                    Some(c) if !c.initialised => c,
+                    Some(_) => {
+                        return Err(StoreError::Conflict(format!("{id} is already initialised")));
                     }
-                    connection.initialised = true;
-                    connection.principal = Some(user.clone());
-                    connection.authorized_until = Some(authorized_until);
-                    table
-                        .insert(id.as_str(), to_json(&connection)?.as_slice())
-                        .map_err(backend)?;
+                    None => return Err(StoreError::Conflict(format!("{id} does not exist"))),
+                };
+                let mut by_user = tx.open_table(CONNECTIONS_BY_USER).map_err(backend)?;
+                if let Some(previous) = &connection.principal {
                     by_user
-                        .insert((user.as_str(), id.as_str()), ())
+                        .remove((previous.as_str(), id.as_str()))
                         .map_err(backend)?;
-                    Ok(())
-                })
+                }
+                connection.initialised = true;
+                connection.principal = Some(user.clone());
+                connection.authorized_until = Some(authorized_until);
+                table
+                    .insert(id.as_str(), to_json(&connection)?.as_slice())
+                    .map_err(backend)?;
+                by_user
+                    .insert((user.as_str(), id.as_str()), ())
+                    .map_err(backend)?;
+                Ok(())
             })
             .await
     }
@@ -113,22 +107,20 @@ impl ConnectionStore for FileConnectionStore {
     async fn delete(&self, id: &ConnectionId) -> Result<(), StoreError> {
         let id = id.clone();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let mut table = tx.open_table(CONNECTIONS).map_err(backend)?;
-                    let removed = table
-                        .remove(id.as_str())
+            .write(Commit::Light, move |tx| {
+                let mut table = tx.open_table(CONNECTIONS).map_err(backend)?;
+                let removed = table
+                    .remove(id.as_str())
+                    .map_err(backend)?
+                    .map(|v| from_json::<Connection>(v.value()))
+                    .transpose()?;
+                if let Some(user) = removed.and_then(|c| c.principal) {
+                    tx.open_table(CONNECTIONS_BY_USER)
                         .map_err(backend)?
-                        .map(|v| from_json::<Connection>(v.value()))
-                        .transpose()?;
-                    if let Some(user) = removed.and_then(|c| c.principal) {
-                        tx.open_table(CONNECTIONS_BY_USER)
-                            .map_err(backend)?
-                            .remove((user.as_str(), id.as_str()))
-                            .map_err(backend)?;
-                    }
-                    Ok(())
-                })
+                        .remove((user.as_str(), id.as_str()))
+                        .map_err(backend)?;
+                }
+                Ok(())
             })
             .await
     }

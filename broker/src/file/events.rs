@@ -37,35 +37,33 @@ impl FileEventLog {
         }
         let event = event.clone();
         self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let key = (event.topic.as_str(), event.id.as_str());
-                    let mut events = tx.open_table(EVENTS).map_err(backend)?;
-                    if events.get(key).map_err(backend)?.is_some() {
-                        return Err(StoreError::Conflict(format!("event {} exists", event.id)));
-                    }
-                    events
-                        .insert(key, to_json(&event)?.as_slice())
-                        .map_err(backend)?;
-                    let mut meta = tx.open_table(META).map_err(backend)?;
-                    let sequence = meta
-                        .get(NEXT_SEQUENCE)
-                        .map_err(backend)?
-                        .map_or(0, |v| v.value());
-                    meta.insert(NEXT_SEQUENCE, sequence + 1).map_err(backend)?;
-                    tx.open_table(STREAM)
-                        .map_err(backend)?
-                        .insert(sequence, key)
-                        .map_err(backend)?;
-                    tx.open_table(EXPIRY)
-                        .map_err(backend)?
-                        .insert((event.expires_at, key.0, key.1), sequence)
-                        .map_err(backend)?;
-                    if deadline_ms.is_some_and(|deadline| now_ms() > deadline) {
-                        return Err(StoreError::TooLate);
-                    }
-                    Ok(())
-                })
+            .write(Commit::Durable, move |tx| {
+                let key = (event.topic.as_str(), event.id.as_str());
+                let mut events = tx.open_table(EVENTS).map_err(backend)?;
+                if events.get(key).map_err(backend)?.is_some() {
+                    return Err(StoreError::Conflict(format!("event {} exists", event.id)));
+                }
+                events
+                    .insert(key, to_json(&event)?.as_slice())
+                    .map_err(backend)?;
+                let mut meta = tx.open_table(META).map_err(backend)?;
+                let sequence = meta
+                    .get(NEXT_SEQUENCE)
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                meta.insert(NEXT_SEQUENCE, sequence + 1).map_err(backend)?;
+                tx.open_table(STREAM)
+                    .map_err(backend)?
+                    .insert(sequence, key)
+                    .map_err(backend)?;
+                tx.open_table(EXPIRY)
+                    .map_err(backend)?
+                    .insert((event.expires_at, key.0, key.1), sequence)
+                    .map_err(backend)?;
+                if deadline_ms.is_some_and(|deadline| now_ms() > deadline) {
+                    return Err(StoreError::TooLate);
+                }
+                Ok(())
             })
             .await?;
         self.store.inner.appended.notify_one();
@@ -116,14 +114,12 @@ impl FileEventLog {
     /// in a crash hands the publisher a few events again, which it skips when delivered.
     pub async fn save_stream_position(&self, position: u64) -> Result<(), StoreError> {
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    tx.open_table(META)
-                        .map_err(backend)?
-                        .insert(STREAM_POSITION, position)
-                        .map_err(backend)?;
-                    Ok(())
-                })
+            .write(Commit::Light, move |tx| {
+                tx.open_table(META)
+                    .map_err(backend)?
+                    .insert(STREAM_POSITION, position)
+                    .map_err(backend)?;
+                Ok(())
             })
             .await
     }
@@ -136,33 +132,31 @@ impl FileEventLog {
     /// Removes the events past their expiry, as DynamoDB's TTL does; returns how many.
     pub async fn purge_expired(&self) -> Result<usize, StoreError> {
         self.store
-            .run(|store| {
-                store.write(Commit::Durable, |tx| {
-                    let now = now_secs();
-                    let mut expiry = tx.open_table(EXPIRY).map_err(backend)?;
-                    let mut events = tx.open_table(EVENTS).map_err(backend)?;
-                    let mut delivered = tx.open_table(DELIVERED).map_err(backend)?;
-                    let mut stream = tx.open_table(STREAM).map_err(backend)?;
-                    let mut expired = Vec::new();
-                    for entry in expiry
-                        .range((0, "", "")..(now + 1, "", ""))
-                        .map_err(backend)?
-                    {
-                        let (key, sequence) = entry.map_err(backend)?;
-                        let (at, topic, id) = key.value();
-                        expired.push((at, topic.to_owned(), id.to_owned(), sequence.value()));
-                    }
-                    for (at, topic, id, sequence) in &expired {
-                        let key = (topic.as_str(), id.as_str());
-                        expiry
-                            .remove((*at, topic.as_str(), id.as_str()))
-                            .map_err(backend)?;
-                        events.remove(key).map_err(backend)?;
-                        delivered.remove(key).map_err(backend)?;
-                        stream.remove(*sequence).map_err(backend)?;
-                    }
-                    Ok(expired.len())
-                })
+            .write(Commit::Durable, |tx| {
+                let now = now_secs();
+                let mut expiry = tx.open_table(EXPIRY).map_err(backend)?;
+                let mut events = tx.open_table(EVENTS).map_err(backend)?;
+                let mut delivered = tx.open_table(DELIVERED).map_err(backend)?;
+                let mut stream = tx.open_table(STREAM).map_err(backend)?;
+                let mut expired = Vec::new();
+                for entry in expiry
+                    .range((0, "", "")..(now + 1, "", ""))
+                    .map_err(backend)?
+                {
+                    let (key, sequence) = entry.map_err(backend)?;
+                    let (at, topic, id) = key.value();
+                    expired.push((at, topic.to_owned(), id.to_owned(), sequence.value()));
+                }
+                for (at, topic, id, sequence) in &expired {
+                    let key = (topic.as_str(), id.as_str());
+                    expiry
+                        .remove((*at, topic.as_str(), id.as_str()))
+                        .map_err(backend)?;
+                    events.remove(key).map_err(backend)?;
+                    delivered.remove(key).map_err(backend)?;
+                    stream.remove(*sequence).map_err(backend)?;
+                }
+                Ok(expired.len())
             })
             .await
     }
@@ -252,24 +246,22 @@ impl EventLog for FileEventLog {
     async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError> {
         let event = event.clone();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let key = (event.topic.as_str(), event.event_id.as_str());
-                    // Only events in the log carry a mark, as in DynamoDB.
-                    if tx
-                        .open_table(EVENTS)
+            .write(Commit::Light, move |tx| {
+                let key = (event.topic.as_str(), event.event_id.as_str());
+                // Only events in the log carry a mark, as in DynamoDB.
+                if tx
+                    .open_table(EVENTS)
+                    .map_err(backend)?
+                    .get(key)
+                    .map_err(backend)?
+                    .is_some()
+                {
+                    tx.open_table(DELIVERED)
                         .map_err(backend)?
-                        .get(key)
-                        .map_err(backend)?
-                        .is_some()
-                    {
-                        tx.open_table(DELIVERED)
-                            .map_err(backend)?
-                            .insert(key, ())
-                            .map_err(backend)?;
-                    }
-                    Ok(())
-                })
+                        .insert(key, ())
+                        .map_err(backend)?;
+                }
+                Ok(())
             })
             .await
     }

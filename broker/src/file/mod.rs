@@ -11,7 +11,11 @@
 //! - **Delivery marks** commit without fsync as well: a mark lost in a crash means the event
 //!   is handed to the publisher once more after the restart, to subscriptions stored since.
 //!
-//! Every call runs its transaction on tokio's blocking pool: redb's API is synchronous.
+//! Reads run on tokio's blocking pool: redb's API is synchronous. Writes go to the store's
+//! writer, which commits concurrent writes together (group commit): up to a group of them,
+//! in the order they came, in one transaction with one commit (and one fsync when any of
+//! them is durable), each caller still getting its own result; a write that fails fails
+//! alone (see `FileStore::write`). [`FileStore::write_stats`] counts both.
 //!
 //! One store per file, each with the tables it owns: the database itself ([`FileStore`],
 //! which hands out the stores), connections, subscriptions, their replay gate, the fan-out
@@ -37,7 +41,7 @@ pub use events::FileEventLog;
 pub use page_marks::FilePageMarks;
 pub use quotas::FileQuotas;
 pub use replay_gate::FileReplayGate;
-pub use store::FileStore;
+pub use store::{FileStore, WriteStats};
 pub use subscriptions::FileSubscriptionStore;
 pub use table::Table;
 

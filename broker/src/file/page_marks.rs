@@ -25,23 +25,21 @@ impl PageMarks for FilePageMarks {
     ) -> Result<(), StoreError> {
         let (topic, pages) = (topic.clone(), pages.to_vec());
         self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let mut table = tx.open_table(PAGES).map_err(backend)?;
-                    let now = now_secs();
-                    for (page, until) in page_marks(&table, &topic)? {
-                        if until <= now {
-                            table
-                                .remove((topic.as_str(), page.as_str()))
-                                .map_err(backend)?;
-                        }
+            .write(Commit::Durable, move |tx| {
+                let mut table = tx.open_table(PAGES).map_err(backend)?;
+                let now = now_secs();
+                for (page, until) in page_marks(&table, &topic)? {
+                    if until <= now {
+                        table
+                            .remove((topic.as_str(), page.as_str()))
+                            .map_err(backend)?;
                     }
-                    for page in &pages {
-                        let key = (topic.as_str(), page.as_str());
-                        table.insert(key, expires_at).map_err(backend)?;
-                    }
-                    Ok(())
-                })
+                }
+                for page in &pages {
+                    let key = (topic.as_str(), page.as_str());
+                    table.insert(key, expires_at).map_err(backend)?;
+                }
+                Ok(())
             })
             .await
     }
@@ -49,14 +47,12 @@ impl PageMarks for FilePageMarks {
     async fn page_done(&self, topic: &Topic, page: &str) -> Result<(), StoreError> {
         let (topic, page) = (topic.clone(), page.to_owned());
         self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let mut table = tx.open_table(PAGES).map_err(backend)?;
-                    table
-                        .remove((topic.as_str(), page.as_str()))
-                        .map_err(backend)?;
-                    Ok(())
-                })
+            .write(Commit::Durable, move |tx| {
+                let mut table = tx.open_table(PAGES).map_err(backend)?;
+                table
+                    .remove((topic.as_str(), page.as_str()))
+                    .map_err(backend)?;
+                Ok(())
             })
             .await
     }

@@ -10,8 +10,8 @@ use crate::domain::now_secs;
 use crate::ports::{Quotas, StoreError};
 
 /// Counters in the database file ([`FileStore::quotas`]), committed without fsync like the
-/// connections they count: every write transaction of the file is serialised, so a take's
-/// check and add are atomic. A new process starts them afresh
+/// connections they count: every write of the file runs in the writer's transaction, one
+/// after another, so a take's check and add are atomic. A new process starts them afresh
 /// ([`FileStore::forget_connections`]).
 #[derive(Clone)]
 pub struct FileQuotas {
@@ -43,19 +43,17 @@ impl Quotas for FileQuotas {
     async fn take(&self, key: &str, limit: u64, expires_at: u64) -> Result<bool, StoreError> {
         let key = key.to_owned();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let mut table = tx.open_table(QUOTAS).map_err(backend)?;
-                    let now = now_secs();
-                    let value = live(&table, &key, now)?.unwrap_or(0);
-                    if value >= limit {
-                        return Ok(false);
-                    }
-                    table
-                        .insert(key.as_str(), (value + 1, expires_at))
-                        .map_err(backend)?;
-                    Ok(true)
-                })
+            .write(Commit::Light, move |tx| {
+                let mut table = tx.open_table(QUOTAS).map_err(backend)?;
+                let now = now_secs();
+                let value = live(&table, &key, now)?.unwrap_or(0);
+                if value >= limit {
+                    return Ok(false);
+                }
+                table
+                    .insert(key.as_str(), (value + 1, expires_at))
+                    .map_err(backend)?;
+                Ok(true)
             })
             .await
     }
@@ -63,21 +61,19 @@ impl Quotas for FileQuotas {
     async fn release(&self, key: &str, n: u64) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let mut table = tx.open_table(QUOTAS).map_err(backend)?;
-                    let now = now_secs();
-                    let until = table
-                        .get(key.as_str())
-                        .map_err(backend)?
-                        .map(|e| e.value().1);
-                    if let (Some(value), Some(until)) = (live(&table, &key, now)?, until) {
-                        table
-                            .insert(key.as_str(), (value.saturating_sub(n), until))
-                            .map_err(backend)?;
-                    }
-                    Ok(())
-                })
+            .write(Commit::Light, move |tx| {
+                let mut table = tx.open_table(QUOTAS).map_err(backend)?;
+                let now = now_secs();
+                let until = table
+                    .get(key.as_str())
+                    .map_err(backend)?
+                    .map(|e| e.value().1);
+                if let (Some(value), Some(until)) = (live(&table, &key, now)?, until) {
+                    table
+                        .insert(key.as_str(), (value.saturating_sub(n), until))
+                        .map_err(backend)?;
+                }
+                Ok(())
             })
             .await
     }
@@ -85,14 +81,12 @@ impl Quotas for FileQuotas {
     async fn set(&self, key: &str, value: u64, expires_at: u64) -> Result<(), StoreError> {
         let key = key.to_owned();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let mut table = tx.open_table(QUOTAS).map_err(backend)?;
-                    table
-                        .insert(key.as_str(), (value, expires_at))
-                        .map_err(backend)?;
-                    Ok(())
-                })
+            .write(Commit::Light, move |tx| {
+                let mut table = tx.open_table(QUOTAS).map_err(backend)?;
+                table
+                    .insert(key.as_str(), (value, expires_at))
+                    .map_err(backend)?;
+                Ok(())
             })
             .await
     }

@@ -1,5 +1,7 @@
 //! The subscription store in the database file.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ::redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use async_trait::async_trait;
 
@@ -77,15 +79,26 @@ fn remove_tombstones_of(
 }
 
 /// Drops the expired tombstones and closed connections once they are many: what is held is
-/// bounded by what the tombstones' window holds.
-fn prune_expired(tx: &WriteTransaction, now: u64) -> Result<(), StoreError> {
+/// bounded by what the tombstones' window holds. A table is scanned when it holds
+/// [`PRUNE_AT`] entries and twice what its last scan left (`marks`, per table), so scans
+/// cost each write a constant on average, however many entries are still within their
+/// window: thousands of sockets closed at once are as many live entries in `CLOSED`.
+fn prune_expired(
+    tx: &WriteTransaction,
+    now: u64,
+    marks: &[AtomicU64; 2],
+) -> Result<(), StoreError> {
     let mut tombstones = tx.open_table(TOMBSTONES).map_err(backend)?;
-    if tombstones.len().map_err(backend)? >= PRUNE_AT {
+    if tombstones.len().map_err(backend)? >= PRUNE_AT.max(marks[0].load(Ordering::Relaxed)) {
         tombstones.retain(|_, until| until > now).map_err(backend)?;
+        let left = tombstones.len().map_err(backend)?;
+        marks[0].store(2 * left, Ordering::Relaxed);
     }
     let mut closed = tx.open_table(CLOSED).map_err(backend)?;
-    if closed.len().map_err(backend)? >= PRUNE_AT {
+    if closed.len().map_err(backend)? >= PRUNE_AT.max(marks[1].load(Ordering::Relaxed)) {
         closed.retain(|_, until| until > now).map_err(backend)?;
+        let left = closed.len().map_err(backend)?;
+        marks[1].store(2 * left, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -122,57 +135,55 @@ impl SubscriptionStore for FileSubscriptionStore {
     ) -> Result<Inserted, StoreError> {
         let subscription = subscription.clone();
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    let key = &subscription.key;
-                    let now = now_secs();
-                    let mut topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
-                    let id = (key.connection_id.as_str(), key.operation_id.as_str());
-                    if topics.get(id).map_err(backend)?.is_some() {
-                        return Err(StoreError::Conflict(format!(
-                            "subscription {} already exists",
-                            key.encode()
-                        )));
-                    }
-                    let closed = tx
-                        .open_table(CLOSED)
-                        .map_err(backend)?
-                        .get(key.connection_id.as_str())
-                        .map_err(backend)?
-                        .is_some_and(|until| until.value() > now);
-                    if closed {
-                        return Ok(Inserted::ConnectionClosed);
-                    }
-                    let tombstone = tx
-                        .open_table(TOMBSTONES)
-                        .map_err(backend)?
-                        .remove(id)
-                        .map_err(backend)?
-                        .is_some_and(|until| until.value() > now);
-                    if tombstone {
-                        return Ok(Inserted::Completed);
-                    }
-                    // Counted in the write transaction, which is the only one: the limit holds
-                    // whatever runs concurrently.
-                    let held = operations_of(&topics, &key.connection_id)?.len();
-                    if held >= max_per_connection {
-                        return Err(StoreError::LimitReached(format!(
-                            "{} holds {held} subscriptions",
-                            key.connection_id
-                        )));
-                    }
-                    topics
-                        .insert(id, subscription.topic.as_str())
-                        .map_err(backend)?;
-                    tx.open_table(SUBSCRIPTIONS)
-                        .map_err(backend)?
-                        .insert(
-                            (subscription.topic.as_str(), key.encode().as_str()),
-                            to_json(&subscription)?.as_slice(),
-                        )
-                        .map_err(backend)?;
-                    Ok(Inserted::Stored)
-                })
+            .write(Commit::Light, move |tx| {
+                let key = &subscription.key;
+                let now = now_secs();
+                let mut topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
+                let id = (key.connection_id.as_str(), key.operation_id.as_str());
+                if topics.get(id).map_err(backend)?.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "subscription {} already exists",
+                        key.encode()
+                    )));
+                }
+                let closed = tx
+                    .open_table(CLOSED)
+                    .map_err(backend)?
+                    .get(key.connection_id.as_str())
+                    .map_err(backend)?
+                    .is_some_and(|until| until.value() > now);
+                if closed {
+                    return Ok(Inserted::ConnectionClosed);
+                }
+                let tombstone = tx
+                    .open_table(TOMBSTONES)
+                    .map_err(backend)?
+                    .remove(id)
+                    .map_err(backend)?
+                    .is_some_and(|until| until.value() > now);
+                if tombstone {
+                    return Ok(Inserted::Completed);
+                }
+                // Counted in the write transaction, which is the only one: the limit holds
+                // whatever runs concurrently.
+                let held = operations_of(&topics, &key.connection_id)?.len();
+                if held >= max_per_connection {
+                    return Err(StoreError::LimitReached(format!(
+                        "{} holds {held} subscriptions",
+                        key.connection_id
+                    )));
+                }
+                topics
+                    .insert(id, subscription.topic.as_str())
+                    .map_err(backend)?;
+                tx.open_table(SUBSCRIPTIONS)
+                    .map_err(backend)?
+                    .insert(
+                        (subscription.topic.as_str(), key.encode().as_str()),
+                        to_json(&subscription)?.as_slice(),
+                    )
+                    .map_err(backend)?;
+                Ok(Inserted::Stored)
             })
             .await
     }
@@ -182,23 +193,21 @@ impl SubscriptionStore for FileSubscriptionStore {
         key: &SubscriptionKey,
         tombstone_until: u64,
     ) -> Result<bool, StoreError> {
-        let key = key.clone();
+        let (key, marks) = (key.clone(), self.store.inner.prune_at.clone());
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    if remove_subscription(tx, &key)? {
-                        return Ok(true);
-                    }
-                    prune_expired(tx, now_secs())?;
-                    tx.open_table(TOMBSTONES)
-                        .map_err(backend)?
-                        .insert(
-                            (key.connection_id.as_str(), key.operation_id.as_str()),
-                            tombstone_until,
-                        )
-                        .map_err(backend)?;
-                    Ok(false)
-                })
+            .write(Commit::Light, move |tx| {
+                if remove_subscription(tx, &key)? {
+                    return Ok(true);
+                }
+                prune_expired(tx, now_secs(), &marks)?;
+                tx.open_table(TOMBSTONES)
+                    .map_err(backend)?
+                    .insert(
+                        (key.connection_id.as_str(), key.operation_id.as_str()),
+                        tombstone_until,
+                    )
+                    .map_err(backend)?;
+                Ok(false)
             })
             .await
     }
@@ -208,25 +217,23 @@ impl SubscriptionStore for FileSubscriptionStore {
         id: &ConnectionId,
         closed_until: u64,
     ) -> Result<usize, StoreError> {
-        let id = id.clone();
+        let (id, marks) = (id.clone(), self.store.inner.prune_at.clone());
         self.store
-            .run(move |store| {
-                store.write(Commit::Light, |tx| {
-                    prune_expired(tx, now_secs())?;
-                    tx.open_table(CLOSED)
-                        .map_err(backend)?
-                        .insert(id.as_str(), closed_until)
-                        .map_err(backend)?;
-                    remove_tombstones_of(tx, &id)?;
-                    let keys = {
-                        let topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
-                        operations_of(&topics, &id)?
-                    };
-                    for (key, _) in &keys {
-                        remove_subscription(tx, key)?;
-                    }
-                    Ok(keys.len())
-                })
+            .write(Commit::Light, move |tx| {
+                prune_expired(tx, now_secs(), &marks)?;
+                tx.open_table(CLOSED)
+                    .map_err(backend)?
+                    .insert(id.as_str(), closed_until)
+                    .map_err(backend)?;
+                remove_tombstones_of(tx, &id)?;
+                let keys = {
+                    let topics = tx.open_table(SUBSCRIPTION_TOPICS).map_err(backend)?;
+                    operations_of(&topics, &id)?
+                };
+                for (key, _) in &keys {
+                    remove_subscription(tx, key)?;
+                }
+                Ok(keys.len())
             })
             .await
     }
@@ -248,7 +255,7 @@ impl SubscriptionStore for FileSubscriptionStore {
     async fn delete(&self, key: &SubscriptionKey) -> Result<bool, StoreError> {
         let key = key.clone();
         self.store
-            .run(move |store| store.write(Commit::Light, |tx| remove_subscription(tx, &key)))
+            .write(Commit::Light, move |tx| remove_subscription(tx, &key))
             .await
     }
 

@@ -99,18 +99,16 @@ impl<V: Serialize + DeserializeOwned + Send + 'static> Table<V> {
         let (name, partition, sort) = (self.name.clone(), partition.to_owned(), sort.to_owned());
         let bytes = to_json(value)?;
         self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let mut table = tx.open_table(Self::definition(&name)).map_err(backend)?;
-                    let key = (partition.as_str(), sort.as_str());
-                    if only_new && table.get(key).map_err(backend)?.is_some() {
-                        return Err(StoreError::Conflict(format!(
-                            "{name}: ({partition}, {sort}) exists"
-                        )));
-                    }
-                    table.insert(key, bytes.as_slice()).map_err(backend)?;
-                    Ok(())
-                })
+            .write(Commit::Durable, move |tx| {
+                let mut table = tx.open_table(Self::definition(&name)).map_err(backend)?;
+                let key = (partition.as_str(), sort.as_str());
+                if only_new && table.get(key).map_err(backend)?.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "{name}: ({partition}, {sort}) exists"
+                    )));
+                }
+                table.insert(key, bytes.as_slice()).map_err(backend)?;
+                Ok(())
             })
             .await
     }
@@ -119,14 +117,12 @@ impl<V: Serialize + DeserializeOwned + Send + 'static> Table<V> {
     pub async fn delete(&self, partition: &str, sort: &str) -> Result<bool, StoreError> {
         let (name, partition, sort) = (self.name.clone(), partition.to_owned(), sort.to_owned());
         self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let mut table = tx.open_table(Self::definition(&name)).map_err(backend)?;
-                    Ok(table
-                        .remove((partition.as_str(), sort.as_str()))
-                        .map_err(backend)?
-                        .is_some())
-                })
+            .write(Commit::Durable, move |tx| {
+                let mut table = tx.open_table(Self::definition(&name)).map_err(backend)?;
+                Ok(table
+                    .remove((partition.as_str(), sort.as_str()))
+                    .map_err(backend)?
+                    .is_some())
             })
             .await
     }
@@ -160,26 +156,24 @@ impl<V: Serialize + DeserializeOwned + Send + 'static> Table<V> {
     pub async fn delete_partition(&self, partition: &str) -> Result<usize, StoreError> {
         let (name, partition) = (self.name.clone(), partition.to_owned());
         self.store
-            .run(move |store| {
-                store.write(Commit::Durable, |tx| {
-                    let mut table = tx.open_table(Self::definition(&name)).map_err(backend)?;
-                    let mut sorts = Vec::new();
-                    for entry in table.range((partition.as_str(), "")..).map_err(backend)? {
-                        let (key, _) = entry.map_err(backend)?;
-                        let (p, sort) = key.value();
-                        if p != partition.as_str() {
-                            break;
-                        }
-                        sorts.push(sort.to_owned());
+            .write(Commit::Durable, move |tx| {
+                let mut table = tx.open_table(Self::definition(&name)).map_err(backend)?;
+                let mut sorts = Vec::new();
+                for entry in table.range((partition.as_str(), "")..).map_err(backend)? {
+                    let (key, _) = entry.map_err(backend)?;
+                    let (p, sort) = key.value();
+                    if p != partition.as_str() {
+                        break;
                     }
-                    for sort in &sorts {
-                        table
-                            .remove((partition.as_str(), sort.as_str()))
-                            .map_err(backend)?;
-                    }
-                    let removed = sorts.len();
-                    Ok(removed)
-                })
+                    sorts.push(sort.to_owned());
+                }
+                for sort in &sorts {
+                    table
+                        .remove((partition.as_str(), sort.as_str()))
+                        .map_err(backend)?;
+                }
+                let removed = sorts.len();
+                Ok(removed)
             })
             .await
     }
