@@ -193,6 +193,7 @@ pub fn run(config: &IdleConfig) -> anyhow::Result<IdleReport> {
             secret: broker::auth::DEVELOPMENT_SECRET.to_owned(),
             issuer: None,
             audience: None,
+            leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         })
         .mint("bench-user", 3_600);
         let http = GraphqlHttp::new(&format!("{base}/graphql"), &token)?;

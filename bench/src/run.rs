@@ -184,6 +184,7 @@ fn local_options(config: &Config, mode: Mode) -> Options {
             secret: SECRET.to_owned(),
             issuer: None,
             audience: None,
+            leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         },
         key_set: None,
         broker: broker_config(config, mode),

@@ -122,6 +122,7 @@ fn mint(user: &str) -> String {
         secret: broker::auth::DEVELOPMENT_SECRET.to_owned(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint(user, 3_600)
 }

@@ -36,8 +36,9 @@ pub const MAX_SUBJECT_BYTES: usize = 256;
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// Seconds of clock skew tolerated between the token's issuer and the broker.
-pub const LEEWAY_SECS: u64 = 30;
+/// Seconds of clock skew tolerated between the token's issuer and the broker by default
+/// (`JWT_LEEWAY_SECS`): a token's authority ends this long after its `exp`.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
 
 /// Why a token was refused. `Display` is all a client sees; [`AuthError::detail`] is for the
 /// log.
@@ -46,7 +47,7 @@ pub enum AuthError {
     /// No token was presented where one is required.
     #[error("missing token")]
     MissingToken,
-    /// The token's `exp` has passed (beyond [`LEEWAY_SECS`]).
+    /// The token's `exp` has passed, by more than the leeway ([`AuthConfig::leeway_secs`]).
     #[error("token expired")]
     Expired,
     /// The token is malformed, badly signed or breaks a rule; the string says which, for the log.
@@ -79,7 +80,9 @@ pub struct Identity {
     pub user: UserId,
     /// The token's `roles` claim, empty without one.
     pub roles: Vec<String>,
-    /// The token's `exp`, in seconds since the Unix epoch.
+    /// The first second (since the Unix epoch) the token is refused: the second after its
+    /// `exp` plus the verifier's leeway ([`verify_jwt`] works it out). From then on a
+    /// connection is closed with 4403 and no request runs, whatever the path.
     pub expires_at: u64,
 }
 
@@ -100,10 +103,14 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// The `aud` every token must carry (`JWT_AUDIENCE`), if set.
     pub audience: Option<String>,
+    /// Seconds of clock skew tolerated (`JWT_LEEWAY_SECS`, [`DEFAULT_LEEWAY_SECS`]): a token
+    /// is accepted until its `exp` plus this, on HTTP and WebSocket alike, and a socket is
+    /// closed then.
+    pub leeway_secs: u64,
 }
 
 impl AuthConfig {
-    /// Reads `JWT_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE` ([`crate::settings`]). Without a
+    /// Reads `JWT_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_LEEWAY_SECS` ([`crate::settings`]). Without a
     /// secret (unset or empty), `fallback_secret` is used if given (the local mode), else it
     /// is an error.
     pub fn from_env(fallback_secret: Option<&str>) -> Result<Self, AuthError> {
@@ -111,30 +118,40 @@ impl AuthConfig {
         let text = |var: &settings::Var<String>| var.get().ok().flatten();
         let secret = text(&settings::JWT_SECRET)
             .or_else(|| fallback_secret.map(str::to_owned))
-            .ok_or_else(|| AuthError::invalid("JWT_SECRET is not set"))?;
+            .ok_or_else(|| AuthError::invalid("JWT_SECRET is not set or empty"))?;
         Ok(Self {
             secret,
             issuer: text(&settings::JWT_ISSUER),
             audience: text(&settings::JWT_AUDIENCE),
+            leeway_secs: settings::JWT_LEEWAY_SECS
+                .value()
+                .map_err(|e| AuthError::invalid(e.to_string()))?,
         })
     }
 
     /// The validation every verifier starts from: `alg` pinned, `exp` and `sub` required,
-    /// `nbf` checked, a configured `iss` or `aud` required and compared.
+    /// `nbf` checked, a configured `iss` or `aud` required and compared, the leeway applied.
     pub fn validation(&self, algorithm: Algorithm) -> Validation {
-        validation(algorithm, self.issuer.as_deref(), self.audience.as_deref())
+        validation(
+            algorithm,
+            self.issuer.as_deref(),
+            self.audience.as_deref(),
+            self.leeway_secs,
+        )
     }
 }
 
-/// A [`Validation`] for one algorithm, with an optional required issuer and audience.
+/// A [`Validation`] for one algorithm, with an optional required issuer and audience, and
+/// `leeway_secs` of clock skew tolerated for `exp` and `nbf`.
 pub fn validation(
     algorithm: Algorithm,
     issuer: Option<&str>,
     audience: Option<&str>,
+    leeway_secs: u64,
 ) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.algorithms = vec![algorithm];
-    validation.leeway = LEEWAY_SECS;
+    validation.leeway = leeway_secs;
     validation.validate_nbf = true;
     // A configured `iss` or `aud` must also be present: jsonwebtoken only compares the
     // claims a token carries unless they are required.
@@ -156,7 +173,9 @@ pub fn validation(
 
 /// Verifies `token` with `key` under `validation`, then applies the rules jsonwebtoken leaves
 /// to its caller (RFC 8725): no `crit`, registered claims of their registered types, a
-/// printable bounded `sub`.
+/// printable bounded `sub`. The identity's authority ends when jsonwebtoken starts refusing
+/// the token (it accepts it through the second `exp` plus the leeway), so a socket closes
+/// when a request with the same token would be refused.
 pub fn verify_jwt(
     token: &str,
     key: &DecodingKey,
@@ -172,7 +191,11 @@ pub fn verify_jwt(
             _ => AuthError::invalid(e.to_string()),
         })?
         .claims;
-    check_claims(&claims)
+    let identity = check_claims(&claims)?;
+    Ok(Identity {
+        expires_at: identity.expires_at.saturating_add(validation.leeway + 1),
+        ..identity
+    })
 }
 
 /// Header rules that hold whatever the key: an unknown critical extension must be refused
@@ -592,6 +615,7 @@ mod tests {
             secret: "s".repeat(32),
             issuer: issuer.map(Into::into),
             audience: audience.map(Into::into),
+            leeway_secs: crate::auth::DEFAULT_LEEWAY_SECS,
         })
     }
 
@@ -632,7 +656,9 @@ mod tests {
         let a = auth(Some("app"), Some("broker"));
         let identity = a.authenticate(&a.mint("user-a", 60)).await.unwrap();
         assert_eq!(identity.user, UserId::new("user-a"));
-        assert!((now_secs() + 59..=now_secs() + 60).contains(&identity.expires_at));
+        // Refused from the second after `exp` plus the leeway.
+        let end = 60 + DEFAULT_LEEWAY_SECS + 1;
+        assert!((now_secs() + end - 1..=now_secs() + end).contains(&identity.expires_at));
         assert_eq!(
             a.verify_bearer(Some(&format!("Bearer {}", a.mint("u", 60))))
                 .await,
@@ -647,6 +673,7 @@ mod tests {
             secret: "x".repeat(32),
             issuer: Some("app".into()),
             audience: Some("broker".into()),
+            leeway_secs: crate::auth::DEFAULT_LEEWAY_SECS,
         });
         assert_eq!(
             refusal(&a, &other_secret.mint("u", 60)).await,

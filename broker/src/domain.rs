@@ -98,8 +98,9 @@ pub struct Connection {
     pub connected_at_ms: u64,
     /// Seconds since the Unix epoch after which the record is dead (DynamoDB TTL).
     pub expires_at: u64,
-    /// The `exp` of the token the principal was verified with: from that second on the
-    /// connection speaks for nobody and is closed with 4403.
+    /// When the authority of the token the principal was verified with ends
+    /// ([`crate::auth::Identity::expires_at`]: its `exp` and the leeway): from that second on
+    /// the connection speaks for nobody and is closed with 4403.
     #[serde(default)]
     pub authorized_until: Option<u64>,
 }

@@ -94,6 +94,7 @@
 //!     secret: "a-secret-of-at-least-thirty-two-bytes".into(),
 //!     issuer: None,
 //!     audience: None,
+//!     leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
 //! });
 //! let schema = NotesApp.schema(&Storage::Memory)?;
 //! let broker = Broker::new(schema, ports, auth, BrokerConfig::default());

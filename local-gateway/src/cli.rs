@@ -177,8 +177,9 @@ fn or_env_opt<T>(flag: Option<T>, var: &settings::Var<T>) -> Result<Option<T>, C
 }
 
 async fn serve(listen: SocketAddr, options: Options) -> anyhow::Result<()> {
-    if !settings::JWT_SECRET.is_present() {
-        tracing::warn!("JWT_SECRET is not set: using the documented development secret");
+    // Unset and empty are one case (the settings' rule for `JWT_SECRET`): the same warning.
+    if settings::JWT_SECRET.get()?.is_none() && options.key_set.is_none() {
+        tracing::warn!("JWT_SECRET is not set or empty: using the documented development secret");
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await

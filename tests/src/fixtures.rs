@@ -41,6 +41,7 @@ pub fn fixture_authenticator() -> Authenticator {
         secret: "fixture-secret-0123456789-0123456789".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
 }
 

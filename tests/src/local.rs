@@ -29,6 +29,7 @@ pub fn options(mode: DeliveryMode) -> Options {
             secret: SECRET.to_owned(),
             issuer: None,
             audience: None,
+            leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         },
         key_set: None,
         broker: BrokerConfig {

@@ -44,6 +44,7 @@ async fn broker_on(ports: Ports, config: BrokerConfig) -> Broker {
         secret: "fanout-test-secret-0123456789-0123456789".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     Broker::new(build_schema(boards), ports, auth, config)
 }

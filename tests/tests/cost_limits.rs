@@ -338,6 +338,7 @@ async fn rig(with_queue: bool) -> Rig {
         secret: "fixture-secret-0123456789-0123456789".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     let token = auth.mint(USER, 600);
     let config = BrokerConfig {

@@ -197,6 +197,7 @@ async fn a_kill_mid_fan_out_loses_no_saved_change_and_no_accepted_event() {
         secret: SECRET.to_owned(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint("alice", 3600);
 

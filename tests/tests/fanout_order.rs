@@ -215,6 +215,7 @@ async fn watched_board(x_failures: usize, config: BrokerConfig) -> Watched {
         secret: "fanout-order-secret-0123456789-0123456789".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     let broker = Broker::new(build_schema(boards), ports, auth, config);
     for connection in [&x, &y] {

@@ -63,23 +63,95 @@ async fn a_query_string_token_expires_as_well() {
     gateway.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_token_past_exp_but_within_the_leeway_is_closed_with_4403_at_init() {
-    let gateway = start(embedded()).await;
-    let secret = SECRET.as_bytes();
-    let past = broker::domain::now_secs() - 5;
-    let token = jsonwebtoken::encode(
+/// A token signed with the tests' secret for `user`, whose `exp` is `exp`.
+fn token_expiring_at(user: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"sub": "alice", "exp": past}),
-        &jsonwebtoken::EncodingKey::from_secret(secret),
+        &json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
-    .unwrap();
-    let mut tab = WsClient::connect(&gateway, Some("graphql-transport-ws"), None)
+    .unwrap()
+}
+
+/// Whether a mutation with `token` runs over HTTP, and whether a socket initialised with it
+/// is acknowledged (`Some(true)`), or closed with 4403 (`Some(false)`).
+async fn accepted_on_both_paths(
+    gateway: &local_gateway::LocalGateway,
+    token: &str,
+) -> (bool, bool) {
+    let body = http_graphql(
+        gateway,
+        token,
+        "mutation { createBoard(title: \"t\") { id } }",
+        json!({}),
+    )
+    .await;
+    let http = body["data"]["createBoard"]["id"].is_string();
+    if !http {
+        assert_eq!(body["errors"][0]["message"], "token expired", "{body}");
+    }
+    let mut tab = WsClient::connect(gateway, Some("graphql-transport-ws"), None)
         .await
         .unwrap();
     tab.send(json!({"type": "connection_init", "payload": {"token": token}}))
         .await;
+    // graphql-transport-ws answers a refused init with the close alone.
+    let socket = match tab.recv().await {
+        Ok(message) => {
+            assert_eq!(message["type"], "connection_ack", "{message}");
+            true
+        }
+        Err(closed) => {
+            assert!(closed.to_string().contains("4403"), "{closed}");
+            false
+        }
+    };
+    (http, socket)
+}
+
+#[tokio::test]
+async fn one_leeway_rule_holds_for_http_and_sockets() {
+    // The default leeway: a token 2 s past `exp` is still accepted on both paths, one past
+    // `exp` plus the leeway on neither.
+    let gateway = start(embedded()).await;
+    let leeway = broker::auth::DEFAULT_LEEWAY_SECS;
+    let now = broker::domain::now_secs();
+    let within = token_expiring_at("alice", now - 2);
+    assert_eq!(
+        accepted_on_both_paths(&gateway, &within).await,
+        (true, true)
+    );
+    let beyond = token_expiring_at("alice", now - leeway - 5);
+    assert_eq!(
+        accepted_on_both_paths(&gateway, &beyond).await,
+        (false, false)
+    );
+    gateway.shutdown().await;
+
+    // No leeway: a token past its `exp` is refused on both paths.
+    let mut options = embedded();
+    options.auth.leeway_secs = 0;
+    let gateway = start(options).await;
+    let past = token_expiring_at("alice", broker::domain::now_secs() - 2);
+    assert_eq!(
+        accepted_on_both_paths(&gateway, &past).await,
+        (false, false)
+    );
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_is_closed_when_a_request_with_its_token_would_be_refused() {
+    // A socket whose token expires in 1 s, with a leeway of 1 s: when it is closed (4403),
+    // the same token is refused over HTTP.
+    let mut options = embedded();
+    options.auth.leeway_secs = 1;
+    let gateway = start(options).await;
+    let token = short_token(&gateway, "alice", 1);
+    let mut tab = WsClient::ready(&gateway, "graphql-transport-ws", &token).await;
     assert_eq!(tab.closed().await.unwrap(), 4403);
+    let body = http_graphql(&gateway, &token, "{ __typename }", json!({})).await;
+    assert_eq!(body["errors"][0]["message"], "token expired", "{body}");
     gateway.shutdown().await;
 }
 

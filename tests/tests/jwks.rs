@@ -97,6 +97,7 @@ async fn provider_tokens_work_on_every_path_and_forged_ones_on_none() {
         secret: local::SECRET.into(),
         issuer: Some(ISSUER.into()),
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint("alice", 600);
     for bad in [&forged, &hs256] {

@@ -89,6 +89,7 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
         secret: SECRET.into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint(USER, 600);
 

@@ -39,6 +39,7 @@ fn foreign_token() -> String {
         secret: "another-secret-that-signs-nothing-here-0123".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint(USER, 600)
 }

@@ -210,6 +210,7 @@ async fn run_reconnect_with_restart(script: &str, mode: DeliveryMode) -> Value {
         secret: SECRET.to_owned(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint("alice", 3600);
     let created: Value = reqwest::Client::new()

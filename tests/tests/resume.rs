@@ -562,6 +562,7 @@ impl Raced {
             secret: SECRET.into(),
             issuer: None,
             audience: None,
+            leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         });
         let config = BrokerConfig {
             delivery_mode: DeliveryMode::Direct,
@@ -778,6 +779,7 @@ fn broker_on(events: Arc<dyn EventLog>, config: BrokerConfig) -> Broker {
         secret: SECRET.into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::default()));
     Broker::new(schema, ports, auth, config)

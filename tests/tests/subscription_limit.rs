@@ -56,6 +56,7 @@ async fn concurrent_subscribes_stay_within_the_limit(
         secret: "limit-test-secret-0123456789-0123456789".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     let token = auth.mint("user-a", 600);
     let config = BrokerConfig {

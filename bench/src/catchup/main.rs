@@ -153,6 +153,7 @@ fn options(backend: Backend) -> Options {
             secret: SECRET.to_owned(),
             issuer: None,
             audience: None,
+            leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         },
         key_set: None,
         // One user resumes many times over: what a replay costs, not the per-user rate

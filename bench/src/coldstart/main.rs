@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         secret: SECRET.into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     })
     .mint(USER, 3600);
 

@@ -112,6 +112,7 @@ pub(crate) fn run(interleaved: bool) -> anyhow::Result<()> {
             secret: "publisher-bench-secret-0123456789-0123".into(),
             issuer: None,
             audience: None,
+            leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         });
         let token = auth.mint("attacker", 600);
         let subscriptions = MemorySubscriptionStore::default();

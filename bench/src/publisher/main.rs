@@ -501,6 +501,7 @@ async fn publisher_case(
         secret: "publisher-bench-secret-0123456789-0123".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     let board = Board {
         id: BOARD.into(),

@@ -57,6 +57,8 @@ pub struct JwksConfig {
     pub audience: Option<String>,
     /// The algorithms accepted; asymmetric ones only.
     pub algorithms: Vec<Algorithm>,
+    /// Seconds of clock skew tolerated (`JWT_LEEWAY_SECS`), as [`super::AuthConfig::leeway_secs`].
+    pub leeway_secs: u64,
     /// Keys older than this are fetched again before use.
     pub max_age: Duration,
     /// At most one refresh for an unknown `kid` per this interval.
@@ -72,13 +74,15 @@ impl JwksConfig {
             issuer: None,
             audience: None,
             algorithms: settings::JWT_ALGORITHMS.default_value(),
+            leeway_secs: settings::JWT_LEEWAY_SECS.default_value(),
             max_age: Duration::from_secs(3600),
             min_refresh_interval: Duration::from_secs(30),
         }
     }
 
     /// Reads `JWT_JWKS_URL` (`None` when unset: the HS256 secret is used), `JWT_ISSUER`,
-    /// `JWT_AUDIENCE` and `JWT_ALGORITHMS` (a comma-separated list, default `RS256`), as
+    /// `JWT_AUDIENCE`, `JWT_ALGORITHMS` (a comma-separated list, default `RS256`) and
+    /// `JWT_LEEWAY_SECS`, as
     /// declared in [`crate::settings`].
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         let Some(url) = settings::JWT_JWKS_URL.get()? else {
@@ -88,6 +92,7 @@ impl JwksConfig {
         config.issuer = settings::JWT_ISSUER.get()?;
         config.audience = settings::JWT_AUDIENCE.get()?;
         config.algorithms = settings::JWT_ALGORITHMS.value()?;
+        config.leeway_secs = settings::JWT_LEEWAY_SECS.value()?;
         Ok(Some(config))
     }
 }
@@ -236,6 +241,7 @@ impl TokenVerifier for JwksVerifier {
             header.alg,
             self.config.issuer.as_deref(),
             self.config.audience.as_deref(),
+            self.config.leeway_secs,
         );
         self.key_for(kid, header.alg, |key| {
             verify_jwt(token, &key.decoding, &validation)

@@ -55,7 +55,8 @@ impl Broker {
         }
         let identity = match self.init_identity(connection, payload.as_ref()).await {
             Ok(identity) if identity.expires_at <= now_secs() => {
-                // Within the verifier's clock-skew leeway, but past `exp`.
+                // Past the end of its authority (`exp` and the leeway): a verifier of the
+                // app's own may hand such an identity back.
                 return self.close_expired(id).await;
             }
             Ok(identity) => identity,

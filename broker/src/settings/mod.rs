@@ -198,12 +198,6 @@ impl<T> Var<T> {
             .transpose()
     }
 
-    /// Whether the variable is in the environment at all, even empty (the local mode warns
-    /// when `JWT_SECRET` is not).
-    pub fn is_present(&self) -> bool {
-        std::env::var(self.name).is_ok()
-    }
-
     /// The declared default, parsed: the value a struct's `Default` gives its field.
     ///
     /// # Panics

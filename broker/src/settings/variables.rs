@@ -52,6 +52,19 @@ pub const JWT_AUDIENCE: Var<String> = Var {
     parse: text,
 };
 
+/// Seconds of clock skew tolerated: a token's authority ends this long after its `exp`, on
+/// every path (at most 300).
+pub const JWT_LEEWAY_SECS: Var<u64> = Var {
+    setting: Setting {
+        name: "JWT_LEEWAY_SECS",
+        meaning: "seconds of clock skew tolerated between the token's issuer and the broker: a token is accepted until `exp` plus this (and from `nbf` minus this), and a socket is closed with 4403 then, on HTTP and WebSocket alike (0 to 300)",
+        fallback: Fallback::Value("5"),
+        place: Place::Both(Template::Default(TUNED_IN_CODE)),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.min(300)),
+};
+
 /// An identity provider's key set; when set, `JWT_SECRET` is not used.
 pub const JWT_JWKS_URL: Var<String> = Var {
     setting: Setting {
@@ -724,6 +737,7 @@ pub const ALL: &[&Setting] = &[
     &JWT_SECRET.setting,
     &JWT_ISSUER.setting,
     &JWT_AUDIENCE.setting,
+    &JWT_LEEWAY_SECS.setting,
     &JWT_JWKS_URL.setting,
     &JWT_ALGORITHMS.setting,
     &DELIVERY_MODE.setting,
@@ -791,6 +805,7 @@ mod tests {
             }
         }
         check(&JWT_ALGORITHMS);
+        check(&JWT_LEEWAY_SECS);
         check(&DELIVERY_MODE);
         check(&FANOUT_THRESHOLD);
         check(&FANOUT_PAGE_SIZE);
@@ -842,6 +857,14 @@ mod tests {
         assert_eq!(
             EVENT_RETENTION_SECS.default_value(),
             crate::domain::EVENT_LIFETIME_SECS
+        );
+    }
+
+    #[test]
+    fn the_leeway_default_is_the_verifiers() {
+        assert_eq!(
+            JWT_LEEWAY_SECS.default_value(),
+            crate::auth::DEFAULT_LEEWAY_SECS
         );
     }
 

@@ -115,6 +115,7 @@ fn setup_on(
         secret: "delivery-test-secret-0123456789-0123456789".into(),
         issuer: None,
         audience: None,
+        leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
     Setup {
         broker: Broker::new(schema, ports, auth, config),
