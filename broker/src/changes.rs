@@ -21,7 +21,7 @@ pub const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// An app table changes are written to, as the store holding it names it and its keys.
 ///
 /// On the database file and in memory the name is the one the app reads the table with
-/// (`store.table("cards")`); on DynamoDB it is the deployed table's name
+/// (`store.table("orders")`); on DynamoDB it is the deployed table's name
 /// ([`crate::aws::AppTables::name`]) and the key attributes are its own (`pk` and `sk` by
 /// default; [`AppTable::keys`] names others).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,14 +124,14 @@ impl Change {
 ///
 /// ```
 /// use broker::{AppTable, Changes};
-/// # #[derive(serde::Serialize)] struct Card { title: String }
-/// let cards = AppTable::new("cards");
-/// let boards = AppTable::new("boards");
+/// # #[derive(serde::Serialize)] struct Order { total: u32 }
+/// let customers = AppTable::new("customers");
+/// let orders = AppTable::new("orders");
 /// let changes = Changes::new()
-///     // The board must still be there when the card is saved...
-///     .require(&boards, "board-1", "")
-///     // ...and the card is new.
-///     .put_new(&cards, "board-1", "card-1", &Card { title: "Ship it".into() })?;
+///     // The customer must still be there when the order is saved...
+///     .require(&customers, "c-1", "")
+///     // ...and the order is new.
+///     .put_new(&orders, "c-1", "o-1", &Order { total: 42 })?;
 /// assert_eq!(changes.len(), 2);
 /// # Ok::<(), serde_json::Error>(())
 /// ```
@@ -292,7 +292,7 @@ mod tests {
             changes = changes.delete(&table, &i.to_string(), "");
         }
         assert_eq!(changes.too_large(100), None);
-        let over = changes.clone().delete(&table, "last", "");
+        let over = changes.delete(&table, "last", "");
         assert!(over.too_large(100).unwrap().contains("101 items"));
 
         let big = "x".repeat(MAX_BYTES);
