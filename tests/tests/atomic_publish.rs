@@ -323,3 +323,60 @@ async fn an_unsettled_dynamodb_commit_is_settled_by_its_void_mark() {
     assert_eq!(mark["TableName"], "subscriptions");
     assert_eq!(mark["Item"]["topic"]["S"], void_key);
 }
+
+/// The prices app's last price on DynamoDB (moto): a table keyed by its partition alone,
+/// written in one transaction with the event, read back by the app.
+#[tokio::test]
+async fn a_price_and_its_event_commit_together_on_dynamodb() {
+    use broker::App as _;
+    let tables = broker_tests::aws::fresh_tables().await;
+    let prices_table = broker_tests::aws::unique("prices");
+    let app_tables = broker::aws::AppTables::new(
+        tables.dynamodb.clone(),
+        [(prices::store::TABLE.to_owned(), prices_table.clone())],
+    );
+    broker::aws::provision::create_app_tables(
+        &tables.dynamodb,
+        &prices::Prices.tables(),
+        &app_tables,
+    )
+    .await
+    .unwrap();
+    let log = broker::aws::DynamoDbEventLog::new(tables.dynamodb.clone(), &tables.names.events)
+        .with_void_marks(&tables.names.subscriptions);
+    let last = prices::LastPrices::DynamoDb {
+        client: tables.dynamodb.clone(),
+        table: prices_table,
+    };
+    let price = prices::Price {
+        symbol: "AAPL".into(),
+        price: 2.5,
+        at: 1.0,
+    };
+    let event = broker::Event::new(prices::prices_topic(), json!(price), Audience::Everyone);
+    let deadline = broker::domain::now_ms() + 10_000;
+    log.append_with(&last.record(&price).unwrap(), &event, deadline)
+        .await
+        .unwrap();
+    assert_eq!(last.last("AAPL").await.unwrap(), Some(price.clone()));
+    assert_eq!(
+        log.get(&event.reference())
+            .await
+            .unwrap()
+            .map(|e| e.payload),
+        Some(json!(price))
+    );
+    // One past its deadline stores neither.
+    let newer = prices::Price {
+        price: 3.5,
+        ..price.clone()
+    };
+    let late = broker::Event::new(prices::prices_topic(), json!(newer), Audience::Everyone);
+    let past = broker::domain::now_ms() - 1;
+    let result = log
+        .append_with(&last.record(&newer).unwrap(), &late, past)
+        .await;
+    assert!(matches!(result, Err(StoreError::TooLate)), "{result:?}");
+    assert_eq!(last.last("AAPL").await.unwrap(), Some(price));
+    assert_eq!(log.get(&late.reference()).await.unwrap(), None);
+}
