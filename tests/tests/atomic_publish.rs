@@ -380,3 +380,32 @@ async fn a_price_and_its_event_commit_together_on_dynamodb() {
     assert_eq!(last.last("AAPL").await.unwrap(), Some(price));
     assert_eq!(log.get(&late.reference()).await.unwrap(), None);
 }
+
+/// On DynamoDB, a transaction refused because another held one of its items is sent again
+/// (a token of its own: the first was refused whole), and commits.
+#[tokio::test]
+async fn a_dynamodb_commit_refused_for_a_concurrent_one_is_sent_again() {
+    use broker_tests::aws::{Reply, ScriptedServer, sdk_config_for};
+    let json = "application/x-amz-json-1.0";
+    let conflict = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled","CancellationReasons":[{"Code":"TransactionConflict"},{"Code":"None"},{"Code":"None"}]}"#;
+    let server = ScriptedServer::start(vec![
+        Reply::new(400, conflict).header("content-type", json),
+        Reply::new(200, "{}").header("content-type", json),
+    ])
+    .await;
+    let sdk = sdk_config_for(&server.endpoint).await;
+    let log = broker::aws::DynamoDbEventLog::new(aws_sdk_dynamodb::Client::new(&sdk), "events")
+        .with_void_marks("subscriptions");
+    let changes = Changes::new().require(&AppTable::new("app"), "board", "BOARD");
+    let event = broker::Event::new(Topic::new("t"), json!(1), Audience::Everyone);
+    let deadline = broker::domain::now_ms() + 60_000;
+    log.append_with(&changes, &event, deadline).await.unwrap();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let tokens: Vec<Value> = requests
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["ClientRequestToken"].clone())
+        .collect();
+    assert_eq!(tokens[0], event.id.as_str());
+    assert_ne!(tokens[1], tokens[0]);
+}

@@ -6,7 +6,9 @@
 //! event's *void mark* is absent. Its `ClientRequestToken` is the event id, so a request
 //! the SDK sends again after a lost answer is not applied twice (DynamoDB answers a repeat
 //! within ten minutes with the first one's outcome); the event's own condition stops any
-//! later repeat.
+//! later repeat. A transaction refused because another held one of its items (concurrent
+//! cards of one board all check that board) is sent again, with a token of its own, after a
+//! jittered wait, while the deadline allows.
 //!
 //! DynamoDB cannot refuse a commit for coming late. So when no answer came by the deadline
 //! (or the answer was an error that does not say the transaction was refused), the log
@@ -26,6 +28,7 @@ use super::events::DynamoDbEventLog;
 use super::records::EventItem;
 use super::subscriptions::{Cancelled, classify, item_key};
 use super::{Item, backend, number, string, to_item};
+use crate::aws::retry::RetryPolicy;
 use crate::changes::{Action, Change, Changes, Condition};
 use crate::domain::{Event, now_ms};
 use crate::ports::StoreError;
@@ -165,47 +168,62 @@ impl DynamoDbEventLog {
                 )
                 .build(),
         );
-        let now = now_ms();
-        if now > deadline_ms {
-            return Err(StoreError::TooLate);
-        }
-        let request = self
-            .client()
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .client_request_token(event.id.as_str())
-            .send();
-        let left = Duration::from_millis(deadline_ms - now);
-        let unsettled = match tokio::time::timeout(left, request).await {
-            Ok(Ok(_)) if now_ms() <= deadline_ms => return Ok(()),
-            Ok(Ok(_)) => {
-                return Err(StoreError::backend(format!(
-                    "event {} and its changes were stored after their deadline",
-                    event.id
-                )));
+        let retry = RetryPolicy::default();
+        let mut attempt: u32 = 0;
+        let unsettled = loop {
+            let now = now_ms();
+            if now > deadline_ms {
+                // Not sent (again): every earlier attempt was refused whole.
+                return Err(StoreError::TooLate);
             }
-            Ok(Err(error)) => match classify(error) {
-                Ok(Cancelled::Condition(failed)) => {
-                    return Err(match failed.first() {
-                        Some(&i) if i < changes.len() => {
-                            conflict(changes.iter().nth(i).expect("a change"))
-                        }
-                        Some(&i) if i == changes.len() => {
-                            StoreError::Conflict(format!("event {} exists", event.id))
-                        }
-                        _ => StoreError::TooLate,
-                    });
-                }
-                // Refused whole: nothing was stored.
-                Ok(Cancelled::Contention) => {
-                    return Err(StoreError::backend(crate::aws::AwsCallError::message(
-                        "TransactWriteItems",
-                        "conflicted with a concurrent transaction; nothing was stored",
+            // The first attempt's token is the event id; a retry after a conflict is a new
+            // request (DynamoDB refused the first whole), so it gets a token of its own.
+            let token = match attempt {
+                0 => event.id.clone(),
+                n => format!("{}.{n}", event.id),
+            };
+            let request = self
+                .client()
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .client_request_token(token)
+                .send();
+            let left = Duration::from_millis(deadline_ms - now);
+            match tokio::time::timeout(left, request).await {
+                Ok(Ok(_)) if now_ms() <= deadline_ms => return Ok(()),
+                Ok(Ok(_)) => {
+                    return Err(StoreError::backend(format!(
+                        "event {} and its changes were stored after their deadline",
+                        event.id
                     )));
                 }
-                Err(error) => error,
-            },
-            Err(_) => StoreError::TooLate,
+                Ok(Err(error)) => match classify(error) {
+                    Ok(Cancelled::Condition(failed)) => {
+                        return Err(match failed.first() {
+                            Some(&i) if i < changes.len() => {
+                                conflict(changes.iter().nth(i).expect("a change"))
+                            }
+                            Some(&i) if i == changes.len() => {
+                                StoreError::Conflict(format!("event {} exists", event.id))
+                            }
+                            // The void mark is there: the deadline passed and an earlier
+                            // attempt was settled as not stored.
+                            _ => StoreError::TooLate,
+                        });
+                    }
+                    // Refused whole, nothing stored: another transaction held one of its
+                    // items (concurrent cards of one board check the same board). Again,
+                    // after a jittered wait, while the deadline allows.
+                    Ok(Cancelled::Contention) => {
+                        let wait = retry.delay(attempt);
+                        let left = deadline_ms.saturating_sub(now_ms());
+                        tokio::time::sleep(wait.min(Duration::from_millis(left))).await;
+                        attempt += 1;
+                    }
+                    Err(error) => break error,
+                },
+                Err(_) => break StoreError::TooLate,
+            }
         };
         self.settle(voids, event, deadline_ms, unsettled).await
     }
