@@ -21,6 +21,7 @@
 //! - [`limits`], [`cpu`], [`stats`], [`progress`]: machine limits, CPU time per thread
 //!   name, latency percentiles, the progress bar.
 
+pub mod atomic;
 pub mod backend;
 pub mod client;
 pub mod config;

@@ -135,6 +135,12 @@ struct Cli {
     /// `PUBLISH_TIMEOUT`s, lost and duplicated deliveries (see `storm`).
     #[arg(long, value_name = "N")]
     mutation_burst: Option<usize>,
+    /// Instead of the latency cases: this many cards added on one board, through the
+    /// broker's API, saved then published (two commits) against saved with their event (one
+    /// commit), one at a time and all at once, on a database file and, with
+    /// --moto-endpoint, on the emulator (see `atomic`).
+    #[arg(long, value_name = "N")]
+    atomic_write: Option<usize>,
     /// The store of `broker-local` for --close-storm and --mutation-burst: `memory`, or a
     /// fresh database file when not given.
     #[arg(long)]
@@ -243,6 +249,16 @@ fn run() -> anyhow::Result<ExitCode> {
             connect_concurrency: cli.connect_concurrency,
         };
         println!("{}", broker_bench::idle::run(&config)?.markdown());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(mutations) = cli.atomic_write {
+        use broker_bench::atomic::{AtomicRow, AtomicStore, run};
+        let mut stores = vec![AtomicStore::File];
+        stores.extend(cli.moto_endpoint.map(AtomicStore::Moto));
+        println!("{}", AtomicRow::HEADER);
+        for row in run(&stores, mutations)? {
+            println!("{}", row.markdown());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if cli.close_storm.is_some() || cli.mutation_burst.is_some() {

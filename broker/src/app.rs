@@ -77,8 +77,11 @@ pub trait App: Send + Sync + 'static {
 /// Where an app's stores keep their data, as chosen by the process that runs the app.
 #[non_exhaustive]
 pub enum Storage {
-    /// This process's memory: the local mode's `--store memory` and unit tests.
-    Memory,
+    /// This process's memory: the local mode's `--store memory` and unit tests. An app's
+    /// tables are [`crate::memory::MemoryTable`]s of these tables, the in-memory event
+    /// log's ([`crate::memory::MemoryEventLog::tables`]), which commits an app's writes with
+    /// their event.
+    Memory(crate::memory::MemoryTables),
     /// One database file on this machine: the local mode's default. An app's tables are
     /// [`crate::file::Table`]s (`store.table("orders")`).
     #[cfg(feature = "file")]
@@ -91,7 +94,7 @@ pub enum Storage {
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Memory => f.write_str("Memory"),
+            Self::Memory(_) => f.debug_tuple("Memory").finish_non_exhaustive(),
             #[cfg(feature = "file")]
             Self::File(_) => f.debug_tuple("File").finish_non_exhaustive(),
             #[cfg(feature = "aws")]
@@ -104,7 +107,7 @@ impl Storage {
     /// How errors and logs name this storage.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Memory => "memory",
+            Self::Memory(_) => "memory",
             #[cfg(feature = "file")]
             Self::File(_) => "a file",
             #[cfg(feature = "aws")]

@@ -5,8 +5,9 @@
 //! [`App`]: the DynamoDB tables it needs as data ([`TableSpec`]) and its async-graphql schema
 //! built on the storage the process chose ([`Storage`]). Resolvers take the caller from
 //! [`principal`], a subscription resolver names its topic with [`listen`], and a mutation
-//! publishes with [`Outbox::publish`]. Nothing else in the workspace changes: the app's four
-//! Lambda binaries are one line each (`graphql_api::runtime::run_websocket(MyApp)`,
+//! saves its writes and publishes their event in one commit with [`Outbox::publish_with`]
+//! ([`Outbox::publish`] for an event without a write). Nothing else in the workspace
+//! changes: the app's four Lambda binaries are one line each (`graphql_api::runtime::run_websocket(MyApp)`,
 //! `run_http`, `publisher::runtime::run_stream`, `run_fanout`), `local_gateway::cli::main`
 //! runs it locally, and `template.yaml`'s `App` parameter deploys it. The README's section
 //! "Use it for your own API" walks through it, from a new crate to `sam deploy`.
@@ -96,7 +97,7 @@
 //!     audience: None,
 //!     leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
 //! });
-//! let schema = NotesApp.schema(&Storage::Memory)?;
+//! let schema = NotesApp.schema(&Storage::Memory(Default::default()))?;
 //! let broker = Broker::new(schema, ports, auth, BrokerConfig::default());
 //!
 //! let request = async_graphql::Request::new(r#"mutation { addNote(text: "hi") { text } }"#);
@@ -113,7 +114,8 @@
 //!
 //! What an app and its resolvers see:
 //! - [`app`]: the plug-in point ([`App`], [`TableSpec`], [`Storage`]); `outbox`: what every
-//!   request reaches ([`Outbox`], the caller).
+//!   request reaches ([`Outbox`], the caller); [`changes`]: an app's writes committed with
+//!   its event ([`Changes`], [`Outbox::publish_with`]).
 //! - [`hooks`]: lifecycle hooks an app may implement (connect, init, subscribe, complete,
 //!   disconnect).
 //! - [`graphql`]: how an app's async-graphql schema is registered and rendered per event.
@@ -154,6 +156,7 @@ pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
 mod broker;
+pub mod changes;
 pub mod config;
 pub mod cost;
 pub mod delivery;
@@ -179,6 +182,7 @@ pub use app::{App, AppSchema, IndexSpec, Storage, TableSpec};
 pub use async_graphql;
 pub use auth::{AuthConfig, Authenticator, Identity};
 pub use broker::{Broker, Ports};
+pub use changes::{AppTable, Changes};
 pub use config::{BrokerConfig, ConfigError, DeliveryMode, MIN_RESUME_SETTLE_MS, RateLimit};
 pub use cost::{CostError, CostLimits};
 pub use delivery::{DeliveryReport, TopicRead};

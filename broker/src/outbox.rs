@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::Broker;
+use crate::changes::Changes;
 use crate::domain::{Audience, Event, Principal, Topic, UserId};
 use crate::publish::PublishError;
 
@@ -43,6 +44,27 @@ impl Outbox {
             return Err(PublishError::RateLimited(rate));
         }
         self.broker.publish(topic, payload, audience).await
+    }
+
+    /// Saves `changes` (the mutation's own writes) and publishes `payload` on `topic` for
+    /// `audience` in one commit: both are stored or neither. See [`Broker::publish_with`].
+    /// Counted against the caller's publish rate first, and refused for its audience or its
+    /// size before anything is written. A `PUBLISH_TIMEOUT` ([`crate::publish_error`]) then
+    /// means nothing was saved.
+    pub async fn publish_with(
+        &self,
+        changes: Changes,
+        topic: Topic,
+        payload: &impl Serialize,
+        audience: Audience,
+    ) -> Result<Event, PublishError> {
+        let rate = self.broker.config().publish_rate;
+        if !self.broker.take_rate(PUBLISHES, rate, &self.caller).await? {
+            return Err(PublishError::RateLimited(rate));
+        }
+        self.broker
+            .publish_with(&changes, topic, payload, audience)
+            .await
     }
 
     /// Ends subscriptions (a deleted board's, a user's who lost access): see

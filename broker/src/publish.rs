@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::changes::Changes;
 use crate::config::RateLimit;
 use crate::domain::{Audience, Event, Topic, now_ms};
 use crate::graphql::internal_error;
@@ -28,6 +29,15 @@ pub enum PublishError {
     /// stays saved: publishing again makes another event, with a new id.
     #[error("the event was not stored within {} ms; it may still be stored, and then reach subscribers late", .0.as_millis())]
     TimedOut(Duration),
+    /// The event and the app's writes committed with it ([`Broker::publish_with`]) could
+    /// not commit within [`crate::BrokerConfig::publish_deadline`] of the event's stamp:
+    /// nothing was saved, and nothing will be. The mutation can be tried again.
+    #[error("the change and its event were not stored within {} ms: nothing was saved; try again", .0.as_millis())]
+    NotSaved(Duration),
+    /// The app's writes and the event do not fit one commit ([`crate::changes::MAX_ITEMS`],
+    /// [`crate::changes::MAX_BYTES`], one change per key): nothing was stored.
+    #[error("the change is too large to commit with its event: {0}")]
+    TooLarge(String),
     /// The event's audience names no user an event could ever be delivered to
     /// ([`check_audience`]): nothing was stored.
     #[error("invalid audience: {0}")]
@@ -47,15 +57,17 @@ pub const PUBLISH_TIMEOUT: &str = "PUBLISH_TIMEOUT";
 pub const INVALID_AUDIENCE: &str = "INVALID_AUDIENCE";
 
 /// The GraphQL error for a publish that failed: [`internal_error`], except a publish that
-/// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): what the
-/// mutation saved is saved, but its subscribers were not told, so the client should
-/// re-query rather than count on the event; one refused for its audience
+/// timed out, which tells the client so (`extensions.code` `PUBLISH_TIMEOUT`): after
+/// [`Broker::publish`] what the mutation saved before is saved, but its subscribers were
+/// not told, so the client should re-query rather than count on the event; after
+/// [`Broker::publish_with`] nothing was saved ([`PublishError::NotSaved`]), as the message
+/// says; one refused for its audience
 /// (`extensions.code` `INVALID_AUDIENCE`, saying why); and a publish over the caller's rate
 /// (`extensions.code` [`RATE_LIMITED`]), which published nothing.
 pub fn publish_error(error: PublishError) -> async_graphql::Error {
     use async_graphql::ErrorExtensions;
     let code = match error {
-        PublishError::TimedOut(_) => PUBLISH_TIMEOUT,
+        PublishError::TimedOut(_) | PublishError::NotSaved(_) => PUBLISH_TIMEOUT,
         PublishError::Audience(_) => INVALID_AUDIENCE,
         PublishError::RateLimited(_) => RATE_LIMITED,
         other => return internal_error(other),
@@ -80,6 +92,11 @@ pub fn check_audience(audience: &Audience) -> Result<(), String> {
     }
 }
 
+/// An event's size as the commit limit counts it: its JSON text.
+fn event_size(event: &Event) -> usize {
+    serde_json::to_string(event).map_or(0, |text| text.len())
+}
+
 impl Broker {
     /// Publishes a change. In stream mode it is appended to the event log and this returns;
     /// in direct mode it is delivered to every subscriber before this returns (and posts that
@@ -91,16 +108,37 @@ impl Broker {
         payload: &impl Serialize,
         audience: Audience,
     ) -> Result<Event, PublishError> {
+        self.publish_with(&Changes::new(), topic, payload, audience)
+            .await
+    }
+
+    /// Saves an app's writes and publishes their event in one commit: both are stored, or
+    /// neither ([`crate::EventLog::append_with`]); then, in direct mode, delivers the event
+    /// as [`Self::publish`] does. Refused before anything is written when the audience
+    /// cannot be delivered to or the changes do not fit one commit
+    /// ([`PublishError::TooLarge`]); a failed condition of a change is
+    /// [`PublishError::Store`] with [`StoreError::Conflict`]; not committed within the
+    /// deadline, [`PublishError::NotSaved`]. With no change, it is [`Self::publish`].
+    pub async fn publish_with(
+        &self,
+        changes: &Changes,
+        topic: Topic,
+        payload: &impl Serialize,
+        audience: Audience,
+    ) -> Result<Event, PublishError> {
         check_audience(&audience).map_err(PublishError::Audience)?;
         let mut event = Event::new(topic, serde_json::to_value(payload)?, audience);
         event.expires_at = event.published_at_ms / 1000 + self.config().event_retention.as_secs();
+        if let Some(why) = changes.too_large(event_size(&event)) {
+            return Err(PublishError::TooLarge(why));
+        }
         match self.config().delivery_mode {
-            DeliveryMode::Stream => self.append_in_time(&event).await?,
+            DeliveryMode::Stream => self.append_in_time(changes, &event).await?,
             DeliveryMode::Direct => {
                 // Logged first, marked as delivered here: a subscriber that misses it can
                 // resume from the log, and the stream publisher leaves it alone.
                 event.direct = true;
-                self.append_in_time(&event).await?;
+                self.append_in_time(changes, &event).await?;
                 let subscriptions = self.ports().subscriptions.by_topic(&event.topic).await?;
                 let report = self
                     .deliver_to(Arc::new(event.clone()), &subscriptions)
@@ -121,13 +159,28 @@ impl Broker {
     /// resume reads the log once more `resume_settle` after its subscription was stored,
     /// and an event stored later than that after its stamp could sort before the place
     /// that read started from.
-    async fn append_in_time(&self, event: &Event) -> Result<(), PublishError> {
+    ///
+    /// With changes, the log commits them with the event or neither: past the deadline it
+    /// stores nothing ([`PublishError::NotSaved`]), and a condition that failed is the
+    /// caller's answer.
+    async fn append_in_time(&self, changes: &Changes, event: &Event) -> Result<(), PublishError> {
         let deadline = self.config().publish_deadline();
         let by = event
             .published_ms()
             .saturating_add(deadline.as_millis() as u64);
-        let error = match self.ports().events.append_by(event, by).await {
+        let events = &self.ports().events;
+        let stored = if changes.is_empty() {
+            events.append_by(event, by).await
+        } else {
+            events.append_with(changes, event, by).await
+        };
+        let error = match stored {
             Ok(()) => return Ok(()),
+            Err(StoreError::TooLate) if !changes.is_empty() => {
+                tracing::warn!(event = %event.id, topic = %event.topic, deadline_ms = deadline.as_millis() as u64, "publish timed out; nothing saved");
+                crate::metrics::record_publish_timeout();
+                return Err(PublishError::NotSaved(deadline));
+            }
             Err(error) => error,
         };
         // A write that failed may have stored the event all the same: a retry that found
@@ -149,6 +202,9 @@ impl Broker {
     }
 
     /// Whether the log holds `event` exactly as it is.
+    ///
+    /// After a commit with changes whose answer said the event was there already (a retry
+    /// of one that was made), the changes were made with it.
     async fn stored_as_is(&self, event: &Event) -> Result<bool, StoreError> {
         let stored = self.ports().events.get(&event.reference()).await?;
         Ok(stored.as_ref() == Some(event))

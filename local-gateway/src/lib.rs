@@ -170,7 +170,7 @@ impl LocalGateway {
                     gateway,
                     fanout: Some(Arc::new(queue)),
                 };
-                let schema = options.app.schema(&Storage::Memory)?;
+                let schema = options.app.schema(&Storage::Memory(events.tables()))?;
                 let broker = Broker::new(schema, ports, auth, options.broker.clone())
                     .with_app_hooks(options.app.as_ref());
                 let scheduler = stream::Scheduler::start(broker.clone(), options.stream.clone());

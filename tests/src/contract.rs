@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use broker::domain::{CONNECTION_LIFETIME_SECS, now_ms, now_secs};
 use broker::{
-    Audience, Connection, ConnectionId, ConnectionStore, Event, EventLog, EventRef, FanoutPage,
-    FanoutQueue, HandOver, Hold, Inserted, PageMarks, Protocol, Quotas, ReplayGate, StoreError,
-    Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId,
+    AppTable, Audience, Changes, Connection, ConnectionId, ConnectionStore, Event, EventLog,
+    EventRef, FanoutPage, FanoutQueue, HandOver, Hold, Inserted, PageMarks, Protocol, Quotas,
+    ReplayGate, StoreError, Subscription, SubscriptionKey, SubscriptionStore, Topic, UserId,
 };
 use serde_json::json;
 
@@ -29,6 +29,18 @@ pub struct Stores {
     pub quotas: Arc<dyn Quotas>,
     /// The event log under test.
     pub events: Arc<dyn EventLog>,
+    /// An app table the event log commits changes to ([`EventLog::append_with`]), keyed
+    /// by `pk` and `sk` on DynamoDB.
+    pub app_table: AppTable,
+    /// Reads that table's items back.
+    pub app_items: Arc<dyn AppItems>,
+}
+
+/// Reads an app table's items, as the app would, to see what a commit stored.
+#[async_trait::async_trait]
+pub trait AppItems: Send + Sync {
+    /// The value under `(partition, sort)`, without its keys.
+    async fn get(&self, partition: &str, sort: &str) -> Option<serde_json::Value>;
 }
 
 impl std::fmt::Debug for Stores {
@@ -1320,4 +1332,153 @@ pub async fn concurrent_quota_takes_grant_exactly_the_limit(stores: Stores) {
         result.unwrap().unwrap();
     }
     assert_eq!(quotas.get("sockets/carol").await.unwrap(), 0);
+}
+
+/// An event on the topic every commit check publishes on.
+fn commit_event(payload: serde_json::Value) -> Event {
+    Event::new(
+        Topic::new("board/b1/cardAdded"),
+        payload,
+        Audience::Everyone,
+    )
+}
+
+/// A deadline well ahead.
+fn soon() -> u64 {
+    now_ms() + 10_000
+}
+
+/// The events of the commit checks' topic, by payload.
+async fn committed(events: &dyn EventLog) -> Vec<serde_json::Value> {
+    let topic = Topic::new("board/b1/cardAdded");
+    let logged = events.after(&topic, "", 100).await.unwrap();
+    logged.into_iter().map(|e| e.payload).collect()
+}
+
+/// A commit stores its changes (puts, updates, deletes) and its event together.
+pub async fn a_commit_stores_the_changes_and_the_event_together(stores: Stores) {
+    let (events, table, items) = (stores.events, stores.app_table, stores.app_items);
+    let first = Changes::new()
+        .put_new(&table, "p", "a", &json!({"n": 1}))
+        .unwrap()
+        .put(&table, "p", "b", &json!({"n": 2}))
+        .unwrap();
+    events
+        .append_with(&first, &commit_event(json!(1)), soon())
+        .await
+        .unwrap();
+    assert_eq!(items.get("p", "a").await, Some(json!({"n": 1})));
+    assert_eq!(items.get("p", "b").await, Some(json!({"n": 2})));
+    let second = Changes::new()
+        .update(&table, "p", "a", &json!({"n": 3}))
+        .unwrap()
+        .delete_existing(&table, "p", "b")
+        .require_absent(&table, "p", "c");
+    events
+        .append_with(&second, &commit_event(json!(2)), soon())
+        .await
+        .unwrap();
+    assert_eq!(items.get("p", "a").await, Some(json!({"n": 3})));
+    assert_eq!(items.get("p", "b").await, None);
+    assert_eq!(committed(events.as_ref()).await, [json!(1), json!(2)]);
+}
+
+/// A commit one of whose changes fails its condition stores nothing: no change, no event.
+pub async fn a_commit_whose_change_fails_stores_no_event(stores: Stores) {
+    let (events, table, items) = (stores.events, stores.app_table, stores.app_items);
+    let seed = Changes::new()
+        .put(&table, "p", "taken", &json!({"n": 1}))
+        .unwrap();
+    events
+        .append_with(&seed, &commit_event(json!("seed")), soon())
+        .await
+        .unwrap();
+    let failing = [
+        // a put where the key is taken
+        Changes::new()
+            .put(&table, "p", "other", &json!({"n": 2}))
+            .unwrap()
+            .put_new(&table, "p", "taken", &json!({"n": 2}))
+            .unwrap(),
+        // an update, a delete and a check where nothing is
+        Changes::new()
+            .put(&table, "p", "other", &json!({"n": 2}))
+            .unwrap()
+            .update(&table, "p", "missing", &json!({"n": 2}))
+            .unwrap(),
+        Changes::new()
+            .put(&table, "p", "other", &json!({"n": 2}))
+            .unwrap()
+            .delete_existing(&table, "p", "missing"),
+        Changes::new()
+            .delete(&table, "p", "taken")
+            .require(&table, "p", "missing"),
+    ];
+    for (i, changes) in failing.iter().enumerate() {
+        let event = commit_event(json!(i));
+        let result = events.append_with(changes, &event, soon()).await;
+        assert!(
+            matches!(result, Err(StoreError::Conflict(_))),
+            "{i}: {result:?}"
+        );
+        assert_eq!(events.get(&event.reference()).await.unwrap(), None, "{i}");
+    }
+    assert_eq!(items.get("p", "other").await, None);
+    assert_eq!(items.get("p", "taken").await, Some(json!({"n": 1})));
+    assert_eq!(committed(events.as_ref()).await, [json!("seed")]);
+}
+
+/// A commit whose event cannot be stored (past its deadline, or its id taken) stores none
+/// of its changes.
+pub async fn a_commit_whose_event_fails_stores_no_change(stores: Stores) {
+    let (events, table, items) = (stores.events, stores.app_table, stores.app_items);
+    let changes = Changes::new()
+        .put(&table, "p", "late", &json!({"n": 1}))
+        .unwrap();
+    let late = commit_event(json!("late"));
+    let past = now_ms() - 1;
+    let result = events.append_with(&changes, &late, past).await;
+    assert!(matches!(result, Err(StoreError::TooLate)), "{result:?}");
+    assert_eq!(items.get("p", "late").await, None);
+    assert_eq!(events.get(&late.reference()).await.unwrap(), None);
+
+    let taken = commit_event(json!("taken"));
+    events.append(&taken).await.unwrap();
+    let changes = Changes::new()
+        .put(&table, "p", "duplicate", &json!({"n": 1}))
+        .unwrap();
+    let result = events.append_with(&changes, &taken, soon()).await;
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+    assert_eq!(items.get("p", "duplicate").await, None);
+    assert_eq!(committed(events.as_ref()).await, [json!("taken")]);
+}
+
+/// A commit sent again (its first answer lost) is not made twice: what was written since
+/// stays, and its event is stored once.
+pub async fn a_retried_commit_is_not_applied_twice(stores: Stores) {
+    let (events, table, items) = (stores.events, stores.app_table, stores.app_items);
+    let first = Changes::new()
+        .put(&table, "p", "x", &json!({"n": 1}))
+        .unwrap();
+    let event = commit_event(json!("first"));
+    events.append_with(&first, &event, soon()).await.unwrap();
+    let later = Changes::new()
+        .put(&table, "p", "x", &json!({"n": 2}))
+        .unwrap();
+    events
+        .append_with(&later, &commit_event(json!("later")), soon())
+        .await
+        .unwrap();
+    // The same commit again: refused as done (its event is there), or answered as the
+    // first was; either way not made again.
+    let again = events.append_with(&first, &event, soon()).await;
+    assert!(
+        matches!(again, Ok(()) | Err(StoreError::Conflict(_))),
+        "{again:?}"
+    );
+    assert_eq!(items.get("p", "x").await, Some(json!({"n": 2})));
+    assert_eq!(
+        committed(events.as_ref()).await,
+        [json!("first"), json!("later")]
+    );
 }

@@ -70,7 +70,7 @@ pub async fn harness_with(
         gateway: gateway.clone(),
         fanout: Some(Arc::new(queue)),
     };
-    let boards = Arc::new(MemoryBoardStore::default());
+    let boards = Arc::new(MemoryBoardStore::new(&events.tables()));
     boards
         .create_board(&Board {
             id: BOARD.into(),

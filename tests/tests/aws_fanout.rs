@@ -31,7 +31,7 @@ const OWNER: &str = "alice";
 
 /// The example app with one board of `alice`, on the given ports.
 async fn broker_on(ports: Ports, config: BrokerConfig) -> Broker {
-    let boards = Arc::new(MemoryBoardStore::default());
+    let boards = Arc::new(MemoryBoardStore::new(&Default::default()));
     boards
         .create_board(&Board {
             id: BOARD.into(),

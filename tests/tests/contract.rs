@@ -3,27 +3,83 @@
 
 use std::sync::Arc;
 
-use broker::FanoutPage;
+use aws_sdk_dynamodb::types::AttributeValue;
 use broker::aws::{
     DynamoDbConnectionStore, DynamoDbEventLog, DynamoDbPageMarks, DynamoDbQuotas,
     DynamoDbReplayGate, DynamoDbSubscriptionStore, SqsFanoutQueue,
 };
+use broker::memory::MemoryTable;
 use broker::memory::{
     ChannelFanoutQueue, MemoryConnectionStore, MemoryEventLog, MemoryPageMarks, MemoryQuotas,
     MemorySubscriptionStore,
 };
+use broker::{AppTable, FanoutPage};
 use broker_tests::aws::{FreshTables, SerialMoto, fresh_queue, fresh_tables, fresh_tables_at};
-use broker_tests::contract::{self, Stores};
+use broker_tests::contract::{self, AppItems, Stores};
+use serde_json::Value;
+
+/// The app items of an in-memory store.
+struct MemoryItems(MemoryTable<Value>);
+
+#[async_trait::async_trait]
+impl AppItems for MemoryItems {
+    async fn get(&self, partition: &str, sort: &str) -> Option<Value> {
+        self.0.get(partition, sort).unwrap()
+    }
+}
+
+/// The app items of a database file.
+struct FileItems(broker::file::Table<Value>);
+
+#[async_trait::async_trait]
+impl AppItems for FileItems {
+    async fn get(&self, partition: &str, sort: &str) -> Option<Value> {
+        self.0.get(partition, sort).await.unwrap()
+    }
+}
+
+/// The app items of a DynamoDB table keyed by `pk` and `sk`, read consistently.
+struct DynamoDbItems {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+#[async_trait::async_trait]
+impl AppItems for DynamoDbItems {
+    async fn get(&self, partition: &str, sort: &str) -> Option<Value> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(partition.to_owned()))
+            .key("sk", AttributeValue::S(sort.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        let mut item = output.item?;
+        item.remove("pk");
+        item.remove("sk");
+        Some(serde_dynamo::from_item(item).unwrap())
+    }
+}
+
+/// The app table the commit checks write to.
+const APP_TABLE: &str = "things";
 
 fn memory() -> Stores {
     let subscriptions = MemorySubscriptionStore::default();
+    let events = MemoryEventLog::default();
+    let app_items = Arc::new(MemoryItems(events.tables().table(APP_TABLE)));
     Stores {
         connections: Arc::new(MemoryConnectionStore::default()),
         replay_gate: Arc::new(subscriptions.replay_gate()),
         subscriptions: Arc::new(subscriptions),
         page_marks: Arc::new(MemoryPageMarks::default()),
         quotas: Arc::new(MemoryQuotas::default()),
-        events: Arc::new(MemoryEventLog::default()),
+        events: Arc::new(events),
+        app_table: AppTable::new(APP_TABLE),
+        app_items,
     }
 }
 
@@ -40,6 +96,8 @@ fn file() -> Stores {
         page_marks: Arc::new(store.page_marks()),
         quotas: Arc::new(store.quotas()),
         events: Arc::new(store.events()),
+        app_table: AppTable::new(APP_TABLE),
+        app_items: Arc::new(FileItems(store.table(APP_TABLE))),
     }
 }
 
@@ -70,7 +128,16 @@ fn dynamodb_on(tables: &FreshTables) -> Stores {
             client.clone(),
             &tables.names.subscriptions,
         )),
-        events: Arc::new(DynamoDbEventLog::new(client, &tables.names.events)),
+        events: Arc::new(
+            DynamoDbEventLog::new(client.clone(), &tables.names.events)
+                .with_void_marks(&tables.names.subscriptions),
+        ),
+        // The boards app's table, keyed by `pk` and `sk`.
+        app_table: AppTable::new(&tables.app_table),
+        app_items: Arc::new(DynamoDbItems {
+            client,
+            table: tables.app_table.clone(),
+        }),
     }
 }
 
@@ -134,6 +201,10 @@ store_contract!(
     quota_takes_stop_at_the_limit_and_releases_free_slots,
     an_expired_quota_counts_as_zero,
     a_quota_set_replaces_the_count,
+    a_commit_stores_the_changes_and_the_event_together,
+    a_commit_whose_change_fails_stores_no_event,
+    a_commit_whose_event_fails_stores_no_change,
+    a_retried_commit_is_not_applied_twice,
 );
 
 /// The checks of concurrent calls, one test per backend. On DynamoDB they run on a moto of

@@ -233,7 +233,6 @@ async fn a_connection_holds_at_most_the_configured_number_of_subscriptions() {
 }
 
 /// A board store that counts its reads.
-#[derive(Default)]
 struct CountingBoards {
     inner: MemoryBoardStore,
     reads: AtomicUsize,
@@ -243,6 +242,9 @@ struct CountingBoards {
 impl BoardStore for CountingBoards {
     async fn create_board(&self, board: &Board) -> Result<(), StoreError> {
         self.inner.create_board(board).await
+    }
+    fn create_board_changes(&self, board: &Board) -> Result<broker::Changes, StoreError> {
+        self.inner.create_board_changes(board)
     }
     async fn board(&self, id: &str) -> Result<Option<Board>, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -254,6 +256,9 @@ impl BoardStore for CountingBoards {
     }
     async fn add_card(&self, card: &Card) -> Result<(), StoreError> {
         self.inner.add_card(card).await
+    }
+    fn add_card_changes(&self, card: &Card) -> Result<broker::Changes, StoreError> {
+        self.inner.add_card_changes(card)
     }
     async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
@@ -325,7 +330,10 @@ async fn rig(with_queue: bool) -> Rig {
         gateway: gateway.clone(),
         fanout: with_queue.then(|| Arc::new(queue) as _),
     };
-    let boards = Arc::new(CountingBoards::default());
+    let boards = Arc::new(CountingBoards {
+        inner: MemoryBoardStore::new(&Default::default()),
+        reads: AtomicUsize::new(0),
+    });
     boards
         .create_board(&Board {
             id: BOARD.into(),

@@ -202,7 +202,7 @@ async fn watched_board(x_failures: usize, config: BrokerConfig) -> Watched {
         gateway: gateway.clone(),
         fanout: Some(queue.clone()),
     };
-    let boards = Arc::new(MemoryBoardStore::default());
+    let boards = Arc::new(MemoryBoardStore::new(&Default::default()));
     boards
         .create_board(&Board {
             id: "b1".into(),

@@ -698,7 +698,7 @@ async fn pages_failed_on_their_last_receive_no_longer_hold_the_topic() {
         fanout_max_receives: Some(3),
         ..Default::default()
     };
-    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::default()));
+    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::new(&Default::default())));
     let broker = broker::Broker::new(schema, ports, fixture_authenticator(), config);
     let topic = Topic::from("board/b1/cardAdded");
     let cards = "subscription { cardAdded(boardId: \"b1\") { title } }";
@@ -787,7 +787,7 @@ async fn a_delivered_page_is_done_even_when_its_mark_cannot_be_removed() {
         fanout_threshold: 0,
         ..Default::default()
     };
-    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::default()));
+    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::new(&Default::default())));
     let broker = broker::Broker::new(schema, ports, fixture_authenticator(), config);
     let cards = "subscription { cardAdded(boardId: \"b1\") { title } }";
     store

@@ -276,3 +276,36 @@ async fn an_alert_for_an_invalid_user_id_is_refused_at_publish() {
         gateway.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_published_price_is_the_symbols_last_price_until_the_next() {
+    for mode in MODES {
+        let gateway = start_prices(mode).await;
+        let (alice, quotes) = (token(&gateway, "alice"), backend(&gateway));
+        let last = |symbol: &'static str| {
+            let (gateway, alice) = (&gateway, alice.clone());
+            async move {
+                let answer = http_graphql(
+                    gateway,
+                    &alice,
+                    "query($s: String!) { price(symbol: $s) { symbol price } }",
+                    json!({"s": symbol}),
+                )
+                .await;
+                assert!(answer["errors"].is_null(), "{answer}");
+                answer["data"]["price"].clone()
+            }
+        };
+        assert_eq!(last("AAPL").await, Value::Null);
+        publish(&gateway, &quotes, "aapl", 1.5).await;
+        publish(&gateway, &quotes, "MSFT", 9.0).await;
+        publish(&gateway, &quotes, "AAPL", 2.5).await;
+        assert_eq!(last("AAPL").await, json!({"symbol": "AAPL", "price": 2.5}));
+        assert_eq!(last("msft").await, json!({"symbol": "MSFT", "price": 9.0}));
+        // A refused publish saves nothing.
+        let refused = publish(&gateway, &token(&gateway, "bob"), "AAPL", 3.0).await;
+        assert!(refused["errors"].is_array(), "{refused}");
+        assert_eq!(last("AAPL").await, json!({"symbol": "AAPL", "price": 2.5}));
+        gateway.shutdown().await;
+    }
+}

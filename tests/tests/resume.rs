@@ -454,6 +454,32 @@ impl EventLog for ScriptedLog {
             Appends::Failing => Err(StoreError::backend("unavailable")),
         }
     }
+    /// As a store that checks the deadline in its commit: a slow commit is refused whole.
+    async fn append_with(
+        &self,
+        changes: &broker::Changes,
+        event: &Event,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        match self.appends {
+            Appends::SlowWhenTitledSlow(delay) => {
+                if event.payload["title"] == "slow" {
+                    let left = deadline_ms.saturating_sub(broker::domain::now_ms()) + 1;
+                    tokio::time::sleep(delay.min(Duration::from_millis(left))).await;
+                }
+                self.inner.append_with(changes, event, deadline_ms).await
+            }
+            Appends::AnswerLost => {
+                self.inner.append_with(changes, event, deadline_ms).await?;
+                Err(StoreError::Conflict(format!("event {} exists", event.id)))
+            }
+            Appends::StoredThenFailed => {
+                self.inner.append_with(changes, event, deadline_ms).await?;
+                Err(StoreError::backend("500 after the write"))
+            }
+            Appends::Failing => Err(StoreError::backend("unavailable")),
+        }
+    }
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {
         self.inner.get(event).await
     }
@@ -538,8 +564,10 @@ impl Raced {
         // skips (the slow event, stamped before the subscription) can only come from the
         // replay.
         let gateway = Arc::new(RecordingGateway::default());
-        let events: Arc<dyn EventLog> =
-            Arc::new(ScriptedLog::new(Appends::SlowWhenTitledSlow(slow)));
+        let log = ScriptedLog::new(Appends::SlowWhenTitledSlow(slow));
+        // The app's tables are the log's: a mutation commits its card with its event there.
+        let boards = Arc::new(MemoryBoardStore::new(&log.inner.tables()));
+        let events: Arc<dyn EventLog> = Arc::new(log);
         let subscriptions = MemorySubscriptionStore::default();
         let ports = Ports {
             connections: Arc::new(MemoryConnectionStore::default()),
@@ -551,7 +579,6 @@ impl Raced {
             gateway: gateway.clone(),
             fanout: None,
         };
-        let boards = Arc::new(MemoryBoardStore::default());
         let board = Board {
             id: "b1".into(),
             title: "raced".into(),
@@ -731,7 +758,8 @@ async fn a_publish_not_stored_within_its_deadline_fails_and_reaches_no_one() {
         .and_then(|e| e.get("code"))
         .cloned();
     assert_eq!(code, Some(async_graphql::Value::from("PUBLISH_TIMEOUT")));
-    // and a client's mutation that publishes so gets that error
+    // and a client's mutation that commits its card with its event gets that error,
+    // saying nothing was saved
     let add_card =
         async_graphql::Request::new(r#"mutation { addCard(boardId: "b1", title: "slow") { id } }"#);
     let response = raced.broker.execute(UserId::new("alice"), add_card).await;
@@ -740,15 +768,15 @@ async fn a_publish_not_stored_within_its_deadline_fails_and_reaches_no_one() {
         response["errors"][0]["extensions"]["code"], "PUBLISH_TIMEOUT",
         "{response}"
     );
-    // (what the mutation saved before publishing stays saved: a re-query shows it)
+    let message = response["errors"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("nothing was saved"), "{response}");
+    // (and indeed nothing was: a re-query finds no card)
     let cards = async_graphql::Request::new(r#"{ cards(boardId: "b1") { title } }"#);
     let cards = raced.broker.execute(UserId::new("alice"), cards).await;
     let cards = serde_json::to_value(&cards).unwrap();
-    assert_eq!(
-        cards["data"]["cards"],
-        json!([{"title": "slow"}]),
-        "{cards}"
-    );
+    assert_eq!(cards["data"]["cards"], json!([]), "{cards}");
     raced.publish("live").await;
     assert_eq!(raced.titles(), ["live"]);
     let logged = raced
@@ -781,7 +809,7 @@ fn broker_on(events: Arc<dyn EventLog>, config: BrokerConfig) -> Broker {
         audience: None,
         leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
     });
-    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::default()));
+    let schema = boards::build_schema(Arc::new(boards::MemoryBoardStore::new(&Default::default())));
     Broker::new(schema, ports, auth, config)
 }
 

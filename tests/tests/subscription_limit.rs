@@ -43,7 +43,7 @@ async fn concurrent_subscribes_stay_within_the_limit(
         gateway: gateway.clone(),
         fanout: None,
     };
-    let boards = Arc::new(MemoryBoardStore::default());
+    let boards = Arc::new(MemoryBoardStore::new(&Default::default()));
     boards
         .create_board(&Board {
             id: "b1".into(),

@@ -401,3 +401,24 @@ fn the_functions_environment_on_one_machine_names_only_the_templates_variables()
         );
     }
 }
+
+#[test]
+fn the_functions_that_run_mutations_may_commit_an_event_with_the_apps_writes() {
+    // A commit with the app's writes is one TransactWriteItems: the event's put, the check
+    // that its void mark is absent, and when no answer came in time the mark's put and the
+    // event's read-back. (The app's own table is granted under the app's condition.)
+    let template = template();
+    for function in ["WebSocketFunction", "HttpFunction"] {
+        let events = actions_on(&template, function, "EventsTable");
+        for action in ["dynamodb:PutItem", "dynamodb:GetItem"] {
+            assert!(events.contains(action), "{function}: {action} on events");
+        }
+        let subscriptions = actions_on(&template, function, "SubscriptionsTable");
+        for action in ["dynamodb:PutItem", "dynamodb:ConditionCheckItem"] {
+            assert!(
+                subscriptions.contains(action),
+                "{function}: {action} on subscriptions"
+            );
+        }
+    }
+}

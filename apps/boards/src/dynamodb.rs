@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use broker::aws::dynamodb::{backend, from_item, put_new, to_item};
-use broker::{StoreError, UserId};
+use broker::{AppTable, Changes, StoreError, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{Board, Card};
@@ -92,20 +92,52 @@ fn board_key(id: &str) -> HashMap<String, AttributeValue> {
     ])
 }
 
-#[async_trait]
-impl BoardStore for DynamoDbBoardStore {
-    async fn create_board(&self, board: &Board) -> Result<(), StoreError> {
-        let item = BoardItem {
+impl BoardItem {
+    fn of(board: &Board) -> Self {
+        Self {
             pk: format!("{BOARD_PREFIX}{}", *board.id),
             sk: BOARD_SORT_KEY.to_owned(),
             id: board.id.to_string(),
             owner: board.owner.clone(),
             title: board.title.clone(),
-        };
+        }
+    }
+}
+
+impl CardItem {
+    fn of(card: &Card) -> Self {
+        Self {
+            pk: format!("{BOARD_PREFIX}{}", *card.board_id),
+            sk: format!("{CARD_PREFIX}{}", *card.id),
+            id: card.id.to_string(),
+            board_id: card.board_id.to_string(),
+            title: card.title.clone(),
+        }
+    }
+}
+
+impl DynamoDbBoardStore {
+    /// The app table, as a commit with an event names it (keys `pk` and `sk`).
+    fn app_table(&self) -> AppTable {
+        AppTable::new(&self.table)
+    }
+}
+
+#[async_trait]
+impl BoardStore for DynamoDbBoardStore {
+    async fn create_board(&self, board: &Board) -> Result<(), StoreError> {
+        let item = BoardItem::of(board);
         put_new(&self.client, &self.table, to_item(&item)?, "pk", || {
             format!("board {} exists", *board.id)
         })
         .await
+    }
+
+    fn create_board_changes(&self, board: &Board) -> Result<Changes, StoreError> {
+        let item = BoardItem::of(board);
+        Changes::new()
+            .put_new(&self.app_table(), &item.pk, &item.sk, &item)
+            .map_err(StoreError::backend)
     }
 
     async fn board(&self, id: &str) -> Result<Option<Board>, StoreError> {
@@ -153,13 +185,7 @@ impl BoardStore for DynamoDbBoardStore {
     }
 
     async fn add_card(&self, card: &Card) -> Result<(), StoreError> {
-        let item = CardItem {
-            pk: format!("{BOARD_PREFIX}{}", *card.board_id),
-            sk: format!("{CARD_PREFIX}{}", *card.id),
-            id: card.id.to_string(),
-            board_id: card.board_id.to_string(),
-            title: card.title.clone(),
-        };
+        let item = CardItem::of(card);
         self.client
             .put_item()
             .table_name(&self.table)
@@ -168,6 +194,15 @@ impl BoardStore for DynamoDbBoardStore {
             .await
             .map_err(backend("PutItem"))?;
         Ok(())
+    }
+
+    fn add_card_changes(&self, card: &Card) -> Result<Changes, StoreError> {
+        let item = CardItem::of(card);
+        // The card, if its board is still there.
+        Changes::new()
+            .require(&self.app_table(), &item.pk, BOARD_SORT_KEY)
+            .put_new(&self.app_table(), &item.pk, &item.sk, &item)
+            .map_err(StoreError::backend)
     }
 
     async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {

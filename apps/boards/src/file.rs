@@ -7,10 +7,10 @@
 
 use async_trait::async_trait;
 use broker::file::{FileStore, Table};
-use broker::{StoreError, UserId};
+use broker::{Changes, StoreError, UserId};
 
 use crate::schema::{Board, Card};
-use crate::store::BoardStore;
+use crate::store::{BOARD, BOARDS, BoardStore, CARDS, OWNERS, new_board_changes, new_card_changes};
 
 /// [`BoardStore`] on three tables of the local mode's database file.
 pub struct FileBoardStore {
@@ -29,15 +29,12 @@ impl FileBoardStore {
     /// A store on `store`'s `boards`, `boards-by-owner` and `cards` tables.
     pub fn new(store: &FileStore) -> Self {
         Self {
-            boards: store.table("boards"),
-            owners: store.table("boards-by-owner"),
-            cards: store.table("cards"),
+            boards: store.table(BOARDS),
+            owners: store.table(OWNERS),
+            cards: store.table(CARDS),
         }
     }
 }
-
-/// Boards have one item each: the partition is the board id, the sort key empty.
-const BOARD: &str = "";
 
 #[async_trait]
 impl BoardStore for FileBoardStore {
@@ -46,6 +43,10 @@ impl BoardStore for FileBoardStore {
         // never a list entry without its board.
         self.boards.put_new(&board.id, BOARD, board).await?;
         self.owners.put(&board.owner, &board.id, board).await
+    }
+
+    fn create_board_changes(&self, board: &Board) -> Result<Changes, StoreError> {
+        new_board_changes(board)
     }
 
     async fn board(&self, id: &str) -> Result<Option<Board>, StoreError> {
@@ -59,6 +60,10 @@ impl BoardStore for FileBoardStore {
 
     async fn add_card(&self, card: &Card) -> Result<(), StoreError> {
         self.cards.put(&card.board_id, &card.id, card).await
+    }
+
+    fn add_card_changes(&self, card: &Card) -> Result<Changes, StoreError> {
+        new_card_changes(card)
     }
 
     async fn cards_of(&self, board_id: &str) -> Result<Vec<Card>, StoreError> {

@@ -43,7 +43,7 @@ impl App for Boards {
 
     fn schema(&self, storage: &Storage) -> Result<AppSchema, ConfigError> {
         let store: Arc<dyn BoardStore> = match storage {
-            Storage::Memory => Arc::new(MemoryBoardStore::default()),
+            Storage::Memory(tables) => Arc::new(MemoryBoardStore::new(tables)),
             Storage::File(store) => Arc::new(FileBoardStore::new(store)),
             Storage::DynamoDb(tables) => Arc::new(DynamoDbBoardStore::new(
                 tables.client().clone(),

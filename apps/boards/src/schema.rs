@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
 use broker::{
-    Audience, EventStream, Outbox, SubscriptionsOf, Topic, UserId, internal_error, listen,
-    principal, publish_error, registering,
+    Audience, EventStream, Outbox, PublishError, StoreError, SubscriptionsOf, Topic, UserId,
+    internal_error, listen, principal, publish_error, registering,
 };
 use serde::{Deserialize, Serialize};
 
@@ -106,12 +106,13 @@ impl Mutation {
             title,
             owner: user.to_string(),
         };
-        store(ctx)?
-            .create_board(&board)
-            .await
+        // The board and its event are stored together, or neither is.
+        let changes = store(ctx)?
+            .create_board_changes(&board)
             .map_err(internal_error)?;
         ctx.data::<Outbox>()?
-            .publish(
+            .publish_with(
+                changes,
                 Topic::private(user, "boardCreated"),
                 &board,
                 Audience::User(user.clone()),
@@ -130,11 +131,24 @@ impl Mutation {
             board_id: board.id.clone(),
             title,
         };
-        store(ctx)?.add_card(&card).await.map_err(internal_error)?;
+        // The card and its event are stored together, if the board is still there.
+        let changes = store(ctx)?
+            .add_card_changes(&card)
+            .map_err(internal_error)?;
         ctx.data::<Outbox>()?
-            .publish(card_topic(&board.id), &card, Audience::User(user.clone()))
+            .publish_with(
+                changes,
+                card_topic(&board.id),
+                &card,
+                Audience::User(user.clone()),
+            )
             .await
-            .map_err(publish_error)?;
+            .map_err(|error| match error {
+                PublishError::Store(StoreError::Conflict(_)) => {
+                    format!("board {} not found", *board_id).into()
+                }
+                other => publish_error(other),
+            })?;
         Ok(card)
     }
 

@@ -1,11 +1,16 @@
 //! The prices app's GraphQL schema.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, Result, Schema, SimpleObject, Subscription};
-use broker::{Audience, EventStream, Outbox, Topic, UserId, listen, principal, publish_error};
+use broker::{
+    Audience, EventStream, Outbox, Topic, UserId, internal_error, listen, principal, publish_error,
+};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+
+use crate::store::LastPrices;
 
 /// The most symbols one subscription may ask for.
 pub const MAX_SYMBOLS: usize = 50;
@@ -40,11 +45,13 @@ pub struct Alert {
 /// The prices app's schema, as built by [`build_schema`].
 pub type PricesSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
-/// The schema, with the broker's prevalidation and the app's depth and complexity limits.
-pub fn build_schema() -> PricesSchema {
+/// The schema with the last prices in `prices`, with the broker's prevalidation and the
+/// app's depth and complexity limits.
+pub fn build_schema(prices: LastPrices) -> PricesSchema {
     Schema::build(Query, Mutation, SubscriptionRoot)
         // Delivery renders each stored subscription without validating it again per event.
         .extension(broker::Prevalidation)
+        .data(Arc::new(prices))
         .limit_depth(8)
         .limit_complexity(100)
         .finish()
@@ -97,6 +104,14 @@ impl Query {
     async fn me(&self, ctx: &Context<'_>) -> Result<ID> {
         Ok(ID(principal(ctx)?.to_string()))
     }
+
+    /// The last price published of `symbol`, if any.
+    async fn price(&self, ctx: &Context<'_>, symbol: String) -> Result<Option<Price>> {
+        principal(ctx)?;
+        let symbol = valid_symbol(&symbol)?;
+        let prices = ctx.data::<Arc<LastPrices>>()?;
+        prices.last(&symbol).await.map_err(internal_error)
+    }
 }
 
 /// The root of the app's mutations.
@@ -117,8 +132,13 @@ impl Mutation {
             price,
             at: broker::domain::now_ms() as f64,
         };
+        // The symbol's last price and the event, in one commit.
+        let changes = ctx
+            .data::<Arc<LastPrices>>()?
+            .record(&price)
+            .map_err(internal_error)?;
         ctx.data::<Outbox>()?
-            .publish(prices_topic(), &price, Audience::Everyone)
+            .publish_with(changes, prices_topic(), &price, Audience::Everyone)
             .await
             .map_err(publish_error)?;
         Ok(price)

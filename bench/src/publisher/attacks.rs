@@ -107,7 +107,7 @@ pub(crate) fn run(interleaved: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let schema = build_schema(Arc::new(MemoryBoardStore::default()));
+        let schema = build_schema(Arc::new(MemoryBoardStore::new(&Default::default())));
         let auth = Authenticator::new(AuthConfig {
             secret: "publisher-bench-secret-0123456789-0123".into(),
             issuer: None,

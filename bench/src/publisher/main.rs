@@ -451,7 +451,6 @@ impl aws_sdk_dynamodb::config::Intercept for CountRequests {
 }
 
 /// Store requests of the embedded backend: calls on its ports and the app's store.
-#[derive(Default)]
 struct CountingBoards {
     inner: MemoryBoardStore,
     reads: Arc<RequestCounter>,
@@ -461,6 +460,9 @@ struct CountingBoards {
 impl BoardStore for CountingBoards {
     async fn create_board(&self, board: &Board) -> Result<(), broker::StoreError> {
         self.inner.create_board(board).await
+    }
+    fn create_board_changes(&self, board: &Board) -> Result<broker::Changes, broker::StoreError> {
+        self.inner.create_board_changes(board)
     }
     async fn board(&self, id: &str) -> Result<Option<Board>, broker::StoreError> {
         self.reads.0.fetch_add(1, Ordering::Relaxed);
@@ -472,6 +474,9 @@ impl BoardStore for CountingBoards {
     }
     async fn add_card(&self, card: &boards::Card) -> Result<(), broker::StoreError> {
         self.inner.add_card(card).await
+    }
+    fn add_card_changes(&self, card: &boards::Card) -> Result<broker::Changes, broker::StoreError> {
+        self.inner.add_card_changes(card)
     }
     async fn cards_of(&self, board_id: &str) -> Result<Vec<boards::Card>, broker::StoreError> {
         self.reads.0.fetch_add(1, Ordering::Relaxed);
@@ -528,8 +533,8 @@ async fn publisher_case(
                 fanout: None,
             };
             let boards = CountingBoards {
+                inner: MemoryBoardStore::new(&Default::default()),
                 reads: counter.clone(),
-                ..Default::default()
             };
             boards.create_board(&board).await?;
             let schema = build_schema(Arc::new(boards));

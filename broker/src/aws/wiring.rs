@@ -53,7 +53,11 @@ pub fn ports(
             dynamodb.clone(),
             tables.subscriptions.clone(),
         )),
-        events: Arc::new(DynamoDbEventLog::new(dynamodb, tables.events.clone())),
+        // Its void marks in the subscriptions table too (`#void/{topic}/{id}` partitions).
+        events: Arc::new(
+            DynamoDbEventLog::new(dynamodb, tables.events.clone())
+                .with_void_marks(tables.subscriptions.clone()),
+        ),
         gateway,
         fanout,
     }

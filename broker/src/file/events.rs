@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use super::store::Commit;
 use super::tables::{DELIVERED, EVENTS, EXPIRY, META, STREAM};
 use super::{FileStore, backend, from_json, to_json};
+use crate::changes::Changes;
 use crate::domain::{Audience, Event, EventRef, Topic, UserId, now_ms, now_secs};
 use crate::ports::{EventLog, StoreError};
 
@@ -23,9 +24,11 @@ pub struct FileEventLog {
 }
 
 impl FileEventLog {
-    /// Appends `event`, refusing it if the write is ready to commit only after `deadline_ms`.
+    /// Appends `event` with `changes` in one transaction, refusing both if the write is ready
+    /// to commit only after `deadline_ms`.
     async fn append_until(
         &self,
+        changes: &Changes,
         event: &Event,
         deadline_ms: Option<u64>,
     ) -> Result<(), StoreError> {
@@ -36,12 +39,16 @@ impl FileEventLog {
             ));
         }
         let event = event.clone();
+        let changes = (!changes.is_empty()).then(|| std::sync::Arc::new(changes.clone()));
         self.store
             .write(Commit::Durable, move |tx| {
                 let key = (event.topic.as_str(), event.id.as_str());
                 let mut events = tx.open_table(EVENTS).map_err(backend)?;
                 if events.get(key).map_err(backend)?.is_some() {
                     return Err(StoreError::Conflict(format!("event {} exists", event.id)));
+                }
+                if let Some(changes) = &changes {
+                    super::table::apply(tx, changes)?;
                 }
                 events
                     .insert(key, to_json(&event)?.as_slice())
@@ -165,7 +172,7 @@ impl FileEventLog {
 #[async_trait]
 impl EventLog for FileEventLog {
     async fn append(&self, event: &Event) -> Result<(), StoreError> {
-        self.append_until(event, None).await
+        self.append_until(&Changes::new(), event, None).await
     }
 
     /// Checked inside the write, once it holds the writer and has written the event, right
@@ -173,7 +180,21 @@ impl EventLog for FileEventLog {
     /// as too late is not stored. One accepted may be readable an fsync after the deadline,
     /// which the publish deadline's spare quarter of the settle time covers.
     async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
-        self.append_until(event, Some(deadline_ms)).await
+        self.append_until(&Changes::new(), event, Some(deadline_ms))
+            .await
+    }
+
+    /// One write transaction: the changes' conditions are checked and the changes and the
+    /// event written in it, the deadline checked last, as for [`Self::append_by`]. A
+    /// failing change drops the transaction, and only it (the writer's group commit runs
+    /// the others again without it).
+    async fn append_with(
+        &self,
+        changes: &Changes,
+        event: &Event,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.append_until(changes, event, Some(deadline_ms)).await
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {

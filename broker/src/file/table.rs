@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::store::Commit;
 use super::{FileStore, backend, from_json, to_json};
+use crate::changes::{Action, Changes, Condition};
 use crate::ports::StoreError;
 
 /// An app's table in the database file: values of one type under a partition key and a sort
@@ -179,13 +180,55 @@ impl<V: Serialize + DeserializeOwned + Send + 'static> Table<V> {
     }
 }
 
+/// Checks `changes`' conditions and makes them in `tx`, in the tables
+/// [`FileStore::table`] names; the first failing condition is a [`StoreError::Conflict`],
+/// and the caller drops the transaction.
+pub(super) fn apply(tx: &::redb::WriteTransaction, changes: &Changes) -> Result<(), StoreError> {
+    for change in changes {
+        let name = table_name(change.table.name());
+        let mut table = tx.open_table(AppTable::new(&name)).map_err(backend)?;
+        let key = (change.partition.as_str(), change.sort.as_str());
+        let there = table.get(key).map_err(backend)?.is_some();
+        let holds = match change.condition {
+            Condition::None => true,
+            Condition::Exists => there,
+            Condition::Absent => !there,
+        };
+        if !holds {
+            let wanted = if there { "exists" } else { "does not exist" };
+            return Err(StoreError::Conflict(format!(
+                "{} {wanted}",
+                change.describe()
+            )));
+        }
+        match &change.action {
+            Action::Put(value) => {
+                table
+                    .insert(key, to_json(value)?.as_slice())
+                    .map_err(backend)?;
+            }
+            Action::Delete => {
+                table.remove(key).map_err(backend)?;
+            }
+            Action::Check => {}
+        }
+    }
+    Ok(())
+}
+
+/// The redb table holding the app's table `name`: its own namespace, so no app table can
+/// clash with the broker's.
+fn table_name(name: &str) -> String {
+    format!("app/{name}")
+}
+
 impl FileStore {
     /// An app's table named `name` (its own namespace: no app table can clash with the
     /// broker's), holding values of type `V`.
     pub fn table<V>(&self, name: &str) -> Table<V> {
         Table {
             store: self.clone(),
-            name: format!("app/{name}"),
+            name: table_name(name),
             values: PhantomData,
         }
     }

@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::lock;
+use super::tables::{self, MemoryTables};
+use crate::changes::Changes;
 use crate::domain::{Audience, Event, EventRef, Topic, UserId, now_ms, now_secs};
 use crate::ports::{EventLog, StoreError};
 
@@ -17,6 +19,8 @@ use crate::ports::{EventLog, StoreError};
 pub struct MemoryEventLog {
     inner: Mutex<EventLogState>,
     appended: Notify,
+    /// The apps' tables, written with their events in one critical section.
+    tables: MemoryTables,
 }
 
 impl std::fmt::Debug for MemoryEventLog {
@@ -99,11 +103,19 @@ impl MemoryEventLog {
     pub async fn appended(&self) {
         self.appended.notified().await;
     }
-}
 
-#[async_trait]
-impl EventLog for MemoryEventLog {
-    async fn append(&self, event: &Event) -> Result<(), StoreError> {
+    /// The apps' tables of this store: what [`EventLog::append_with`] writes with an event.
+    pub fn tables(&self) -> MemoryTables {
+        self.tables.clone()
+    }
+
+    /// Stores `changes` and `event` together, or neither (see [`EventLog::append_with`]).
+    fn commit(
+        &self,
+        changes: &Changes,
+        event: &Event,
+        deadline_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         // The DynamoDB log stores "everyone" as `*`: a user of that name would read back as
         // everyone there, so both logs refuse it.
         if event.audience == Audience::User(UserId::new("*")) {
@@ -113,11 +125,17 @@ impl EventLog for MemoryEventLog {
         }
         {
             let mut state = lock(&self.inner);
+            let mut items = lock(&self.tables.items);
             state.purge_expired(now_secs());
             let key = (event.topic.clone(), event.id.clone());
             if state.by_ref.contains_key(&key) {
                 return Err(StoreError::Conflict(format!("event {} exists", event.id)));
             }
+            tables::check(&items, changes)?;
+            if deadline_ms.is_some_and(|deadline| now_ms() > deadline) {
+                return Err(StoreError::TooLate);
+            }
+            tables::apply(&mut items, changes);
             let position = state.base + state.events.len();
             state.by_ref.insert(key, position);
             state
@@ -130,13 +148,28 @@ impl EventLog for MemoryEventLog {
         self.appended.notify_one();
         Ok(())
     }
+}
+
+#[async_trait]
+impl EventLog for MemoryEventLog {
+    async fn append(&self, event: &Event) -> Result<(), StoreError> {
+        self.commit(&Changes::new(), event, None)
+    }
 
     /// Stored at once or not at all: past the deadline nothing is stored.
     async fn append_by(&self, event: &Event, deadline_ms: u64) -> Result<(), StoreError> {
-        if now_ms() > deadline_ms {
-            return Err(StoreError::TooLate);
-        }
-        self.append(event).await
+        self.commit(&Changes::new(), event, Some(deadline_ms))
+    }
+
+    /// One critical section: the log's lock and then the tables' are held while the
+    /// conditions, the event's id and the deadline are checked and both are written.
+    async fn append_with(
+        &self,
+        changes: &Changes,
+        event: &Event,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.commit(changes, event, Some(deadline_ms))
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {

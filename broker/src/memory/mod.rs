@@ -13,6 +13,7 @@ mod queue;
 mod quotas;
 mod replay_gate;
 mod subscriptions;
+mod tables;
 
 use std::sync::Mutex;
 
@@ -24,6 +25,7 @@ pub use queue::ChannelFanoutQueue;
 pub use quotas::MemoryQuotas;
 pub use replay_gate::MemoryReplayGate;
 pub use subscriptions::MemorySubscriptionStore;
+pub use tables::{MemoryTable, MemoryTables};
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind, still consistent

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 use super::StoreError;
+use crate::changes::Changes;
 use crate::domain::{Event, EventRef, Topic};
 
 /// The append-only log of published events (the events table; its stream drives delivery).
@@ -28,6 +29,29 @@ pub trait EventLog: Send + Sync {
             Ok(stored) => stored,
             Err(_) => Err(StoreError::TooLate),
         }
+    }
+
+    /// Stores `changes` (the app's writes) and `event` in one commit, by `deadline_ms`, or
+    /// neither: a failed condition of a change, or an event with the same id in the log
+    /// ([`StoreError::Conflict`] naming which), or a commit that would come after the
+    /// deadline ([`StoreError::TooLate`]) stores nothing. A commit retried after its answer
+    /// was lost finds its event there and is not made twice. The caller has checked the
+    /// changes fit one commit ([`Changes::too_large`]).
+    ///
+    /// A log that holds no app tables refuses any change; with none it is
+    /// [`Self::append_by`].
+    async fn append_with(
+        &self,
+        changes: &Changes,
+        event: &Event,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return self.append_by(event, deadline_ms).await;
+        }
+        Err(StoreError::backend(
+            "this event log cannot commit an app's writes with an event",
+        ))
     }
 
     /// One unexpired event, `None` when the log does not hold it (any more).

@@ -6,6 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::records::EventItem;
 use super::{Item, backend, from_item, put_new, string, to_item};
+use crate::changes::Changes;
 use crate::domain::{Event, EventRef, Topic, now_secs};
 use crate::ports::{EventLog, StoreError};
 
@@ -14,6 +15,9 @@ use crate::ports::{EventLog, StoreError};
 pub struct DynamoDbEventLog {
     client: Client,
     table: String,
+    /// The table of the void marks that settle a transaction whose answer did not come
+    /// (see [`EventLog::append_with`] here); without one, the log commits no app write.
+    pub(super) voids: Option<String>,
 }
 
 impl DynamoDbEventLog {
@@ -22,7 +26,20 @@ impl DynamoDbEventLog {
         Self {
             client,
             table: table.into(),
+            voids: None,
         }
+    }
+
+    /// The same log, committing app writes with events ([`EventLog::append_with`]), with
+    /// the void marks of transactions whose answer did not come in `table` (the
+    /// subscriptions table, whose other partitions never start with `#void/`).
+    pub fn with_void_marks(mut self, table: impl Into<String>) -> Self {
+        self.voids = Some(table.into());
+        self
+    }
+
+    pub(super) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The deployed name of the events table.
@@ -61,6 +78,17 @@ impl EventLog for DynamoDbEventLog {
             format!("event {} exists", event.id)
         })
         .await
+    }
+
+    /// One `TransactWriteItems`, idempotent by the event id; past the deadline, settled by
+    /// a void mark so that nothing is stored late (see `transact.rs`).
+    async fn append_with(
+        &self,
+        changes: &Changes,
+        event: &Event,
+        deadline_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.transact(changes, event, deadline_ms).await
     }
 
     async fn get(&self, event: &EventRef) -> Result<Option<Event>, StoreError> {

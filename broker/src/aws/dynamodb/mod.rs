@@ -18,6 +18,7 @@ mod quotas;
 mod records;
 mod replay_gate;
 mod subscriptions;
+mod transact;
 
 use std::collections::HashMap;
 

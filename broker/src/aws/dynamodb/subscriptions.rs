@@ -54,7 +54,7 @@ pub(super) fn item_key(topic: &str, subscription_key: &str) -> Item {
 }
 
 /// What a transaction came to, beyond success.
-enum Cancelled {
+pub(super) enum Cancelled {
     /// A condition failed: the decision the caller asked for. The positions of the items
     /// whose condition failed.
     Condition(Vec<usize>),
@@ -291,7 +291,7 @@ impl DynamoDbSubscriptionStore {
 }
 
 /// Sorts a failed transaction into a failed condition, contention, or anything else.
-fn classify(
+pub(super) fn classify(
     error: SdkError<TransactWriteItemsError, aws_sdk_dynamodb::config::http::HttpResponse>,
 ) -> Result<Cancelled, StoreError> {
     if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
