@@ -176,6 +176,10 @@ impl Scheduler {
         let room = Arc::new(Semaphore::new(room_size));
         let progress = Arc::new(Progress::default());
         let given_up = GivenUp::default();
+        // Unbounded as a channel, bounded by `room`: `push` takes a permit per record before
+        // sending, and a record gives its permit back only once handled or given up, so at
+        // most `room_size` records are ever in the channel and the topics' queues together.
+        // The records come from the log, never from a client's socket.
         let (input, receiver) = mpsc::unbounded_channel();
         let run = Run {
             broker,
