@@ -199,7 +199,7 @@ pub use limits::RATE_LIMITED;
 pub use outbox::Outbox;
 pub use ports::{
     ConnectionGateway, ConnectionStore, EventLog, FanoutPage, FanoutQueue, GatewayError, HandOver,
-    Hold, Inserted, PageMarks, Quotas, ReplayGate, StoreError, SubscriptionStore,
+    Hold, Inserted, PageMarks, Quotas, ReplayGate, StoreError, StreamRead, SubscriptionStore,
 };
 pub use protocol::{CloseCode, Protocol};
 pub use publish::{INVALID_AUDIENCE, PUBLISH_TIMEOUT, PublishError, check_audience, publish_error};

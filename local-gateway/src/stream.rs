@@ -1,9 +1,10 @@
 //! Feeding the stream publisher as Lambda's DynamoDB Stream event source mapping does: poll
 //! the log, hand the new records over in batches, retry a failing record, and step it aside
-//! once it has failed too often. The embedded and file event logs are read here; the events
-//! table's real stream in [`dynamodb`]; the scheduling of the records in [`schedule`].
+//! once it has failed too often. The embedded and file event logs are read in [`read`]; the
+//! events table's real stream in [`dynamodb`]; the scheduling of the records in [`schedule`].
 
 pub mod dynamodb;
+pub mod read;
 pub mod schedule;
 
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub use schedule::{GivenUp, Handler, Scheduler, StreamOptions};
 pub const BATCH_SIZE: usize = 100;
 
 /// A stream record for an event, as DynamoDB Streams delivers an INSERT with NEW_IMAGE.
-pub fn insert_record(event: &Event, sequence: usize) -> EventRecord {
+pub fn insert_record(event: &Event, sequence: u64) -> EventRecord {
     let mut record = EventRecord::default();
     record.event_id = ulid::Ulid::new().to_string();
     record.event_name = "INSERT".to_owned();
@@ -41,108 +42,22 @@ pub fn insert_record(event: &Event, sequence: usize) -> EventRecord {
     record
 }
 
-/// The embedded store's stream: polls the in-memory log every `poll_interval` (0 waits for
-/// the next append instead) and hands what is new to `scheduler`.
+/// The embedded store's stream: hands what is appended to the in-memory log to `scheduler`,
+/// polling every `poll_interval` (0 waits for the next append instead), each topic up to
+/// its share (see [`read`]).
 pub async fn feed_embedded(
     log: Arc<MemoryEventLog>,
     poll_interval: Duration,
     scheduler: Scheduler,
 ) {
-    let mut position = 0;
-    loop {
-        let (events, next) = log.read_from(position, BATCH_SIZE);
-        if events.is_empty() {
-            if poll_interval.is_zero() {
-                log.appended().await;
-            } else {
-                tokio::time::sleep(poll_interval).await;
-            }
-            continue;
-        }
-        let records = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| insert_record(e, position + i))
-            .collect();
-        scheduler.push(records).await;
-        position = next;
-    }
+    read::feed(log, poll_interval, scheduler).await;
 }
 
-/// How often the database file's expired events are removed, as DynamoDB's TTL does.
-const PURGE_INTERVAL: Duration = Duration::from_secs(60);
-
 /// The database file's stream: as [`feed_embedded`], but from the position the previous
-/// process saved. The position saved is the start of the oldest read that still has a
-/// record not handled (nor given up): events accepted before a restart (even a `kill -9`
-/// mid-delivery) that the publisher had not finished are handed to it again after the
-/// restart; it skips those marked delivered. Expired events are purged at start and every
-/// minute.
+/// process saved. The position saved is the oldest one with a record not handled (nor
+/// given up): events accepted before a restart (even a `kill -9` mid-delivery) that the
+/// publisher had not finished are handed to it again after the restart; it skips those
+/// marked delivered. Expired events are purged at start and every minute.
 pub async fn feed_file(log: Arc<FileEventLog>, poll_interval: Duration, scheduler: Scheduler) {
-    let mut position = log.stream_position().await.unwrap_or_else(|error| {
-        tracing::error!(%error, "cannot read the saved stream position; reading from the start");
-        0
-    });
-    let mut saved = position;
-    // Reads with records still outstanding: their push indexes and where they started.
-    let mut reads: std::collections::VecDeque<(std::ops::Range<u64>, u64)> = Default::default();
-    let mut last_purge: Option<std::time::Instant> = None;
-    loop {
-        if last_purge.is_none_or(|at| at.elapsed() >= PURGE_INTERVAL) {
-            match log.purge_expired().await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "expired events removed"),
-                Err(error) => tracing::warn!(%error, "cannot remove expired events"),
-            }
-            last_purge = Some(std::time::Instant::now());
-        }
-        let outstanding = scheduler.first_outstanding();
-        while reads
-            .front()
-            .is_some_and(|(range, _)| outstanding.is_none_or(|first| range.end <= first))
-        {
-            reads.pop_front();
-        }
-        let safe = reads.front().map_or(position, |(_, start)| *start);
-        if safe != saved {
-            match log.save_stream_position(safe).await {
-                Ok(()) => saved = safe,
-                Err(error) => tracing::warn!(%error, "cannot save the stream position"),
-            }
-        }
-        let (events, next) = match log.read_from(position, BATCH_SIZE).await {
-            Ok(read) => read,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the event stream");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if next == position {
-            let idle = async {
-                if poll_interval.is_zero() {
-                    let _ = tokio::time::timeout(PURGE_INTERVAL, log.appended()).await;
-                } else {
-                    tokio::time::sleep(poll_interval).await;
-                }
-            };
-            // Woken by progress too, to save the position once records are handled.
-            tokio::select! {
-                () = idle => {}
-                () = scheduler.progressed(), if !reads.is_empty() => {}
-            }
-            continue;
-        }
-        let first = usize::try_from(position).unwrap_or_default();
-        let records: Vec<_> = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| insert_record(e, first + i))
-            .collect();
-        if !records.is_empty() {
-            let pushed = scheduler.push(records).await;
-            reads.push_back((pushed, position));
-        }
-        position = next;
-    }
+    read::feed(log, poll_interval, scheduler).await;
 }

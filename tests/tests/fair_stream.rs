@@ -216,3 +216,106 @@ async fn events_of_one_topic_stay_in_order_through_retries_beside_another_users_
     }
     gateway.shutdown().await;
 }
+
+/// The stream publisher, except that batches of the topic `held` names wait for `gate` to
+/// open; `handled` counts their records.
+fn held_back(
+    held: Arc<std::sync::Mutex<String>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    handled: Arc<AtomicUsize>,
+) -> Handler {
+    Arc::new(move |broker: Broker, batch: StreamEvent| {
+        let (held, gate, handled) = (held.clone(), gate.clone(), handled.clone());
+        Box::pin(async move {
+            let topic = batch
+                .records
+                .first()
+                .and_then(|r| match r.change.keys.get("topic") {
+                    Some(serde_dynamo::AttributeValue::S(topic)) => Some(topic.clone()),
+                    _ => None,
+                });
+            let of_topic = topic.is_some_and(|topic| *held.lock().unwrap() == topic);
+            if of_topic {
+                let _open = gate.acquire().await;
+                handled.fetch_add(batch.records.len(), Ordering::SeqCst);
+            }
+            publisher::stream::handle(&broker, batch).await
+        })
+    })
+}
+
+/// One topic's backlog, far past its share of the read window, while its batches are held:
+/// another topic's event is still read and delivered, and once the backlog moves every one
+/// of its events arrives once, in order.
+async fn a_backlog_on_one_topic_leaves_room_for_the_others(backend: local_gateway::Backend) {
+    const BACKLOG: usize = 700;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut options = options(DeliveryMode::Stream);
+    options.backend = backend;
+    options.broker = options.broker.without_user_limits();
+    options.stream = StreamOptions {
+        read_ahead: 300,
+        per_topic: 100,
+        handler: Some(held_back(held.clone(), gate.clone(), handled.clone())),
+        ..StreamOptions::default()
+    };
+    let gateway = start(options).await;
+    let (mut alice, alice_token, alice_board) = watcher(&gateway, "alice").await;
+    let (mut bob, bob_token, bob_board) = watcher(&gateway, "bob").await;
+    *held.lock().unwrap() = format!("board/{bob_board}/cardAdded");
+
+    // GIVEN bob's topic with a backlog of 700 events, seven times its share of a read window
+    // of 300, while its batches are held...
+    let workers = (0..4).map(|w| {
+        let (gateway, token, board) = (&gateway, &bob_token, &bob_board);
+        async move {
+            for k in 0..BACKLOG / 4 {
+                added(gateway, token, board, &format!("bob {w} {k}")).await;
+            }
+        }
+    });
+    futures_util::future::join_all(workers).await;
+
+    // WHEN alice adds a card to her board, THEN she receives it while bob's are held,
+    added(&gateway, &alice_token, &alice_board, "alice").await;
+    let message = alice.recv().await.unwrap();
+    assert_eq!(title(&message), "alice", "{message}");
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+
+    // and once bob's batches go, he receives each of his cards once, each worker's in order.
+    gate.add_permits(usize::MAX >> 4);
+    let mut next = [0usize; 4];
+    for _ in 0..BACKLOG {
+        let message = bob.recv().await.unwrap();
+        let numbers: Vec<usize> = title(&message)
+            .split(' ')
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let [w, k] = numbers[..] else {
+            panic!("{message}")
+        };
+        assert_eq!(k, next[w], "worker {w}'s cards out of order: {message}");
+        next[w] += 1;
+    }
+    bob.send(json!({"type": "ping"})).await;
+    let after = bob.recv().await.unwrap();
+    assert_eq!(after["type"], "pong", "a card came twice: {after}");
+    assert_eq!(handled.load(Ordering::SeqCst), BACKLOG);
+    gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backlog_on_one_topic_leaves_room_for_the_others_embedded() {
+    a_backlog_on_one_topic_leaves_room_for_the_others(local_gateway::Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn a_backlog_on_one_topic_leaves_room_for_the_others_in_the_database_file() {
+    let dir = std::env::temp_dir().join(format!("broker-fair-stream-{}", ulid::Ulid::new()));
+    let file = dir.join("state.redb");
+    a_backlog_on_one_topic_leaves_room_for_the_others(local_gateway::Backend::File(file)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -385,7 +385,7 @@ async fn a_failed_event_holds_back_later_events_of_its_topic_only() {
     batch.records = records
         .iter()
         .enumerate()
-        .map(|(i, e)| local_gateway::stream::insert_record(e, i))
+        .map(|(i, e)| local_gateway::stream::insert_record(e, i as u64))
         .collect();
 
     let response = publisher::stream::handle(&h.broker, batch).await;
@@ -432,7 +432,7 @@ async fn an_undeliverable_record_is_not_retried_and_does_not_hold_back_its_topic
     batch.records = records
         .iter()
         .enumerate()
-        .map(|(i, e)| local_gateway::stream::insert_record(e, i))
+        .map(|(i, e)| local_gateway::stream::insert_record(e, i as u64))
         .collect();
 
     // WHEN the publisher handles it...

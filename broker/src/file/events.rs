@@ -10,7 +10,7 @@ use super::tables::{DELIVERED, EVENTS, EXPIRY, META, STREAM};
 use super::{FileStore, backend, from_json, to_json};
 use crate::changes::Changes;
 use crate::domain::{Audience, Event, EventRef, Topic, UserId, now_ms, now_secs};
-use crate::ports::{EventLog, StoreError};
+use crate::ports::{EventLog, StoreError, StreamRead};
 
 const NEXT_SEQUENCE: &str = "stream.next";
 const STREAM_POSITION: &str = "stream.position";
@@ -80,6 +80,17 @@ impl FileEventLog {
     /// Up to `max` unexpired events from stream position `from` on, in the order they were
     /// appended, and the position after them.
     pub async fn read_from(&self, from: u64, max: usize) -> Result<(Vec<Event>, u64), StoreError> {
+        let (events, next) = self.read_stream(StreamRead::all(from, max)).await?;
+        Ok((events.into_iter().map(|(_, e)| e).collect(), next))
+    }
+
+    /// The unexpired events `read` asks for, each with its stream position, and the position
+    /// after the last one passed over (`read.from` if none was). Events of topics `read` does
+    /// not keep are not decoded.
+    pub async fn read_stream(
+        &self,
+        read: StreamRead,
+    ) -> Result<(Vec<(u64, Event)>, u64), StoreError> {
         self.store
             .run(move |store| {
                 let tx = store.read()?;
@@ -87,14 +98,25 @@ impl FileEventLog {
                 let events = tx.open_table(EVENTS).map_err(backend)?;
                 let now = now_secs();
                 let mut batch = Vec::new();
-                let mut next = from;
-                for entry in stream.range(from..).map_err(backend)?.take(max) {
+                let mut next = read.from;
+                let scan = usize::try_from(read.scan).unwrap_or(usize::MAX);
+                if read.until <= read.from {
+                    return Ok((batch, next));
+                }
+                let positions = stream.range(read.from..read.until).map_err(backend)?;
+                for entry in positions.take(scan) {
+                    if batch.len() >= read.take {
+                        break;
+                    }
                     let (sequence, key) = entry.map_err(backend)?;
                     next = sequence.value() + 1;
+                    if !(read.keep)(key.value().0) {
+                        continue;
+                    }
                     if let Some(value) = events.get(key.value()).map_err(backend)? {
                         let event: Event = from_json(value.value())?;
                         if event.expires_at > now {
-                            batch.push(event);
+                            batch.push((sequence.value(), event));
                         }
                     }
                 }

@@ -10,7 +10,7 @@ use super::lock;
 use super::tables::{self, MemoryTables};
 use crate::changes::Changes;
 use crate::domain::{Audience, Event, EventRef, Topic, UserId, now_ms, now_secs};
-use crate::ports::{EventLog, StoreError};
+use crate::ports::{EventLog, StoreError, StreamRead};
 
 /// The embedded event log. Besides storing events it behaves like a one-shard stream:
 /// [`MemoryEventLog::read_from`] returns the events appended after a position, so the local
@@ -76,17 +76,35 @@ impl MemoryEventLog {
     /// Up to `max` events from stream position `from` on, and the position after them.
     /// Positions of removed (expired) events are passed over.
     pub fn read_from(&self, from: usize, max: usize) -> (Vec<Event>, usize) {
+        let (events, next) = self.read_stream(&StreamRead::all(from as u64, max));
+        let events = events.into_iter().map(|(_, e)| e).collect();
+        (events, usize::try_from(next).unwrap_or(usize::MAX))
+    }
+
+    /// The events `read` asks for, each with its position, and the position after the last
+    /// one passed over.
+    pub fn read_stream(&self, read: &StreamRead) -> (Vec<(u64, Event)>, u64) {
         let state = lock(&self.inner);
-        let start = from.max(state.base);
-        let batch: Vec<Event> = state
-            .events
-            .iter()
-            .skip(start - state.base)
-            .take(max)
-            .cloned()
-            .collect();
-        let next = start + batch.len();
-        (batch, next)
+        let base = state.base as u64;
+        let end = base + state.events.len() as u64;
+        let start = read.from.clamp(base, end);
+        let stop = start
+            .saturating_add(read.scan)
+            .min(end)
+            .min(read.until.max(start));
+        let mut events = Vec::new();
+        let mut next = stop;
+        for position in start..stop {
+            if events.len() >= read.take {
+                next = position;
+                break;
+            }
+            let event = &state.events[(position - base) as usize];
+            if (read.keep)(event.topic.as_str()) {
+                events.push((position, event.clone()));
+            }
+        }
+        (events, next)
     }
 
     /// Events the log holds (unexpired ones, and expired ones not yet removed).

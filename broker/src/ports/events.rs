@@ -71,3 +71,45 @@ pub trait EventLog: Send + Sync {
     /// Records that `event` was delivered in full.
     async fn mark_delivered(&self, event: &EventRef) -> Result<(), StoreError>;
 }
+
+/// A read of a local log in stream order (the order events were appended in), as the local
+/// mode's stream reader makes it: `MemoryEventLog::read_stream` and the database file's.
+/// Positions of removed (expired) events are passed over.
+#[derive(Clone)]
+pub struct StreamRead {
+    /// The first position read.
+    pub from: u64,
+    /// The position the read stops before.
+    pub until: u64,
+    /// Events passed over at most (returned or not); the end of the log ends the read sooner.
+    pub scan: u64,
+    /// Events returned at most: the read ends right after the last of them.
+    pub take: usize,
+    /// Which events are returned, by topic; the others are passed over (and, on the database
+    /// file, never decoded).
+    pub keep: std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl StreamRead {
+    /// Every event, up to `max` of them, from `from` on.
+    pub fn all(from: u64, max: usize) -> Self {
+        Self {
+            from,
+            until: u64::MAX,
+            scan: max as u64,
+            take: max,
+            keep: std::sync::Arc::new(|_| true),
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamRead")
+            .field("from", &self.from)
+            .field("until", &self.until)
+            .field("scan", &self.scan)
+            .field("take", &self.take)
+            .finish_non_exhaustive()
+    }
+}

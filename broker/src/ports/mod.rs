@@ -14,7 +14,7 @@ mod subscriptions;
 
 pub use connections::ConnectionStore;
 pub use errors::{BoxError, GatewayError, StoreError};
-pub use events::EventLog;
+pub use events::{EventLog, StreamRead};
 pub use fanout_queue::{FanoutPage, FanoutQueue};
 pub use gateway::ConnectionGateway;
 pub use page_marks::PageMarks;

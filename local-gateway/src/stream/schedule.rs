@@ -15,7 +15,10 @@
 //! destination. The topic then goes on with its next record.
 //!
 //! At most [`StreamOptions::read_ahead`] records are queued or being handled: the reader
-//! waits for room beyond that.
+//! waits for room beyond that. Of those, one topic holds at most [`StreamOptions::per_topic`]:
+//! the reader passes over a topic at its share and reads its records again once it has
+//! drained (see [`super::read`]), so one topic's backlog never fills the window the others'
+//! records come in by.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
@@ -45,6 +48,10 @@ pub struct StreamOptions {
     /// Records read from the log and neither handled nor given up yet, at most: reading
     /// waits beyond. Default 10 000 (at least [`BATCH_SIZE`]).
     pub read_ahead: usize,
+    /// Of [`Self::read_ahead`], the records of one topic at most: the reader passes over the
+    /// records of a topic that holds this many, and comes back for them once it holds half.
+    /// Default 1 000 (at least [`BATCH_SIZE`]).
+    pub per_topic: usize,
     /// Retries of a failing record before it is given up. Default 5, the template's
     /// `MaximumRetryAttempts`.
     pub max_retries: u32,
@@ -63,6 +70,7 @@ impl Default for StreamOptions {
         Self {
             concurrency: 16,
             read_ahead: 10_000,
+            per_topic: 1_000,
             max_retries: 5,
             retry_delay: Duration::from_millis(100),
             given_up_kept: 100,
@@ -76,6 +84,7 @@ impl std::fmt::Debug for StreamOptions {
         f.debug_struct("StreamOptions")
             .field("concurrency", &self.concurrency)
             .field("read_ahead", &self.read_ahead)
+            .field("per_topic", &self.per_topic)
             .field("max_retries", &self.max_retries)
             .field("retry_delay", &self.retry_delay)
             .field("given_up_kept", &self.given_up_kept)
@@ -142,21 +151,28 @@ pub struct Scheduler {
     input: mpsc::UnboundedSender<Vec<(u64, EventRecord)>>,
     room: Arc<Semaphore>,
     room_size: usize,
+    per_topic: usize,
     progress: Arc<Progress>,
     given_up: GivenUp,
     next_index: std::sync::atomic::AtomicU64,
     task: JoinHandle<()>,
 }
 
-/// The records pushed and not finished yet, by push index.
+/// The records pushed and not finished yet: by push index, and how many of each topic.
 #[derive(Debug, Default)]
 struct Progress {
-    outstanding: Mutex<BTreeSet<u64>>,
+    outstanding: Mutex<Outstanding>,
     finished: Notify,
 }
 
+#[derive(Debug, Default)]
+struct Outstanding {
+    indexes: BTreeSet<u64>,
+    by_topic: HashMap<String, usize>,
+}
+
 impl Progress {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outstanding> {
         self.outstanding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -173,6 +189,7 @@ impl Scheduler {
     /// Starts handing records to `broker`'s stream publisher (or `options.handler`).
     pub fn start(broker: Broker, options: StreamOptions) -> Self {
         let room_size = options.read_ahead.max(BATCH_SIZE);
+        let per_topic = options.per_topic.clamp(BATCH_SIZE, room_size);
         let room = Arc::new(Semaphore::new(room_size));
         let progress = Arc::new(Progress::default());
         let given_up = GivenUp::default();
@@ -201,6 +218,7 @@ impl Scheduler {
             input,
             room,
             room_size,
+            per_topic,
             progress,
             given_up,
             next_index: Default::default(),
@@ -221,7 +239,13 @@ impl Scheduler {
             .next_index
             .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         let indexed: Vec<(u64, EventRecord)> = (first..).zip(records).collect();
-        self.progress.lock().extend(first..first + count as u64);
+        {
+            let mut outstanding = self.progress.lock();
+            outstanding.indexes.extend(first..first + count as u64);
+            for (_, record) in &indexed {
+                *outstanding.by_topic.entry(topic_of(record)).or_default() += 1;
+            }
+        }
         if self.input.send(indexed).is_err() {
             tracing::error!("the stream scheduler stopped; records not handed over");
         }
@@ -234,7 +258,23 @@ impl Scheduler {
 
     /// The index of the oldest record pushed and not yet handled nor given up.
     pub fn first_outstanding(&self) -> Option<u64> {
-        self.progress.lock().first().copied()
+        self.progress.lock().indexes.first().copied()
+    }
+
+    /// Records of `topic` pushed and not yet handled nor given up.
+    pub fn outstanding(&self, topic: &str) -> usize {
+        self.progress
+            .lock()
+            .by_topic
+            .get(topic)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The records of one topic the reader should have pushed and not finished, at most
+    /// ([`StreamOptions::per_topic`]).
+    pub fn per_topic(&self) -> usize {
+        self.per_topic
     }
 
     /// Resolves once a record has been finished (handled or given up) since the last call.
@@ -381,7 +421,7 @@ impl Run {
             self.give_up(&topic, record, attempts);
             done.push(index);
         }
-        self.done(&done);
+        self.done(&topic, &done);
         if let Some(delay) = retry_after {
             // The topic waits without taking a turn; the others go on meanwhile.
             self.tasks.spawn(async move {
@@ -414,14 +454,20 @@ impl Run {
         );
     }
 
-    fn done(&self, indexes: &[u64]) {
+    fn done(&self, topic: &str, indexes: &[u64]) {
         if indexes.is_empty() {
             return;
         }
         {
             let mut outstanding = self.progress.lock();
             for index in indexes {
-                outstanding.remove(index);
+                outstanding.indexes.remove(index);
+            }
+            if let Some(count) = outstanding.by_topic.get_mut(topic) {
+                *count = count.saturating_sub(indexes.len());
+                if *count == 0 {
+                    outstanding.by_topic.remove(topic);
+                }
             }
         }
         self.room.add_permits(indexes.len());
