@@ -9,6 +9,11 @@
 //! `--samples` canary cards or `--flood-seconds`, whichever comes first: a canary card that
 //! arrives only after that is reported as such.
 //!
+//! Each case runs with the per-user limits off (the scheduling alone: what a backend's
+//! publishes, which no user limit counts, or a raised limit would send) and on, at their
+//! defaults: the flooder then floods at his limit, his refused mutations (`RATE_LIMITED`)
+//! counted apart, and the canary keeps under his own, one card per `--paced-ms` at most.
+//!
 //! ```sh
 //! cargo run --release -p broker-bench --bin broker-fairness-bench
 //! ```
@@ -46,9 +51,23 @@ struct Cli {
     /// Longest flood phase, in seconds.
     #[arg(long, default_value_t = 25)]
     flood_seconds: u64,
-    /// Flood mutations sent before the canary starts measuring.
+    /// Flood mutations sent (accepted or refused) before the canary starts measuring.
     #[arg(long, default_value_t = 500)]
     flood_warmup: u64,
+    /// The per-user limits: `off`, `on` (their defaults) or `both`.
+    #[arg(long, default_value = "both")]
+    limits: Limits,
+    /// With the limits on, the canary's least time between two cards (his limit is 40
+    /// publishes per 2 s).
+    #[arg(long, default_value_t = 60)]
+    paced_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Limits {
+    Off,
+    On,
+    Both,
 }
 
 const SECRET: &str = "fairness-benchmark-secret-0123456789abcdef";
@@ -60,6 +79,7 @@ const ADD_CARD: &str = "mutation($b: ID!, $t: String!) { addCard(boardId: $b, ti
 struct Phase {
     latencies: Vec<Duration>,
     flood_mutations: u64,
+    flood_refused: u64,
     flood_deliveries: u64,
     elapsed: Duration,
 }
@@ -81,14 +101,19 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "| mode | phase | canary p50 | canary p99 | canary max | samples | flood mutations/s | flood deliveries/s |"
+        "| mode | limits | phase | canary p50 | canary p99 | canary max | samples | flood mutations/s | flood refused/s | flood deliveries/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let limits: &[bool] = match cli.limits {
+        Limits::Off => &[false],
+        Limits::On => &[true],
+        Limits::Both => &[false, true],
+    };
     for mode in [DeliveryMode::Stream, DeliveryMode::Direct] {
-        for flood in [false, true] {
-            let phase = measure(&cli, mode, flood)
+        for (&limited, flood) in limits.iter().flat_map(|l| [(l, false), (l, true)]) {
+            let phase = measure(&cli, mode, limited, flood)
                 .await
-                .with_context(|| format!("{mode:?} flood={flood}"))?;
+                .with_context(|| format!("{mode:?} limits={limited} flood={flood}"))?;
             let mut latencies = Latencies::new();
             for latency in &phase.latencies {
                 latencies.record(*latency);
@@ -96,13 +121,15 @@ async fn main() -> anyhow::Result<()> {
             let p = latencies.summary();
             let secs = phase.elapsed.as_secs_f64().max(f64::EPSILON);
             println!(
-                "| {mode:?} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} | {:.0} |",
+                "| {mode:?} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0} | {:.0} | {:.0} |",
+                if limited { "on" } else { "off" },
                 if flood { "flood" } else { "quiet" },
                 p.p50,
                 p.p99,
                 p.max,
                 p.count,
                 phase.flood_mutations as f64 / secs,
+                phase.flood_refused as f64 / secs,
                 phase.flood_deliveries as f64 / secs,
             );
         }
@@ -110,7 +137,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn options(mode: DeliveryMode) -> Options {
+fn options(mode: DeliveryMode, limited: bool) -> Options {
+    let broker = BrokerConfig {
+        delivery_mode: mode,
+        ..BrokerConfig::default()
+    };
     Options {
         app: Arc::new(boards::Boards),
         auth: AuthConfig {
@@ -120,13 +151,11 @@ fn options(mode: DeliveryMode) -> Options {
             leeway_secs: broker::auth::DEFAULT_LEEWAY_SECS,
         },
         key_set: None,
-        // The scheduling alone: the canary adds cards faster than a user may publish, and
-        // the flood is what a backend (not counted) or a raised limit would send.
-        broker: BrokerConfig {
-            delivery_mode: mode,
-            ..BrokerConfig::default()
-        }
-        .without_user_limits(),
+        broker: if limited {
+            broker
+        } else {
+            broker.without_user_limits()
+        },
         poll_interval: Duration::ZERO,
         stream: Default::default(),
         backend: Backend::Memory,
@@ -143,9 +172,28 @@ struct User {
     token: String,
 }
 
+/// How a flood mutation ended.
+enum Sent {
+    Accepted,
+    RateLimited,
+    Failed,
+}
+
 impl User {
-    async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let body: Value = self
+    async fn send(&self, query: &str, variables: Value) -> Sent {
+        let body: Value = match self.post(query, variables).await {
+            Ok(body) => body,
+            Err(_) => return Sent::Failed,
+        };
+        match body["errors"][0]["extensions"]["code"].as_str() {
+            None if body["errors"].is_null() => Sent::Accepted,
+            Some(broker::RATE_LIMITED) => Sent::RateLimited,
+            _ => Sent::Failed,
+        }
+    }
+
+    async fn post(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        Ok(self
             .http
             .post(&self.url)
             .bearer_auth(&self.token)
@@ -153,7 +201,11 @@ impl User {
             .send()
             .await?
             .json()
-            .await?;
+            .await?)
+    }
+
+    async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        let body = self.post(query, variables).await?;
         if !body["errors"].is_null() {
             bail!("GraphQL errors: {body}");
         }
@@ -174,9 +226,14 @@ impl User {
     }
 }
 
-async fn measure(cli: &Cli, mode: DeliveryMode, flood: bool) -> anyhow::Result<Phase> {
+async fn measure(
+    cli: &Cli,
+    mode: DeliveryMode,
+    limited: bool,
+    flood: bool,
+) -> anyhow::Result<Phase> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gateway = LocalGateway::start(listener, options(mode)).await?;
+    let gateway = LocalGateway::start(listener, options(mode, limited)).await?;
     let user = |name: &str| User {
         http: reqwest::Client::new(),
         url: gateway.graphql_url(),
@@ -189,6 +246,7 @@ async fn measure(cli: &Cli, mode: DeliveryMode, flood: bool) -> anyhow::Result<P
 
     let stop = Arc::new(AtomicBool::new(false));
     let mutations = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let deliveries = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     if flood {
@@ -205,37 +263,43 @@ async fn measure(cli: &Cli, mode: DeliveryMode, flood: bool) -> anyhow::Result<P
             }));
         }
         for worker in 0..cli.flood_in_flight {
-            let (flooder, board, stop, mutations) = (
+            let (flooder, board, stop, mutations, refused) = (
                 flooder.clone(),
                 board.clone(),
                 stop.clone(),
                 mutations.clone(),
+                refused.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let title = format!("flood {worker}-{n}");
-                    if flooder
-                        .graphql(ADD_CARD, json!({"b": board, "t": title}))
+                    match flooder
+                        .send(ADD_CARD, json!({"b": board, "t": title}))
                         .await
-                        .is_ok()
                     {
-                        mutations.fetch_add(1, Ordering::Relaxed);
-                    }
+                        Sent::Accepted => mutations.fetch_add(1, Ordering::Relaxed),
+                        Sent::RateLimited => refused.fetch_add(1, Ordering::Relaxed),
+                        Sent::Failed => 0,
+                    };
                     n += 1;
                 }
             }));
         }
-        while mutations.load(Ordering::Relaxed) < cli.flood_warmup {
+        while mutations.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed)
+            < cli.flood_warmup
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     let started = Instant::now();
-    let (mutations_before, deliveries_before) = (
+    let (mutations_before, refused_before, deliveries_before) = (
         mutations.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
         deliveries.load(Ordering::Relaxed),
     );
+    let pace = Duration::from_millis(if limited { cli.paced_ms } else { 0 });
     let limit = Duration::from_secs(cli.flood_seconds);
     let mut latencies = Vec::new();
     for n in 0..cli.samples {
@@ -244,6 +308,7 @@ async fn measure(cli: &Cli, mode: DeliveryMode, flood: bool) -> anyhow::Result<P
         }
         let title = format!("canary {n}");
         let sent = Instant::now();
+        let next_send = sent + pace;
         canary
             .graphql(ADD_CARD, json!({"b": canary_board, "t": title}))
             .await?;
@@ -257,11 +322,13 @@ async fn measure(cli: &Cli, mode: DeliveryMode, flood: bool) -> anyhow::Result<P
                 break;
             }
         }
+        tokio::time::sleep_until(next_send.into()).await;
     }
     let elapsed = started.elapsed();
     let phase = Phase {
         latencies,
         flood_mutations: mutations.load(Ordering::Relaxed) - mutations_before,
+        flood_refused: refused.load(Ordering::Relaxed) - refused_before,
         flood_deliveries: deliveries.load(Ordering::Relaxed) - deliveries_before,
         elapsed,
     };
