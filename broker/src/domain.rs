@@ -172,6 +172,10 @@ pub struct Subscription {
     /// connection is closed so that its client resumes again.
     #[serde(default)]
     pub replaying_until_ms: u64,
+    /// Its resolver declared that events render the same for every viewer
+    /// ([`crate::listen_public`]): delivery renders them once for all such subscribers.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// Who may receive an event. Checked at delivery against each subscription's principal, so a

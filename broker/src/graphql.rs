@@ -19,7 +19,8 @@ use async_graphql::extensions::{
 };
 use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{
-    Context, Executor, Request, Response, ServerError, ServerResult, ValidationResult, Variables,
+    Context, ErrorExtensions as _, Executor, Request, Response, ServerError, ServerResult,
+    ValidationResult, Variables,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -55,16 +56,46 @@ pub type EventStream<T> = BoxStream<'static, T>;
 
 /// Request data present while a subscription is being registered.
 #[derive(Clone, Default)]
-pub(crate) struct Registration(Arc<Mutex<Vec<Topic>>>);
+pub(crate) struct Registration(Arc<Mutex<Vec<Registered>>>);
 
 impl Registration {
-    fn record(&self, topic: Topic) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(topic);
+    fn record(&self, registered: Registered) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(registered);
     }
 
-    fn topics(&self) -> Vec<Topic> {
+    fn take(&self) -> Vec<Registered> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+/// What a subscription's resolver declared at `subscribe`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Registered {
+    /// The topic it listens to.
+    pub topic: Topic,
+    /// Whether its events render the same for every viewer ([`listen_public`]).
+    pub public: bool,
+}
+
+/// Request data present while an event is rendered once for every viewer of a
+/// [`listen_public`] subscription: there is no viewer, and [`principal`] says so.
+pub(crate) struct PublicRendering;
+
+/// The `extensions.code` of the error [`principal`] gives in a rendering for every viewer
+/// (see [`listen_public`]): the subscription is rendered for each viewer instead.
+pub const PUBLIC_READS_VIEWER: &str = "PUBLIC_READS_VIEWER";
+
+/// Whether `response` (a rendering for every viewer) asked for the viewer.
+pub(crate) fn reads_viewer(response: &Response) -> bool {
+    response.errors.iter().any(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|code| *code == async_graphql::Value::from(PUBLIC_READS_VIEWER))
+    })
 }
 
 /// Request data present while one event is delivered.
@@ -92,8 +123,37 @@ pub fn listen<T>(ctx: &Context<'_>, topic: Topic) -> async_graphql::Result<Event
 where
     T: DeserializeOwned + Send + 'static,
 {
+    listen_as(ctx, topic, false)
+}
+
+/// [`listen`], declaring that the subscription's events render the same for every viewer:
+/// a public feed, prices, a room's messages. Delivery then renders an event once for all
+/// subscribers whose documents are the same (or merge), instead of once per user, and still
+/// checks each subscriber against the event's audience.
+///
+/// The declaration cannot leak one viewer's data to another: such a rendering runs with
+/// no viewer at all. [`principal`] fails in it (code [`PUBLIC_READS_VIEWER`]), so a resolver
+/// that reads the viewer, at any depth, makes the shared rendering fail; delivery then
+/// renders that subscription for each viewer, as [`listen`] would, and logs and counts it
+/// (`DeliveryReport::public_fallbacks`, the `PublicFallbacks` metric). Authorization of the
+/// viewer belongs at `subscribe`, behind [`registering`].
+pub fn listen_public<T>(ctx: &Context<'_>, topic: Topic) -> async_graphql::Result<EventStream<T>>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    listen_as(ctx, topic, true)
+}
+
+fn listen_as<T>(
+    ctx: &Context<'_>,
+    topic: Topic,
+    public: bool,
+) -> async_graphql::Result<EventStream<T>>
+where
+    T: DeserializeOwned + Send + 'static,
+{
     if let Some(registration) = ctx.data_opt::<Registration>() {
-        registration.record(topic);
+        registration.record(Registered { topic, public });
         return Ok(stream::empty().boxed());
     }
     if let Some(Delivery(event)) = ctx.data_opt::<Delivery>() {
@@ -134,6 +194,12 @@ pub fn has_role(ctx: &Context<'_>, role: &str) -> bool {
 
 /// The authenticated user of the request, or a GraphQL error.
 pub fn principal<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a UserId> {
+    if ctx.data_opt::<PublicRendering>().is_some() {
+        return Err(async_graphql::Error::new(
+            "this subscription is declared the same for every viewer (`listen_public`) but reads the viewer",
+        )
+        .extend_with(|_, e| e.set("code", PUBLIC_READS_VIEWER)));
+    }
     ctx.data_opt::<Principal>()
         .map(|p| &p.user)
         .ok_or_else(|| async_graphql::Error::new("authentication required"))
@@ -391,7 +457,7 @@ pub fn registering(ctx: &Context<'_>) -> bool {
 pub(crate) async fn register(
     executor: &dyn GraphqlExecutor,
     request: Request,
-) -> Result<Topic, Vec<ServerError>> {
+) -> Result<Registered, Vec<ServerError>> {
     let registration = Registration::default();
     let responses: Vec<Response> = executor
         .execute_stream(request.data(registration.clone()))
@@ -401,7 +467,7 @@ pub(crate) async fn register(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut topics = registration.topics();
+    let mut topics = registration.take();
     match topics.len() {
         1 => Ok(topics.remove(0)),
         0 => Err(vec![ServerError::new(
@@ -690,6 +756,7 @@ mod prevalidation_tests {
             expires_at: u64::MAX,
             starts_at_ms: 0,
             replaying_until_ms: 0,
+            public: false,
         }
     }
 

@@ -191,8 +191,8 @@ pub use domain::{
     Topic, UserId,
 };
 pub use graphql::{
-    EventStream, GraphqlExecutor, Prevalidation, Roles, has_role, internal_error, listen,
-    principal, registering,
+    EventStream, GraphqlExecutor, PUBLIC_READS_VIEWER, Prevalidation, Roles, has_role,
+    internal_error, listen, listen_public, principal, registering,
 };
 pub use hooks::{Ending, Hooks, NoHooks, Refusal};
 pub use limits::RATE_LIMITED;

@@ -81,6 +81,7 @@ pub fn subscription(connection: &str, operation: &str, topic: &str) -> Subscript
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     }
 }
 
@@ -265,7 +266,8 @@ pub async fn by_user_finds_every_connection_of_one_user(stores: Stores) {
 
 // --- subscriptions -----------------------------------------------------------------------
 
-/// Inserted subscriptions are read back whole by `by_topic`, each under its own topic only.
+/// Inserted subscriptions are read back whole by `by_topic` (a public one too), each under its
+/// own topic only.
 pub async fn subscriptions_round_trip_through_by_topic(stores: Stores) {
     let subscriptions = stores.subscriptions;
     let first = subscription("c1", "1", "board/b1/cardAdded");
@@ -273,6 +275,7 @@ pub async fn subscriptions_round_trip_through_by_topic(stores: Stores) {
         operation_name: None,
         variables: json!({}),
         protocol: Protocol::GraphqlTransportWs,
+        public: true,
         ..subscription("c2", "1", "board/b1/cardAdded")
     };
     let elsewhere = subscription("c1", "2", "board/b2/cardAdded");

@@ -98,6 +98,7 @@ async fn a_gone_connection_is_removed_when_delivery_meets_410() {
         expires_at: u64::MAX / 2,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     };
     // The store refuses subscriptions of unknown connections; put the connection first.
     let connection = broker::Connection {

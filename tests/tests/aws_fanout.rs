@@ -65,6 +65,7 @@ fn card_subscription(connection: &str) -> Subscription {
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     }
 }
 

@@ -233,6 +233,7 @@ async fn watched_board(x_failures: usize, config: BrokerConfig) -> Watched {
             expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
             starts_at_ms: 0,
             replaying_until_ms: 0,
+            public: false,
         };
         broker
             .ports()

@@ -261,6 +261,7 @@ async fn an_event_never_reaches_a_subscription_outside_its_audience() {
         expires_at: u64::MAX,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     };
     h.broker
         .ports()
@@ -306,6 +307,7 @@ async fn sqs_fixture_delivers_its_page_and_reports_bad_messages() {
             expires_at: u64::MAX,
             starts_at_ms: 0,
             replaying_until_ms: 0,
+            public: false,
         };
         h.broker
             .ports()
@@ -351,6 +353,7 @@ fn subscription(connection: &str, topic: &str, document: &str) -> Subscription {
         expires_at: u64::MAX,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     }
 }
 

@@ -163,6 +163,7 @@ fn subscription(operation: &str, document: &str) -> Subscription {
         expires_at: u64::MAX,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     }
 }
 

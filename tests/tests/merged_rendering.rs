@@ -224,6 +224,7 @@ fn subscription(connection: &str, user: &str, document: &str) -> Subscription {
         expires_at: u64::MAX,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     }
 }
 

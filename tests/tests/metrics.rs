@@ -145,6 +145,7 @@ async fn the_fanout_worker_emits_its_pages_figures() {
             expires_at: u64::MAX,
             starts_at_ms: 0,
             replaying_until_ms: 0,
+            public: false,
         };
         h.broker
             .ports()

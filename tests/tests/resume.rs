@@ -680,6 +680,7 @@ impl Raced {
             expires_at: u64::MAX,
             starts_at_ms: 0,
             replaying_until_ms,
+            public: false,
         }
     }
 

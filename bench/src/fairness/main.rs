@@ -286,8 +286,7 @@ async fn measure(
                 }
             }));
         }
-        while mutations.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed)
-            < cli.flood_warmup
+        while mutations.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed) < cli.flood_warmup
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

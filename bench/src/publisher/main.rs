@@ -473,6 +473,7 @@ async fn publisher_case(
         // Every event of the run comes after the subscription.
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     };
     let connections = (0..n).map(|i| Connection {
         id: ConnectionId::new(format!("conn-{i}")),

@@ -1,6 +1,8 @@
 //! Rendering one event for its admitted subscribers: once per distinct document, variables
 //! and user, and once per union of one user's documents that differ only in what they
-//! select (`graphql::merge`); each rendering bounded by the render timeout.
+//! select (`graphql::merge`); each rendering bounded by the render timeout. Subscriptions
+//! declared the same for every viewer (`listen_public`) are rendered once for all their
+//! users, with no viewer: one whose rendering asks for the viewer is rendered per user.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,17 +24,30 @@ pub const MAX_FRAME_BYTES: usize = 128 * 1024;
 /// client can re-query what it changed. The subscription goes on.
 pub const EVENT_TOO_LARGE: &str = "EVENT_TOO_LARGE";
 
+/// Whom a rendering is for: one user, or no viewer at all (`None`), for the subscriptions
+/// declared the same for every viewer.
+type Viewer<'a> = Option<&'a UserId>;
+
 /// Subscriptions with the same key render the same payload: document, operation name,
-/// variables (as JSON text) and user.
-type GroupKey<'a> = (&'a str, Option<&'a str>, String, &'a UserId);
+/// variables (as JSON text) and viewer.
+type GroupKey<'a> = (&'a str, Option<&'a str>, String, Viewer<'a>);
 
 /// What rendering an event for a group of subscriptions gave: a payload, nothing (the
-/// subscription does not produce anything for this event), or a timeout.
-type Rendered = Result<Option<String>, TimedOut>;
+/// subscription does not produce anything for this event), or a failure.
+type Rendered = Result<Option<String>, Unrendered>;
 
-/// A rendering that outlived the render timeout.
 #[derive(Clone, Copy, Debug)]
-struct TimedOut;
+enum Unrendered {
+    /// The rendering outlived the render timeout.
+    TimedOut,
+    /// A rendering for no viewer asked for one: it must be made per user.
+    ReadsViewer,
+}
+
+/// The viewer `s` is rendered for.
+fn viewer(s: &Subscription) -> Viewer<'_> {
+    (!s.public).then_some(&s.principal)
+}
 
 /// Render groups (indices into the admitted subscriptions) that execute together.
 enum RenderJob {
@@ -85,7 +100,7 @@ impl Broker {
                 s.document.as_str(),
                 s.operation_name.as_deref(),
                 s.variables.to_string(),
-                &s.principal,
+                viewer(s),
             );
             groups.entry(key).or_default().push(index);
         }
@@ -109,16 +124,26 @@ impl Broker {
             .partition(|(_, rendered)| rendered.is_some());
         let alone: Vec<(Vec<usize>, Option<Rendered>)> = stream::iter(alone)
             .map(|(members, _)| async move {
-                let rendered = self.render_alone(admitted[members[0]], event).await;
+                let first = admitted[members[0]];
+                let rendered = self.render_alone(first, viewer(first), event).await;
                 (members, Some(rendered))
             })
             .buffer_unordered(concurrency)
             .collect()
             .await;
         renderings.extend(alone);
-        let renderings = renderings
+        // A shared rendering that asked for the viewer: each of its users on their own.
+        let (per_viewer, renderings): (Vec<_>, Vec<_>) = renderings
             .into_iter()
-            .filter_map(|(members, rendered)| Some((members, rendered?)));
+            .filter_map(|(members, rendered)| Some((members, rendered?)))
+            .partition(|(_, rendered)| matches!(rendered, Err(Unrendered::ReadsViewer)));
+        let mut renderings = renderings;
+        if !per_viewer.is_empty() {
+            renderings.extend(
+                self.render_per_viewer(admitted, event, per_viewer, report)
+                    .await,
+            );
+        }
         let mut frames: Vec<Frame> = Vec::with_capacity(admitted.len());
         for (members, rendered) in renderings {
             let members: Vec<&Subscription> = members.iter().map(|&i| admitted[i]).collect();
@@ -144,7 +169,7 @@ impl Broker {
                     )
                 })),
                 Ok(None) => report.filtered += members.len(),
-                Err(_) => {
+                Err(Unrendered::TimedOut | Unrendered::ReadsViewer) => {
                     tracing::error!(event = %event.id, "rendering timed out");
                     report.failed += members.len();
                     report
@@ -173,16 +198,16 @@ impl Broker {
         }
         let mut jobs = Vec::new();
         let mut shaped = Vec::new();
-        for ((_, _, _, user), members) in groups {
+        for ((_, _, _, viewer), members) in groups {
             match documents.shape(limits, admitted[members[0]].into()) {
-                Some(shape) => shaped.push((user, shape, members)),
+                Some(shape) => shaped.push((viewer, shape, members)),
                 None => jobs.push(RenderJob::Alone(members)),
             }
         }
         let mut families: HashMap<_, Vec<(Arc<graphql::Shape>, Vec<usize>)>> = HashMap::new();
-        for (user, shape, members) in &shaped {
+        for (viewer, shape, members) in &shaped {
             families
-                .entry((*user, shape.merge_key()))
+                .entry((*viewer, shape.merge_key()))
                 .or_default()
                 .push((shape.clone(), members.clone()));
         }
@@ -223,13 +248,14 @@ impl Broker {
     ) -> Vec<(Vec<usize>, Option<Rendered>)> {
         match job {
             RenderJob::Alone(members) => {
-                let rendered = self.render_alone(admitted[members[0]], event).await;
+                let first = admitted[members[0]];
+                let rendered = self.render_alone(first, viewer(first), event).await;
                 vec![(members, Some(rendered))]
             }
             RenderJob::Merged(union, groups) => {
-                let principal = &admitted[groups[0][0]].principal;
+                let viewer = viewer(admitted[groups[0][0]]);
                 debug_assert_eq!(union.members(), groups.len());
-                match self.render_union(principal, event, &union).await {
+                match self.render_union(viewer, event, &union).await {
                     Some(rendered) => groups
                         .into_iter()
                         .zip(rendered.into_iter().map(Some))
@@ -240,19 +266,83 @@ impl Broker {
         }
     }
 
-    async fn render_alone(&self, subscription: &Subscription, event: &Arc<Event>) -> Rendered {
+    /// The members of shared renderings that asked for the viewer, rendered per user,
+    /// counted in `report.public_fallbacks`.
+    async fn render_per_viewer(
+        &self,
+        admitted: &[&Subscription],
+        event: &Arc<Event>,
+        groups: Vec<(Vec<usize>, Rendered)>,
+        report: &mut DeliveryReport,
+    ) -> Vec<(Vec<usize>, Rendered)> {
+        let mut by_user: HashMap<(&UserId, usize), Vec<usize>> = HashMap::new();
+        for (group, (members, _)) in groups.iter().enumerate() {
+            let first = admitted[members[0]];
+            tracing::warn!(
+                event = %event.id,
+                operation = first.operation_name.as_deref().unwrap_or_default(),
+                subscribers = members.len(),
+                "a subscription declared the same for every viewer read the viewer; rendered per user"
+            );
+            report.public_fallbacks += members.len();
+            for &member in members {
+                by_user
+                    .entry((&admitted[member].principal, group))
+                    .or_default()
+                    .push(member);
+            }
+        }
+        let concurrency = self.config().render_concurrency.max(1);
+        let by_user: Vec<Vec<usize>> = by_user.into_values().collect();
+        stream::iter(by_user)
+            .map(|members| async move {
+                let first = admitted[members[0]];
+                let rendered = self
+                    .render_alone(first, Some(&first.principal), event)
+                    .await;
+                (members, rendered)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    }
+
+    async fn render_alone(
+        &self,
+        subscription: &Subscription,
+        viewer: Viewer<'_>,
+        event: &Arc<Event>,
+    ) -> Rendered {
         let execution = graphql::execute(
             self.inner.executor.as_ref(),
             &self.inner.documents,
             &self.config().limits,
             subscription.into(),
             event,
-            |r| self.request_data(subscription.principal.clone(), r),
+            |r| self.render_data(viewer, r),
         );
         let response = tokio::time::timeout(self.config().render_timeout, execution)
             .await
-            .map_err(|_| TimedOut)?;
-        Ok(response.map(|r| graphql::payload(&r)))
+            .map_err(|_| Unrendered::TimedOut)?;
+        match response {
+            Some(response) if viewer.is_none() && graphql::reads_viewer(&response) => {
+                Err(Unrendered::ReadsViewer)
+            }
+            response => Ok(response.map(|r| graphql::payload(&r))),
+        }
+    }
+
+    /// The request data of a rendering for `viewer`: the user and the outbox, or for no
+    /// viewer neither (only the mark that says so).
+    fn render_data(
+        &self,
+        viewer: Viewer<'_>,
+        request: async_graphql::Request,
+    ) -> async_graphql::Request {
+        match viewer {
+            Some(user) => self.request_data(user.clone(), request),
+            None => request.data(graphql::PublicRendering),
+        }
     }
 
     /// The union's payload for each of its members, or `None` when they must be rendered
@@ -260,7 +350,7 @@ impl Broker {
     /// member's field is missing from it.
     async fn render_union(
         &self,
-        principal: &UserId,
+        viewer: Viewer<'_>,
         event: &Arc<Event>,
         union: &graphql::Union,
     ) -> Option<Vec<Rendered>> {
@@ -281,7 +371,7 @@ impl Broker {
             limits,
             spec,
             event,
-            |r| self.request_data(principal.clone(), r),
+            |r| self.render_data(viewer, r),
         );
         let response = match tokio::time::timeout(self.config().render_timeout, execution).await {
             Err(_) => return None,

@@ -57,6 +57,10 @@ counters! {
     /// Subscriptions still replaying their resume, which the event was held back from:
     /// their replay sends it, in order with what it replays.
     held => "Held",
+    /// Subscribers of a subscription declared the same for every viewer
+    /// ([`crate::listen_public`]) whose shared rendering read the viewer: they were rendered
+    /// one user at a time instead. Not zero means a declaration to fix.
+    public_fallbacks => "PublicFallbacks",
 }
 
 /// What happened to one event (or one fan-out page): its [`Counters`] (read and written

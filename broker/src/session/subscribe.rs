@@ -52,8 +52,8 @@ impl Broker {
             .into_json()
             .unwrap_or_default();
         let registration = self.request_data(user.clone(), request);
-        let topic = match graphql::register(self.inner.executor.as_ref(), registration).await {
-            Ok(topic) => topic,
+        let registered = match graphql::register(self.inner.executor.as_ref(), registration).await {
+            Ok(registered) => registered,
             Err(errors) => {
                 let frame = protocol.error(&operation_id, errors_json(&errors));
                 return self.post(id, &frame).await;
@@ -61,7 +61,7 @@ impl Broker {
         };
         let mut subscription = Subscription {
             key,
-            topic,
+            topic: registered.topic,
             protocol,
             principal: user,
             document,
@@ -74,6 +74,7 @@ impl Broker {
                 .map_or(connection.expires_at, |exp| exp.min(connection.expires_at)),
             starts_at_ms: 0,
             replaying_until_ms: 0,
+            public: registered.public,
         };
         if let Err(refusal) = self.hooks().on_subscribe(&subscription).await {
             let error = async_graphql::ServerError::new(refusal.to_string(), None);

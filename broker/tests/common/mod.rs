@@ -140,6 +140,7 @@ pub fn tick_subscription(connection: &str, user: &str, variables: Value) -> Subs
         expires_at: now_secs() + CONNECTION_LIFETIME_SECS,
         starts_at_ms: 0,
         replaying_until_ms: 0,
+        public: false,
     }
 }
 

@@ -112,6 +112,9 @@ pub(super) struct SubscriptionItem {
     /// How many live events were held back from it while it replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<u64>,
+    /// Rendered once for every viewer (absent when not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
 }
 
 impl TryFrom<&Subscription> for SubscriptionItem {
@@ -132,6 +135,7 @@ impl TryFrom<&Subscription> for SubscriptionItem {
             starts_at: s.starts_at_ms,
             replaying_until: (s.replaying_until_ms > 0).then_some(s.replaying_until_ms),
             held: (s.replaying_until_ms > 0).then_some(0),
+            public: s.public,
         })
     }
 }
@@ -155,6 +159,7 @@ impl TryFrom<SubscriptionItem> for Subscription {
             expires_at: item.ttl,
             starts_at_ms: item.starts_at,
             replaying_until_ms: item.replaying_until.unwrap_or(0),
+            public: item.public,
         })
     }
 }
