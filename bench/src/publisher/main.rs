@@ -12,6 +12,7 @@
 //! documents) with and without the broker's cost limits.
 
 mod attacks;
+mod feed;
 mod floors;
 mod sink;
 
@@ -67,11 +68,13 @@ struct Cli {
     /// distinct (each its own aliases and its own choice and order of fields), own-variables
     /// (distinct, and each declares its own variable name), own-users (as own-variables, each
     /// subscriber its own user and the event for everyone: nothing can be rendered once for
-    /// two subscribers).
+    /// two subscribers), public-users (as own-users, the subscription declared the same for
+    /// every viewer), public-half-viewer (as public-users, every other subscriber also
+    /// selecting a field that reads the viewer).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "shared,distinct,own-variables,own-users"
+        default_value = "shared,distinct,own-variables,own-users,public-users,public-half-viewer"
     )]
     documents: Vec<Documents>,
 }
@@ -117,6 +120,23 @@ enum Documents {
     Distinct,
     OwnVariables,
     OwnUsers,
+    PublicUsers,
+    PublicHalfViewer,
+}
+
+impl Documents {
+    /// Each subscriber is a user of its own, and the event is for everyone.
+    fn own_users(self) -> bool {
+        matches!(
+            self,
+            Self::OwnUsers | Self::PublicUsers | Self::PublicHalfViewer
+        )
+    }
+
+    /// The subscription is declared the same for every viewer.
+    fn public(self) -> bool {
+        matches!(self, Self::PublicUsers | Self::PublicHalfViewer)
+    }
 }
 
 /// mimalloc, the Lambda functions' allocator (the default feature `mimalloc`); built with
@@ -350,12 +370,12 @@ async fn publisher_case(
                 reads: counter.clone(),
             };
             boards.create_board(&board).await?;
-            let schema = build_schema(Arc::new(boards));
-            (
-                Broker::new(schema, ports.clone(), auth, config),
-                ports,
-                None,
-            )
+            let broker = if documents.public() {
+                Broker::new(feed::schema(), ports.clone(), auth, config)
+            } else {
+                Broker::new(build_schema(Arc::new(boards)), ports.clone(), auth, config)
+            };
+            (broker, ports, None)
         }
         Store::Moto => {
             let endpoint = cli.moto.as_deref().context("--moto or MOTO_ENDPOINT")?;
@@ -410,28 +430,28 @@ async fn publisher_case(
             };
             let boards = boards::dynamodb::DynamoDbBoardStore::new(dynamodb.clone(), &app_table);
             boards.create_board(&board).await?;
-            let schema = build_schema(Arc::new(boards));
-            (
-                Broker::new(schema, ports.clone(), auth, config),
-                ports,
-                Some((dynamodb, tables.subscriptions)),
-            )
+            let broker = if documents.public() {
+                Broker::new(feed::schema(), ports.clone(), auth, config)
+            } else {
+                Broker::new(build_schema(Arc::new(boards)), ports.clone(), auth, config)
+            };
+            (broker, ports, Some((dynamodb, tables.subscriptions)))
         }
     };
 
     // N subscribers of one board, one connection each, stored as `subscribe` stores them.
     let variable = |i: usize| match documents {
-        Documents::OwnVariables | Documents::OwnUsers => format!("board{i}"),
-        _ => "board".to_owned(),
+        Documents::Shared | Documents::Distinct => "board".to_owned(),
+        _ => format!("board{i}"),
     };
     // Named after the connection, which the emulator's copies of subscriber 0 rename.
-    let user = |i: usize| match documents {
-        Documents::OwnUsers => UserId::new(format!("user-of-conn-{i}")),
-        _ => UserId::from(USER),
+    let user = |i: usize| match documents.own_users() {
+        true => UserId::new(format!("user-of-conn-{i}")),
+        false => UserId::from(USER),
     };
-    let audience = match documents {
-        Documents::OwnUsers => Audience::Everyone,
-        _ => Audience::User(user(0)),
+    let audience = match documents.own_users() {
+        true => Audience::Everyone,
+        false => Audience::User(user(0)),
     };
     let expires_at = broker::domain::now_secs() + 3600;
     let document = |i: usize| match documents {
@@ -441,7 +461,12 @@ async fn publisher_case(
         }
         // Each subscriber's own aliases, and one of six choices and orders of the card's
         // fields: no two documents alike.
-        Documents::Distinct | Documents::OwnVariables | Documents::OwnUsers => {
+        _ => {
+            let viewer = if documents == Documents::PublicHalfViewer && i % 2 == 1 {
+                " viewer"
+            } else {
+                ""
+            };
             let fields = [
                 "id t{i}: title",
                 "t{i}: title",
@@ -450,7 +475,8 @@ async fn publisher_case(
                 "t{i}: title boardId id",
                 "i{i}: id t{i}: title",
             ][i % 6]
-                .replace("{i}", &i.to_string());
+                .replace("{i}", &i.to_string())
+                + viewer;
             let variable = variable(i);
             format!(
                 "subscription OnCard(${variable}: ID!) {{ c{i}: cardAdded(boardId: ${variable}) {{ {fields} }} }}"
@@ -473,7 +499,7 @@ async fn publisher_case(
         // Every event of the run comes after the subscription.
         starts_at_ms: 0,
         replaying_until_ms: 0,
-        public: false,
+        public: documents.public(),
     };
     let connections = (0..n).map(|i| Connection {
         id: ConnectionId::new(format!("conn-{i}")),
@@ -564,6 +590,8 @@ async fn publisher_case(
             Documents::Distinct => "distinct",
             Documents::OwnVariables => "distinct own-variables",
             Documents::OwnUsers => "distinct own-users",
+            Documents::PublicUsers => "distinct own-users public",
+            Documents::PublicHalfViewer => "distinct own-users public, half per-viewer",
         },
         if cli.post.len() > 1 {
             format!(", {post:?} post").to_lowercase()
