@@ -127,7 +127,7 @@ where
 }
 
 /// [`listen`], declaring that the subscription's events render the same for every viewer:
-/// a public feed, prices, a room's messages. Delivery then renders an event once for all
+/// a public feed, stock quotes, a room's messages. Delivery then renders an event once for all
 /// subscribers whose documents are the same (or merge), instead of once per user, and still
 /// checks each subscriber against the event's audience.
 ///
