@@ -27,6 +27,7 @@ use broker::{AuthConfig, BrokerConfig, DeliveryMode};
 use broker_bench::stats::Latencies;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use local_gateway::stream::StreamOptions;
 use local_gateway::{Backend, LocalGateway, Options};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -61,6 +62,10 @@ struct Cli {
     /// publishes per 2 s).
     #[arg(long, default_value_t = 60)]
     paced_ms: u64,
+    /// The local stream's records of one topic read ahead at most (`StreamOptions::per_topic`);
+    /// as many as its whole window (10 000) is one window shared by every topic.
+    #[arg(long, default_value_t = StreamOptions::default().per_topic)]
+    per_topic: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     println!(
         "canary: {} cards per phase; flood: {} mutations in flight, {} subscribers, at most {} s \
-         ({} build, embedded store)",
+         ({} build, embedded store, {} records of one topic read ahead)",
         cli.samples,
         cli.flood_in_flight,
         cli.flood_subscribers,
@@ -98,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
             "debug"
         } else {
             "release"
-        }
+        },
+        cli.per_topic,
     );
     println!(
         "| mode | limits | phase | canary p50 | canary p99 | canary max | samples | flood mutations/s | flood refused/s | flood deliveries/s |"
@@ -137,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn options(mode: DeliveryMode, limited: bool) -> Options {
+fn options(cli: &Cli, mode: DeliveryMode, limited: bool) -> Options {
     let broker = BrokerConfig {
         delivery_mode: mode,
         ..BrokerConfig::default()
@@ -157,7 +163,10 @@ fn options(mode: DeliveryMode, limited: bool) -> Options {
             broker.without_user_limits()
         },
         poll_interval: Duration::ZERO,
-        stream: Default::default(),
+        stream: StreamOptions {
+            per_topic: cli.per_topic,
+            ..StreamOptions::default()
+        },
         backend: Backend::Memory,
         web: local_gateway::WebOptions::default(),
         limits: local_gateway::server::Limits::default(),
@@ -233,7 +242,7 @@ async fn measure(
     flood: bool,
 ) -> anyhow::Result<Phase> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gateway = LocalGateway::start(listener, options(mode, limited)).await?;
+    let gateway = LocalGateway::start(listener, options(cli, mode, limited)).await?;
     let user = |name: &str| User {
         http: reqwest::Client::new(),
         url: gateway.graphql_url(),
