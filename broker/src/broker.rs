@@ -62,6 +62,9 @@ pub(crate) struct Inner {
     config: BrokerConfig,
     /// `None`: the app has none, and nothing is read to call them.
     hooks: Option<Arc<dyn Hooks>>,
+    /// The slots of [`BrokerConfig::max_posts_in_flight`], shared by every delivery of the
+    /// process (and every clone of the broker).
+    pub(crate) posts_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -86,6 +89,11 @@ impl Broker {
         config.resume_settle = config
             .resume_settle
             .max(Duration::from_millis(MIN_RESUME_SETTLE_MS));
+        let posts_in_flight = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .max_posts_in_flight
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Self {
             inner: Arc::new(Inner {
                 executor: schema.into().0,
@@ -94,6 +102,7 @@ impl Broker {
                 auth,
                 config,
                 hooks: None,
+                posts_in_flight,
             }),
         }
     }
@@ -116,6 +125,7 @@ impl Broker {
             auth: shared.auth.clone(),
             config: shared.config.clone(),
             hooks: shared.hooks.clone(),
+            posts_in_flight: shared.posts_in_flight.clone(),
         });
         Self {
             inner: Arc::new(Inner {

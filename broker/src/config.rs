@@ -54,6 +54,12 @@ pub struct BrokerConfig {
     /// Posts in flight at once for one delivery. API Gateway's account throttle
     /// (10,000 requests/s, shared) is what bounds it on AWS.
     pub post_concurrency: usize,
+    /// Posts of deliveries in flight at once in the whole process, across every delivery
+    /// running: each post holds one of these slots while it is sent (not while it waits to
+    /// be retried). Deliveries running at once each post [`Self::post_concurrency`] at a
+    /// time, and without a bound for them together a burst of publishes in one process (the
+    /// local mode, a backend) would open a connection per post in flight, thousands at once.
+    pub max_posts_in_flight: usize,
     /// A `connection_init` arriving later than this after `$connect` closes with 4408.
     pub init_timeout: Duration,
     /// The budget of every document the broker runs (HTTP, socket operations, subscriptions).
@@ -127,6 +133,7 @@ impl Default for BrokerConfig {
             fanout_page_size: settings::FANOUT_PAGE_SIZE.default_value(),
             fanout_groups: settings::FANOUT_GROUPS.default_value(),
             post_concurrency: settings::POST_CONCURRENCY.default_value(),
+            max_posts_in_flight: settings::MAX_POSTS_IN_FLIGHT.default_value(),
             init_timeout: Duration::from_secs(settings::INIT_TIMEOUT_SECS.default_value()),
             limits: CostLimits::default(),
             max_request_bytes: settings::MAX_REQUEST_BYTES.default_value(),
@@ -195,6 +202,7 @@ impl BrokerConfig {
             fanout_page_size: settings::FANOUT_PAGE_SIZE.value()?,
             fanout_groups: settings::FANOUT_GROUPS.value()?,
             post_concurrency: settings::POST_CONCURRENCY.value()?,
+            max_posts_in_flight: settings::MAX_POSTS_IN_FLIGHT.value()?,
             max_request_bytes: settings::MAX_REQUEST_BYTES.value()?,
             limits: CostLimits {
                 max_document_bytes: settings::MAX_DOCUMENT_BYTES.value()?,

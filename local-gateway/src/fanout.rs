@@ -24,7 +24,7 @@ pub const CONCURRENCY: usize = 4;
 const MAX_RECEIVES: u32 = 5;
 /// Pages waiting in one lane. A full lane holds the dispatch back (pages wait in the
 /// embedded queue, in order) instead of growing. A client that stops reading does not fill
-/// it: its frames wait in its socket's outbox, which closes it when full.
+/// it: its frames wait in its socket's outbox, which closes it once it stays full.
 const LANE_PAGES: usize = 256;
 
 /// The message SQS would hand the worker for `page` on a FIFO queue: its JSON, with the

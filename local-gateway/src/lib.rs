@@ -249,7 +249,7 @@ impl LocalGateway {
                 (broker, given_up, tasks)
             }
         };
-        let sockets = Arc::new(Sockets::default());
+        let sockets = Arc::new(Sockets::new(options.limits.full_timeout));
         let (cleanup, worker) = Cleanup::start(
             broker.clone(),
             options.limits.cleanup_concurrency,
@@ -312,7 +312,7 @@ impl LocalGateway {
     }
 
     /// Open sockets right now.
-    /// Sockets closed because their outbox overflowed (clients reading too slowly).
+    /// Sockets closed because their outbox stayed full (clients reading too slowly).
     pub fn sockets_closed_too_slow(&self) -> u64 {
         self.sockets.closed_too_slow()
     }

@@ -67,9 +67,13 @@ pub struct Limits {
     /// Every socket is closed with 1001 after this long (`SOCKET_MAX_DURATION_SECS`, API
     /// Gateway: 2 hours).
     pub max_duration: Duration,
-    /// Frames queued for one socket; a socket whose queue is full is closed with 1013
-    /// (`SOCKET_OUTBOX_FRAMES`).
+    /// Frames queued for one socket (`SOCKET_OUTBOX_FRAMES`); while it is full, posts to
+    /// the socket wait for room.
     pub outbox_frames: usize,
+    /// A socket whose queue stays full this long is closed with 1013
+    /// (`SOCKET_FULL_TIMEOUT_MS`; see [`crate::sockets::Sockets::send`]). Under the
+    /// Management API client's 5 s per attempt, so a post never outwaits its client.
+    pub full_timeout: Duration,
     /// Open TCP connections (HTTP and WebSocket); more are refused at once
     /// (`MAX_CONNECTIONS`).
     pub max_connections: usize,
@@ -97,6 +101,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(settings::SOCKET_IDLE_TIMEOUT_SECS.default_value()),
             max_duration: Duration::from_secs(settings::SOCKET_MAX_DURATION_SECS.default_value()),
             outbox_frames: settings::SOCKET_OUTBOX_FRAMES.default_value(),
+            full_timeout: Duration::from_millis(settings::SOCKET_FULL_TIMEOUT_MS.default_value()),
             max_connections: settings::MAX_CONNECTIONS.default_value(),
             header_read_timeout: Duration::from_secs(
                 settings::HTTP_HEADER_TIMEOUT_SECS.default_value(),
@@ -115,6 +120,7 @@ impl Limits {
             idle_timeout: Duration::from_secs(settings::SOCKET_IDLE_TIMEOUT_SECS.value()?),
             max_duration: Duration::from_secs(settings::SOCKET_MAX_DURATION_SECS.value()?),
             outbox_frames: settings::SOCKET_OUTBOX_FRAMES.value()?,
+            full_timeout: Duration::from_millis(settings::SOCKET_FULL_TIMEOUT_MS.value()?),
             max_connections: settings::MAX_CONNECTIONS.value()?,
             header_read_timeout: Duration::from_secs(settings::HTTP_HEADER_TIMEOUT_SECS.value()?),
             max_uninitialised_per_address: settings::MAX_UNINITIALISED_PER_ADDRESS.value()?,
@@ -333,12 +339,7 @@ async fn run_socket(
     let overflow = Arc::new(tokio::sync::Notify::new());
     state.sockets.insert(
         id.clone(),
-        Socket {
-            outbox,
-            overflow: overflow.clone(),
-            connected_at_ms,
-            last_active_ms: connected_at_ms,
-        },
+        Socket::new(outbox, overflow.clone(), connected_at_ms),
     );
 
     let init_timer = {
@@ -357,7 +358,7 @@ async fn run_socket(
         loop {
             let message = tokio::select! {
                 message = pending.recv() => message,
-                // The outbox overflowed: the client reads too slowly. Its queued frames
+                // The outbox stayed full: the client reads too slowly. Its queued frames
                 // are dropped; it gets a close frame if it reads at all.
                 () = overflow.notified() => Some(close_frame(1013, "client too slow")),
             };
@@ -398,12 +399,12 @@ async fn run_socket(
                 break;
             }
             () = &mut idle => {
-                state.sockets.send(&id, close_frame(1001, "Going away: idle timeout"));
+                state.sockets.send(&id, close_frame(1001, "Going away: idle timeout")).await;
                 continue_until_closed(&mut closed, &mut stream).await;
                 break;
             }
             () = &mut max_duration => {
-                state.sockets.send(&id, close_frame(1001, "Going away: maximum connection duration"));
+                state.sockets.send(&id, close_frame(1001, "Going away: maximum connection duration")).await;
                 continue_until_closed(&mut closed, &mut stream).await;
                 break;
             }
@@ -439,14 +440,14 @@ async fn run_socket(
                 // Answer the client's close with the same code, as RFC 6455 asks; without
                 // an answer the client reports 1006.
                 let echo = frame.map_or(Message::Close(None), |f| close_frame(f.code, ""));
-                state.sockets.send(&id, echo);
+                state.sockets.send(&id, echo).await;
                 continue_until_closed(&mut closed, &mut stream).await;
                 break;
             }
             Some(Err(e)) => {
                 if let Some((code, reason)) = close_for_read_error(&e) {
                     tracing::info!(connection = %id, code, error = %e, "closing on a bad frame");
-                    state.sockets.send(&id, close_frame(code, reason));
+                    state.sockets.send(&id, close_frame(code, reason)).await;
                     continue_until_closed(&mut closed, &mut stream).await;
                 }
                 break;
@@ -606,6 +607,7 @@ async fn post_to_connection(
     if state
         .sockets
         .send(&ConnectionId::new(id), Message::Text(text.into()))
+        .await
     {
         StatusCode::OK.into_response()
     } else {
@@ -650,7 +652,7 @@ async fn delete_connection(
         code,
         reason: reason.into(),
     }));
-    if state.sockets.send(&ConnectionId::new(id), close) {
+    if state.sockets.send(&ConnectionId::new(id), close).await {
         StatusCode::NO_CONTENT.into_response()
     } else {
         gone()

@@ -5,10 +5,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::ws::Message;
 use broker::ConnectionId;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// A frame (or a close) on its way to one socket's writer task. Bounded: see
 /// [`Sockets::send`].
@@ -20,6 +22,9 @@ pub type Outbox = mpsc::Sender<Message>;
 pub struct Sockets {
     open: Mutex<HashMap<ConnectionId, Socket>>,
     too_slow: AtomicU64,
+    /// How long a socket's outbox may stay full before the socket is closed
+    /// ([`Sockets::send`]).
+    full_timeout: Duration,
     /// Sockets not initialised yet, by client address: at most one entry per open socket
     /// (an address leaves the map when its count drops to zero).
     uninitialised: Mutex<HashMap<IpAddr, usize>>,
@@ -56,13 +61,41 @@ pub struct Socket {
     pub outbox: Outbox,
     /// Told when the outbox overflowed: the writer then closes the socket.
     pub overflow: Arc<Notify>,
+    /// Since when the outbox has been full with frames waiting for room, if it is.
+    pub full_since: Arc<Mutex<Option<Instant>>>,
     /// Milliseconds since the Unix epoch when the socket was upgraded (`connectedAt`).
     pub connected_at_ms: u64,
     /// Milliseconds since the Unix epoch of the last frame the client sent (`lastActiveAt`).
     pub last_active_ms: u64,
 }
 
+impl Socket {
+    /// A socket whose writer task drains `outbox`, told of an overflow through `overflow`.
+    pub fn new(outbox: Outbox, overflow: Arc<Notify>, connected_at_ms: u64) -> Self {
+        Self {
+            outbox,
+            overflow,
+            full_since: Arc::default(),
+            connected_at_ms,
+            last_active_ms: connected_at_ms,
+        }
+    }
+
+    fn full_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.full_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Sockets {
+    /// No socket yet; a socket's outbox may stay full for `full_timeout` before the socket
+    /// is closed ([`Sockets::send`]).
+    pub fn new(full_timeout: Duration) -> Self {
+        Self {
+            full_timeout,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, Socket>> {
         self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -91,26 +124,56 @@ impl Sockets {
 
     /// Queues a message for the socket; `false` when it is gone (API Gateway's 410).
     ///
-    /// A socket whose outbox is full reads slower than it is written to: it is closed (1013)
-    /// and forgotten here, so the frame is refused as for a gone connection and the broker
-    /// drops its subscriptions. Memory per socket stays bounded and one slow client never
-    /// holds back another.
-    pub fn send(&self, id: &ConnectionId, message: Message) -> bool {
-        let mut open = self.lock();
-        let Some(socket) = open.get(id) else {
+    /// The outbox is bounded. When it is full the message waits for room (the post that
+    /// brought it waits with it), so a client that reads is never closed for being behind a
+    /// burst: its writer drains the outbox as fast as the client takes frames, and the
+    /// waiting posts follow. A socket whose outbox stays full for the full timeout reads
+    /// slower than it is written to: it is closed (1013) and forgotten here, every message
+    /// still waiting for it is refused as for a gone connection, and the broker drops its
+    /// subscriptions. The time counts from when the outbox filled up, not from each
+    /// message's arrival, and it ends only once a message finds room with none waiting
+    /// before it: a client reading slower than its frames arrive keeps the outbox full and is
+    /// closed, however many frames it takes meanwhile. So memory per socket stays bounded,
+    /// and a client that does not keep up holds back the posts to it (and the deliveries
+    /// they belong to) for at most the full timeout, once.
+    pub async fn send(&self, id: &ConnectionId, message: Message) -> bool {
+        let Some(socket) = self.get(id) else {
             return false;
         };
-        match socket.outbox.try_send(message) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                socket.overflow.notify_one();
-                open.remove(id);
-                self.too_slow.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(connection = %id, "closing a socket that reads too slowly");
+        let message = match socket.outbox.try_send(message) {
+            Ok(()) => {
+                // Room with nobody waiting before it: the client has caught up.
+                *socket.full_since() = None;
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
+        let deadline = *socket.full_since().get_or_insert_with(Instant::now) + self.full_timeout;
+        match tokio::time::timeout_at(deadline, socket.outbox.send(message)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                self.close_too_slow(id, &socket);
                 false
             }
         }
+    }
+
+    /// Closes (1013) and forgets a socket whose outbox stayed full, once.
+    fn close_too_slow(&self, id: &ConnectionId, socket: &Socket) {
+        let mut open = self.lock();
+        // Only this very socket, and only once (other messages waiting time out too).
+        if !open
+            .get(id)
+            .is_some_and(|s| Arc::ptr_eq(&s.overflow, &socket.overflow))
+        {
+            return;
+        }
+        open.remove(id);
+        drop(open);
+        socket.overflow.notify_one();
+        self.too_slow.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(connection = %id, "closing a socket that reads too slowly");
     }
 
     /// Counts one more socket of `address` not initialised yet, unless `address` has `limit`

@@ -1,5 +1,13 @@
 //! Posting frames through the gateway: concurrently, a failure that retrying may fix retried
 //! for its subscriber alone, a gone connection cleaned up once.
+//!
+//! Each delivery posts up to [`crate::BrokerConfig::post_concurrency`] frames at a time, and
+//! every post of every delivery of the process holds one of the broker's
+//! [`crate::BrokerConfig::max_posts_in_flight`] slots while it is sent. Without that bound a
+//! burst of publishes delivering at once (direct mode in one process) multiplies the two:
+//! a thousand deliveries of 64 posts each opened 64,000 connections to the Management API at
+//! once, ran the process out of file descriptors, and posts then failed, timed out (some after
+//! they had landed, so their retry repeated them) and were retried, feeding the pile.
 
 use std::collections::HashSet;
 
@@ -59,13 +67,18 @@ impl Broker {
         let gateway = &self.ports().gateway;
         let outcomes: Vec<_> = stream::iter(frames)
             .map(|frame| async move {
-                let mut outcome = gateway.post(&frame.connection, &frame.text).await;
+                // A slot per attempt, given back while the retry waits.
+                let post = || async {
+                    let _slot = self.inner.posts_in_flight.acquire().await;
+                    gateway.post(&frame.connection, &frame.text).await
+                };
+                let mut outcome = post().await;
                 for pause in POST_RETRY_PAUSES {
                     if !matches!(outcome, Err(GatewayError::Backend { .. })) {
                         break;
                     }
                     tokio::time::sleep(pause).await;
-                    outcome = gateway.post(&frame.connection, &frame.text).await;
+                    outcome = post().await;
                 }
                 (frame.connection, frame.key, frame.too_large, outcome)
             })

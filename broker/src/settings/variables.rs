@@ -180,6 +180,20 @@ pub const POST_CONCURRENCY: Var<usize> = Var {
     parse: |value| parsed(value).map(|n: usize| n.max(1)),
 };
 
+/// Posts of deliveries in flight at once in one process (at least 1).
+pub const MAX_POSTS_IN_FLIGHT: Var<usize> = Var {
+    setting: Setting {
+        name: "MAX_POSTS_IN_FLIGHT",
+        meaning: "posts of deliveries in flight at once in one process, across every delivery running (at least 1)",
+        fallback: Fallback::Value("1024"),
+        place: Place::Both(Template::Default(
+            "a Lambda instance runs at most 16 deliveries of 64 posts at once, so it never waits on it",
+        )),
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
 /// How frames are posted to connections: `signed` or `sdk`.
 pub const MANAGEMENT_POST: Var<&'static str> = Var {
     setting: Setting {
@@ -687,12 +701,24 @@ pub const SOCKET_MAX_DURATION_SECS: Var<u64> = Var {
 pub const SOCKET_OUTBOX_FRAMES: Var<usize> = Var {
     setting: Setting {
         name: "SOCKET_OUTBOX_FRAMES",
-        meaning: "frames queued for one socket; a full queue closes it with 1013 (at least 1)",
+        meaning: "frames queued for one socket; while it is full, posts to it wait for room (at least 1)",
         fallback: Fallback::Value("64"),
         place: Place::Local,
         blank: Blank::Unset,
     },
     parse: |value| parsed(value).map(|n: usize| n.max(1)),
+};
+
+/// How long a socket's queue may stay full before the socket is closed with 1013.
+pub const SOCKET_FULL_TIMEOUT_MS: Var<u64> = Var {
+    setting: Setting {
+        name: "SOCKET_FULL_TIMEOUT_MS",
+        meaning: "how long a socket's queue may stay full before it is closed with 1013 (at most 4000)",
+        fallback: Fallback::Value("1000"),
+        place: Place::Local,
+        blank: Blank::Unset,
+    },
+    parse: |value| parsed(value).map(|n: u64| n.min(4_000)),
 };
 
 /// Open TCP connections (at least 1).
@@ -747,6 +773,7 @@ pub const ALL: &[&Setting] = &[
     &FANOUT_PAGE_LIFETIME_SECS.setting,
     &FANOUT_MAX_RECEIVES.setting,
     &POST_CONCURRENCY.setting,
+    &MAX_POSTS_IN_FLIGHT.setting,
     &MANAGEMENT_POST.setting,
     &EVENT_RETENTION_SECS.setting,
     &RESUME_SETTLE_MS.setting,
@@ -786,6 +813,7 @@ pub const ALL: &[&Setting] = &[
     &SOCKET_IDLE_TIMEOUT_SECS.setting,
     &SOCKET_MAX_DURATION_SECS.setting,
     &SOCKET_OUTBOX_FRAMES.setting,
+    &SOCKET_FULL_TIMEOUT_MS.setting,
     &MAX_CONNECTIONS.setting,
     &HTTP_HEADER_TIMEOUT_SECS.setting,
     &MAX_UNINITIALISED_PER_ADDRESS.setting,
@@ -812,6 +840,7 @@ mod tests {
         check(&FANOUT_GROUPS);
         check(&FANOUT_PAGE_LIFETIME_SECS);
         check(&POST_CONCURRENCY);
+        check(&MAX_POSTS_IN_FLIGHT);
         check(&MANAGEMENT_POST);
         check(&EVENT_RETENTION_SECS);
         check(&RESUME_SETTLE_MS);
@@ -838,6 +867,7 @@ mod tests {
         check(&SOCKET_IDLE_TIMEOUT_SECS);
         check(&SOCKET_MAX_DURATION_SECS);
         check(&SOCKET_OUTBOX_FRAMES);
+        check(&SOCKET_FULL_TIMEOUT_MS);
         check(&MAX_CONNECTIONS);
         check(&HTTP_HEADER_TIMEOUT_SECS);
         check(&MAX_UNINITIALISED_PER_ADDRESS);
