@@ -101,6 +101,7 @@ async fn deliveries_running_at_once_share_the_bound_on_posts_in_flight() {
             expires_at: u64::MAX,
             starts_at_ms: 0,
             replaying_until_ms: 0,
+            public: false,
         })
         .collect();
     let reports = futures_util::future::join_all((0..DELIVERIES).map(|n| {

@@ -16,8 +16,10 @@
 //! expiring with the event) that the transaction checks is absent. Once the mark is there,
 //! the transaction cannot commit any more, wherever it is; then the event, read
 //! consistently, says whether it committed before. Absent, nothing was or will be stored:
-//! [`StoreError::TooLate`] (past the deadline) or the error. Present, it was stored: in
-//! time, [`Ok`]; past the deadline, an error saying it was stored late.
+//! [`StoreError::TooLate`] (past the deadline) or the error. Present, it was stored, with
+//! its changes: [`Ok`], late or not. A change that was made is never reported as not made
+//! (its client would make it again); an event stored past the deadline is delivered by the
+//! stream publisher all the same and counted there (`LateStores`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -190,12 +192,9 @@ impl DynamoDbEventLog {
                 .send();
             let left = Duration::from_millis(deadline_ms - now);
             match tokio::time::timeout(left, request).await {
-                Ok(Ok(_)) if now_ms() <= deadline_ms => return Ok(()),
                 Ok(Ok(_)) => {
-                    return Err(StoreError::backend(format!(
-                        "event {} and its changes were stored after their deadline",
-                        event.id
-                    )));
+                    stored_late(event, deadline_ms);
+                    return Ok(());
                 }
                 Ok(Err(error)) => match classify(error) {
                     Ok(Cancelled::Condition(failed)) => {
@@ -257,13 +256,28 @@ impl DynamoDbEventLog {
         match crate::ports::EventLog::get(self, &event.reference()).await {
             Ok(None) if now_ms() > deadline_ms => Err(StoreError::TooLate),
             Ok(None) => Err(unsettled),
-            Ok(Some(stored)) if stored == *event && now_ms() <= deadline_ms => Ok(()),
-            Ok(Some(_)) => Err(StoreError::backend(format!(
-                "event {} and its changes were stored after their deadline",
+            Ok(Some(stored)) if stored == *event => {
+                stored_late(event, deadline_ms);
+                Ok(())
+            }
+            Ok(Some(_)) => Err(StoreError::Conflict(format!(
+                "another event has the id {}",
                 event.id
             ))),
             Err(_) => Err(unknown(event)),
         }
+    }
+}
+
+/// Logs a commit that came in past the deadline: it stands, and its event goes out late.
+fn stored_late(event: &Event, deadline_ms: u64) {
+    let now = now_ms();
+    if now > deadline_ms {
+        tracing::warn!(
+            event = %event.id,
+            late_ms = now - deadline_ms,
+            "the change and its event were stored after the publish deadline; they stand"
+        );
     }
 }
 
