@@ -8,7 +8,8 @@
 //! from moto's queue) through the fan-out worker, and the `next` frames at the stand-in.
 //! Then connections gone (410) under the stream function and the worker, the queries, a
 //! mutation over the socket, `complete`, `$disconnect` and `deleteBoard`, and the HTTP
-//! function in direct mode meeting a gone connection too.
+//! function in direct mode meeting a gone connection too, the socket gauge found full and
+//! recounted; and the prices app's binaries, for the grants on its table.
 //!
 //! Each function's AWS and Management API endpoints are recording proxies: at the end,
 //! every call each function made is held against its role as the template deploys it, both
@@ -230,6 +231,10 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
             ("FANOUT_PAGE_SIZE", "1"),
             ("FANOUT_GROUPS", "4"),
             ("DELIVERY_MODE", "stream"),
+            // Three sockets: the two closed on a 410 below are forgotten without giving
+            // their slots back, so the next `$connect` finds the gauge full and recounts it
+            // from the user's connections (the byPrincipal index) before letting it in.
+            ("MAX_SOCKETS_PER_USER", "3"),
         ]
         .map(|(name, value)| (name.to_owned(), value.to_owned())),
     );
@@ -422,6 +427,7 @@ async fn a_card_travels_through_the_four_binaries_as_lambda_runs_them() {
     direct_endpoints
         .management
         .refuse("/@connections/GoneBy", 410);
+    // The fourth socket: the gauge, still at three, is recounted (see MAX_SOCKETS_PER_USER).
     open_and_subscribe(websocket, GONE_DIRECT, &board, &token).await;
     data(
         &direct
