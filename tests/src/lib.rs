@@ -10,6 +10,7 @@
 
 pub mod contract;
 pub mod fixtures;
+pub mod iam;
 pub mod local;
 
-pub use testkit::{aws, documents, lambda};
+pub use testkit::{aws, documents, lambda, recorder};
