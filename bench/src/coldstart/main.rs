@@ -175,7 +175,7 @@ fn build_floor() -> anyhow::Result<PathBuf> {
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter_map(|message| message.get("executable")?.as_str().map(PathBuf::from))
-        .last()
+        .next_back()
         .context("cargo built no coldstart-floor binary")
 }
 
