@@ -5,13 +5,14 @@
 //! cost. This path sends the same request the SDK sends (`POST {endpoint}/@connections/{id}`,
 //! the frame as an `application/octet-stream` body, signed for `execute-api` in the
 //! configuration's region) on the HTTP stack the SDK's connector is built of (hyper's pooled
-//! client, rustls on ring with the system's roots, the same connect timeout) without the
+//! client, rustls on ring, the same connect timeout; Mozilla's roots, compiled in, see
+//! `https_connector`) without the
 //! connector's own layers around each call, signs it with the SDK's own signer
 //! (`aws-sigv4`), takes credentials from the configuration's provider chain and keeps them
 //! until shortly before they expire. Answers are sorted as the SDK path sorts them (see
 //! `classify_answer`).
 
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
@@ -239,32 +240,23 @@ impl SignedPoster {
     }
 }
 
-/// HTTPS (rustls on ring, the system's root certificates) or plain HTTP (an emulator, the
-/// local gateway), with the SDK's connect timeout.
+/// HTTPS (rustls on ring) or plain HTTP (an emulator, the local gateway), with the SDK's
+/// connect timeout. The roots are Mozilla's, compiled in (`webpki-roots`): the Management
+/// API's endpoints (`execute-api`, and custom domains, whose certificates ACM issues) chain
+/// to Amazon's public roots, which are among them. Reading and parsing the system's roots
+/// instead (a few hundred files on some systems) was more than half of a function's cold
+/// start (docs/benchmarks.md, cold start).
 fn https_connector() -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.set_nodelay(true);
     http.enforce_http(false);
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder =
-        match builder.with_provider_and_native_roots(rustls::crypto::ring::default_provider()) {
-            Ok(builder) => builder,
-            Err(error) => {
-                // Plain HTTP still works; an HTTPS post then fails with an unknown issuer.
-                tracing::warn!(%error, "no TLS root certificates found");
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                )
-            }
-        };
-    builder.https_or_http().enable_http1().wrap_connector(http)
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .expect("ring supports the default protocol versions")
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 fn backend(details: String) -> GatewayError {
