@@ -193,7 +193,11 @@ fn local_options(config: &Config, mode: Mode) -> Options {
         // The emulator modes switch it when they start.
         backend: Backend::Memory,
         web: local_gateway::WebOptions::default(),
-        limits: Default::default(),
+        // Every subscriber connects from this one address, all at once.
+        limits: local_gateway::server::Limits {
+            max_uninitialised_per_address: 0,
+            ..Default::default()
+        },
     }
 }
 

@@ -1,6 +1,6 @@
 //! CPU of one hostile request, with and without the broker's cost limits: the documents
 //! that stalled the service (nested fragment spreads, hundreds of thousands of fields,
-//! directives or operations, a 5 MB string literal).
+//! directives or operations, 30 KB of aliases or fields, a 5 MB string literal).
 //!
 //! "without" runs the example app's schema directly, as every request ran before the limits
 //! (async-graphql's own depth and complexity limits only); "broker" runs the same document
@@ -42,6 +42,21 @@ fn attacks() -> Vec<(String, String)> {
             (0..100_000)
                 .map(|i| format!("query Q{i} {{ __typename }}\n"))
                 .collect(),
+        ),
+        // What fits a socket message: about 30 KB, over the limits by its aliases or its
+        // fields, refused before it is parsed.
+        (
+            "30 KB of aliases".into(),
+            format!(
+                "{{ {} }}",
+                (0..1_800)
+                    .map(|i| format!("a{i}: __typename "))
+                    .collect::<String>()
+            ),
+        ),
+        (
+            "30 KB of fields".into(),
+            format!("{{ {} }}", "__typename ".repeat(2_800)),
         ),
         (
             "5 MB string literal".into(),
